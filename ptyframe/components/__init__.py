@@ -1,0 +1,22 @@
+"""Abstract component families. Concrete classes live in plugins and are found via the registry."""
+
+from .base import Component, component_config
+from .constraint import Constraint
+from .initializer import InitContext, ObjectInitializer, PositionInitializer, ProbeInitializer
+from .loss import LossMetric
+from .optimizer import Objective, Optimizer, StepResult
+from .propagator import PropagationGeometry, Propagator
+from .regularizer import Regularizer
+
+#: every component family, by kind name
+COMPONENT_KINDS = {
+    cls.kind: cls
+    for cls in (Propagator, LossMetric, Regularizer, Constraint, Optimizer, ProbeInitializer,
+                ObjectInitializer, PositionInitializer)
+}
+
+__all__ = [
+    "COMPONENT_KINDS", "Component", "component_config", "Constraint", "InitContext",
+    "LossMetric", "Objective", "ObjectInitializer", "Optimizer", "PositionInitializer",
+    "ProbeInitializer", "PropagationGeometry", "Propagator", "Regularizer", "StepResult",
+]

@@ -1,0 +1,53 @@
+"""Propagator: carries an incident wave through the object slices to the exit surface."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from .base import Component
+
+__all__ = ["Propagator", "PropagationGeometry"]
+
+
+class PropagationGeometry:
+    """What a propagator needs to know about the grid, fixed for one reconstruction.
+
+    Attributes: ``shape`` (ny, nx) window in pixels, ``pixel_size_A``, ``wavelength_A``,
+    ``n_slices``, ``device``.
+    """
+
+    def __init__(self, shape: tuple[int, int], pixel_size_A: float, wavelength_A: float,
+                 n_slices: int, device: Any) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.pixel_size_A = float(pixel_size_A)
+        self.wavelength_A = float(wavelength_A)
+        self.n_slices = int(n_slices)
+        self.device = device
+
+
+class Propagator(Component):
+    """Multiple-scattering model from an incident wave and per-slice transmission windows.
+
+    Shapes (leading batch axes are free and broadcast):
+    ``wave``: (..., ny, nx) incident wave at the entrance surface;
+    ``transmission``: (n_slices, ..., ny, nx) object transmission windows.
+
+    ``forward`` returns the exit wave and a cache; ``vjp`` maps dL/d conj(exit) to
+    dL/d conj(wave) and dL/d conj(transmission) (summed over axes broadcast in ``forward``
+    only by the caller, never by the propagator).
+    """
+
+    kind = "propagator"
+
+    @abc.abstractmethod
+    def prepare(self, geometry: PropagationGeometry) -> None:
+        """Precompute kernels on ``geometry.device``; called once before use."""
+
+    @abc.abstractmethod
+    def forward(self, wave: Any, transmission: Any, keep: bool = True) -> tuple[Any, Any]:
+        """Exit wave and a cache for :meth:`vjp` (``keep=False``: no cache needed)."""
+
+    @abc.abstractmethod
+    def vjp(self, grad_exit: Any, cache: Any) -> tuple[Any, Any]:
+        """(dL/d conj(wave), dL/d conj(transmission)) from dL/d conj(exit)."""

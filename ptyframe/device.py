@@ -1,0 +1,160 @@
+"""Compute device: one object hides NumPy/SciPy (CPU) versus CuPy (GPU).
+
+Components never import cupy; they receive a :class:`Device` and use ``device.xp`` (the array
+namespace), ``device.fft2``/``device.ifft2`` and ``device.scatter_add``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Device", "cupy_available"]
+
+_PRECISIONS = {
+    "single": (np.float32, np.complex64),
+    "double": (np.float64, np.complex128),
+}
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        cp = importlib.import_module("cupy")
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
+        return False
+
+
+class Device:
+    """Array backend and FFT engine.
+
+    Parameters
+    ----------
+    kind:
+        ``"cpu"``, ``"gpu"`` or ``"auto"`` (GPU when CuPy and a CUDA device exist).
+    precision:
+        ``"single"`` (float32/complex64) or ``"double"`` (float64/complex128).
+    workers:
+        Threads for scipy.fft on CPU (default: all cores visible to the process).
+    gpu_id:
+        CUDA device index on GPU.
+    """
+
+    def __init__(
+        self,
+        kind: str = "auto",
+        precision: str = "single",
+        workers: int | None = None,
+        gpu_id: int = 0,
+    ) -> None:
+        if kind not in ("cpu", "gpu", "auto"):
+            raise ValueError(f"device kind: expected 'cpu', 'gpu' or 'auto', found {kind!r}")
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision: expected 'single' or 'double', found {precision!r}")
+        if kind == "auto":
+            kind = "gpu" if cupy_available() else "cpu"
+        if kind == "gpu" and not cupy_available():
+            raise RuntimeError(
+                "device kind 'gpu' requested but CuPy with a CUDA device is not available; "
+                "install ptyframe[gpu] or use kind='cpu'"
+            )
+        self.kind = kind
+        self.precision = precision
+        self.real_dtype, self.complex_dtype = _PRECISIONS[precision]
+        self.gpu_id = gpu_id
+        self.workers = workers if workers is not None else (len(os.sched_getaffinity(0))
+                                                            if hasattr(os, "sched_getaffinity")
+                                                            else (os.cpu_count() or 1))
+        if kind == "gpu":
+            self.xp = importlib.import_module("cupy")
+            self._fft = importlib.import_module("cupy.fft")
+            self._cupyx = importlib.import_module("cupyx")
+            self.xp.cuda.Device(gpu_id).use()
+        else:
+            self.xp = np
+            self._fft = importlib.import_module("scipy.fft")
+            self._cupyx = None
+
+    # ------------------------------------------------------------------ description
+    def __repr__(self) -> str:
+        extra = f", workers={self.workers}" if self.kind == "cpu" else f", gpu_id={self.gpu_id}"
+        return f"Device(kind={self.kind!r}, precision={self.precision!r}{extra})"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "precision": self.precision}
+
+    # ------------------------------------------------------------------ arrays
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Copy a host (or device) array onto this device, optionally casting."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a: Any) -> np.ndarray:
+        """Return a NumPy array (copying from GPU memory when needed)."""
+        if self.kind == "gpu" and not isinstance(a, np.ndarray):
+            return a.get()
+        return np.asarray(a)
+
+    def complex(self, a: Any) -> Any:
+        return self.xp.asarray(a, dtype=self.complex_dtype)
+
+    def real(self, a: Any) -> Any:
+        return self.xp.asarray(a, dtype=self.real_dtype)
+
+    # ------------------------------------------------------------------ FFTs over the last two axes
+    def fft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
+        if self.kind == "cpu":
+            return self._fft.fft2(a, norm=norm, overwrite_x=overwrite, workers=self.workers)
+        return self._fft.fft2(a, norm=norm)
+
+    def ifft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
+        if self.kind == "cpu":
+            return self._fft.ifft2(a, norm=norm, overwrite_x=overwrite, workers=self.workers)
+        return self._fft.ifft2(a, norm=norm)
+
+    def fftfreq(self, n: int, d: float = 1.0) -> Any:
+        return self.xp.fft.fftfreq(n, d).astype(self.real_dtype)
+
+    # ------------------------------------------------------------------ scatter / gather
+    def scatter_add(self, target: Any, flat_index: Any, values: Any) -> None:
+        """``target.ravel()[flat_index] += values`` with repeated indices accumulated.
+
+        ``target`` must be C-contiguous; ``flat_index`` and ``values`` have the same size.
+        """
+        flat_target = target.reshape(-1)
+        if self.kind == "gpu":
+            self._cupyx.scatter_add(flat_target, flat_index.reshape(-1), values.reshape(-1))
+            return
+        values = values.reshape(-1)
+        n = flat_target.size
+        if np.iscomplexobj(flat_target):
+            flat_target.real += np.bincount(flat_index, weights=values.real, minlength=n)
+            flat_target.imag += np.bincount(flat_index, weights=values.imag, minlength=n)
+        else:
+            flat_target += np.bincount(flat_index, weights=values, minlength=n)
+
+    # ------------------------------------------------------------------ memory
+    def free_memory_bytes(self) -> int:
+        """Free memory available for work arrays, in bytes (GPU: device memory)."""
+        if self.kind == "gpu":
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            return int(free + self.xp.get_default_memory_pool().free_bytes())
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 4 * 1024**3
+
+    def release_cached_memory(self) -> None:
+        if self.kind == "gpu":
+            self.xp.get_default_memory_pool().free_all_blocks()
+
+    def synchronize(self) -> None:
+        if self.kind == "gpu":
+            self.xp.cuda.Stream.null.synchronize()
