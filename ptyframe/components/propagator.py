@@ -33,9 +33,9 @@ class Propagator(Component):
     ``wave``: (..., ny, nx) incident wave at the entrance surface;
     ``transmission``: (n_slices, ..., ny, nx) object transmission windows.
 
-    ``forward`` returns the exit wave and a cache; ``vjp`` maps dL/d conj(exit) to
-    dL/d conj(wave) and dL/d conj(transmission) (summed over axes broadcast in ``forward``
-    only by the caller, never by the propagator).
+    ``forward`` returns the exit wave (the broadcast shape of wave and one transmission slice)
+    and a cache; ``vjp`` maps dL/d conj(exit) to dL/d conj(wave) and dL/d conj(transmission),
+    each with the shape of the corresponding input (summed over axes that were broadcast).
     """
 
     kind = "propagator"
