@@ -1,0 +1,12 @@
+"""First-party initializers: probes, objects and scan positions."""
+
+from ptyframe.hookspecs import hookimpl
+
+
+@hookimpl
+def ptyframe_register_components() -> list[type]:
+    from .objects import VacuumObject
+    from .positions import PositionsFromFile, ScanGridPositions
+    from .probes import ApertureProbe, MeanPatternProbe
+
+    return [ApertureProbe, MeanPatternProbe, VacuumObject, ScanGridPositions, PositionsFromFile]
