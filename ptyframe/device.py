@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Device", "cupy_available"]
+__all__ = ["Device", "Workspace", "cupy_available"]
 
 _PRECISIONS = {
     "single": (np.float32, np.complex64),
@@ -27,6 +27,40 @@ def cupy_available() -> bool:
         return cp.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
         return False
+
+
+class Workspace:
+    """Named work buffers on one device, reused from call to call.
+
+    ``get(name, shape, dtype)`` returns an uninitialised C-contiguous array viewed on a flat
+    buffer that is kept between calls and only reallocated when a larger size (or another
+    dtype) is asked for; a smaller batch reuses the prefix of the same memory. Fresh memory is
+    expensive on first touch (page faults) and on GPUs (allocator traffic), so hot loops take
+    their temporaries from here instead of allocating them per batch.
+
+    The caller owns the lifetime: two live arrays need two names, and an array obtained from
+    ``get`` is overwritten by the next ``get`` of the same name.
+    """
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+        self._buffers: dict[str, Any] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = self.xp.empty(size, dtype=dtype)
+            self._buffers[name] = buf
+        return buf[:size].reshape(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(b.nbytes for b in self._buffers.values()))
+
+    def clear(self) -> None:
+        self._buffers.clear()
 
 
 class Device:
@@ -105,15 +139,18 @@ class Device:
         return self.xp.asarray(a, dtype=self.real_dtype)
 
     # ------------------------------------------------------------------ FFTs over the last two axes
+    # ``overwrite=True`` lets the FFT work in place: for a C-contiguous array of the device's
+    # complex dtype scipy.fft then returns the input's own memory (no allocation). Always use
+    # the returned array; the input's content is undefined afterwards.
     def fft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
         if self.kind == "cpu":
             return self._fft.fft2(a, norm=norm, overwrite_x=overwrite, workers=self.workers)
-        return self._fft.fft2(a, norm=norm)
+        return self._fft.fft2(a, norm=norm, overwrite_x=overwrite)
 
     def ifft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
         if self.kind == "cpu":
             return self._fft.ifft2(a, norm=norm, overwrite_x=overwrite, workers=self.workers)
-        return self._fft.ifft2(a, norm=norm)
+        return self._fft.ifft2(a, norm=norm, overwrite_x=overwrite)
 
     def fftfreq(self, n: int, d: float = 1.0) -> Any:
         return self.xp.fft.fftfreq(n, d).astype(self.real_dtype)
@@ -131,6 +168,52 @@ class Device:
         # NumPy >= 1.25 has a fast path for ufunc.at with simple dtypes (about as fast as a
         # single bincount and without float64 copies of the values).
         np.add.at(flat_target, flat_index.reshape(-1), values.reshape(-1))
+
+    def workspace(self) -> Workspace:
+        """A fresh set of reusable work buffers on this device (see :class:`Workspace`)."""
+        return Workspace(self.xp)
+
+    def gather_windows(self, planes: Any, corners: Any, out: Any) -> Any:
+        """``out[p, b] = planes[p, y_b:y_b + ny, x_b:x_b + nx]`` for integer corners (y_b, x_b).
+
+        ``planes``: (P, Y, X); ``corners``: (B, 2) integers; ``out``: (P, B, ny, nx), written
+        in place and returned. Windows must lie inside the planes (not checked).
+        """
+        if self.kind == "gpu":
+            flat = self._window_flat_index(corners, planes.shape, out.shape[-2:])
+            self.xp.take(planes.reshape(planes.shape[0], -1), flat, axis=1, out=out)
+            return out
+        # CPU: one slice copy per window beats a fancy-index gather (no (B, ny, nx) index
+        # array to build and page in) and keeps the copies cache-friendly.
+        ny, nx = out.shape[-2:]
+        for b, (y, x) in enumerate(np.asarray(corners).tolist()):
+            out[:, b] = planes[:, y:y + ny, x:x + nx]
+        return out
+
+    def scatter_add_windows(self, target: Any, corners: Any, values: Any) -> None:
+        """Adjoint of :meth:`gather_windows`: ``target[p, window_b] += values[p, b]``,
+        overlapping windows accumulated. ``target``: (P, Y, X) C-contiguous."""
+        if self.kind == "gpu":
+            flat = self._window_flat_index(corners, target.shape, values.shape[-2:])
+            plane = target.shape[-2] * target.shape[-1]
+            offsets = (self.xp.arange(target.shape[0]) * plane)[:, None, None, None]
+            self.scatter_add(target, offsets + flat[None], values)
+            return
+        # CPU: sequential slice adds (exact accumulation order, no index arrays). np.add.at
+        # on complex64 was measured 10-40x slower than this on real gradient data.
+        ny, nx = values.shape[-2:]
+        for b, (y, x) in enumerate(np.asarray(corners).tolist()):
+            target[:, y:y + ny, x:x + nx] += values[:, b]
+
+    def _window_flat_index(self, corners: Any, plane_shape: tuple[int, ...],
+                           window: tuple[int, ...]) -> Any:
+        """Flat indices (B, ny, nx) of each window inside one (Y, X) plane."""
+        xp = self.xp
+        corners = xp.asarray(corners)
+        X = plane_shape[-1]
+        row = xp.arange(window[0])[:, None]
+        col = xp.arange(window[1])[None, :]
+        return ((corners[:, 0, None, None] + row) * X + corners[:, 1, None, None] + col)
 
     # ------------------------------------------------------------------ memory
     def free_memory_bytes(self) -> int:

@@ -18,6 +18,7 @@ Parameter blocks (device arrays):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,6 +28,15 @@ from .components import LossMetric, PropagationGeometry, Propagator
 from .device import Device
 
 __all__ = ["FarFieldModel", "BLOCKS"]
+
+
+def _accepts(method: Any, keyword: str) -> bool:
+    """Whether a component method takes the optional keyword ``keyword`` (work buffers and
+    in-place operation are opt-in extensions of the component interfaces)."""
+    try:
+        return keyword in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 #: refinable blocks understood by the far-field model
 BLOCKS = ("object", "probe", "positions")
@@ -61,14 +71,17 @@ class FarFieldModel:
         propagator.prepare(self.geometry)
         xp = device.xp
         ny, nx = self.window
-        # -2 pi i q, per axis, for shift ramps and their derivatives (cycles per pixel)
+        # spatial frequencies per axis (cycles per pixel), for the shift ramps exp(-2 pi i q f)
         self._qy = xp.asarray(np.fft.fftfreq(ny), dtype=device.real_dtype)
         self._qx = xp.asarray(np.fft.fftfreq(nx), dtype=device.real_dtype)
-        self._row = xp.arange(ny)[:, None]
-        self._col = xp.arange(nx)[None, :]
         self.measured = measured
         self._measured_prepared = (loss.prepare_measured(measured, xp)
                                    if (loss is not None and measured is not None) else None)
+        # Per-batch work buffers, allocated on first use and reused by every later batch and
+        # evaluation (no allocation, hence no page faults, inside an epoch).
+        self._ws = device.workspace()
+        self._propagator_ws = _accepts(propagator.forward, "workspace")
+        self._loss_overwrite = loss is not None and _accepts(loss.value_and_grad, "overwrite")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -87,27 +100,12 @@ class FarFieldModel:
         ex = xp.exp((-2j * np.pi) * frac[:, 1:2] * self._qx[None, :]).astype(cdt, copy=False)
         return ey[:, :, None], ex[:, None, :]
 
-    def _window_index(self, corner_int: Any, obj_shape: tuple[int, ...]) -> Any:
-        """Flat indices (B, ny, nx) of each window inside one (Y, X) object plane."""
-        X = obj_shape[-1]
-        return ((corner_int[:, 0, None, None] + self._row) * X
-                + corner_int[:, 1, None, None] + self._col)
-
-    def _gather(self, obj: Any, flat: Any) -> Any:
-        """Object windows (n_slices, K, 1, B, ny, nx) for flat window indices (B, ny, nx)."""
-        xp = self.device.xp
-        S, K = obj.shape[:2]
-        planes = obj.reshape(S * K, -1)
-        windows = xp.take(planes, flat, axis=1)
-        return windows.reshape(S, K, 1, *flat.shape)
-
-    def _scatter(self, grad_obj: Any, flat: Any, grad_windows: Any) -> None:
-        """grad_obj[s, k] (+)= windows scattered back; grad_windows (S, K, B, ny, nx)."""
-        S, K = grad_obj.shape[:2]
-        plane = grad_obj.shape[2] * grad_obj.shape[3]
-        offsets = (self.device.xp.arange(S * K) * plane)[:, None, None, None]
-        self.device.scatter_add(grad_obj, (offsets + flat[None]).reshape(-1),
-                                grad_windows.reshape(-1))
+    def _take_rows(self, name: str, array: Any, sel: Any) -> Any:
+        """array[sel] for a slice (a view) or an index array (copied into a work buffer)."""
+        if isinstance(sel, slice):
+            return array[sel]
+        out = self._ws.get(name, (int(sel.shape[0]), *array.shape[1:]), array.dtype)
+        return self.device.xp.take(array, sel, axis=0, out=out)
 
     def check_blocks(self, params: Mapping[str, Any]) -> None:
         obj, probe, pos = params["object"], params["probe"], params["positions"]
@@ -128,48 +126,72 @@ class FarFieldModel:
                 f"the object of shape {obj.shape[2:]}; enlarge the object margin"
             )
 
+
     # ------------------------------------------------------------------ forward
-    def _exit_waves(self, params: Mapping[str, Any], sel: slice, probe_spectrum: Any,
+    def _exit_waves(self, obj: Any, pos: Any, probe_spectrum: Any,
                     keep: bool) -> tuple[Any, dict[str, Any]]:
-        xp = self.device.xp
-        obj = params["object"]
-        pos = params["positions"][sel]
+        """Far-field waves Psi (K, M, B, ny, nx) of one batch (positions ``pos``, (B, 2)).
+
+        Every large array lives in the model's workspace: the returned ``far`` (and the
+        cache) are overwritten by the next batch.
+        """
+        dev, xp, ws = self.device, self.device.xp, self._ws
+        cdt = dev.complex_dtype
+        S, K, Y, X = obj.shape
+        M = probe_spectrum.shape[0]
+        B = int(pos.shape[0])
+        ny, nx = self.window
         corner = xp.floor(pos)
-        frac = (pos - corner).astype(self.device.real_dtype, copy=False)
+        frac = (pos - corner).astype(dev.real_dtype, copy=False)
         corner = corner.astype(np.int64)
-        flat = self._window_index(corner, obj.shape)
+        # ramp_n = exp(-2 pi i q.f_n) as one (B, ny, nx) outer product of the separable factors
         ey, ex = self._ramps(frac)
-        # shifted probe spectra (M, B, ny, nx) and shifted probes
-        ramp = ey * ex
-        shifted_spectrum = probe_spectrum[:, None] * ramp[None]
-        shifted_probe = self.device.ifft2(shifted_spectrum)
-        transmission = self._gather(obj, flat)
-        wave = shifted_probe[None]  # (1, M, B, ny, nx), broadcasts against object modes
-        exit_wave, prop_cache = self.propagator.forward(wave, transmission, keep=keep)
-        far = self.device.fft2(exit_wave, norm="ortho", overwrite=True)
-        cache = {"flat": flat, "ramp": ramp, "shifted_spectrum": shifted_spectrum,
-                 "prop": prop_cache, "far": far, "n_object_modes": obj.shape[1]}
+        ramp = xp.multiply(ey, ex, out=ws.get("ramp", (B, ny, nx), cdt))
+        # shifted probes P_n,m = IFFT[Phat_m ramp_n], (1, M, B, ny, nx), in place
+        wave = ws.get("wave", (1, M, B, ny, nx), cdt)
+        xp.multiply(probe_spectrum[:, None], ramp, out=wave[0])
+        wave = dev.ifft2(wave, overwrite=True)
+        # object windows (S, K, 1, B, ny, nx) at the integer corners
+        trans = ws.get("trans", (S, K, 1, B, ny, nx), cdt)
+        dev.gather_windows(obj.reshape(S * K, Y, X), corner, trans.reshape(S * K, B, ny, nx))
+        if self._propagator_ws:
+            exit_wave, prop_cache = self.propagator.forward(wave, trans, keep=keep,
+                                                            workspace=ws)
+        else:
+            exit_wave, prop_cache = self.propagator.forward(wave, trans, keep=keep)
+        far = dev.fft2(exit_wave, norm="ortho", overwrite=True)
+        cache = {"corner": corner, "ramp": ramp, "prop": prop_cache}
         return far, cache
 
-    @staticmethod
-    def _intensity(far: Any, xp: Any) -> Any:
+    def _intensity(self, far: Any) -> Any:
+        """I = (1/K) sum_k sum_m |Psi_k,m|^2, (B, ny, nx), in a work buffer.
+
+        abs() then square() in place: two real passes, no complex temporaries (abs of a
+        complex array is a fast vectorised loop; re^2 + im^2 needs a third pass).
+        """
+        xp, ws = self.device.xp, self._ws
         K = far.shape[0]
-        inten = (far.real * far.real)
-        inten += far.imag * far.imag
-        inten = inten.sum(axis=(0, 1)) if far.shape[0] * far.shape[1] > 1 else inten[0, 0]
+        waves = far.reshape(-1, *far.shape[2:])
+        inten = ws.get("intensity", waves.shape[1:], self.device.real_dtype)
+        xp.square(xp.abs(waves[0], out=inten), out=inten)
+        if waves.shape[0] > 1:
+            tmp = ws.get("intensity_tmp", waves.shape[1:], self.device.real_dtype)
+            for w in waves[1:]:
+                inten += xp.square(xp.abs(w, out=tmp), out=tmp)
         if K > 1:
-            inten /= K
+            inten *= 1.0 / K
         return inten
 
     def intensities(self, params: Mapping[str, Any]) -> Any:
         """Modelled patterns (N, ny, nx) in FFT order."""
         xp = self.device.xp
-        n = int(params["positions"].shape[0])
+        obj, positions = params["object"], params["positions"]
+        n = int(positions.shape[0])
         out = xp.empty((n, *self.window), dtype=self.device.real_dtype)
         probe_spectrum = self.device.fft2(params["probe"])
         for sel in self.batches(n):
-            far, _ = self._exit_waves(params, sel, probe_spectrum, keep=False)
-            out[sel] = self._intensity(far, xp)
+            far, _ = self._exit_waves(obj, positions[sel], probe_spectrum, keep=False)
+            out[sel] = self._intensity(far)
         return out
 
     # ------------------------------------------------------------------ loss + gradient
@@ -190,53 +212,21 @@ class FarFieldModel:
         obj, probe, positions = params["object"], params["probe"], params["positions"]
         n_total = int(positions.shape[0])
         grad_obj = xp.zeros_like(obj) if "object" in refine else None
-        need_probe_side = bool({"probe", "positions"} & refine)
         grad_probe_spec = xp.zeros_like(probe) if "probe" in refine else None
         grad_pos = xp.zeros(positions.shape, dtype=positions.dtype) if "positions" in refine \
             else None
         probe_spectrum = self.device.fft2(probe)
+        shift_weights = (self._shift_gradient_weights(probe_spectrum) if grad_pos is not None
+                         else None)
         total = 0.0
         order = np.arange(n_total) if indices is None else np.asarray(indices)
         for sel_local in self.batches(order.size):
             idx = order[sel_local]
             contiguous = idx.size == idx[-1] - idx[0] + 1 and np.all(np.diff(idx) == 1)
             sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else xp.asarray(idx)
-            far, cache = self._exit_waves(params, sel, probe_spectrum, keep=True)
-            inten = self._intensity(far, xp)
-            value, dldi = self.loss.value_and_grad(inten, self._measured_prepared[sel], xp)
-            total += float(value)
-            # dL/d conj(Psi) = dL/dI * dI/dPsi... with I = (1/K) sum |Psi|^2
-            K = cache["n_object_modes"]
-            if K > 1:
-                dldi = dldi / K
-            far *= dldi
-            grad_exit = self.device.ifft2(far, norm="ortho", overwrite=True)
-            del far
-            grad_wave, grad_trans = self.propagator.vjp(grad_exit, cache["prop"])
-            del grad_exit
-            if grad_obj is not None:
-                self._scatter(grad_obj, cache["flat"], grad_trans)
-            del grad_trans
-            if not need_probe_side:
-                continue
-            # gradient w.r.t. the shifted probes (M, B, ny, nx): sum over object modes
-            spec = self.device.fft2(grad_wave[0], overwrite=True)  # FFT(g_Ps), unnormalised
-            npx = self.window[0] * self.window[1]
-            if grad_pos is not None:
-                # dL/df = (2/npx) Re sum conj(G) * Phat_shifted * (-2 pi i q); real-block
-                # convention keeps half of it.
-                w = xp.conj(spec)
-                w *= cache["shifted_spectrum"]
-                w = w.sum(axis=0) if w.shape[0] > 1 else w[0]  # (B, ny, nx)
-                wy = w.sum(axis=2)  # (B, ny)
-                wx = w.sum(axis=1)  # (B, nx)
-                gy = ((wy * (-2j * np.pi * self._qy)).sum(axis=1)).real / npx
-                gx = ((wx * (-2j * np.pi * self._qx)).sum(axis=1)).real / npx
-                grad_pos[sel, 0] += gy.astype(grad_pos.dtype, copy=False)
-                grad_pos[sel, 1] += gx.astype(grad_pos.dtype, copy=False)
-            if grad_probe_spec is not None:
-                spec *= xp.conj(cache["ramp"])[None]
-                grad_probe_spec += spec.sum(axis=1)
+            total += self._batch_value_and_grad(obj, self._take_rows("positions", positions, sel),
+                                                probe_spectrum, sel, grad_obj, grad_probe_spec,
+                                                grad_pos, shift_weights)
         grads: dict[str, Any] = {}
         if grad_obj is not None:
             grads["object"] = grad_obj
@@ -246,3 +236,70 @@ class FarFieldModel:
         if grad_pos is not None:
             grads["positions"] = grad_pos
         return total, grads
+
+    def _batch_value_and_grad(self, obj: Any, pos: Any, probe_spectrum: Any, sel: Any,
+                              grad_obj: Any, grad_probe_spec: Any, grad_pos: Any,
+                              shift_weights: Any) -> float:
+        """Loss of one batch; its gradients are accumulated into the grad_* arrays (None:
+        not refined). Everything large is done in place in the workspace buffers."""
+        dev, xp = self.device, self.device.xp
+        far, cache = self._exit_waves(obj, pos, probe_spectrum, keep=True)
+        K = far.shape[0]
+        inten = self._intensity(far)
+        measured = self._take_rows("measured", self._measured_prepared, sel)
+        if self._loss_overwrite:
+            value, dldi = self.loss.value_and_grad(inten, measured, xp, overwrite=True)
+        else:
+            value, dldi = self.loss.value_and_grad(inten, measured, xp)
+        # dL/d conj(Psi) = dL/dI Psi / K  (I = (1/K) sum |Psi|^2), back through the ortho FFT
+        if K > 1:
+            dldi = dldi * (1.0 / K)
+        far *= dldi
+        grad_exit = dev.ifft2(far, norm="ortho", overwrite=True)
+        del far
+        grad_wave, grad_trans = self.propagator.vjp(grad_exit, cache["prop"])
+        if grad_obj is not None:
+            S, K, Y, X = obj.shape
+            dev.scatter_add_windows(grad_obj.reshape(S * K, Y, X), cache["corner"],
+                                    grad_trans.reshape(S * K, *grad_trans.shape[-3:]))
+        del grad_trans
+        if grad_probe_spec is None and grad_pos is None:
+            return float(value)
+        # G = FFT(dL/d conj(P_shifted)) (unnormalised), summed over object modes: (1, M, B, ..)
+        if grad_wave.shape[0] > 1:
+            grad_wave = grad_wave.sum(axis=0, keepdims=True)
+        spec = dev.fft2(grad_wave, overwrite=True)
+        # H = G conj(ramp): the adjoint of the shift, per position (the ramp is not needed any
+        # more, conjugate it in place)
+        spec *= xp.conjugate(cache["ramp"], out=cache["ramp"])
+        H = spec[0]  # (M, B, ny, nx)
+        if grad_probe_spec is not None:
+            grad_probe_spec += H.sum(axis=1)
+        if grad_pos is not None:
+            grad_pos[sel] += self._shift_gradient(H, shift_weights)
+        return float(value)
+
+    def _shift_gradient_weights(self, probe_spectrum: Any) -> Any:
+        """U_m = conj(Phat_m) 2 pi i q as an (M, ny*nx, 2) matrix (q = (q_y, q_x))."""
+        xp = self.device.xp
+        M = probe_spectrum.shape[0]
+        ny, nx = self.window
+        conj_spec = xp.conj(probe_spectrum)
+        u = xp.empty((M, ny, nx, 2), dtype=probe_spectrum.dtype)
+        u[..., 0] = conj_spec * ((2j * np.pi) * self._qy)[:, None]
+        u[..., 1] = conj_spec * ((2j * np.pi) * self._qx)[None, :]
+        return u.reshape(M, ny * nx, 2)
+
+    def _shift_gradient(self, H: Any, weights: Any) -> Any:
+        """Position gradient (B, 2) of one batch from H = FFT(g_P) conj(ramp), (M, B, ny, nx).
+
+        With the shifted spectrum Phat ramp and G = FFT(g_P):
+        dL/df = (2/npx) Re sum_q conj(G) Phat ramp (-2 pi i q)
+              = (2/npx) Re sum_q H conj(Phat) (2 pi i q)      (|ramp| = 1),
+        and the real-block convention keeps half of it. The pixel sum is a matrix product with
+        the precomputed weights: one pass over H, no temporary.
+        """
+        M, B, ny, nx = H.shape
+        npx = ny * nx
+        per_mode = self.device.xp.matmul(H.reshape(M, B, npx), weights)  # (M, B, 2)
+        return (per_mode.real.sum(axis=0) / npx).astype(self.device.real_dtype, copy=False)

@@ -1,0 +1,181 @@
+"""Benchmark of one far-field loss + gradient evaluation against its FFT floor.
+
+Usage::
+
+    python benchmarks/bench_model.py [--quick] [--threads 1] [--precision single|double]
+                                     [--batch-size 256] [--repeats 7]
+
+Synthetic data set: 1024 scan positions (a 32 x 32 raster with random sub-pixel jitter),
+64 x 64 patterns, a ~200 x 200 object, lsq_sqrt loss. For each configuration (slices S,
+probe modes M, one object mode) it reports
+
+* ``eval``: median time of one full ``FarFieldModel.value_and_grad`` over all positions,
+  gradients of object, probe and positions (after one warm-up evaluation);
+* ``FFT floor``: median time of the bare 2-D FFTs that evaluation has to do, timed in the same
+  run with the same :class:`Device` on work arrays of the same shape and dtype (in place);
+* their ratio.
+
+FFT count per wave (one position x one probe mode x one object mode): forward 1 inverse FFT
+(sub-pixel shift of the probe) + 2 (S - 1) (Fresnel steps) + 1 (far field); backward the same
+number (far-field adjoint, 2 (S - 1) adjoint Fresnel steps, 1 FFT of the shifted-probe
+gradient); 4 S in all. The per-mode FFTs of the probe itself (2 M per evaluation) are
+negligible and left out of the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def _threads_from_argv(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+    return "1"
+
+
+# BLAS (the position-gradient matrix product) gets the same thread count as the FFTs; this has
+# to be set before NumPy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, _threads_from_argv(sys.argv[1:]))
+
+import numpy as np  # noqa: E402
+
+try:  # run from a source checkout without installation
+    import ptyframe  # noqa: F401
+except ImportError:  # pragma: no cover
+    root = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(root), str(root / "plugins")]
+
+from ptyframe_losses.intensity_losses import LeastSquaresSqrt  # noqa: E402
+from ptyframe_propagators.multislice import Multislice  # noqa: E402
+
+from ptyframe.device import Device  # noqa: E402
+from ptyframe.model import FarFieldModel  # noqa: E402
+
+N_SIDE = 32           # 32 x 32 = 1024 positions
+WINDOW = 64           # pattern / probe window (pixels)
+OBJECT = 200          # object side (pixels)
+PIXEL_A = 0.4
+WAVELENGTH_A = 0.0197  # 300 kV
+CONFIGS = ((1, 1), (4, 3))  # (slices, probe modes)
+
+
+def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: int,
+                 seed: int = 0) -> tuple[FarFieldModel, dict]:
+    """Synthetic data: a weak random phase object, a defocused aperture probe, patterns of a
+    slightly different object (so that every gradient is non-zero)."""
+    rng = np.random.default_rng(seed)
+    xp = device.xp
+    # raster with random sub-pixel jitter, windows inside the object with a 2-pixel margin
+    step = (OBJECT - WINDOW - 4) / (N_SIDE - 1)
+    grid = np.arange(N_SIDE) * step + 1.5
+    pos = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    pos += rng.uniform(-0.5, 0.5, pos.shape)
+    # probe: circular aperture with defocus, extra modes = perturbed copies
+    q = np.fft.fftfreq(WINDOW)
+    q2 = q[:, None] ** 2 + q[None, :] ** 2
+    aperture = (q2 < 0.2**2) * np.exp(1j * 40.0 * q2)
+    base = np.fft.ifft2(aperture) * WINDOW
+    probe = np.stack([base * (1.0 if m == 0 else 0.3) * np.exp(1j * m * rng.random(base.shape))
+                      for m in range(n_probe_modes)])
+    shape = (n_slices, 1, OBJECT, OBJECT)
+    phase = 0.2 * rng.standard_normal(shape) / n_slices
+    truth = np.exp(1j * phase)
+    guess = np.exp(1j * 0.8 * phase)
+    prop = Multislice(slice_thickness_A=2.0)
+    params_true = {"object": device.complex(truth), "probe": device.complex(probe),
+                   "positions": device.real(pos)}
+    sim = FarFieldModel(prop, None, device, (WINDOW, WINDOW), PIXEL_A, WAVELENGTH_A, n_slices,
+                        None, batch_size=batch_size)
+    measured = sim.intensities(params_true)
+    model = FarFieldModel(Multislice(slice_thickness_A=2.0), LeastSquaresSqrt(), device,
+                          (WINDOW, WINDOW), PIXEL_A, WAVELENGTH_A, n_slices,
+                          xp.asarray(measured), batch_size=batch_size)
+    params = {"object": device.complex(guess), "probe": device.complex(probe),
+              "positions": device.real(pos + rng.normal(0, 0.1, pos.shape))}
+    model.check_blocks(params)
+    return model, params
+
+
+def median_time(fn, repeats: int, device: Device) -> float:
+    fn()  # warm-up: plans, work buffers, page faults
+    device.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        device.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fft_floor(model: FarFieldModel, device: Device, n_slices: int, n_probe_modes: int,
+              n_object_modes: int, repeats: int) -> tuple[float, int]:
+    """Median time of the 4 S FFTs per wave over the model's batches (in place, no
+    normalisation pass beyond what the FFT library does itself). Returns (seconds, count)."""
+    xp = device.xp
+    n = model.n_measurements
+    sizes = sorted({s.stop - s.start for s in model.batches(n)})
+    rng = np.random.default_rng(1)
+    work = {b: xp.asarray((rng.standard_normal((n_object_modes, n_probe_modes, b, WINDOW,
+                                                 WINDOW)) + 0j).astype(device.complex_dtype))
+            for b in sizes}
+    per_batch = 4 * n_slices  # half forward transforms, half inverse (values stay bounded)
+    batch_sizes = [s.stop - s.start for s in model.batches(n)]
+
+    def run() -> None:
+        for b in batch_sizes:
+            a = work[b]
+            for _ in range(per_batch // 2):
+                a = device.fft2(a, overwrite=True)
+                a = device.ifft2(a, overwrite=True)
+            work[b] = a
+
+    count = per_batch * n * n_probe_modes * n_object_modes
+    return median_time(run, repeats, device), count
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (3)")
+    ap.add_argument("--threads", type=int, default=1, help="FFT worker threads (default 1)")
+    ap.add_argument("--precision", choices=("single", "double"), default="single")
+    ap.add_argument("--batch-size", type=int, default=256, help="measurements per batch")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    device = Device(args.device, args.precision, workers=args.threads)
+    n = N_SIDE * N_SIDE
+    print(f"ptyframe model benchmark: {n} positions, {WINDOW}x{WINDOW} patterns, "
+          f"object {OBJECT}x{OBJECT}, loss lsq_sqrt, gradients object+probe+positions")
+    print(f"device {device!r} ({np.dtype(device.complex_dtype).name}), "
+          f"FFT worker threads: {args.threads} (BLAS: {os.environ.get('OPENBLAS_NUM_THREADS')}), "
+          f"batch size {args.batch_size}, "
+          f"median of {repeats} repeats after 1 warm-up, numpy {np.__version__}, "
+          f"CPUs visible {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
+    header = (f"{'slices':>6} {'probe modes':>11} {'batches':>7} {'FFTs':>7} "
+              f"{'eval [s]':>9} {'FFT floor [s]':>13} {'ratio':>6} {'us/pattern':>10}")
+    print(header)
+    print("-" * len(header))
+    for n_slices, n_modes in CONFIGS:
+        model, params = make_problem(device, n_slices, n_modes, args.batch_size)
+        t_eval = median_time(lambda: model.value_and_grad(params), repeats, device)
+        t_fft, count = fft_floor(model, device, n_slices, n_modes, 1, repeats)
+        n_batches = len(list(model.batches(n)))
+        print(f"{n_slices:>6} {n_modes:>11} {n_batches:>7} {count:>7} {t_eval:>9.4f} "
+              f"{t_fft:>13.4f} {t_eval / t_fft:>6.2f} {1e6 * t_eval / n:>10.1f}")
+        del model, params
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Configuration files (TOML or JSON) -> a ready-to-run :class:`Reconstruction`.
+
+Layout (TOML shown; JSON has the same structure)::
+
+    epochs = 50
+    n_slices = 1
+    [data]
+    path = "scan.h5"            # relative paths are relative to the config file
+    # preprocessing = {pad = 0, bin = 1, flip_ky = false, ...}
+    [experiment]
+    from_metadata = true        # voltage, aperture, calibration, scan from the file's metadata
+    # any Experiment field overrides, e.g. convergence_angle_mrad = 20.0
+    [propagator]
+    type = "multislice"
+    slice_thickness_A = 2.0
+    [loss]
+    type = "lsq_sqrt"
+    [refine]
+    object = true
+    probe = {type = "from", start = 5}
+    positions = false
+    [output]
+    dir = "out"
+    checkpoint_every = 10
+
+Components are ``{"type": name, ...settings}`` tables resolved by name through the registry;
+schedules are ``{"type": "every" | "from" | "until" | "piecewise" | "linear", ...}`` or plain
+values. Nothing in a configuration is ever evaluated as code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .data import Dataset, Preprocessing
+from .device import Device
+from .experiment import Experiment
+from .reconstruction import DEFAULT_COMPONENTS, Reconstruction, ReconstructionResult
+
+__all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file"]
+
+_TOP_LEVEL = {
+    "epochs", "data", "experiment", "n_slices", "n_probe_modes", "n_object_modes", "refine",
+    "regularizers", "constraints", "device", "batch_size", "object_margin_px", "output",
+    "seed", "progress", "grid", *DEFAULT_COMPONENTS,
+}
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a .toml or .json configuration file into a dict."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config: {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config: {path} is not valid JSON: {exc}") from None
+    raise ValueError(f"config: expected a .toml or .json file, found {path.name!r}")
+
+
+def _section(config: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = config.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ValueError(f"config [{key}]: expected a table, found {type(value).__name__}")
+    return dict(value)
+
+
+def _build_data(section: dict[str, Any], base_dir: Path, scan_shape: Any) -> Dataset:
+    if "path" not in section:
+        raise ValueError("config [data]: expected a 'path' to an .h5 or .npy file, found none")
+    unknown = set(section) - {"path", "dataset", "preprocessing"}
+    if unknown:
+        raise ValueError(f"config [data]: unknown keys {sorted(unknown)}; expected path, "
+                         "dataset, preprocessing")
+    path = (base_dir / section["path"]).resolve()
+    preprocessing = Preprocessing(**section.get("preprocessing", {}))
+    return Dataset.from_file(path, dataset_name=section.get("dataset", "data"),
+                             scan_shape=scan_shape, preprocessing=preprocessing)
+
+
+def _build_experiment(section: dict[str, Any], data_path: Path | None) -> Experiment:
+    from_metadata = bool(section.pop("from_metadata", False))
+    if from_metadata:
+        if data_path is None:
+            raise ValueError("config [experiment]: from_metadata needs [data] path")
+        from .metadata import load_experiment
+
+        return load_experiment(data_path, **section)
+    return Experiment.from_config(section)
+
+
+def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
+                         registry: Any | None = None) -> tuple[Reconstruction, int]:
+    """Assemble a Reconstruction (and the number of epochs to run) from a config dict."""
+    unknown = set(config) - _TOP_LEVEL
+    if unknown:
+        raise ValueError(f"config: unknown keys {sorted(unknown)}; expected some of "
+                         f"{sorted(_TOP_LEVEL)}")
+    base_dir = Path(base_dir)
+    if registry is None:
+        from .plugins import load_registry
+
+        registry = load_registry()
+    data_section = _section(config, "data")
+    data_path = (base_dir / data_section["path"]).resolve() if "path" in data_section else None
+    experiment = _build_experiment(_section(config, "experiment"), data_path)
+    dataset = _build_data(data_section, base_dir, experiment.scan_shape)
+
+    components: dict[str, Any] = {}
+    for kind in DEFAULT_COMPONENTS:
+        if kind in config:
+            components[kind] = registry.create(kind, _section(config, kind))
+    regularizers = [registry.create("regularizer", c) for c in config.get("regularizers", [])]
+    constraints = [registry.create("constraint", c) for c in config.get("constraints", [])]
+    refine = _section(config, "refine")
+    unknown_refine = set(refine) - {"object", "probe", "positions"}
+    if unknown_refine:
+        raise ValueError(f"config [refine]: unknown blocks {sorted(unknown_refine)}; expected "
+                         "object, probe, positions")
+    device_cfg = _section(config, "device")
+    output = _section(config, "output")
+    unknown_output = set(output) - {"dir", "save_every", "checkpoint_every"}
+    if unknown_output:
+        raise ValueError(f"config [output]: unknown keys {sorted(unknown_output)}")
+    out_dir = output.get("dir")
+    rec = Reconstruction(
+        dataset, experiment, **components,
+        n_slices=config.get("n_slices", 1),
+        n_probe_modes=config.get("n_probe_modes", 1),
+        n_object_modes=config.get("n_object_modes", 1),
+        refine_object=refine.get("object", True),
+        refine_probe=refine.get("probe", True),
+        refine_positions=refine.get("positions", False),
+        regularizers=regularizers, constraints=constraints,
+        device=Device(**device_cfg),
+        batch_size=config.get("batch_size"),
+        object_margin_px=config.get("object_margin_px", 8),
+        output_dir=(base_dir / out_dir) if out_dir is not None else None,
+        save_every=output.get("save_every", 1),
+        checkpoint_every=output.get("checkpoint_every"),
+        progress=config.get("progress", True),
+        seed=config.get("seed", 0),
+        registry=registry,
+    )
+    epochs = config.get("epochs", 50)
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"config epochs: expected an integer >= 0, found {epochs!r}")
+    return rec, epochs
+
+
+def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
+               output: str | Path | None = None, epochs: int | None = None,
+               resume: bool = True) -> ReconstructionResult:
+    """Build and run; ``output``/``epochs`` override the config. Resumes from a checkpoint
+    already in the output folder when ``resume`` is true."""
+    config = dict(config)
+    if output is not None:
+        config["output"] = dict(_section(config, "output"), dir=str(Path(output).resolve()))
+    rec, n_epochs = build_reconstruction(config, base_dir)
+    if epochs is not None:
+        n_epochs = epochs
+    if resume and rec.output_dir is not None and (rec.output_dir / "state.json").exists():
+        done = rec.load_checkpoint()
+        n_epochs = max(0, n_epochs - done)
+    return rec.run(n_epochs)
+
+
+def run_config_file(path: str | Path, output: str | Path | None = None,
+                    epochs: int | None = None) -> ReconstructionResult:
+    """Run the reconstruction described by a .toml/.json file (the ``ptyframe run`` command)."""
+    path = Path(path)
+    config = load_config(path)
+    result = run_config(config, base_dir=path.parent, output=output, epochs=epochs)
+    where = f" in {result.output_dir}" if result.output_dir is not None else ""
+    final = result.loss[-1] if result.loss else float("nan")
+    print(f"ptyframe: finished {result.epochs} epochs, loss {final:.6g}{where}")
+    return result

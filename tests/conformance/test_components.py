@@ -1,0 +1,455 @@
+"""Conformance of every registered component, whichever plugin provides it.
+
+The components are collected at import time from the installed plugins (first-party and
+third-party alike). Each is checked for what every component owes the framework --
+construction from defaults, a ``to_config()`` that rebuilds it through the registry, a
+docstring -- and for what its family promises numerically, with the checks of
+:mod:`ptyframe.testing` (gradient convention: g = dL/d conj(p), for real blocks 1/2 dL/dp):
+
+* loss: dL/dI against finite differences, shape/dtype kept, minimum at I = M;
+* propagator: dot-product test of the (linear) map wave -> exit wave against ``vjp``, and
+  finite-difference gradients of a weighted least-squares objective of the exit wave with
+  respect to wave and transmission;
+* optimizer: converges on a small quadratic in a complex and a real block;
+* regularizer: finite-difference gradient of every block it returns;
+* constraint: keeps the blocks' shapes, dtypes and finiteness;
+* initializers: shapes, dtypes, finite values; a probe carries the mean pattern's intensity.
+
+Components that need settings without defaults get them from :data:`SETTINGS`. Numerical
+checks run in double precision on the CPU, and on the GPU where CuPy and a CUDA device exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import pytest
+
+from ptyframe.components import COMPONENT_KINDS, InitContext, PropagationGeometry
+from ptyframe.device import Device, cupy_available
+from ptyframe.experiment import Experiment, ReconstructionGrid
+from ptyframe.physics import wavelength_A
+from ptyframe.plugins import load_registry
+from ptyframe.registry import ComponentConfigError
+from ptyframe.testing import check_adjoint, check_gradient, random_like
+
+REGISTRY = load_registry()
+ENTRIES = [(e.kind, e.name, e.cls) for e in REGISTRY.entries()]
+
+#: distributions whose components must construct without help (their failures are bugs here)
+FIRST_PARTY = {"ptyframe"}
+#: losses that are negative log-likelihoods (up to a constant), hence not >= 0
+LIKELIHOOD_LOSSES = {"ml"}
+#: (test, kind, name, variant) -> reason: known bugs, as strict xfails (an XPASS says: fixed,
+#: remove the entry)
+KNOWN_BUGS: dict[tuple[str, str, str, Any], str] = {
+    ("probe_intensity", "probe_initializer", name, 1): (
+        "ptyframe_initializers.probes.add_probe_modes gives a single mode only "
+        "(1 - extra_mode_power) of the power (share of mode 0 should be 1 when n_modes == 1)")
+    for name in ("aperture", "mean_pattern")
+}
+
+
+def known_bug(request: pytest.FixtureRequest, test: str, kind: str, name: str,
+              variant: Any = None) -> None:
+    """Mark the running test as an expected failure when it hits a known bug."""
+    reason = KNOWN_BUGS.get((test, kind, name, variant))
+    if reason is not None:
+        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+# -- a small experiment shared by the initializer, regularizer and constraint checks ------------
+WINDOW = 16
+PIXEL_SIZE_A = 0.25
+DK_INV_A = 1.0 / (WINDOW * PIXEL_SIZE_A)
+SCAN_SHAPE = (3, 4)
+SCAN_STEP_A = 0.6
+N_MEASUREMENTS = SCAN_SHAPE[0] * SCAN_SHAPE[1]
+EXPERIMENT = Experiment(voltage_kV=200.0, convergence_angle_mrad=25.0,
+                        detector_pixel_size_inv_A=DK_INV_A, aberrations={"C10": -50.0},
+                        scan_shape=SCAN_SHAPE, scan_step_A=SCAN_STEP_A)
+_iy, _ix = np.meshgrid(np.arange(SCAN_SHAPE[0]), np.arange(SCAN_SHAPE[1]), indexing="ij")
+POSITIONS_A = np.stack([_iy.ravel(), _ix.ravel()], axis=1) * SCAN_STEP_A
+GRID = ReconstructionGrid.covering(POSITIONS_A, (WINDOW, WINDOW), DK_INV_A, margin_px=4)
+
+
+def _mean_pattern() -> np.ndarray:
+    """A centred bright-field disk (radius = convergence angle) on a weak background, counts."""
+    k = (np.arange(WINDOW) - WINDOW // 2) * DK_INV_A
+    radius = np.hypot(k[:, None], k[None, :]) * EXPERIMENT.wavelength_A * 1e3  # mrad
+    return np.where(radius <= EXPERIMENT.convergence_angle_mrad, 40.0, 0.5)
+
+
+def init_context(seed: int = 0) -> InitContext:
+    return InitContext(EXPERIMENT, GRID, _mean_pattern(), N_MEASUREMENTS,
+                       np.random.default_rng(seed))
+
+
+# -- settings for components whose fields have no defaults --------------------------------------
+def _positions_file(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "positions.npy"
+    np.save(path, POSITIONS_A)
+    return {"path": str(path)}
+
+
+#: (kind, name) -> factory(tmp_path) of the settings a component cannot do without
+SETTINGS: dict[tuple[str, str], Callable[[Path], dict[str, Any]]] = {
+    ("position_initializer", "from_file"): _positions_file,
+}
+
+
+def required_settings(cls: type) -> list[str]:
+    """Settings of ``cls`` without a default value."""
+    if attrs.has(cls):
+        return [f.alias for f in attrs.fields(cls) if f.init and f.default is attrs.NOTHING]
+    return [p.name for p in inspect.signature(cls).parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def config_for(kind: str, name: str, tmp_path: Path) -> dict[str, Any]:
+    factory = SETTINGS.get((kind, name))
+    return {"type": name, **(factory(tmp_path) if factory else {})}
+
+
+def build(kind: str, name: str, tmp_path: Path) -> Any:
+    """The component made through the registry from default settings (plus SETTINGS)."""
+    config = config_for(kind, name, tmp_path)
+    entry = REGISTRY.entry(kind, name)
+    missing = [s for s in required_settings(entry.cls) if s not in config]
+    if missing:
+        message = (f"{kind} {name!r} ({entry.provider}) has settings without defaults: "
+                   f"{', '.join(missing)}; add a factory for them to SETTINGS in {__file__}")
+        if entry.distribution in FIRST_PARTY:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        return REGISTRY.create(kind, config)
+    except ComponentConfigError as exc:
+        pytest.fail(f"{kind} {name!r} ({entry.provider}) cannot be built from {config}: {exc}")
+
+
+def entries(*kinds: str) -> list[Any]:
+    selected = [(k, n, c) for k, n, c in ENTRIES if not kinds or k in kinds]
+    return [pytest.param(k, n, c, id=f"{k}:{n}") for k, n, c in selected]
+
+
+# -- devices ---------------------------------------------------------------------------------------
+@functools.cache
+def _gpu() -> bool:
+    return cupy_available()
+
+
+@pytest.fixture(params=[pytest.param("cpu"), pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request) -> Device:
+    if request.param == "gpu" and not _gpu():
+        pytest.skip("needs CuPy and a CUDA device")
+    return Device(request.param, "double")
+
+
+def host(a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+# =================================================================================== every kind
+def test_registry_is_not_empty():
+    assert ENTRIES, "no component registered: is ptyframe installed (pip install -e .)?"
+    assert set(REGISTRY.kinds()) <= set(COMPONENT_KINDS)
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries())
+def test_is_a_documented_attrs_class(kind, name, cls):
+    assert cls.kind == kind and cls.name == name
+    assert issubclass(cls, COMPONENT_KINDS[kind])
+    assert attrs.has(cls), f"{cls.__qualname__}: components are attrs classes (@attrs.define)"
+    doc = cls.__doc__  # not inherited: each class documents itself
+    assert doc is not None and doc.strip(), f"{cls.__qualname__} has no docstring"
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries())
+def test_constructs_from_defaults(kind, name, cls, tmp_path):
+    component = build(kind, name, tmp_path)
+    assert type(component) is cls
+    assert repr(component)
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries())
+def test_config_round_trips_through_the_registry(kind, name, cls, tmp_path):
+    component = build(kind, name, tmp_path)
+    config = component.to_config()
+    assert config["type"] == name
+    as_json = json.loads(json.dumps(config, allow_nan=False))  # what a parameters file holds
+    assert as_json == config, "to_config() must be JSON-ready (numbers, strings, lists, dicts)"
+    rebuilt = REGISTRY.create(kind, as_json)
+    assert type(rebuilt) is cls
+    assert rebuilt.to_config() == config
+
+
+# =================================================================================== losses
+def _loss_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Model intensity I in [1, 50] and counts M >= 0 (some zero), double precision."""
+    rng = np.random.default_rng(seed)
+    measured = rng.poisson(20.0, size=(3, WINDOW, WINDOW)).astype(float)
+    measured[:, :2] = 0.0  # dark pixels
+    intensity = rng.uniform(1.0, 50.0, size=measured.shape)
+    return intensity, measured
+
+
+def _loss_value(loss, intensity, prepared, xp) -> float:
+    return float(loss.value_and_grad(intensity.copy(), prepared, xp)[0])
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("loss"))
+def test_loss_gradient(kind, name, cls, tmp_path, device):
+    xp = device.xp
+    loss = build(kind, name, tmp_path)
+    intensity_h, measured_h = _loss_data()
+    intensity, measured = device.real(intensity_h), device.real(measured_h)
+    prepared = loss.prepare_measured(measured, xp)
+    value, dldi = loss.value_and_grad(intensity.copy(), prepared, xp)
+    assert isinstance(value, float) and math.isfinite(value)
+    assert dldi.shape == intensity.shape and dldi.dtype == intensity.dtype
+    assert np.all(np.isfinite(host(dldi)))
+    # the measured data are left alone (value_and_grad may work in place on the intensity only)
+    np.testing.assert_array_equal(host(measured), measured_h)
+    # value_and_grad returns dL/dI; for a real block the convention is g = 1/2 dL/dI
+    for seed in range(3):
+        check_gradient(lambda p: _loss_value(loss, p["I"], prepared, xp), {"I": intensity},
+                       {"I": dldi / 2}, "I", rng=np.random.default_rng(seed), rtol=1e-5, xp=xp)
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("loss"))
+def test_loss_minimum_at_the_measurement(kind, name, cls, tmp_path, device):
+    xp = device.xp
+    loss = build(kind, name, tmp_path)
+    _, measured_h = _loss_data(1)
+    measured = device.real(measured_h)
+    prepared = loss.prepare_measured(measured, xp)
+    at_measured = _loss_value(loss, measured, prepared, xp)
+    assert math.isfinite(at_measured)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        perturbed = device.real(measured_h * (1.0 + 0.2 * rng.uniform(-1, 1, measured_h.shape))
+                                + rng.uniform(0.0, 2.0, measured_h.shape))
+        assert _loss_value(loss, perturbed, prepared, xp) > at_measured
+    if name not in LIKELIHOOD_LOSSES:
+        assert at_measured >= 0
+        intensity, _ = _loss_data(2)
+        assert _loss_value(loss, device.real(intensity), prepared, xp) >= 0
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("loss"))
+def test_loss_keeps_single_precision(kind, name, cls, tmp_path):
+    loss = build(kind, name, tmp_path)
+    intensity, measured = _loss_data(3)
+    prepared = loss.prepare_measured(measured.astype(np.float32), np)
+    value, dldi = loss.value_and_grad(intensity.astype(np.float32), prepared, np)
+    assert math.isfinite(value)
+    assert dldi.dtype == np.float32, "float32 in, float32 out (no silent upcast on the GPU)"
+
+
+# =================================================================================== propagators
+N_SLICES = 3
+#: wave (1, probe modes, batch, ny, nx) and transmission (slices, object modes, 1, batch, ny, nx),
+#: as the far-field model passes them; the exit wave is (object modes, probe modes, batch, ...)
+WAVE_SHAPE = (1, 2, 3, WINDOW, WINDOW)
+TRANSMISSION_SHAPE = (N_SLICES, 2, 1, 3, WINDOW, WINDOW)
+EXIT_SHAPE = (2, 2, 3, WINDOW, WINDOW)
+
+
+def _prepared_propagator(kind, name, tmp_path, device):
+    propagator = build(kind, name, tmp_path)
+    propagator.prepare(PropagationGeometry((WINDOW, WINDOW), PIXEL_SIZE_A, wavelength_A(200.0),
+                                           N_SLICES, device))
+    rng = np.random.default_rng(0)
+    wave = device.complex(rng.standard_normal(WAVE_SHAPE)
+                          + 1j * rng.standard_normal(WAVE_SHAPE))
+    phase = rng.uniform(-0.5, 0.5, TRANSMISSION_SHAPE)
+    absorption = rng.uniform(0.0, 0.2, TRANSMISSION_SHAPE)
+    transmission = device.complex(np.exp(1j * phase - absorption))
+    return propagator, wave, transmission, rng
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("propagator"))
+def test_propagator_shapes(kind, name, cls, tmp_path, device):
+    propagator, wave, transmission, _ = _prepared_propagator(kind, name, tmp_path, device)
+    exit_wave, cache = propagator.forward(wave, transmission)
+    assert exit_wave.shape == EXIT_SHAPE and exit_wave.dtype == device.complex_dtype
+    assert np.all(np.isfinite(host(exit_wave)))
+    lean, _ = propagator.forward(wave, transmission, keep=False)
+    np.testing.assert_allclose(host(lean), host(exit_wave), rtol=1e-12, atol=1e-12)
+    grad_wave, grad_transmission = propagator.vjp(exit_wave, cache)
+    assert grad_wave.shape == WAVE_SHAPE and grad_wave.dtype == device.complex_dtype
+    assert grad_transmission.shape == TRANSMISSION_SHAPE
+    assert grad_transmission.dtype == device.complex_dtype
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("propagator"))
+def test_propagator_adjoint_in_the_wave(kind, name, cls, tmp_path, device):
+    """For a fixed transmission, wave -> exit wave is linear; vjp must be its adjoint."""
+    propagator, wave, transmission, rng = _prepared_propagator(kind, name, tmp_path, device)
+    _, cache = propagator.forward(wave, transmission)
+    xp = device.xp
+    for _ in range(2):
+        x = random_like(wave, rng, xp)
+        y = random_like(xp.empty(EXIT_SHAPE, dtype=device.complex_dtype), rng, xp)
+        check_adjoint(lambda v: propagator.forward(v, transmission, keep=False)[0],
+                      lambda g: propagator.vjp(g, cache)[0], x, y, rtol=1e-10)
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("propagator"))
+def test_propagator_gradient(kind, name, cls, tmp_path, device):
+    """L = sum w |exit(wave, T) - target|^2: vjp of dL/d conj(exit) = w (exit - target)."""
+    propagator, wave, transmission, rng = _prepared_propagator(kind, name, tmp_path, device)
+    xp = device.xp
+    weights = device.real(rng.uniform(0.5, 2.0, EXIT_SHAPE))
+    target = random_like(xp.empty(EXIT_SHAPE, dtype=device.complex_dtype), rng, xp)
+
+    def objective(p):
+        exit_wave, _ = propagator.forward(p["wave"], p["transmission"], keep=False)
+        r = exit_wave - target
+        return float(xp.sum(weights * (r.real**2 + r.imag**2)))
+
+    exit_wave, cache = propagator.forward(wave, transmission)
+    grad_wave, grad_transmission = propagator.vjp(weights * (exit_wave - target), cache)
+    params = {"wave": wave, "transmission": transmission}
+    grads = {"wave": grad_wave, "transmission": grad_transmission}
+    for block in params:
+        for seed in range(2):
+            check_gradient(objective, params, grads, block, rng=np.random.default_rng(seed),
+                           rtol=1e-5, xp=xp)
+
+
+# =================================================================================== optimizers
+def _quadratic(xp, seed: int = 0):
+    """L = sum h |z - z*|^2 + sum k (x - x*)^2 + coupling, well conditioned (kappa ~ 5).
+
+    Gradients in ptyframe's convention: dL/d conj(z) for the complex block, 1/2 dL/dx for the
+    real block."""
+    rng = np.random.default_rng(seed)
+    h = xp.asarray(rng.uniform(1.0, 4.0, 6))
+    k = xp.asarray(rng.uniform(1.0, 4.0, 4))
+    c = 0.2
+    z_true = xp.asarray(rng.standard_normal(6) + 1j * rng.standard_normal(6))
+    x_true = xp.asarray(rng.standard_normal(4))
+
+    def objective(p):
+        dz, dx = p["z"] - z_true, p["x"] - x_true
+        couple = dz[:4].real - dx  # couples the two blocks
+        value = float(xp.sum(h * (dz.real**2 + dz.imag**2)) + xp.sum(k * dx**2)
+                      + c * xp.sum(couple**2))
+        gz = h * dz
+        gz[:4] += c * couple  # dL/d conj(z) = 1/2 (dL/dRe z + i dL/dIm z)
+        gx = k * dx - c * couple
+        return value, {"z": gz, "x": gx}
+
+    start = {"z": xp.zeros(6, dtype=complex), "x": xp.zeros(4, dtype=float)}
+    return objective, start, {"z": z_true, "x": x_true}
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("optimizer"))
+def test_optimizer_minimizes_a_quadratic(kind, name, cls, tmp_path, device):
+    xp = device.xp
+    optimizer = build(kind, name, tmp_path)
+    objective, params, solution = _quadratic(xp)
+    state = optimizer.init_state()
+    value, grads = objective(params)
+    first = value
+    for iteration in range(300):
+        if iteration == 20:
+            optimizer.reset(state)  # a constraint was applied: history forgotten, still works
+        result = optimizer.step(params, value, grads, objective, state, xp)
+        assert set(result.params) == set(params)
+        for block, array in result.params.items():
+            assert array.shape == params[block].shape and array.dtype == params[block].dtype
+        params, value, grads = result.params, result.value, result.grads
+        assert math.isfinite(value)
+        if value < 1e-14 * first:
+            break
+    error = math.sqrt(sum(float(xp.sum(xp.abs(params[b] - solution[b]) ** 2))
+                          for b in solution))
+    scale = math.sqrt(sum(float(xp.sum(xp.abs(solution[b]) ** 2)) for b in solution))
+    assert error < 1e-6 * scale, f"{name}: relative error {error / scale:.3g} after " \
+                                 f"{iteration + 1} steps, loss {first:.3g} -> {value:.3g}"
+
+
+# =================================================================================== regularizers
+def _model_params(device: Device, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    shape = (1, 1, *GRID.object_shape)
+    obj = np.exp(1j * rng.uniform(-0.5, 0.5, shape) - rng.uniform(0.0, 0.1, shape))
+    probe = rng.standard_normal((1, WINDOW, WINDOW)) + 1j * rng.standard_normal(
+        (1, WINDOW, WINDOW))
+    return {"object": device.complex(obj), "probe": device.complex(probe),
+            "positions": device.real(GRID.positions_to_pixels(POSITIONS_A))}
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("regularizer"))
+def test_regularizer_gradient(kind, name, cls, tmp_path, device):
+    regularizer = build(kind, name, tmp_path)
+    params = _model_params(device)
+    value, grads = regularizer.value_and_grad(params, device)
+    assert math.isfinite(float(value))
+    assert set(grads) <= set(params), f"gradients for unknown blocks {set(grads) - set(params)}"
+    for block, grad in grads.items():
+        assert grad.shape == params[block].shape and grad.dtype == params[block].dtype
+        check_gradient(lambda p: float(regularizer.value_and_grad(p, device)[0]), params,
+                       grads, block, rtol=1e-4, xp=device.xp)
+
+
+# =================================================================================== constraints
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("constraint"))
+def test_constraint_keeps_the_blocks(kind, name, cls, tmp_path, device):
+    constraint = build(kind, name, tmp_path)
+    params = _model_params(device)
+    before = {k: (v.shape, v.dtype) for k, v in params.items()}
+    for epoch in range(3):
+        active = constraint.is_active(epoch)
+        assert isinstance(active, (bool, np.bool_))
+        changed = constraint.apply(params, device, epoch)
+        assert isinstance(changed, (bool, np.bool_))
+        assert {k: (v.shape, v.dtype) for k, v in params.items()} == before
+        for block, array in params.items():
+            assert np.all(np.isfinite(host(array))), f"{block} not finite after apply"
+
+
+# =================================================================================== initializers
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("probe_initializer"))
+@pytest.mark.parametrize("n_modes", [1, 3])
+def test_probe_initializer(kind, name, cls, n_modes, tmp_path, request):
+    context = init_context()
+    probe = build(kind, name, tmp_path).build(context, n_modes)
+    assert isinstance(probe, np.ndarray)
+    assert probe.shape == (n_modes, WINDOW, WINDOW)
+    assert np.iscomplexobj(probe) and np.all(np.isfinite(probe))
+    total = float(np.sum(np.abs(probe) ** 2))
+    known_bug(request, "probe_intensity", kind, name, n_modes)
+    np.testing.assert_allclose(total, float(np.sum(context.mean_pattern)), rtol=1e-6,
+                               err_msg="probe intensity must equal the mean pattern's sum")
+    assert np.all(np.sum(np.abs(probe) ** 2, axis=(1, 2)) > 0), "an empty probe mode"
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("object_initializer"))
+@pytest.mark.parametrize(("n_slices", "n_modes"), [(1, 1), (2, 3)])
+def test_object_initializer(kind, name, cls, n_slices, n_modes, tmp_path):
+    obj = build(kind, name, tmp_path).build(init_context(), GRID.object_shape, n_slices,
+                                            n_modes)
+    assert isinstance(obj, np.ndarray)
+    assert obj.shape == (n_slices, n_modes, *GRID.object_shape)
+    assert np.iscomplexobj(obj) and np.all(np.isfinite(obj))
+    assert np.all(np.abs(obj) > 0), "a zero transmission blocks every gradient through it"
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("position_initializer"))
+def test_position_initializer(kind, name, cls, tmp_path):
+    positions = np.asarray(build(kind, name, tmp_path).build(init_context()))
+    assert positions.shape == (N_MEASUREMENTS, 2)
+    assert np.issubdtype(positions.dtype, np.floating) and np.all(np.isfinite(positions))
+    assert len(np.unique(positions, axis=0)) == N_MEASUREMENTS, "positions coincide"
