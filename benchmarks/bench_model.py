@@ -105,31 +105,35 @@ def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: 
     return model, params
 
 
-def median_time(fn, repeats: int, device: Device) -> float:
-    fn()  # warm-up: plans, work buffers, page faults
-    device.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_medians(fns: list, repeats: int, device: Device) -> list[float]:
+    """Median wall time of each function; one warm-up call each (plans, work buffers, page
+    faults), then the timed calls alternate so that both see the same machine load."""
+    for fn in fns:
         fn()
-        device.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    device.synchronize()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            device.synchronize()
+            record.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
-def fft_floor(model: FarFieldModel, device: Device, n_slices: int, n_probe_modes: int,
-              n_object_modes: int, repeats: int) -> tuple[float, int]:
-    """Median time of the 4 S FFTs per wave over the model's batches (in place, no
-    normalisation pass beyond what the FFT library does itself). Returns (seconds, count)."""
+def fft_floor_runner(model: FarFieldModel, device: Device, n_slices: int, n_probe_modes: int,
+                     n_object_modes: int):
+    """A function doing the 4 S FFTs per wave of one evaluation over the model's batches (in
+    place on work arrays of the evaluation's shapes; half forward, half inverse so that the
+    values stay bounded), and the number of 2-D FFTs it does."""
     xp = device.xp
     n = model.n_measurements
-    sizes = sorted({s.stop - s.start for s in model.batches(n)})
+    batch_sizes = [s.stop - s.start for s in model.batches(n)]
     rng = np.random.default_rng(1)
     work = {b: xp.asarray((rng.standard_normal((n_object_modes, n_probe_modes, b, WINDOW,
                                                  WINDOW)) + 0j).astype(device.complex_dtype))
-            for b in sizes}
-    per_batch = 4 * n_slices  # half forward transforms, half inverse (values stay bounded)
-    batch_sizes = [s.stop - s.start for s in model.batches(n)]
+            for b in set(batch_sizes)}
+    per_batch = 4 * n_slices
 
     def run() -> None:
         for b in batch_sizes:
@@ -139,8 +143,7 @@ def fft_floor(model: FarFieldModel, device: Device, n_slices: int, n_probe_modes
                 a = device.ifft2(a, overwrite=True)
             work[b] = a
 
-    count = per_batch * n * n_probe_modes * n_object_modes
-    return median_time(run, repeats, device), count
+    return run, per_batch * n * n_probe_modes * n_object_modes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device!r} ({np.dtype(device.complex_dtype).name}), "
           f"FFT worker threads: {args.threads} (BLAS: {os.environ.get('OPENBLAS_NUM_THREADS')}), "
           f"batch size {args.batch_size}, "
-          f"median of {repeats} repeats after 1 warm-up, numpy {np.__version__}, "
+          f"median of {repeats} interleaved repeats after 1 warm-up, numpy {np.__version__}, "
           f"CPUs visible {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
     header = (f"{'slices':>6} {'probe modes':>11} {'batches':>7} {'FFTs':>7} "
               f"{'eval [s]':>9} {'FFT floor [s]':>13} {'ratio':>6} {'us/pattern':>10}")
@@ -168,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for n_slices, n_modes in CONFIGS:
         model, params = make_problem(device, n_slices, n_modes, args.batch_size)
-        t_eval = median_time(lambda: model.value_and_grad(params), repeats, device)
-        t_fft, count = fft_floor(model, device, n_slices, n_modes, 1, repeats)
+        floor, count = fft_floor_runner(model, device, n_slices, n_modes, 1)
+        t_eval, t_fft = interleaved_medians([lambda: model.value_and_grad(params), floor],
+                                            repeats, device)
         n_batches = len(list(model.batches(n)))
         print(f"{n_slices:>6} {n_modes:>11} {n_batches:>7} {count:>7} {t_eval:>9.4f} "
               f"{t_fft:>13.4f} {t_eval / t_fft:>6.2f} {1e6 * t_eval / n:>10.1f}")

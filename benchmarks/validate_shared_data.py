@@ -55,15 +55,21 @@ def main() -> None:
     parser.add_argument("--slice-thickness", type=float, default=None,
                         help="Å; default: sample thickness / slices from the metadata")
     parser.add_argument("--probe-modes", type=int, default=1)
-    parser.add_argument("--loss", default="lsq_sqrt")
+    parser.add_argument("--loss", default="ml", help="ml (Poisson; right for counting data) or lsq_sqrt")
     parser.add_argument("--precision", default="single")
     parser.add_argument("--positions", action="store_true", help="refine scan positions")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--noiseless", action="store_true",
+                        help="reconstruct data_noiseless x electrons_per_pattern (diagnostic)")
     args = parser.parse_args()
 
     path = DATA_DIR / f"{args.name}.h5"
     experiment = load_experiment(path)
     dataset = Dataset.from_file(path, scan_shape=experiment.scan_shape)
+    if args.noiseless:
+        with h5py.File(path, "r") as fh:
+            counts = fh["data_noiseless"][()] * float(fh.attrs["electrons_per_pattern"])
+        dataset = Dataset.from_array(counts, scan_shape=experiment.scan_shape)
     with h5py.File(path, "r") as fh:
         thickness = float(fh.attrs.get("sample_thickness_A", 0.0))
     registry = load_registry()
@@ -92,5 +98,5 @@ def main() -> None:
           f"{corr_raw:.4f} (raw), over {gt_crop.shape} px of the scanned area")
 
 
-if __name__ in ("__main__", "notmain"):
+if __name__ == "__main__":
     main()

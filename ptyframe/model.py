@@ -93,12 +93,19 @@ class FarFieldModel:
             yield slice(start, min(start + self.batch_size, n))
 
     def _ramps(self, frac: Any) -> tuple[Any, Any]:
-        """Separable sub-pixel shift ramps exp(-2 pi i q f): (B, ny, 1) and (B, 1, nx)."""
+        """Separable sub-pixel shift ramps exp(-2 pi i q f): (B, ny, 1) and (B, 1, nx).
+
+        Built from real cos/sin (vectorised) rather than a complex exp."""
+        return (self._phase_factor(frac[:, 0], self._qy)[:, :, None],
+                self._phase_factor(frac[:, 1], self._qx)[:, None, :])
+
+    def _phase_factor(self, f: Any, q: Any) -> Any:
         xp = self.device.xp
-        cdt = self.device.complex_dtype
-        ey = xp.exp((-2j * np.pi) * frac[:, 0:1] * self._qy[None, :]).astype(cdt, copy=False)
-        ex = xp.exp((-2j * np.pi) * frac[:, 1:2] * self._qx[None, :]).astype(cdt, copy=False)
-        return ey[:, :, None], ex[:, None, :]
+        phase = f.astype(self.device.real_dtype, copy=False)[:, None] * ((-2.0 * np.pi) * q)
+        out = xp.empty(phase.shape, dtype=self.device.complex_dtype)
+        xp.cos(phase, out=out.real)
+        xp.sin(phase, out=out.imag)
+        return out
 
     def _take_rows(self, name: str, array: Any, sel: Any) -> Any:
         """array[sel] for a slice (a view) or an index array (copied into a work buffer)."""

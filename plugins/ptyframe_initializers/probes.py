@@ -37,7 +37,10 @@ def add_probe_modes(probe: np.ndarray, n_modes: int, extra_mode_power: float) ->
     power = float(np.sum(np.abs(probe) ** 2))
     out = np.empty((n_modes, ny, nx), dtype=complex)
     for k, m in enumerate(modes):
-        share = (1 - extra_mode_power) if k == 0 else extra_mode_power / (n_modes - 1)
+        if n_modes == 1:
+            share = 1.0
+        else:
+            share = (1 - extra_mode_power) if k == 0 else extra_mode_power / (n_modes - 1)
         out[k] = m * np.sqrt(share * power / max(float(np.sum(np.abs(m) ** 2)), 1e-300))
     return out
 

@@ -50,12 +50,7 @@ FIRST_PARTY = {"ptyframe"}
 LIKELIHOOD_LOSSES = {"ml"}
 #: (test, kind, name, variant) -> reason: known bugs, as strict xfails (an XPASS says: fixed,
 #: remove the entry)
-KNOWN_BUGS: dict[tuple[str, str, str, Any], str] = {
-    ("probe_intensity", "probe_initializer", name, 1): (
-        "ptyframe_initializers.probes.add_probe_modes gives a single mode only "
-        "(1 - extra_mode_power) of the power (share of mode 0 should be 1 when n_modes == 1)")
-    for name in ("aperture", "mean_pattern")
-}
+KNOWN_BUGS: dict[tuple[str, str, str, Any], str] = {}
 
 
 def known_bug(request: pytest.FixtureRequest, test: str, kind: str, name: str,

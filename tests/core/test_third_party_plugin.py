@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -44,8 +45,21 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300, check=False)
 
 
+def _can_build_wheels_offline() -> bool:
+    """setuptools >= 70.1 builds wheels by itself; older ones need the ``wheel`` package."""
+    import setuptools
+
+    try:
+        major, minor = (int(part) for part in setuptools.__version__.split(".")[:2])
+    except ValueError:
+        return True  # unknown version: let pip try
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 def _install(source: Path, target: Path) -> str:
     """Install ``source`` into ``target``; returns how ("pip" or "setuptools")."""
+    if not _can_build_wheels_offline():
+        return _install_with_setuptools(source, target, "")
     pip = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
                 "--no-index", "--no-cache-dir", "--target", str(target), str(source)],
                cwd=source)
@@ -54,15 +68,20 @@ def _install(source: Path, target: Path) -> str:
     output = pip.stdout + pip.stderr
     if "bdist_wheel" not in output:
         pytest.fail(f"pip install of {source} failed:\n{output[-4000:]}")
-    # No offline wheel builder here: let setuptools write the installation directly.
+    return _install_with_setuptools(source, target, output)
+
+
+def _install_with_setuptools(source: Path, target: Path, pip_output: str) -> str:
+    """No offline wheel builder here: let setuptools write the installation directly."""
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
     direct = _run([sys.executable, "-c", "from setuptools import setup; setup()", "-q",
                    "egg_info", "--egg-base", str(target), "build_py", "--build-lib",
                    str(target)], cwd=source)
     if direct.returncode != 0:
-        pytest.fail(f"setuptools could not install {source} either:\n"
-                    f"{(direct.stdout + direct.stderr)[-4000:]}\n\npip said:\n{output[-2000:]}")
+        pip_said = f"\n\npip said:\n{pip_output[-2000:]}" if pip_output else ""
+        pytest.fail(f"setuptools could not install {source}:\n"
+                    f"{(direct.stdout + direct.stderr)[-4000:]}{pip_said}")
     return "setuptools"
 
 
