@@ -17,10 +17,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from ptyframe_initializers.positions import scan_grid
 
 from ptyframe import Dataset, Device, FromEpoch, Reconstruction, load_experiment, load_registry
 from ptyframe.validation import phase_correlation
-from ptyframe_initializers.positions import scan_grid
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -55,7 +55,8 @@ def main() -> None:
     parser.add_argument("--slice-thickness", type=float, default=None,
                         help="Å; default: sample thickness / slices from the metadata")
     parser.add_argument("--probe-modes", type=int, default=1)
-    parser.add_argument("--loss", default="ml", help="ml (Poisson; right for counting data) or lsq_sqrt")
+    parser.add_argument("--loss", default="ml",
+                        help="ml (Poisson; right for counting data) or lsq_sqrt")
     parser.add_argument("--precision", default="single")
     parser.add_argument("--positions", action="store_true", help="refine scan positions")
     parser.add_argument("--output", default=None)

@@ -7,6 +7,7 @@ namespace), ``device.fft2``/``device.ifft2`` and ``device.scatter_add``.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from typing import Any
 
@@ -48,7 +49,7 @@ class Workspace:
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
         dtype = np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
             buf = self.xp.empty(size, dtype=dtype)

@@ -35,7 +35,7 @@ def _pair_of_positive_ints(value: Any) -> tuple[int, int]:
 
 def _aberrations(value: Any) -> dict[str, float]:
     arr = aberration_coefficients_array(value)
-    return {name: float(v) for name, v in zip(ABERRATION_NAMES, arr) if v != 0.0}
+    return {name: float(v) for name, v in zip(ABERRATION_NAMES, arr, strict=True) if v != 0.0}
 
 
 @attrs.frozen(kw_only=True)

@@ -3,6 +3,9 @@
 Each returns the summed loss and dL/dI. Floors (``epsilon``, in the units of the data, i.e.
 counts) keep the losses differentiable where the model is ~0 and are used consistently in the
 value and its gradient, so finite-difference checks hold exactly.
+
+``value_and_grad(..., overwrite=True)`` (used by the far-field model in its hot loop) may
+destroy ``intensity`` and return the gradient in its memory, saving temporaries.
 """
 
 from __future__ import annotations
@@ -39,13 +42,17 @@ class LeastSquaresSqrt(LossMetric):
     def prepare_measured(self, measured: Any, xp: Any) -> Any:
         return xp.sqrt(measured)
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any) -> tuple[float, Any]:
-        amp = intensity + self.epsilon if self.epsilon else intensity.copy()
+    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+                       overwrite: bool = False) -> tuple[float, Any]:
+        # ``measured`` holds sqrt(M) (prepare_measured)
+        amp = intensity if overwrite else intensity.copy()
+        if self.epsilon:
+            amp += self.epsilon
         xp.sqrt(amp, out=amp)
         diff = amp - measured
-        value = float((diff * diff).sum(dtype=xp.float64))
-        diff /= amp
-        return value, diff
+        grad = xp.divide(diff, amp, out=amp)  # 1 - sqrt(M) / sqrt(I + eps)
+        value = float(xp.square(diff, out=diff).sum(dtype=xp.float64))
+        return value, grad
 
 
 @attrs.define(kw_only=True)
@@ -59,11 +66,14 @@ class PoissonML(LossMetric):
     name = "ml"
     epsilon: float = attrs.field(default=1e-2, converter=float, validator=_positive)
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any) -> tuple[float, Any]:
-        floored = intensity + self.epsilon
-        value = float(floored.sum(dtype=xp.float64) - (measured * xp.log(floored)).sum(
-            dtype=xp.float64))
-        grad = measured / floored
+    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+                       overwrite: bool = False) -> tuple[float, Any]:
+        floored = xp.add(intensity, self.epsilon, out=intensity if overwrite else None)
+        value = float(floored.sum(dtype=xp.float64))
+        log = xp.log(floored)
+        log *= measured
+        value -= float(log.sum(dtype=xp.float64))
+        grad = xp.divide(measured, floored, out=floored)
         xp.subtract(1.0, grad, out=grad)
         return value, grad
 
@@ -74,8 +84,10 @@ class LeastSquares(LossMetric):
 
     name = "lsq"
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any) -> tuple[float, Any]:
-        diff = intensity - measured
-        value = float((diff * diff).sum(dtype=xp.float64))
+    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+                       overwrite: bool = False) -> tuple[float, Any]:
+        diff = xp.subtract(intensity, measured, out=intensity if overwrite else None)
+        value = float(xp.vdot(diff, diff)) if diff.dtype == xp.float64 else float(
+            (diff * diff).sum(dtype=xp.float64))
         diff *= 2.0
         return value, diff

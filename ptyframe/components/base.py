@@ -32,7 +32,7 @@ def component_config(obj: Any) -> dict[str, Any]:
     return out
 
 
-class Component(abc.ABC):
+class Component(abc.ABC):  # noqa: B024 - families add the abstract methods
     """Base class of every component.
 
     Concrete components are ``attrs`` classes whose fields are their validated settings and set
