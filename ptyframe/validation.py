@@ -126,12 +126,15 @@ def cross_correlation_shift(moving: np.ndarray, reference: np.ndarray,
 
 
 def align_images(moving: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
-                 upsample: int = 100) -> tuple[np.ndarray, np.ndarray]:
+                 upsample: int = 100, max_iterations: int = 6, tolerance_px: float = 2e-3
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Translate ``moving`` onto ``reference`` by a sub-pixel shift.
 
     The shift maximises the cross-correlation (see :func:`cross_correlation_shift`); with a
     ``mask`` only the masked pixels of both images take part (each mean-removed inside the mask,
-    zero outside), which keeps unreconstructed borders from biasing the estimate. Returns
+    zero outside), which keeps unreconstructed borders from biasing the estimate; the shift
+    is then refined iteratively (at most ``max_iterations`` estimates, until the correction is
+    below ``tolerance_px`` pixels) to remove the bias of the window. Returns
     ``(shifted_moving, shift_yx)`` with ``shifted_moving(r) = moving(r - shift_yx)`` (pixels),
     the whole image shifted (periodically, see :func:`fourier_shift`).
     """
@@ -141,13 +144,25 @@ def align_images(moving: np.ndarray, reference: np.ndarray, mask: np.ndarray | N
         raise ValueError(f"moving: expected the shape of reference {reference.shape}, found "
                          f"{moving.shape}")
     mask = _check_mask(mask, reference.shape)
+    if not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
+        raise ValueError(f"max_iterations: expected an integer >= 1, found {max_iterations!r}")
     if mask is None:
-        a, b = moving, reference
-    else:
-        a = np.where(mask, moving - moving[mask].mean(), 0.0)
-        b = np.where(mask, reference - reference[mask].mean(), 0.0)
-    shift = cross_correlation_shift(a, b, upsample=upsample)
-    return fourier_shift(moving, shift), shift
+        shift = cross_correlation_shift(moving, reference, upsample=upsample)
+        return fourier_shift(moving, shift), shift
+    # Windowing both images by the same mask biases the peak towards zero shift (the overlap
+    # of the two windows shrinks with the shift), so the residual shift is re-estimated after
+    # each correction; the bias is proportional to the residual and vanishes quickly.
+    reference_w = np.where(mask, reference - reference[mask].mean(), 0.0)
+    shift = np.zeros(2)
+    shifted = moving
+    for _ in range(max_iterations):
+        moving_w = np.where(mask, shifted - shifted[mask].mean(), 0.0)
+        residual = cross_correlation_shift(moving_w, reference_w, upsample=upsample)
+        shift = shift + residual
+        shifted = fourier_shift(moving, shift)
+        if np.max(np.abs(residual)) < tolerance_px:
+            break
+    return shifted, shift
 
 
 def phase_correlation(recon_phase: np.ndarray, true_phase: np.ndarray,
