@@ -113,7 +113,7 @@ def interleaved_medians(fns: list, repeats: int, device: Device) -> list[float]:
     device.synchronize()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, record in zip(fns, times):
+        for fn, record in zip(fns, times, strict=True):
             t0 = time.perf_counter()
             fn()
             device.synchronize()
@@ -161,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ptyframe model benchmark: {n} positions, {WINDOW}x{WINDOW} patterns, "
           f"object {OBJECT}x{OBJECT}, loss lsq_sqrt, gradients object+probe+positions")
     print(f"device {device!r} ({np.dtype(device.complex_dtype).name}), "
-          f"FFT worker threads: {args.threads} (BLAS: {os.environ.get('OPENBLAS_NUM_THREADS')}), "
+          f"FFT worker threads: {args.threads} "
+          f"(BLAS: {os.environ.get('OPENBLAS_NUM_THREADS')}), "
           f"batch size {args.batch_size}, "
           f"median of {repeats} interleaved repeats after 1 warm-up, numpy {np.__version__}, "
-          f"CPUs visible {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
+          f"CPUs visible {os.cpu_count()}")
     header = (f"{'slices':>6} {'probe modes':>11} {'batches':>7} {'FFTs':>7} "
               f"{'eval [s]':>9} {'FFT floor [s]':>13} {'ratio':>6} {'us/pattern':>10}")
     print(header)
@@ -172,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     for n_slices, n_modes in CONFIGS:
         model, params = make_problem(device, n_slices, n_modes, args.batch_size)
         floor, count = fft_floor_runner(model, device, n_slices, n_modes, 1)
-        t_eval, t_fft = interleaved_medians([lambda: model.value_and_grad(params), floor],
-                                            repeats, device)
+        def evaluate(model: FarFieldModel = model, params: dict = params) -> None:
+            model.value_and_grad(params)
+
+        t_eval, t_fft = interleaved_medians([evaluate, floor], repeats, device)
         n_batches = len(list(model.batches(n)))
         print(f"{n_slices:>6} {n_modes:>11} {n_batches:>7} {count:>7} {t_eval:>9.4f} "
               f"{t_fft:>13.4f} {t_eval / t_fft:>6.2f} {1e6 * t_eval / n:>10.1f}")
-        del model, params
     return 0
 
 

@@ -191,6 +191,6 @@ class Multislice(Propagator):
         if len(product_shape) != out.ndim:
             out[...] = reduce_to_shape(prod, out.shape)
             return
-        axes = tuple(i for i, (n_out, n_prod) in enumerate(zip(out.shape, product_shape))
-                     if n_out == 1 and n_prod != 1)
+        pairs = zip(out.shape, product_shape, strict=True)
+        axes = tuple(i for i, (n_out, n_prod) in enumerate(pairs) if n_out == 1 and n_prod != 1)
         xp.sum(prod, axis=axes, keepdims=True, out=out)
