@@ -13,7 +13,7 @@ import numpy as np
 
 from .physics import ABERRATION_NAMES, aberration_coefficients_array, wavelength_A
 
-__all__ = ["Experiment", "ReconstructionGrid"]
+__all__ = ["Experiment", "ReconstructionGrid", "windows_outside_object"]
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -130,6 +130,22 @@ class Experiment:
         return cls(**config)
 
 
+def windows_outside_object(corners_px: np.ndarray, window: tuple[int, int],
+                           object_shape: tuple[int, ...]) -> str | None:
+    """Why probe windows at ``corners_px`` (N, 2) leave a (Y, X) object, or None if they fit.
+
+    A window at corner c covers pixels floor(c) .. floor(c) + window (the extra pixel holds
+    the sub-pixel shift's support).
+    """
+    corners = np.floor(np.asarray(corners_px, dtype=float))
+    lo = corners.min(axis=0)
+    hi = corners.max(axis=0) + np.array(window)
+    if lo.min() < 0 or hi[0] >= object_shape[-2] or hi[1] >= object_shape[-1]:
+        return (f"positions: probe windows reach pixels {lo.tolist()}..{hi.tolist()}, outside "
+                f"the object of shape {tuple(object_shape[-2:])}; enlarge the object margin")
+    return None
+
+
 @attrs.frozen(kw_only=True)
 class ReconstructionGrid:
     """Real-space sampling of the reconstruction.
@@ -169,17 +185,6 @@ class ReconstructionGrid:
     def pixels_to_positions(self, corners_px: np.ndarray) -> np.ndarray:
         half = np.array(self.window) // 2
         return (np.asarray(corners_px) + half) * self.pixel_size_A + np.array(self.origin_A)
-
-    def check_positions(self, corners_px: np.ndarray) -> None:
-        """Raise when a window would leave the object array."""
-        corners = np.floor(np.asarray(corners_px))
-        lo = corners.min(axis=0)
-        hi = corners.max(axis=0) + np.array(self.window) + 1
-        if lo.min() < 0 or hi[0] > self.object_shape[0] or hi[1] > self.object_shape[1]:
-            raise ValueError(
-                f"positions: probe windows span pixels {lo.tolist()}..{hi.tolist()}, outside "
-                f"the object of shape {self.object_shape}"
-            )
 
     def to_config(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.asdict(self).items()}

@@ -26,6 +26,7 @@ import numpy as np
 
 from .components import LossMetric, PropagationGeometry, Propagator
 from .device import Device
+from .experiment import windows_outside_object
 
 __all__ = ["FarFieldModel", "BLOCKS"]
 
@@ -124,14 +125,9 @@ class FarFieldModel:
                              f"{self.window[1]}), found {probe.shape}")
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError(f"positions: expected shape (N, 2), found {pos.shape}")
-        corners = self.device.to_host(pos)
-        lo = np.floor(corners.min(axis=0))
-        hi = np.floor(corners.max(axis=0)) + np.array(self.window)
-        if lo.min() < 0 or hi[0] >= obj.shape[2] or hi[1] >= obj.shape[3]:
-            raise ValueError(
-                f"positions: probe windows reach pixels {lo.tolist()}..{hi.tolist()}, outside "
-                f"the object of shape {obj.shape[2:]}; enlarge the object margin"
-            )
+        problem = windows_outside_object(self.device.to_host(pos), self.window, obj.shape)
+        if problem:
+            raise ValueError(problem)
 
 
     # ------------------------------------------------------------------ forward

@@ -33,7 +33,7 @@ from .components import (
 )
 from .data import Dataset
 from .device import Device
-from .experiment import Experiment, ReconstructionGrid
+from .experiment import Experiment, ReconstructionGrid, windows_outside_object
 from .model import BLOCKS, FarFieldModel
 from .results import OutputFolder
 from .schedules import Schedule, as_schedule
@@ -258,11 +258,8 @@ class Reconstruction:
 
     # ------------------------------------------------------------------ objective
     def _in_bounds(self, positions: Any) -> bool:
-        host = self.device.to_host(positions)
-        lo = np.floor(host.min(axis=0))
-        hi = np.floor(host.max(axis=0)) + np.array(self.grid.window)
-        return bool(lo.min() >= 0 and hi[0] < self.grid.object_shape[0]
-                    and hi[1] < self.grid.object_shape[1])
+        return windows_outside_object(self.device.to_host(positions), self.grid.window,
+                                      self.grid.object_shape) is None
 
     def evaluate(self, params: Mapping[str, Any], blocks: Iterable[str]
                  ) -> tuple[float, dict[str, Any], dict[str, float]]:
