@@ -2,6 +2,9 @@
 
 from .base import Component, component_config
 from .constraint import Constraint
+from .context import PARAMETER_BLOCKS, ModelContext
+from .detector import Detector
+from .direct import DirectMethod, DirectResult
 from .initializer import InitContext, ObjectInitializer, PositionInitializer, ProbeInitializer
 from .loss import LossMetric
 from .optimizer import Objective, Optimizer, StepResult
@@ -12,11 +15,12 @@ from .regularizer import Regularizer
 COMPONENT_KINDS = {
     cls.kind: cls
     for cls in (Propagator, LossMetric, Regularizer, Constraint, Optimizer, ProbeInitializer,
-                ObjectInitializer, PositionInitializer)
+                ObjectInitializer, PositionInitializer, Detector, DirectMethod)
 }
 
 __all__ = [
-    "COMPONENT_KINDS", "Component", "component_config", "Constraint", "InitContext",
+    "COMPONENT_KINDS", "Component", "component_config", "Constraint", "Detector",
+    "DirectMethod", "DirectResult", "InitContext", "ModelContext", "PARAMETER_BLOCKS",
     "LossMetric", "Objective", "ObjectInitializer", "Optimizer", "PositionInitializer",
     "ProbeInitializer", "PropagationGeometry", "Propagator", "Regularizer", "StepResult",
 ]

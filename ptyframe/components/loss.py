@@ -20,6 +20,10 @@ class LossMetric(Component):
 
     kind = "loss"
 
+    def prepare(self, context: Any) -> None:  # noqa: B027 - optional hook
+        """Precompute from the :class:`ModelContext` (e.g. detector masks in the pixel order of
+        the modelled intensities, ``context.to_detector_order``); called once before use."""
+
     @abc.abstractmethod
     def value_and_grad(self, intensity: Any, measured: Any, xp: Any) -> tuple[float, Any]:
         ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 from .base import Component
 
@@ -36,9 +36,17 @@ class Propagator(Component):
     ``forward`` returns the exit wave (the broadcast shape of wave and one transmission slice)
     and a cache; ``vjp`` maps dL/d conj(exit) to dL/d conj(wave) and dL/d conj(transmission),
     each with the shape of the corresponding input (summed over axes that were broadcast).
+
+    Propagators with ``supports_tilts = True`` also accept ``tilts=`` (B, 2) real radians
+    [t_y, t_x], one beam tilt *inside* the specimen per measurement along the batch axis
+    (axis -3 of ``wave``): each propagation step uses the kernel
+    exp(-i pi dz (lambda q^2 + 2 (q_y t_y + q_x t_x))). When ``forward`` was given tilts,
+    ``vjp`` returns a third item, dL/dt with the real-block convention (1/2 dL/dt), (B, 2).
+    Optional keyword ``workspace`` (a :class:`ptyframe.device.Workspace`) lends work buffers.
     """
 
     kind = "propagator"
+    supports_tilts: ClassVar[bool] = False
 
     @abc.abstractmethod
     def prepare(self, geometry: PropagationGeometry) -> None:

@@ -1,0 +1,8 @@
+"""First-party direct (filled in by their modules)."""
+
+from ptyframe.hookspecs import hookimpl
+
+
+@hookimpl
+def ptyframe_register_components() -> list[type]:
+    return []

@@ -1,0 +1,61 @@
+"""Detector: from exit waves to the intensities the loss compares with the measurements."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import Component
+from .context import ModelContext
+
+__all__ = ["Detector"]
+
+
+class Detector(Component):
+    """Propagation from the exit surface to the detector plane, and intensity formation.
+
+    Shapes: ``waves`` (K, M, B, ny, nx) exit waves of K object modes, M probe modes and a
+    batch of B measurements on the model window; the intensity is
+    ``(1/K) sum_k sum_m |D(wave_k,m)|**2`` mapped onto the measured grid, (B, *measured_shape).
+    ``indices`` are the measurement numbers of the batch (host int array), for detectors whose
+    propagation differs per measurement (near-field defocus series).
+
+    :meth:`vjp` maps dL/dI (real, measured grid) to dL/d conj(waves) (shape of ``waves``).
+    Measurements are handed over centred (zero frequency at N//2 for diffraction patterns);
+    :meth:`to_detector_order` maps them (host arrays, trailing two axes) to the pixel order
+    :meth:`forward` produces, once, before the run.
+    """
+
+    kind = "detector"
+    #: "diffraction" (far-field patterns) or "image" (real-space images, e.g. focal series)
+    measurement_space: ClassVar[str] = "diffraction"
+
+    def model_window(self, measured_shape: tuple[int, int]) -> tuple[int, int]:
+        """Model wave window (ny, nx) for measurements of ``measured_shape``."""
+        return (int(measured_shape[0]), int(measured_shape[1]))
+
+    @abc.abstractmethod
+    def object_pixel_size_A(self, experiment: Any, measured_shape: tuple[int, int]) -> float:
+        """Object (and probe) pixel size in Å implied by the calibration of ``experiment``."""
+
+    def to_detector_order(self, centred: np.ndarray) -> np.ndarray:
+        """Measured arrays (..., my, mx), centred, in the order :meth:`forward` produces."""
+        return centred
+
+    def from_detector_order(self, arrays: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_detector_order`."""
+        return arrays
+
+    @abc.abstractmethod
+    def prepare(self, context: ModelContext) -> None:
+        """Precompute kernels on ``context.device`` for ``context.window``."""
+
+    @abc.abstractmethod
+    def forward(self, waves: Any, indices: np.ndarray, keep: bool = True) -> tuple[Any, Any]:
+        """Intensities (B, *measured_shape) and a cache for :meth:`vjp`."""
+
+    @abc.abstractmethod
+    def vjp(self, grad_intensity: Any, cache: Any) -> Any:
+        """dL/d conj(waves) from dL/dI."""
