@@ -1,34 +1,64 @@
-"""Far-field ptychographic forward model and its hand-written gradient.
+"""Ptychographic forward model and its hand-written gradient.
 
 Per measurement n (window corner c_n = integer part i_n + fractional part f_n, in pixels):
 
-1. shifted probe   P_n,m = IFFT[ FFT(P_m) * exp(-2 pi i q.f_n) ]            (m: probe modes)
-2. exit wave       psi_n,k,m = Propagator(P_n,m, O_k[window i_n])         (k: object modes)
-3. intensity       I_n = (1/K) sum_k sum_m |FFT_ortho(psi_n,k,m)|^2       (probe modes summed,
-                                                                          object modes averaged)
-4. loss            L = sum_n LossMetric(I_n, M_n)
+1. probe spectrum  S_n,m = FFT(P_p(n),m) * A_n(q), with the per-measurement factor
+                   A_n = exp(-2 pi i q.f_n)                  sub-pixel shift
+                         * exp(-i chi_a(n)(q))               local aberrations (optional)
+                         * plate_n(q)                         phase plate (optional)
+                   (m: probe modes; p(n): probe marker; a(n): aberration marker)
+2. incident wave   P_n,m = IFFT(S_n,m) * R_before,n(r)       R = exp(2 pi i r.t / lambda)
+3. exit wave       psi_n,k,m = Propagator(P_n,m, O_k[window i_n], t_inside,n) * R_after,n(r)
+4. intensity       I_n = c_n * Detector(psi_n) + s**2         (k: object modes)
+                   The detector sums probe modes and averages object modes:
+                   far field (default) (1/K) sum_k sum_m |FFT_ortho(psi_n,k,m)|^2.
+5. loss            L = sum_n LossMetric(I_n, M_n)
+
+r is measured in Å from the window centre (pixel N//2); t in radians; tilts follow the
+reference's tilt_mode: 0 inside; 1 after; 2 before; 3 inside + after; 4 all three.
 
 Gradients follow the Wirtinger convention g = dL/d conj(p) (real blocks: 1/2 dL/dp) so that
-dL = 2 Re <g, dp> for every block. Patterns are kept in FFT order (zero frequency at [0, 0]).
+dL = 2 Re <g, dp> for every block.
 
-Parameter blocks (device arrays):
-``object`` (n_slices, n_object_modes, Y, X) complex; ``probe`` (n_probe_modes, ny, nx) complex;
-``positions`` (N, 2) real: window top-left corners in pixels (y, x).
+Parameter blocks (device arrays), see :data:`ptyframe.components.PARAMETER_BLOCKS`:
+``object`` (n_slices, n_object_modes, Y, X) complex; ``probe`` (n_probe_modes, ny, nx) or
+(n_probes, n_probe_modes, ny, nx) complex; ``positions`` (N, 2) window corners in pixels;
+optional ``tilts`` (N or 1, 6), ``beam_current`` (N,), ``static_background`` (measured grid,
+detector pixel order), ``aberrations`` (n_sets, n_coefficients) Å.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from .components import LossMetric, PropagationGeometry, Propagator
+from .components import (
+    PARAMETER_BLOCKS,
+    Detector,
+    LossMetric,
+    ModelContext,
+    PropagationGeometry,
+    Propagator,
+)
+from .detection import OrthoFarField
 from .device import Device
 from .experiment import windows_outside_object
+from .physics import aberration_basis, spatial_frequencies
 
-__all__ = ["FarFieldModel", "BLOCKS"]
+__all__ = ["PtychographyModel", "FarFieldModel", "BLOCKS", "TILT_MODES"]
+
+#: refinable blocks understood by the model
+BLOCKS = PARAMETER_BLOCKS
+
+#: tilt_mode -> (before, inside, after), as in the reference
+TILT_MODES = {0: (False, True, False), 1: (False, False, True), 2: (True, False, False),
+              3: (False, True, True), 4: (True, True, True)}
+
+#: reads measured rows (host int indices) already in detector order, host or device arrays
+MeasuredReader = Callable[[np.ndarray], Any]
 
 
 def _accepts(method: Any, keyword: str) -> bool:
@@ -39,34 +69,52 @@ def _accepts(method: Any, keyword: str) -> bool:
     except (TypeError, ValueError):
         return False
 
-#: refinable blocks understood by the far-field model
-BLOCKS = ("object", "probe", "positions")
 
-
-class FarFieldModel:
+class PtychographyModel:
     """Forward model + loss over a set of measurements, evaluated in batches.
 
     Parameters
     ----------
     propagator, loss: components (``propagator.prepare`` is called here).
     device: the :class:`Device` holding every array.
-    window: (ny, nx) probe window = detector grid.
+    window: (ny, nx) model wave window (probe window) in pixels.
     pixel_size_A, wavelength_A: sampling and wavelength.
     n_slices: object slices.
-    measured: (N, ny, nx) measured intensities in FFT order, on ``device`` (or None for
-        simulation only).
+    measured: (N, *measured_shape) measurements in the detector's pixel order on ``device``,
+        or a callable ``rows(indices) -> array`` that streams them (``load_one_by_one``), or
+        None for simulation only.
     batch_size: measurements per vectorised batch.
+    detector: a :class:`Detector` (default: plain far field on the window).
+    tilt_mode: which tilts are applied (see :data:`TILT_MODES`).
+    probe_marker: (N,) int, which probe of a (n_probes, modes, ny, nx) probe each
+        measurement uses; aberration_marker: (N,) int, which row of ``aberrations``.
+    phase_plates: (N, ny, nx) complex factors on the probe spectrum, FFT order, on device.
+    n_measurements: needed when ``measured`` is a reader or None.
+    context: the :class:`ModelContext` to prepare the detector (and loss) with; built from
+        the arguments when None.
     """
 
     def __init__(self, propagator: Propagator, loss: LossMetric | None, device: Device,
                  window: tuple[int, int], pixel_size_A: float, wavelength_A: float,
-                 n_slices: int, measured: Any | None, batch_size: int = 256) -> None:
+                 n_slices: int, measured: Any | None, batch_size: int = 256, *,
+                 detector: Detector | None = None, tilt_mode: int = 0,
+                 probe_marker: np.ndarray | None = None,
+                 aberration_marker: np.ndarray | None = None,
+                 phase_plates: Any | None = None, n_measurements: int | None = None,
+                 context: ModelContext | None = None) -> None:
+        if tilt_mode not in TILT_MODES:
+            raise ValueError(f"tilt_mode: expected one of {sorted(TILT_MODES)}, found "
+                             f"{tilt_mode!r}")
         self.propagator = propagator
         self.loss = loss
         self.device = device
         self.window = (int(window[0]), int(window[1]))
         self.n_slices = int(n_slices)
         self.batch_size = max(1, int(batch_size))
+        self.pixel_size_A = float(pixel_size_A)
+        self.wavelength_A = float(wavelength_A)
+        self.tilt_mode = int(tilt_mode)
+        self.tilt_before, self.tilt_inside, self.tilt_after = TILT_MODES[self.tilt_mode]
         self.geometry = PropagationGeometry(self.window, pixel_size_A, wavelength_A,
                                             self.n_slices, device)
         propagator.prepare(self.geometry)
@@ -75,38 +123,96 @@ class FarFieldModel:
         # spatial frequencies per axis (cycles per pixel), for the shift ramps exp(-2 pi i q f)
         self._qy = xp.asarray(np.fft.fftfreq(ny), dtype=device.real_dtype)
         self._qx = xp.asarray(np.fft.fftfreq(nx), dtype=device.real_dtype)
-        self.measured = measured
-        self._measured_prepared = (loss.prepare_measured(measured, xp)
-                                   if (loss is not None and measured is not None) else None)
+        q2pi = np.stack(np.meshgrid(2 * np.pi * np.fft.fftfreq(ny), 2 * np.pi * np.fft.fftfreq(nx),
+                                    indexing="ij"), axis=-1).reshape(ny * nx, 2)
+        self._q2pi = xp.asarray(q2pi, dtype=device.real_dtype)
+        # real-space coordinates (Å) from the window centre, scaled for tilt ramps 2 pi r / lambda
+        scale = 2 * np.pi * self.pixel_size_A / self.wavelength_A
+        self._ry = xp.asarray((np.arange(ny) - ny // 2) * scale, dtype=device.real_dtype)
+        self._rx = xp.asarray((np.arange(nx) - nx // 2) * scale, dtype=device.real_dtype)
+        self.measured = None if callable(measured) else measured
+        self._reader: MeasuredReader | None = measured if callable(measured) else None
+        if n_measurements is None:
+            n_measurements = 0 if self.measured is None else int(self.measured.shape[0])
+        self._n_measurements = int(n_measurements)
+        self.detector = detector if detector is not None else OrthoFarField()
+        if context is None:
+            context = ModelContext(window=self.window, pixel_size_A=self.pixel_size_A,
+                                   wavelength_A=self.wavelength_A,
+                                   n_measurements=self._n_measurements, device=device,
+                                   measured_shape=self.window, n_slices=self.n_slices,
+                                   to_detector_order=self.detector.to_detector_order)
+        self.context = context
+        self.detector.prepare(context)
+        if loss is not None:
+            loss.prepare(context)
+        self._measured_prepared = (loss.prepare_measured(self.measured, xp)
+                                   if (loss is not None and self.measured is not None) else None)
+        self.probe_marker = self._marker("probe_marker", probe_marker)
+        self.aberration_marker = self._marker("aberration_marker", aberration_marker)
+        if phase_plates is not None and tuple(phase_plates.shape) != (self._n_measurements,
+                                                                      *self.window):
+            raise ValueError(f"phase_plates: expected shape ({self._n_measurements}, "
+                             f"{ny}, {nx}), found {tuple(phase_plates.shape)}")
+        self.phase_plates = phase_plates
         # Per-batch work buffers, allocated on first use and reused by every later batch and
         # evaluation (no allocation, hence no page faults, inside an epoch).
         self._ws = device.workspace()
         self._propagator_ws = _accepts(propagator.forward, "workspace")
+        self._detector_ws = _accepts(self.detector.forward, "workspace")
         self._loss_overwrite = loss is not None and _accepts(loss.value_and_grad, "overwrite")
+        self._basis_cache: dict[int, Any] = {}
+
+    def _marker(self, name: str, marker: Any) -> np.ndarray | None:
+        if marker is None:
+            return None
+        marker = np.asarray(marker)
+        if marker.shape != (self._n_measurements,) or not np.issubdtype(marker.dtype,
+                                                                         np.integer):
+            raise ValueError(f"{name}: expected {self._n_measurements} integers (one per "
+                             f"measurement), found shape {marker.shape}, dtype {marker.dtype}")
+        if marker.size and marker.min() < 0:
+            raise ValueError(f"{name}: expected non-negative indices, found {marker.min()}")
+        return marker
 
     # ------------------------------------------------------------------ helpers
     @property
     def n_measurements(self) -> int:
-        return 0 if self.measured is None else int(self.measured.shape[0])
+        return self._n_measurements
 
     def batches(self, n: int) -> Iterator[slice]:
         for start in range(0, n, self.batch_size):
             yield slice(start, min(start + self.batch_size, n))
 
-    def _ramps(self, frac: Any) -> tuple[Any, Any]:
-        """Separable sub-pixel shift ramps exp(-2 pi i q f): (B, ny, 1) and (B, 1, nx).
-
-        Built from real cos/sin (vectorised) rather than a complex exp."""
-        return (self._phase_factor(frac[:, 0], self._qy)[:, :, None],
-                self._phase_factor(frac[:, 1], self._qx)[:, None, :])
-
     def _phase_factor(self, f: Any, q: Any) -> Any:
-        xp = self.device.xp
+        """exp(-2 pi i q f) for each f: (B, len(q)), from real cos/sin (vectorised)."""
         phase = f.astype(self.device.real_dtype, copy=False)[:, None] * ((-2.0 * np.pi) * q)
+        return self._cis(phase)
+
+    def _cis(self, phase: Any) -> Any:
+        xp = self.device.xp
         out = xp.empty(phase.shape, dtype=self.device.complex_dtype)
         xp.cos(phase, out=out.real)
         xp.sin(phase, out=out.imag)
         return out
+
+    def _tilt_ramp(self, t: Any) -> Any:
+        """exp(2 pi i (y t_y + x t_x) / lambda), (B, ny, nx), for tilts t (B, 2) radians."""
+        ey = self._cis(t[:, 0:1] * self._ry[None, :])[:, :, None]
+        ex = self._cis(t[:, 1:2] * self._rx[None, :])[:, None, :]
+        return ey * ex
+
+    def _tilt_gradient(self, grad: Any, field: Any) -> Any:
+        """1/2 dL/dt (B, 2) of field * R(t) given G = dL/d conj(field * R) (both (..., B,
+        ny, nx), leading axes summed): Re sum conj(G) field R 2 pi i r / lambda."""
+        xp = self.device.xp
+        z = xp.conj(grad) * field
+        while z.ndim > 3:
+            z = z.sum(axis=0)
+        # Re(i w) = -Im(w)
+        gy = -(z.sum(axis=2).imag * self._ry[None, :]).sum(axis=1)
+        gx = -(z.sum(axis=1).imag * self._rx[None, :]).sum(axis=1)
+        return xp.stack([gy, gx], axis=1).astype(self.device.real_dtype, copy=False)
 
     def _take_rows(self, name: str, array: Any, sel: Any) -> Any:
         """array[sel] for a slice (a view) or an index array (copied into a work buffer)."""
@@ -115,194 +221,327 @@ class FarFieldModel:
         out = self._ws.get(name, (int(sel.shape[0]), *array.shape[1:]), array.dtype)
         return self.device.xp.take(array, sel, axis=0, out=out)
 
+    def _basis(self, n_terms: int) -> Any:
+        """Aberration basis d chi / d C_j, (n_terms, ny*nx) in FFT order, on the device."""
+        if n_terms not in self._basis_cache:
+            qy, qx = spatial_frequencies(self.window, self.pixel_size_A)  # FFT order
+            basis = aberration_basis(qy, qx, self.wavelength_A, n_terms)
+            self._basis_cache[n_terms] = self.device.asarray(
+                basis.reshape(n_terms, -1), dtype=self.device.real_dtype)
+        return self._basis_cache[n_terms]
+
     def check_blocks(self, params: Mapping[str, Any]) -> None:
+        """Shape checks of every block present; one clear error for the first problem."""
         obj, probe, pos = params["object"], params["probe"], params["positions"]
+        n = int(pos.shape[0]) if pos.ndim == 2 else -1
         if obj.ndim != 4 or obj.shape[0] != self.n_slices:
             raise ValueError(f"object: expected shape (n_slices={self.n_slices}, modes, Y, X), "
                              f"found {obj.shape}")
-        if probe.ndim != 3 or probe.shape[1:] != self.window:
-            raise ValueError(f"probe: expected shape (modes, {self.window[0]}, "
+        if self.probe_marker is None:
+            if probe.ndim != 3 or probe.shape[1:] != self.window:
+                raise ValueError(f"probe: expected shape (modes, {self.window[0]}, "
+                                 f"{self.window[1]}), found {probe.shape}")
+        elif (probe.ndim != 4 or probe.shape[2:] != self.window
+              or probe.shape[0] <= int(self.probe_marker.max())):
+            raise ValueError(f"probe: with a probe_marker expected shape (n_probes > "
+                             f"{int(self.probe_marker.max())}, modes, {self.window[0]}, "
                              f"{self.window[1]}), found {probe.shape}")
         if pos.ndim != 2 or pos.shape[1] != 2:
             raise ValueError(f"positions: expected shape (N, 2), found {pos.shape}")
+        if self._n_measurements and n != self._n_measurements:
+            raise ValueError(f"positions: expected {self._n_measurements} rows (one per "
+                             f"measurement), found {n}")
+        if "tilts" in params:
+            t = params["tilts"]
+            if t.ndim != 2 or t.shape[1] != 6 or t.shape[0] not in (1, n):
+                raise ValueError(f"tilts: expected shape (1, 6) or ({n}, 6), found {t.shape}")
+            if self.tilt_inside and not getattr(self.propagator, "supports_tilts", False):
+                raise ValueError(
+                    f"tilt_mode {self.tilt_mode}: tilts inside the specimen need a propagator "
+                    f"with supports_tilts; {type(self.propagator).__name__} has none (use "
+                    "tilt_mode 1 or 2)")
+        if "beam_current" in params and tuple(params["beam_current"].shape) != (n,):
+            raise ValueError(f"beam_current: expected shape ({n},), found "
+                             f"{tuple(params['beam_current'].shape)}")
+        if "static_background" in params:
+            shape = tuple(self.context.measured_shape)
+            if tuple(params["static_background"].shape) != shape:
+                raise ValueError(f"static_background: expected shape {shape} (the measured "
+                                 f"grid), found {tuple(params['static_background'].shape)}")
+        if "aberrations" in params:
+            ab = params["aberrations"]
+            need = 1 if self.aberration_marker is None else int(self.aberration_marker.max()) + 1
+            if ab.ndim != 2 or ab.shape[0] < need:
+                raise ValueError(f"aberrations: expected shape (n_sets >= {need}, "
+                                 f"n_coefficients), found {ab.shape}")
         problem = windows_outside_object(self.device.to_host(pos), self.window, obj.shape)
         if problem:
             raise ValueError(problem)
 
-
     # ------------------------------------------------------------------ forward
-    def _exit_waves(self, obj: Any, pos: Any, probe_spectrum: Any,
-                    keep: bool) -> tuple[Any, dict[str, Any]]:
-        """Far-field waves Psi (K, M, B, ny, nx) of one batch (positions ``pos``, (B, 2)).
-
-        Every large array lives in the model's workspace: the returned ``far`` (and the
-        cache) are overwritten by the next batch.
-        """
+    def _batch_setup(self, params: Mapping[str, Any], probe_spectrum: Any, chi_factor: Any,
+                     sel: Any, idx: np.ndarray) -> dict[str, Any]:
+        """Per-measurement spectral factors and spectra of one batch."""
         dev, xp, ws = self.device, self.device.xp, self._ws
         cdt = dev.complex_dtype
-        S, K, Y, X = obj.shape
-        M = probe_spectrum.shape[0]
-        B = int(pos.shape[0])
         ny, nx = self.window
+        pos = self._take_rows("positions", params["positions"], sel)
+        B = int(pos.shape[0])
         corner = xp.floor(pos)
         frac = (pos - corner).astype(dev.real_dtype, copy=False)
         corner = corner.astype(np.int64)
-        # ramp_n = exp(-2 pi i q.f_n) as one (B, ny, nx) outer product of the separable factors
-        ey, ex = self._ramps(frac)
-        ramp = xp.multiply(ey, ex, out=ws.get("ramp", (B, ny, nx), cdt))
-        # shifted probes P_n,m = IFFT[Phat_m ramp_n], (1, M, B, ny, nx), in place
-        wave = ws.get("wave", (1, M, B, ny, nx), cdt)
-        xp.multiply(probe_spectrum[:, None], ramp, out=wave[0])
-        wave = dev.ifft2(wave, overwrite=True)
-        # object windows (S, K, 1, B, ny, nx) at the integer corners
-        trans = ws.get("trans", (S, K, 1, B, ny, nx), cdt)
-        dev.gather_windows(obj.reshape(S * K, Y, X), corner, trans.reshape(S * K, B, ny, nx))
-        if self._propagator_ws:
-            exit_wave, prop_cache = self.propagator.forward(wave, trans, keep=keep,
-                                                            workspace=ws)
+        # A_n = exp(-2 pi i q.f_n) as one (B, ny, nx) outer product of the separable factors
+        factor = xp.multiply(self._phase_factor(frac[:, 0], self._qy)[:, :, None],
+                             self._phase_factor(frac[:, 1], self._qx)[:, None, :],
+                             out=ws.get("factor", (B, ny, nx), cdt))
+        if chi_factor is not None:
+            rows = (xp.zeros(B, dtype=np.int64) if self.aberration_marker is None
+                    else xp.asarray(self.aberration_marker[idx]))
+            factor *= xp.take(chi_factor, rows, axis=0)
+        if self.phase_plates is not None:
+            factor *= self._take_rows("plates", self.phase_plates, sel)
+        if probe_spectrum.ndim == 4:  # one probe per sub-scan: (M, B, ny, nx)
+            spec = xp.take(probe_spectrum, xp.asarray(self.probe_marker[idx]), axis=0)
+            spec = xp.moveaxis(spec, 1, 0)
         else:
-            exit_wave, prop_cache = self.propagator.forward(wave, trans, keep=keep)
-        far = dev.fft2(exit_wave, norm="ortho", overwrite=True)
-        cache = {"corner": corner, "ramp": ramp, "prop": prop_cache}
-        return far, cache
+            spec = probe_spectrum[:, None]
+        tilts = None
+        if "tilts" in params:
+            t = params["tilts"]
+            tilts = xp.broadcast_to(t, (B, 6)) if t.shape[0] == 1 else self._take_rows(
+                "tilts", t, sel)
+        return {"corner": corner, "factor": factor, "spec": spec, "tilts": tilts, "B": B}
 
-    def _intensity(self, far: Any) -> Any:
-        """I = (1/K) sum_k sum_m |Psi_k,m|^2, (B, ny, nx), in a work buffer.
+    def _exit_waves(self, obj: Any, setup: dict[str, Any], keep: bool, keep_fields: bool
+                    ) -> tuple[Any, dict[str, Any]]:
+        """Exit waves psi (K, M, B, ny, nx) of one batch, in the model's workspace."""
+        dev, xp, ws = self.device, self.device.xp, self._ws
+        cdt = dev.complex_dtype
+        S, K, Y, X = obj.shape
+        spec, factor, B = setup["spec"], setup["factor"], setup["B"]
+        M = spec.shape[0]
+        ny, nx = self.window
+        wave = ws.get("wave", (1, M, B, ny, nx), cdt)
+        xp.multiply(spec, factor, out=wave[0])
+        wave = dev.ifft2(wave, overwrite=True)
+        cache: dict[str, Any] = {"corner": setup["corner"]}
+        tilts = setup["tilts"]
+        if tilts is not None and self.tilt_before:
+            ramp = self._tilt_ramp(tilts[:, 0:2])
+            wave *= ramp
+            cache["ramp_before"] = ramp
+            if keep_fields:
+                cache["wave_before"] = wave.copy()
+        trans = ws.get("trans", (S, K, 1, B, ny, nx), cdt)
+        dev.gather_windows(obj.reshape(S * K, Y, X), setup["corner"],
+                           trans.reshape(S * K, B, ny, nx))
+        kwargs: dict[str, Any] = {}
+        if self._propagator_ws:
+            kwargs["workspace"] = ws
+        if tilts is not None and self.tilt_inside:
+            kwargs["tilts"] = xp.ascontiguousarray(tilts[:, 2:4])
+        exit_wave, prop_cache = self.propagator.forward(wave, trans, keep=keep, **kwargs)
+        cache["prop"] = prop_cache
+        if tilts is not None and self.tilt_after:
+            ramp = self._tilt_ramp(tilts[:, 4:6])
+            exit_wave = exit_wave * ramp
+            cache["ramp_after"] = ramp
+            if keep_fields:
+                cache["exit_after"] = exit_wave.copy()
+        return exit_wave, cache
 
-        abs() then square() in place: two real passes, no complex temporaries (abs of a
-        complex array is a fast vectorised loop; re^2 + im^2 needs a third pass).
-        """
-        xp, ws = self.device.xp, self._ws
-        K = far.shape[0]
-        waves = far.reshape(-1, *far.shape[2:])
-        inten = ws.get("intensity", waves.shape[1:], self.device.real_dtype)
-        xp.square(xp.abs(waves[0], out=inten), out=inten)
-        if waves.shape[0] > 1:
-            tmp = ws.get("intensity_tmp", waves.shape[1:], self.device.real_dtype)
-            for w in waves[1:]:
-                inten += xp.square(xp.abs(w, out=tmp), out=tmp)
-        if K > 1:
-            inten *= 1.0 / K
-        return inten
+    def _detect(self, exit_wave: Any, idx: np.ndarray, keep: bool) -> tuple[Any, Any]:
+        if self._detector_ws:
+            return self.detector.forward(exit_wave, idx, keep=keep, workspace=self._ws)
+        return self.detector.forward(exit_wave, idx, keep=keep)
+
+    def _prepare_common(self, params: Mapping[str, Any]) -> tuple[Any, Any]:
+        """Probe spectra (FFT of every probe) and exp(-i chi) per aberration set."""
+        probe_spectrum = self.device.fft2(params["probe"])
+        chi_factor = None
+        if "aberrations" in params:
+            ab = params["aberrations"]
+            basis = self._basis(int(ab.shape[1]))
+            chi = (ab.astype(self.device.real_dtype, copy=False) @ basis).reshape(
+                ab.shape[0], *self.window)
+            chi_factor = self._cis(-chi)
+        return probe_spectrum, chi_factor
 
     def intensities(self, params: Mapping[str, Any]) -> Any:
-        """Modelled patterns (N, ny, nx) in FFT order."""
+        """Modelled measurements (N, *measured_shape) in the detector's pixel order."""
         xp = self.device.xp
-        obj, positions = params["object"], params["positions"]
-        n = int(positions.shape[0])
-        out = xp.empty((n, *self.window), dtype=self.device.real_dtype)
-        probe_spectrum = self.device.fft2(params["probe"])
+        n = int(params["positions"].shape[0])
+        probe_spectrum, chi_factor = self._prepare_common(params)
+        out = None
         for sel in self.batches(n):
-            far, _ = self._exit_waves(obj, positions[sel], probe_spectrum, keep=False)
-            out[sel] = self._intensity(far)
+            idx = np.arange(sel.start, sel.stop)
+            setup = self._batch_setup(params, probe_spectrum, chi_factor, sel, idx)
+            exit_wave, _ = self._exit_waves(params["object"], setup, keep=False,
+                                            keep_fields=False)
+            inten, _ = self._detect(exit_wave, idx, keep=False)
+            if out is None:
+                out = xp.empty((n, *inten.shape[1:]), dtype=self.device.real_dtype)
+            out[sel] = self._scale_and_offset(inten, params, sel)
         return out
 
+    def _scale_and_offset(self, inten: Any, params: Mapping[str, Any], sel: Any) -> Any:
+        if "beam_current" in params:
+            c = self._take_rows("current", params["beam_current"], sel)
+            inten = inten * c.reshape(-1, *([1] * (inten.ndim - 1)))
+        if "static_background" in params:
+            inten = inten + params["static_background"] ** 2
+        return inten
+
     # ------------------------------------------------------------------ loss + gradient
+    def _measured_rows(self, sel: Any, idx: np.ndarray) -> Any:
+        if self._reader is not None:
+            rows = self.device.asarray(self._reader(idx), dtype=self.device.real_dtype)
+            return self.loss.prepare_measured(rows, self.device.xp)
+        return self._take_rows("measured", self._measured_prepared, sel)
+
     def value_and_grad(self, params: Mapping[str, Any], refine: tuple[str, ...] | set[str]
-                       = BLOCKS, indices: Any | None = None) -> tuple[float, dict[str, Any]]:
+                       = ("object", "probe", "positions"), indices: Any | None = None
+                       ) -> tuple[float, dict[str, Any]]:
         """Total loss and gradients for the blocks in ``refine``.
 
-        ``indices``: optional subset of measurement indices (contiguous slices of this array are
-        evaluated as batches); default all measurements.
+        ``indices``: optional subset of measurement indices (contiguous runs are evaluated as
+        slices); default all measurements.
         """
-        if self.loss is None or self._measured_prepared is None:
+        if self.loss is None or (self._measured_prepared is None and self._reader is None):
             raise ValueError("value_and_grad: the model was built without measured data")
         xp = self.device.xp
         refine = set(refine)
         unknown = refine - set(BLOCKS)
         if unknown:
             raise ValueError(f"refine: unknown blocks {sorted(unknown)}; expected among {BLOCKS}")
-        obj, probe, positions = params["object"], params["probe"], params["positions"]
-        n_total = int(positions.shape[0])
-        grad_obj = xp.zeros_like(obj) if "object" in refine else None
-        grad_probe_spec = xp.zeros_like(probe) if "probe" in refine else None
-        grad_pos = xp.zeros(positions.shape, dtype=positions.dtype) if "positions" in refine \
-            else None
-        probe_spectrum = self.device.fft2(probe)
-        shift_weights = (self._shift_gradient_weights(probe_spectrum) if grad_pos is not None
-                         else None)
+        missing = refine - set(params)
+        if missing:
+            raise ValueError(f"refine: blocks {sorted(missing)} are not model parameters here")
+        grads = {b: xp.zeros(params[b].shape, dtype=params[b].dtype) for b in refine}
+        n_total = int(params["positions"].shape[0])
+        probe_spectrum, chi_factor = self._prepare_common(params)
+        if "probe" in grads:
+            grads["probe"] = xp.zeros(probe_spectrum.shape, dtype=probe_spectrum.dtype)
         total = 0.0
-        order = np.arange(n_total) if indices is None else np.asarray(indices)
+        order = np.arange(n_total) if indices is None else np.asarray(indices, dtype=np.int64)
         for sel_local in self.batches(order.size):
             idx = order[sel_local]
-            contiguous = idx.size == idx[-1] - idx[0] + 1 and np.all(np.diff(idx) == 1)
+            contiguous = idx.size == idx[-1] - idx[0] + 1 and bool(np.all(np.diff(idx) == 1))
             sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else xp.asarray(idx)
-            total += self._batch_value_and_grad(obj, self._take_rows("positions", positions, sel),
-                                                probe_spectrum, sel, grad_obj, grad_probe_spec,
-                                                grad_pos, shift_weights)
-        grads: dict[str, Any] = {}
-        if grad_obj is not None:
-            grads["object"] = grad_obj
-        if grad_probe_spec is not None:
-            # adjoint of P -> IFFT(FFT(P) ramp) is G -> IFFT(conj(ramp) FFT(G))
-            grads["probe"] = self.device.ifft2(grad_probe_spec)
-        if grad_pos is not None:
-            grads["positions"] = grad_pos
+            total += self._batch_value_and_grad(params, probe_spectrum, chi_factor, sel, idx,
+                                                grads)
+        if "probe" in grads:
+            # adjoint of P -> IFFT(FFT(P) A) is G -> IFFT(conj(A) FFT(G)), accumulated in
+            # the spectral domain
+            grads["probe"] = self.device.ifft2(grads["probe"])
         return total, grads
 
-    def _batch_value_and_grad(self, obj: Any, pos: Any, probe_spectrum: Any, sel: Any,
-                              grad_obj: Any, grad_probe_spec: Any, grad_pos: Any,
-                              shift_weights: Any) -> float:
-        """Loss of one batch; its gradients are accumulated into the grad_* arrays (None:
-        not refined). Everything large is done in place in the workspace buffers."""
+    def _batch_value_and_grad(self, params: Mapping[str, Any], probe_spectrum: Any,
+                              chi_factor: Any, sel: Any, idx: np.ndarray,
+                              grads: dict[str, Any]) -> float:
+        """Loss of one batch; its gradients are accumulated into ``grads``."""
         dev, xp = self.device, self.device.xp
-        far, cache = self._exit_waves(obj, pos, probe_spectrum, keep=True)
-        K = far.shape[0]
-        inten = self._intensity(far)
-        measured = self._take_rows("measured", self._measured_prepared, sel)
+        obj = params["object"]
+        setup = self._batch_setup(params, probe_spectrum, chi_factor, sel, idx)
+        refine_tilts = "tilts" in grads
+        exit_wave, cache = self._exit_waves(obj, setup, keep=True, keep_fields=refine_tilts)
+        inten, det_cache = self._detect(exit_wave, idx, keep=True)
+        del exit_wave
+        current = None
+        raw = None
+        if "beam_current" in params:
+            current = self._take_rows("current", params["beam_current"], sel)
+            current = current.reshape(-1, *([1] * (inten.ndim - 1)))
+            if "beam_current" in grads:
+                raw = inten.copy()
+            inten *= current
+        if "static_background" in params:
+            inten += params["static_background"] ** 2
+        measured = self._measured_rows(sel, idx)
         if self._loss_overwrite:
             value, dldi = self.loss.value_and_grad(inten, measured, xp, overwrite=True)
         else:
             value, dldi = self.loss.value_and_grad(inten, measured, xp)
-        # dL/d conj(Psi) = dL/dI Psi / K  (I = (1/K) sum |Psi|^2), back through the ortho FFT
-        if K > 1:
-            dldi = dldi * (1.0 / K)
-        far *= dldi
-        grad_exit = dev.ifft2(far, norm="ortho", overwrite=True)
-        del far
-        grad_wave, grad_trans = self.propagator.vjp(grad_exit, cache["prop"])
-        if grad_obj is not None:
+        if "static_background" in grads:
+            grads["static_background"] += params["static_background"] * dldi.sum(axis=0)
+        if raw is not None:
+            per_n = (dldi * raw).reshape(raw.shape[0], -1).sum(axis=1)
+            self._accumulate(grads["beam_current"], sel, 0.5 * per_n)
+        if current is not None:
+            dldi = dldi * current
+        grad_exit = self.detector.vjp(dldi, det_cache)
+        tilt_grad = None
+        if refine_tilts:
+            tilt_grad = xp.zeros((setup["B"], 6), dtype=dev.real_dtype)
+        if "ramp_after" in cache:
+            if refine_tilts:
+                tilt_grad[:, 4:6] = self._tilt_gradient(grad_exit, cache["exit_after"])
+            grad_exit *= xp.conj(cache["ramp_after"])
+        back = self.propagator.vjp(grad_exit, cache["prop"])
+        del grad_exit
+        grad_wave, grad_trans = back[0], back[1]
+        if refine_tilts and self.tilt_inside and len(back) > 2:
+            tilt_grad[:, 2:4] = back[2]
+        if "object" in grads:
             S, K, Y, X = obj.shape
-            dev.scatter_add_windows(grad_obj.reshape(S * K, Y, X), cache["corner"],
+            dev.scatter_add_windows(grads["object"].reshape(S * K, Y, X), cache["corner"],
                                     grad_trans.reshape(S * K, *grad_trans.shape[-3:]))
         del grad_trans
-        if grad_probe_spec is None and grad_pos is None:
+        if "ramp_before" in cache:
+            if refine_tilts:
+                tilt_grad[:, 0:2] = self._tilt_gradient(grad_wave, cache["wave_before"])
+            grad_wave = grad_wave * xp.conj(cache["ramp_before"])
+        if tilt_grad is not None:
+            if params["tilts"].shape[0] == 1:
+                grads["tilts"] += tilt_grad.sum(axis=0, keepdims=True)
+            else:
+                self._accumulate(grads["tilts"], sel, tilt_grad)
+        spectral = {"probe", "positions", "aberrations"} & set(grads)
+        if not spectral:
             return float(value)
-        # G = FFT(dL/d conj(P_shifted)) (unnormalised), summed over object modes: (1, M, B, ..)
+        # H = FFT(dL/d conj(P_n)) (unnormalised), summed over object modes: (M, B, ny, nx)
         if grad_wave.shape[0] > 1:
             grad_wave = grad_wave.sum(axis=0, keepdims=True)
-        spec = dev.fft2(grad_wave, overwrite=True)
-        # H = G conj(ramp): the adjoint of the shift, per position (the ramp is not needed any
-        # more, conjugate it in place)
-        spec *= xp.conjugate(cache["ramp"], out=cache["ramp"])
-        H = spec[0]  # (M, B, ny, nx)
-        if grad_probe_spec is not None:
-            grad_probe_spec += H.sum(axis=1)
-        if grad_pos is not None:
-            grad_pos[sel] += self._shift_gradient(H, shift_weights)
+        H = dev.fft2(grad_wave, overwrite=True)[0]
+        factor = setup["factor"]
+        if "positions" in grads or "aberrations" in grads:
+            # X_n(q) = sum_m Im(conj(H) S), S = spectrum * A: the derivative of the loss along
+            # a phase change -i theta(q) of S_n is (1/npx) sum_q X_n(q) theta(q)
+            s_full = setup["spec"] * factor
+            X = (xp.conj(H) * s_full).imag.sum(axis=0)
+            del s_full
+            npx = self.window[0] * self.window[1]
+            Xf = X.reshape(X.shape[0], npx)
+            if "positions" in grads:
+                self._accumulate(grads["positions"], sel, (Xf @ self._q2pi) / npx)
+            if "aberrations" in grads:
+                ab = grads["aberrations"]
+                basis = self._basis(int(ab.shape[1]))
+                per_n = (Xf @ basis.T) / npx  # (B, n_coefficients)
+                if self.aberration_marker is None:
+                    ab[0] += per_n.sum(axis=0)
+                else:
+                    for a in np.unique(self.aberration_marker[idx]):
+                        rows = xp.asarray(np.nonzero(self.aberration_marker[idx] == a)[0])
+                        ab[int(a)] += per_n[rows].sum(axis=0)
+        if "probe" in grads:
+            H *= xp.conj(factor)
+            if probe_spectrum.ndim == 4:
+                markers = self.probe_marker[idx]
+                for p in np.unique(markers):
+                    rows = xp.asarray(np.nonzero(markers == p)[0])
+                    grads["probe"][int(p)] += H[:, rows].sum(axis=1)
+            else:
+                grads["probe"] += H.sum(axis=1)
         return float(value)
 
-    def _shift_gradient_weights(self, probe_spectrum: Any) -> Any:
-        """U_m = conj(Phat_m) 2 pi i q as an (M, ny*nx, 2) matrix (q = (q_y, q_x))."""
-        xp = self.device.xp
-        M = probe_spectrum.shape[0]
-        ny, nx = self.window
-        conj_spec = xp.conj(probe_spectrum)
-        u = xp.empty((M, ny, nx, 2), dtype=probe_spectrum.dtype)
-        u[..., 0] = conj_spec * ((2j * np.pi) * self._qy)[:, None]
-        u[..., 1] = conj_spec * ((2j * np.pi) * self._qx)[None, :]
-        return u.reshape(M, ny * nx, 2)
+    def _accumulate(self, target: Any, sel: Any, values: Any) -> None:
+        values = values.astype(target.dtype, copy=False)
+        if isinstance(sel, slice):
+            target[sel] += values
+        else:  # indices within one batch are distinct
+            target[sel] = target[sel] + values
 
-    def _shift_gradient(self, H: Any, weights: Any) -> Any:
-        """Position gradient (B, 2) of one batch from H = FFT(g_P) conj(ramp), (M, B, ny, nx).
 
-        With the shifted spectrum Phat ramp and G = FFT(g_P):
-        dL/df = (2/npx) Re sum_q conj(G) Phat ramp (-2 pi i q)
-              = (2/npx) Re sum_q H conj(Phat) (2 pi i q)      (|ramp| = 1),
-        and the real-block convention keeps half of it. The pixel sum is a matrix product with
-        the precomputed weights: one pass over H, no temporary.
-        """
-        M, B, ny, nx = H.shape
-        npx = ny * nx
-        per_mode = self.device.xp.matmul(H.reshape(M, B, npx), weights)  # (M, B, 2)
-        return (per_mode.real.sum(axis=0) / npx).astype(self.device.real_dtype, copy=False)
+#: backwards-compatible name (the default detector is the far field)
+FarFieldModel = PtychographyModel

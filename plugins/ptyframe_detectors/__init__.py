@@ -1,8 +1,10 @@
-"""First-party detectors (filled in by their modules)."""
+"""First-party detectors: far field (with padding and upsampling) and near field."""
 
 from ptyframe.hookspecs import hookimpl
 
 
 @hookimpl
 def ptyframe_register_components() -> list[type]:
-    return []
+    from .far_field import FarFieldDetector
+
+    return [FarFieldDetector]

@@ -33,7 +33,7 @@ import attrs
 import numpy as np
 import pytest
 
-from ptyframe.components import COMPONENT_KINDS, InitContext, PropagationGeometry
+from ptyframe.components import COMPONENT_KINDS, InitContext, ModelContext, PropagationGeometry
 from ptyframe.device import Device, cupy_available
 from ptyframe.experiment import Experiment, ReconstructionGrid
 from ptyframe.physics import wavelength_A
@@ -376,33 +376,55 @@ def test_optimizer_minimizes_a_quadratic(kind, name, cls, tmp_path, device):
 
 
 # =================================================================================== regularizers
+N_SLICES = 2
+N_OBJECT_MODES = 2
+
+
+def model_context(device: Device) -> ModelContext:
+    """The facts regularizers, constraints and detectors are prepared with."""
+    return ModelContext(window=(WINDOW, WINDOW), pixel_size_A=PIXEL_SIZE_A,
+                        wavelength_A=EXPERIMENT.wavelength_A, n_measurements=N_MEASUREMENTS,
+                        device=device, measured_shape=(WINDOW, WINDOW), scan_shape=SCAN_SHAPE,
+                        n_slices=N_SLICES, slice_thickness_A=(2.0,), experiment=EXPERIMENT,
+                        grid=GRID,
+                        to_detector_order=lambda a: np.fft.ifftshift(a, axes=(-2, -1)))
+
+
 def _model_params(device: Device, seed: int = 0) -> dict[str, Any]:
+    """Every parameter block, random but physical (2 slices, 2 object and 2 probe modes)."""
     rng = np.random.default_rng(seed)
-    shape = (1, 1, *GRID.object_shape)
+    shape = (N_SLICES, N_OBJECT_MODES, *GRID.object_shape)
     obj = np.exp(1j * rng.uniform(-0.5, 0.5, shape) - rng.uniform(0.0, 0.1, shape))
-    probe = rng.standard_normal((1, WINDOW, WINDOW)) + 1j * rng.standard_normal(
-        (1, WINDOW, WINDOW))
+    probe = rng.standard_normal((2, WINDOW, WINDOW)) + 1j * rng.standard_normal(
+        (2, WINDOW, WINDOW))
+    positions = GRID.positions_to_pixels(POSITIONS_A) + rng.normal(0, 0.3, POSITIONS_A.shape)
     return {"object": device.complex(obj), "probe": device.complex(probe),
-            "positions": device.real(GRID.positions_to_pixels(POSITIONS_A))}
+            "positions": device.real(positions),
+            "tilts": device.real(rng.normal(0, 1e-3, (N_MEASUREMENTS, 6))),
+            "beam_current": device.real(1 + 0.1 * rng.standard_normal(N_MEASUREMENTS)),
+            "static_background": device.real(0.1 + rng.random((WINDOW, WINDOW))),
+            "aberrations": device.real(rng.normal(0, 10.0, (1, 8)))}
 
 
 @pytest.mark.parametrize(("kind", "name", "cls"), entries("regularizer"))
 def test_regularizer_gradient(kind, name, cls, tmp_path, device):
     regularizer = build(kind, name, tmp_path)
+    regularizer.prepare(model_context(device))
     params = _model_params(device)
-    value, grads = regularizer.value_and_grad(params, device)
+    value, grads = regularizer.value_and_grad(params, device, epoch=0)
     assert math.isfinite(float(value))
     assert set(grads) <= set(params), f"gradients for unknown blocks {set(grads) - set(params)}"
     for block, grad in grads.items():
         assert grad.shape == params[block].shape and grad.dtype == params[block].dtype
-        check_gradient(lambda p: float(regularizer.value_and_grad(p, device)[0]), params,
-                       grads, block, rtol=1e-4, xp=device.xp)
+        check_gradient(lambda p: float(regularizer.value_and_grad(p, device, epoch=0)[0]),
+                       params, grads, block, rtol=1e-4, xp=device.xp)
 
 
 # =================================================================================== constraints
 @pytest.mark.parametrize(("kind", "name", "cls"), entries("constraint"))
 def test_constraint_keeps_the_blocks(kind, name, cls, tmp_path, device):
     constraint = build(kind, name, tmp_path)
+    constraint.prepare(model_context(device))
     params = _model_params(device)
     before = {k: (v.shape, v.dtype) for k, v in params.items()}
     for epoch in range(3):
@@ -413,6 +435,39 @@ def test_constraint_keeps_the_blocks(kind, name, cls, tmp_path, device):
         assert {k: (v.shape, v.dtype) for k, v in params.items()} == before
         for block, array in params.items():
             assert np.all(np.isfinite(host(array))), f"{block} not finite after apply"
+        grads = {b: device.xp.ones_like(params[b]) for b in ("object", "probe")}
+        projected = constraint.project_gradient(dict(grads), params, device, epoch)
+        for block, g in projected.items():
+            assert g.shape == params[block].shape, f"project_gradient changed {block}'s shape"
+
+
+# =================================================================================== detectors
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("detector"))
+def test_detector_gradient(kind, name, cls, tmp_path, device):
+    """dL/d conj(waves) of L = sum w * I(waves) against finite differences (2 object modes,
+    2 probe modes, 3 measurements)."""
+    detector = build(kind, name, tmp_path)
+    measured = (WINDOW, WINDOW)
+    window = detector.model_window(measured)
+    context = attrs.evolve(model_context(device), window=window, measured_shape=measured)
+    detector.prepare(context)
+    rng = np.random.default_rng(3)
+    waves = device.complex(rng.standard_normal((2, 2, 3, *window))
+                           + 1j * rng.standard_normal((2, 2, 3, *window)))
+    indices = np.arange(3)
+    inten, _ = detector.forward(waves.copy(), indices, keep=False)
+    assert inten.ndim == 3 and inten.shape[0] == 3
+    weight = device.real(rng.random(inten.shape))
+    _, cache = detector.forward(waves.copy(), indices, keep=True)
+    grad = detector.vjp(weight.copy(), cache)
+    assert grad.shape == waves.shape
+
+    def objective(p):
+        return float(device.xp.sum(weight * detector.forward(p["waves"].copy(), indices,
+                                                             keep=False)[0]))
+
+    check_gradient(objective, {"waves": waves}, {"waves": grad}, "waves", rtol=1e-5,
+                   xp=device.xp)
 
 
 # =================================================================================== initializers

@@ -1,0 +1,79 @@
+"""The plain far-field detector the model uses when none is configured.
+
+Far field: Psi = FFT_ortho(exit wave), I = (1/K) sum_k sum_m |Psi_k,m|^2 on the model window, in
+FFT pixel order (zero frequency at [0, 0]). Registered detectors (padding, upsampling, near
+field) live in plugins; the ``far_field`` plugin extends this class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .components import Detector, ModelContext
+
+__all__ = ["OrthoFarField"]
+
+
+class OrthoFarField(Detector):
+    """Far-field diffraction on the model window (no padding, no upsampling).
+
+    The object pixel is 1 / (N * dk) for an N-pixel detector of reciprocal pixel dk (1/Å).
+    Works in place in the caller's workspace when one is given: the exit-wave buffer becomes
+    the far-field buffer.
+    """
+
+    measurement_space = "diffraction"
+
+    def object_pixel_size_A(self, experiment: Any, measured_shape: tuple[int, int]) -> float:
+        return 1.0 / (int(measured_shape[-1]) * float(experiment.dk_inv_A))
+
+    def to_detector_order(self, centred: np.ndarray) -> np.ndarray:
+        return np.fft.ifftshift(centred, axes=(-2, -1))
+
+    def from_detector_order(self, arrays: np.ndarray) -> np.ndarray:
+        return np.fft.fftshift(arrays, axes=(-2, -1))
+
+    def prepare(self, context: ModelContext) -> None:
+        self._device = context.device
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def _far_field_intensity(self, waves: Any, workspace: Any | None) -> tuple[Any, Any]:
+        """(far field Psi (in place of ``waves`` when a workspace is given), I (B, ny, nx))."""
+        dev = self._device
+        xp = dev.xp
+        far = dev.fft2(waves, norm="ortho", overwrite=workspace is not None)
+        K = far.shape[0]
+        flat = far.reshape(-1, *far.shape[2:])
+        shape, rdt = flat.shape[1:], dev.real_dtype
+        inten = (workspace.get("intensity", shape, rdt) if workspace is not None
+                 else xp.empty(shape, dtype=rdt))
+        # abs() then square() in place: two real passes and no complex temporaries
+        xp.square(xp.abs(flat[0], out=inten), out=inten)
+        if flat.shape[0] > 1:
+            tmp = (workspace.get("intensity_tmp", shape, rdt) if workspace is not None
+                   else xp.empty(shape, dtype=rdt))
+            for w in flat[1:]:
+                inten += xp.square(xp.abs(w, out=tmp), out=tmp)
+        if K > 1:
+            inten *= 1.0 / K
+        return far, inten
+
+    def _far_field_vjp(self, grad_intensity: Any, far: Any, in_place: bool) -> Any:
+        """dL/d conj(exit) = IFFT_ortho(dL/dI Psi / K)."""
+        K = far.shape[0]
+        scale = grad_intensity * (1.0 / K) if K > 1 else grad_intensity
+        if in_place:
+            far *= scale
+            return self._device.ifft2(far, norm="ortho", overwrite=True)
+        return self._device.ifft2(far * scale, norm="ortho")
+
+    # ------------------------------------------------------------------ Detector API
+    def forward(self, waves: Any, indices: np.ndarray, keep: bool = True,
+                workspace: Any | None = None) -> tuple[Any, Any]:
+        far, inten = self._far_field_intensity(waves, workspace)
+        return inten, ({"far": far, "in_place": workspace is not None} if keep else None)
+
+    def vjp(self, grad_intensity: Any, cache: Any) -> Any:
+        return self._far_field_vjp(grad_intensity, cache["far"], cache["in_place"])
