@@ -42,10 +42,21 @@ from .reconstruction import DEFAULT_COMPONENTS, Reconstruction, ReconstructionRe
 
 __all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file"]
 
+#: top-level settings passed to :class:`Reconstruction` as they are (arrays: .npy paths
+#: relative to the config file, or nested lists; schedules: tables)
+_PASSTHROUGH = (
+    "n_slices", "n_probe_modes", "n_object_modes", "batch_size", "object_margin_px", "seed",
+    "progress", "tilt_mode", "tilts", "beam_current", "static_background", "aberrations_array",
+    "aberration_marker", "probe_marker", "phase_plates", "initial_object", "initial_probe",
+    "sequence", "use_full_fov", "loss_weight", "reset_history", "load_one_by_one",
+    "allow_subpixel_shift", "dynamically_resize_object", "verbosity", "data_dtype",
+)
+_REFINE_BLOCKS = ("object", "probe", "positions", "tilts", "beam_current",
+                  "static_background", "aberrations")
+
 _TOP_LEVEL = {
-    "epochs", "data", "experiment", "n_slices", "n_probe_modes", "n_object_modes", "refine",
-    "regularizers", "constraints", "device", "batch_size", "object_margin_px", "output",
-    "seed", "progress", "grid", *DEFAULT_COMPONENTS,
+    "epochs", "data", "experiment", "refine", "regularizers", "constraints", "device",
+    "output", "grid", *_PASSTHROUGH, *DEFAULT_COMPONENTS,
 }
 
 
@@ -82,10 +93,10 @@ def _section(config: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _build_data(section: dict[str, Any], base_dir: Path, scan_shape: Any) -> Dataset:
     if "path" not in section:
         raise ValueError("config [data]: expected a 'path' to an .h5 or .npy file, found none")
-    unknown = set(section) - {"path", "dataset", "preprocessing"}
+    unknown = set(section) - {"path", "dataset", "preprocessing", "dtype"}
     if unknown:
         raise ValueError(f"config [data]: unknown keys {sorted(unknown)}; expected path, "
-                         "dataset, preprocessing")
+                         "dataset, preprocessing, dtype")
     path = (base_dir / section["path"]).resolve()
     preprocessing = Preprocessing(**section.get("preprocessing", {}))
     return Dataset.from_file(path, dataset_name=section.get("dataset", "data"),
@@ -127,34 +138,29 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     regularizers = [registry.create("regularizer", c) for c in config.get("regularizers", [])]
     constraints = [registry.create("constraint", c) for c in config.get("constraints", [])]
     refine = _section(config, "refine")
-    unknown_refine = set(refine) - {"object", "probe", "positions"}
+    unknown_refine = set(refine) - set(_REFINE_BLOCKS)
     if unknown_refine:
         raise ValueError(f"config [refine]: unknown blocks {sorted(unknown_refine)}; expected "
-                         "object, probe, positions")
+                         f"some of {', '.join(_REFINE_BLOCKS)}")
     device_cfg = _section(config, "device")
     output = _section(config, "output")
-    unknown_output = set(output) - {"dir", "save_every", "checkpoint_every"}
+    unknown_output = set(output) - {"dir", "save_every", "checkpoint_every", "save_loss_log"}
     if unknown_output:
         raise ValueError(f"config [output]: unknown keys {sorted(unknown_output)}")
     out_dir = output.get("dir")
+    settings = {key: config[key] for key in _PASSTHROUGH if key in config}
+    settings.setdefault("object_margin_px", 8)
+    if "dtype" in data_section:
+        settings["data_dtype"] = data_section["dtype"]
     rec = Reconstruction(
-        dataset, experiment, **components,
-        n_slices=config.get("n_slices", 1),
-        n_probe_modes=config.get("n_probe_modes", 1),
-        n_object_modes=config.get("n_object_modes", 1),
-        refine_object=refine.get("object", True),
-        refine_probe=refine.get("probe", True),
-        refine_positions=refine.get("positions", False),
+        dataset, experiment, **components, **settings,
+        **{f"refine_{block}": refine[block] for block in _REFINE_BLOCKS if block in refine},
         regularizers=regularizers, constraints=constraints,
         device=Device(**device_cfg),
-        batch_size=config.get("batch_size"),
-        object_margin_px=config.get("object_margin_px", 8),
         output_dir=(base_dir / out_dir) if out_dir is not None else None,
         save_every=output.get("save_every", 1),
         checkpoint_every=output.get("checkpoint_every"),
-        progress=config.get("progress", True),
-        seed=config.get("seed", 0),
-        registry=registry,
+        registry=registry, base_dir=base_dir,
     )
     epochs = config.get("epochs", 50)
     if not isinstance(epochs, int) or epochs < 0:

@@ -131,7 +131,8 @@ class Reconstruction:
         position_initializer: component objects; None picks the registry default.
     positions_A: optional (N, 2) starting positions (y, x) in Å (overrides the initializer).
     initial_object: optional starting object (n_slices, n_object_modes, Y, X) on the grid
-        this reconstruction builds (overrides the object initializer).
+        this reconstruction builds (overrides the object initializer); initial_probe:
+        (n_probe_modes, ny, nx) centred real-space probe (overrides the probe initializer).
     n_slices, n_probe_modes, n_object_modes: model size.
     refine_object, refine_probe, refine_positions, refine_tilts, refine_beam_current,
         refine_static_background, refine_aberrations: bool or :class:`Schedule` of bool.
@@ -155,6 +156,8 @@ class Reconstruction:
     batch_size: measurements per vectorised batch (None: chosen from free memory).
     load_one_by_one: stream measurements from the dataset every evaluation instead of keeping
         them on the device.
+    data_dtype: storage type of the measurements on the device ("float16", "float32",
+        "float64"; None: the device's real type).
     allow_subpixel_shift: False rounds the starting positions to whole pixels.
     dynamically_resize_object: False, or a distance in pixels: when a window comes closer than
         this to the object's edge, the object grows by vacuum on that side.
@@ -181,6 +184,7 @@ class Reconstruction:
         position_initializer: PositionInitializer | None = None,
         positions_A: np.ndarray | None = None,
         initial_object: Any | None = None,
+        initial_probe: Any | None = None,
         n_slices: int = 1,
         n_probe_modes: int = 1,
         n_object_modes: int = 1,
@@ -208,6 +212,7 @@ class Reconstruction:
         device: Device | None = None,
         batch_size: int | None = None,
         load_one_by_one: bool = False,
+        data_dtype: str | None = None,
         allow_subpixel_shift: bool = True,
         dynamically_resize_object: bool | int = False,
         object_margin_px: int = 8,
@@ -309,7 +314,8 @@ class Reconstruction:
                              f"{self._phase_plates.array.shape[0]}")
         self._initial_object = load_array_setting("initial_object", initial_object, ndim=(4,),
                                                   base_dir=base)
-        self._sequence_setting = sequence
+        self._initial_probe = load_array_setting("initial_probe", initial_probe, ndim=(3,),
+                                                 base_dir=base)
         if sequence is None or isinstance(sequence, (Schedule, dict)):
             self.sequence = None if sequence is None else as_schedule(sequence)
         else:
@@ -328,6 +334,10 @@ class Reconstruction:
         if self.load_one_by_one and self.dataset is None:
             raise ValueError("load_one_by_one: needs a Dataset (patterns on disk), found "
                              "in-memory compressed signals")
+        if data_dtype is not None and str(data_dtype) not in ("float16", "float32", "float64"):
+            raise ValueError(f"data_dtype: expected 'float16', 'float32' or 'float64', found "
+                             f"{data_dtype!r}")
+        self.data_dtype = None if data_dtype is None else str(data_dtype)
         self.allow_subpixel_shift = bool(allow_subpixel_shift)
         self.dynamically_resize_object = dynamically_resize_object
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -425,7 +435,7 @@ class Reconstruction:
                       ) -> np.ndarray | None:
         """Mean measured pattern (centred) on the model's detector grid, for initializers."""
         if self.compressed:
-            masks = getattr(self.loss, "masks_centred", None)
+            masks = getattr(self.loss, "masks", None)
             if masks is None:
                 return None
             masks = np.asarray(masks, dtype=float)
@@ -449,8 +459,9 @@ class Reconstruction:
 
     def _load_measured(self) -> Any:
         dev = self.device
+        dtype = self.data_dtype or dev.real_dtype
         if self.compressed:
-            return dev.real(self._signals)
+            return dev.asarray(self._signals, dtype=dtype)
         if self.load_one_by_one:
             dataset, detector = self.dataset, self.detector
 
@@ -458,7 +469,8 @@ class Reconstruction:
                 return detector.to_detector_order(dataset.read(indices, np.float32))
 
             return read_rows
-        return dev.real(self.detector.to_detector_order(self.dataset.load_all(np.float32)))
+        return dev.asarray(self.detector.to_detector_order(self.dataset.load_all(np.float32)),
+                           dtype=dtype)
 
     def initialize(self) -> dict[str, Any]:
         """Load data, build the grid, the starting guesses and the model (idempotent)."""
@@ -484,7 +496,13 @@ class Reconstruction:
         self.grid = ReconstructionGrid.covering(covered, window, 1.0 / (window[0] * pixel),
                                                 margin_px=self.object_margin_px)
         context.grid = self.grid
-        probe = np.asarray(self.probe_initializer.build(context, self.n_probe_modes))
+        if self._initial_probe is not None:
+            probe = self._initial_probe.array
+            if probe.shape != (self.n_probe_modes, *window):
+                raise ValueError(f"initial_probe: expected shape ({self.n_probe_modes}, "
+                                 f"{window[0]}, {window[1]}), found {probe.shape}")
+        else:
+            probe = np.asarray(self.probe_initializer.build(context, self.n_probe_modes))
         if self._probe_marker is not None:
             n_probes = int(self._probe_marker.array.max()) + 1
             probe = np.repeat(probe[None], n_probes, axis=0)
@@ -812,6 +830,7 @@ class Reconstruction:
             "loss_weight": self.loss_weight.to_config(),
             "reset_history": self.reset_history.to_config(),
             "load_one_by_one": self.load_one_by_one,
+            "data_dtype": self.data_dtype,
             "allow_subpixel_shift": self.allow_subpixel_shift,
             "dynamically_resize_object": self.dynamically_resize_object,
             "verbosity": self.verbosity,
@@ -821,7 +840,8 @@ class Reconstruction:
                              ("aberration_marker", self._aberration_marker),
                              ("probe_marker", self._probe_marker),
                              ("phase_plates", self._phase_plates),
-                             ("initial_object", self._initial_object)):
+                             ("initial_object", self._initial_object),
+                             ("initial_probe", self._initial_probe)):
             if setting is not None:
                 config[key] = setting.to_config()
         if isinstance(self._background, ArraySetting):

@@ -13,7 +13,7 @@ import numpy as np
 from .components import Propagator
 from .device import Device
 from .experiment import Experiment, ReconstructionGrid
-from .model import FarFieldModel
+from .model import PtychographyModel
 from .physics import aberration_function, aperture, spatial_frequencies
 
 __all__ = ["SimulatedData", "simulate_dataset", "random_atoms_phase", "scan_positions"]
@@ -37,6 +37,7 @@ class SimulatedData:
     nominal_positions_A: np.ndarray
     object: np.ndarray
     probe: np.ndarray
+    extra: dict[str, np.ndarray] = attrs.field(factory=dict)
 
     @property
     def phase(self) -> np.ndarray:
@@ -78,13 +79,22 @@ def simulate_dataset(propagator: Propagator, *, window: int = 32, voltage_kV: fl
                      probe_mode_power: float = 0.2, position_jitter_A: float = 0.0,
                      dose_per_pattern: float | None = None, absorption: float = 0.05,
                      phase_scale: float = 1.0, margin_px: int = 8, seed: int = 0,
-                     device: Device | None = None) -> SimulatedData:
+                     device: Device | None = None, n_object_modes: int = 1,
+                     tilts: np.ndarray | None = None, tilt_mode: int = 0,
+                     beam_current: np.ndarray | None = None,
+                     background: np.ndarray | float | None = None,
+                     aberrations_array: np.ndarray | None = None,
+                     aberration_marker: np.ndarray | None = None) -> SimulatedData:
     """Simulate far-field patterns with the project's own forward model.
 
     Geometry: detector of ``window`` pixels with dk = 1 / (window * pixel_size_A); probe from
     the aperture and ``defocus_A`` (positive = underfocus, C10 = -defocus). ``propagator``
     supplies the multislice physics (e.g. the registry's ``multislice`` with its slice
-    thickness). Returns :class:`SimulatedData`.
+    thickness). ``n_object_modes``: incoherent object states (each its own random atoms; the
+    model averages them). ``tilts`` (1 or N, 6) radians with ``tilt_mode``, ``beam_current``
+    (N,), ``background`` (intensity per pixel, centred, or a number), ``aberrations_array``
+    (n_sets, n_coefficients) Å with ``aberration_marker`` (N,): the model's other blocks,
+    applied before the noise. Returns :class:`SimulatedData` (``extra`` holds these blocks).
     """
     rng = np.random.default_rng(seed)
     device = device or Device("cpu", "double")
@@ -97,10 +107,11 @@ def simulate_dataset(propagator: Propagator, *, window: int = 32, voltage_kV: fl
     positions = nominal + jitter
     grid = ReconstructionGrid.covering(np.concatenate([nominal, positions]), (window, window),
                                        dk, margin_px=margin_px)
-    obj = np.empty((n_slices, 1, *grid.object_shape), dtype=complex)
+    obj = np.empty((n_slices, n_object_modes, *grid.object_shape), dtype=complex)
     for s in range(n_slices):
-        phase = phase_scale * random_atoms_phase(grid.object_shape, pixel_size_A, rng)
-        obj[s, 0] = np.exp((1j - absorption) * phase)
+        for k in range(n_object_modes):
+            phase = phase_scale * random_atoms_phase(grid.object_shape, pixel_size_A, rng)
+            obj[s, k] = np.exp((1j - absorption) * phase)
     lam = experiment.wavelength_A
     qy, qx = spatial_frequencies((window, window), pixel_size_A)
     spec = aperture(np.hypot(qy, qx), lam, convergence_angle_mrad, 1.0, dk) * np.exp(
@@ -124,10 +135,25 @@ def simulate_dataset(propagator: Propagator, *, window: int = 32, voltage_kV: fl
     scale = float(dose_per_pattern) if dose_per_pattern else 1.0
     probe = probe / np.sqrt(np.sum(np.abs(probe) ** 2, axis=(1, 2), keepdims=True))
     probe *= np.sqrt(weights * scale)[:, None, None]
-    model = FarFieldModel(propagator, None, device, (window, window), pixel_size_A, lam,
-                          n_slices, None)
+    n = positions.shape[0]
+    model = PtychographyModel(propagator, None, device, (window, window), pixel_size_A, lam,
+                              n_slices, None, tilt_mode=tilt_mode,
+                              aberration_marker=aberration_marker, n_measurements=n)
     params = {"object": device.complex(obj), "probe": device.complex(probe),
               "positions": device.real(grid.positions_to_pixels(positions))}
+    extra: dict[str, np.ndarray] = {}
+    if tilts is not None:
+        extra["tilts"] = np.asarray(tilts, dtype=float)
+    if beam_current is not None:
+        extra["beam_current"] = np.asarray(beam_current, dtype=float)
+    if aberrations_array is not None:
+        extra["aberrations"] = np.atleast_2d(np.asarray(aberrations_array, dtype=float))
+    for key, value in extra.items():
+        params[key] = device.real(value)
+    if background is not None:
+        level = np.broadcast_to(np.asarray(background, dtype=float), (window, window))
+        extra["background"] = np.array(level)
+        params["static_background"] = device.real(np.sqrt(np.fft.ifftshift(level)))
     model.check_blocks(params)
     expected = np.fft.fftshift(device.to_host(model.intensities(params)), axes=(-2, -1))
     if dose_per_pattern:
@@ -136,5 +162,5 @@ def simulate_dataset(propagator: Propagator, *, window: int = 32, voltage_kV: fl
         patterns = expected.astype(np.float32)
     return SimulatedData(patterns=patterns, experiment=experiment, grid=grid,
                          positions_A=positions, nominal_positions_A=nominal, object=obj,
-                         probe=probe)
+                         probe=probe, extra=extra)
 

@@ -6,5 +6,6 @@ from ptyframe.hookspecs import hookimpl
 @hookimpl
 def ptyframe_register_components() -> list[type]:
     from .far_field import FarFieldDetector
+    from .near_field import NearFieldDetector
 
-    return [FarFieldDetector]
+    return [FarFieldDetector, NearFieldDetector]

@@ -7,6 +7,7 @@ from ptyframe.hookspecs import hookimpl
 def ptyframe_register_components() -> list[type]:
     from .objects import VacuumObject
     from .positions import PositionsFromFile, ScanGridPositions
-    from .probes import ApertureProbe, MeanPatternProbe
+    from .probes import ApertureProbe, BinaryApertureProbe, MeanPatternProbe, ProbeFromFile
 
-    return [ApertureProbe, MeanPatternProbe, VacuumObject, ScanGridPositions, PositionsFromFile]
+    return [ApertureProbe, MeanPatternProbe, BinaryApertureProbe, ProbeFromFile, VacuumObject,
+            ScanGridPositions, PositionsFromFile]

@@ -1,10 +1,14 @@
-"""First-party data-fidelity losses: lsq_sqrt (amplitude), ml (Poisson), lsq (intensity)."""
+"""First-party data-fidelity losses: lsq_sqrt (amplitude), ml (Poisson), lsq (intensity),
+lsq_sqrt_2 (modified Gaussian), and the virtual-detector (compressed-data) losses
+lsq_compressed, gaussian_compressed, poisson_compressed."""
 
 from ptyframe.hookspecs import hookimpl
 
 
 @hookimpl
 def ptyframe_register_components() -> list[type]:
-    from .intensity_losses import LeastSquares, LeastSquaresSqrt, PoissonML
+    from .compressed_losses import CompressedGaussian, CompressedLeastSquares, CompressedPoisson
+    from .intensity_losses import LeastSquares, LeastSquaresSqrt, ModifiedGaussian, PoissonML
 
-    return [LeastSquaresSqrt, PoissonML, LeastSquares]
+    return [LeastSquaresSqrt, PoissonML, LeastSquares, ModifiedGaussian,
+            CompressedLeastSquares, CompressedGaussian, CompressedPoisson]

@@ -1,10 +1,11 @@
-"""First-party propagators: multislice (far field)."""
+"""First-party propagators: multislice and the higher-order better_multislice and yoshida."""
 
 from ptyframe.hookspecs import hookimpl
 
 
 @hookimpl
 def ptyframe_register_components() -> list[type]:
+    from .higher_order import BetterMultislice, Yoshida
     from .multislice import Multislice
 
-    return [Multislice]
+    return [Multislice, BetterMultislice, Yoshida]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -10,7 +10,8 @@ import numpy as np
 from ptyframe.components import PropagationGeometry, Propagator
 from ptyframe.device import Workspace
 
-__all__ = ["Multislice", "fresnel_kernel", "band_limit_mask", "reduce_to_shape"]
+__all__ = ["Multislice", "fresnel_kernel", "band_limit_mask", "reduce_to_shape",
+           "tilted_kernel", "tilt_gradient", "check_tilts"]
 
 
 def band_limit_mask(shape: tuple[int, int], cutoff: float, rolloff: float = 0.0) -> np.ndarray:
@@ -46,6 +47,59 @@ def reduce_to_shape(array: Any, shape: tuple[int, ...]) -> Any:
     return array.sum(axis=axes, keepdims=True).reshape(shape)
 
 
+def tilted_kernel(kernel: Any, q: tuple[Any, Any], tilts: Any, dz_A: float, xp: Any,
+                  out: Any = None) -> Any:
+    """Per-measurement kernel (B, ny, nx): ``kernel`` exp(-2 pi i dz (q_y t_y + q_x t_x)).
+
+    ``kernel``: (ny, nx) Fresnel kernel (band limit included); ``q``: (q_y (ny,), q_x (nx,))
+    in 1/Å; ``tilts``: (B, 2) radians [t_y, t_x]. Together with the Fresnel factor this is
+    exp(-i pi dz (lambda q^2 + 2 q.t)): a shift of the propagated wave by dz t (Å).
+    """
+    qy, qx = q
+    cdt = kernel.dtype
+    ey = xp.exp((-2j * np.pi * dz_A) * (tilts[:, 0, None] * qy[None, :])).astype(cdt, copy=False)
+    ex = xp.exp((-2j * np.pi * dz_A) * (tilts[:, 1, None] * qx[None, :])).astype(cdt, copy=False)
+    shape = (tilts.shape[0], kernel.shape[-2], kernel.shape[-1])
+    out = xp.empty(shape, dtype=cdt) if out is None else out
+    xp.multiply(ey[:, :, None], ex[:, None, :], out=out)
+    out *= kernel
+    return out
+
+
+def tilt_gradient(grad_spec: Any, out_spec: Any, q: tuple[Any, Any], dz_A: float,
+                  xp: Any) -> Any:
+    """1/2 dL/dt (B, 2) of one tilted propagation step y = IFFT[FFT(x) K(t)].
+
+    ``grad_spec`` = FFT(dL/d conj(y)), ``out_spec`` = FFT(y) = FFT(x) K, both (..., B, ny, nx)
+    (unnormalised FFTs). With dK/dt_y = -2 pi i dz q_y K:
+    1/2 dL/dt_y = Re <g, dy/dt_y> = (2 pi dz / N) sum q_y Im(conj(G) Y), N = ny nx;
+    leading axes (modes) are summed.
+    """
+    qy, qx = q
+    prod = xp.conjugate(grad_spec)
+    prod *= out_spec
+    im = prod.imag
+    if im.ndim > 3:
+        im = im.reshape(-1, *im.shape[-3:]).sum(axis=0)
+    npx = im.shape[-2] * im.shape[-1]
+    scale = 2.0 * np.pi * dz_A / npx
+    gy = im.sum(axis=-1) @ qy
+    gx = im.sum(axis=-2) @ qx
+    return scale * xp.stack([gy, gx], axis=1)
+
+
+def check_tilts(tilts: Any, wave_shape: tuple[int, ...], xp: Any, dtype: Any) -> Any:
+    """``tilts`` as a (B, 2) real device array; ValueError when B differs from axis -3."""
+    t = xp.asarray(tilts)
+    n = wave_shape[-3] if len(wave_shape) >= 3 else 1
+    if t.ndim != 2 or t.shape[1] != 2 or t.shape[0] != n:
+        raise ValueError(f"tilts: expected shape ({n}, 2) radians [t_y, t_x], one per "
+                         f"measurement along axis -3 of the wave, found {tuple(t.shape)}")
+    if t.dtype.kind == "c":
+        raise ValueError("tilts: expected real radians, found a complex array")
+    return t.astype(dtype, copy=False)
+
+
 def _slice_distances(value: Any) -> tuple[float, ...]:
     values = tuple(float(v) for v in np.atleast_1d(np.asarray(value, dtype=float)))
     if not values or any((not np.isfinite(v)) or v < 0 for v in values):
@@ -70,9 +124,14 @@ class Multislice(Propagator):
     ``damping_cutoff``: band limit of the propagation kernel as a fraction of Nyquist
     (default 2/3, the anti-aliasing limit of the product of two band-limited functions).
     ``rolloff``: width of a smooth cosine taper below the cutoff (fraction of Nyquist).
+
+    Tilts inside the specimen (``forward(..., tilts=)``, (B, 2) radians [t_y, t_x]): every
+    Fresnel step across a gap dz uses exp(-i pi dz (lambda q^2 + 2 q.t)) times the band limit,
+    i.e. the wave drifts by dz t (Å) per gap; ``vjp`` then also returns 1/2 dL/dt.
     """
 
     name = "multislice"
+    supports_tilts: ClassVar[bool] = True
 
     slice_thickness_A: tuple[float, ...] = attrs.field(default=(1.0,),
                                                        converter=_slice_distances)
@@ -82,6 +141,7 @@ class Multislice(Propagator):
     _kernels: list[Any] = attrs.field(factory=list, init=False, repr=False)
     _kernels_conj: list[Any] = attrs.field(factory=list, init=False, repr=False)
     _geometry: PropagationGeometry | None = attrs.field(default=None, init=False, repr=False)
+    _q: tuple[Any, Any] | None = attrs.field(default=None, init=False, repr=False)
 
     def prepare(self, geometry: PropagationGeometry) -> None:
         gaps = geometry.n_slices - 1
@@ -91,16 +151,33 @@ class Multislice(Propagator):
                 f"{len(self.slice_thickness_A)}"
             )
         dev = geometry.device
-        mask = band_limit_mask(geometry.shape, self.damping_cutoff, self.rolloff)
+        self._geometry = geometry
         self._kernels = []
         self._kernels_conj = []
         for i in range(gaps):
-            dz = self.slice_thickness_A[min(i, len(self.slice_thickness_A) - 1)]
-            kern = fresnel_kernel(geometry.shape, geometry.pixel_size_A,
-                                  geometry.wavelength_A, dz) * mask
+            kern = self.distance_kernel(self.gap_thickness(i))
             self._kernels.append(dev.complex(kern))
             self._kernels_conj.append(dev.complex(np.conj(kern)))
-        self._geometry = geometry
+        ny, nx = geometry.shape
+        self._q = (dev.real(np.fft.fftfreq(ny, geometry.pixel_size_A)),
+                   dev.real(np.fft.fftfreq(nx, geometry.pixel_size_A)))
+
+    def gap_thickness(self, gap: int) -> float:
+        """Distance (Å) of gap ``gap`` (between slice ``gap`` and ``gap + 1``)."""
+        return self.slice_thickness_A[min(gap, len(self.slice_thickness_A) - 1)]
+
+    def distance_kernel(self, dz_A: float) -> np.ndarray:
+        """Host kernel exp(-i pi lambda dz q^2) times the band limit, (ny, nx)."""
+        g = self._geometry
+        mask = band_limit_mask(g.shape, self.damping_cutoff, self.rolloff)
+        return fresnel_kernel(g.shape, g.pixel_size_A, g.wavelength_A, dz_A) * mask
+
+    def _check_slices(self, transmission: Any) -> int:
+        n_slices = transmission.shape[0]
+        if self._geometry is None or n_slices != self._geometry.n_slices:
+            raise ValueError(f"transmission: expected {getattr(self._geometry, 'n_slices', '?')}"
+                             f" slices (call prepare first), found {n_slices}")
+        return n_slices
 
     # ------------------------------------------------------------------ Fresnel steps
     def propagate(self, wave: Any, gap: int, overwrite: bool = False) -> Any:
@@ -120,25 +197,40 @@ class Multislice(Propagator):
         return dev.ifft2(spec, overwrite=True)
 
     # ------------------------------------------------------------------ forward / adjoint
-    def forward(self, wave: Any, transmission: Any, keep: bool = True,
+    def forward(self, wave: Any, transmission: Any, keep: bool = True, *, tilts: Any = None,
                 workspace: Workspace | None = None) -> tuple[Any, Any]:
         """psi_0 = wave; psi_{s+1} = P_s(psi_s T_s); exit = psi_{S-1} T_{S-1}.
 
+        ``tilts``: optional (B, 2) radians, one tilt inside the specimen per measurement along
+        axis -3 of ``wave``; P_s then carries the tilt ramp (see the class docstring) and is
+        applied with per-measurement kernels instead of :meth:`propagate`.
         ``workspace``: optional :class:`~ptyframe.device.Workspace` owned by the caller. With
         it, the slice waves and gradients live in reused buffers (no allocation per call), the
         returned exit wave and the cache are valid until the next call with that workspace,
         and :meth:`vjp` may overwrite ``wave``, ``transmission`` and ``grad_exit`` in place.
         Without it nothing passed in is modified.
         """
-        n_slices = transmission.shape[0]
-        if self._geometry is None or n_slices != self._geometry.n_slices:
-            raise ValueError(f"transmission: expected {getattr(self._geometry, 'n_slices', '?')}"
-                             f" slices (call prepare first), found {n_slices}")
+        n_slices = self._check_slices(transmission)
         owned = workspace is not None
-        ws = workspace if owned else self._geometry.device.workspace()
-        xp = self._geometry.device.xp
+        dev = self._geometry.device
+        ws = workspace if owned else dev.workspace()
+        xp = dev.xp
         shape = np.broadcast_shapes(wave.shape, transmission.shape[1:])
         dtype = np.result_type(wave.dtype, transmission.dtype)
+        kernels = self._kernels
+        spectra: list[Any] = []
+        if tilts is not None:
+            tilts = check_tilts(tilts, wave.shape, xp, dev.real_dtype)
+            # one (B, ny, nx) kernel per distinct gap thickness, shared by its gaps
+            by_distance: dict[float, Any] = {}
+            for s in range(n_slices - 1):
+                dz = self.gap_thickness(s)
+                if dz not in by_distance:
+                    buf = ws.get(f"ms_tilt_kernel{len(by_distance)}",
+                                 (tilts.shape[0], *shape[-2:]), self._kernels[s].dtype)
+                    by_distance[dz] = tilted_kernel(self._kernels[s], self._q, tilts, dz, xp,
+                                                    out=buf)
+            kernels = [by_distance[self.gap_thickness(s)] for s in range(n_slices - 1)]
         incoming = [wave]
         psi = wave
         for s in range(n_slices):
@@ -150,31 +242,66 @@ class Multislice(Propagator):
             else:
                 psi *= transmission[s]
             if s < n_slices - 1:
-                psi = self.propagate(psi, s, overwrite=True)
+                if tilts is not None and keep:
+                    # the tilt gradient needs FFT(psi_{s+1}) = FFT(psi_s T_s) K_s
+                    spec = dev.fft2(psi, overwrite=True)
+                    spec *= kernels[s]
+                    kept = ws.get(f"ms_spec{s}", shape, dtype)
+                    kept[...] = spec
+                    spectra.append(kept)
+                    psi = dev.ifft2(spec, overwrite=True)
+                elif tilts is not None:
+                    psi = self._filter(psi, kernels[s], overwrite=True)
+                else:  # the overridable untilted step
+                    psi = self.propagate(psi, s, overwrite=True)
                 if keep:
                     incoming.append(psi)
-        cache = (incoming, transmission, wave.shape, ws, owned) if keep else None
+        if not keep:
+            return psi, None
+        cache = (incoming, transmission, wave.shape, ws, owned,
+                 None if tilts is None else (kernels, spectra))
         return psi, cache
 
-    def vjp(self, grad_exit: Any, cache: Any) -> tuple[Any, Any]:
+    def vjp(self, grad_exit: Any, cache: Any) -> tuple[Any, ...]:
         """Adjoint, slice by slice from the exit surface:
 
         dL/d conj(T_s) = sum over broadcast axes of conj(psi_s) g_s,
         g_{s-1} = P_{s-1}^H (g_s conj(T_s)),  dL/d conj(wave) = g_0 summed to the wave shape.
+        With tilts, also 1/2 dL/dt (B, 2) from each step (see :func:`tilt_gradient`).
         """
-        incoming, transmission, wave_shape, ws, owned = cache
-        xp = self._geometry.device.xp
+        incoming, transmission, wave_shape, ws, owned, tilted = cache
+        dev = self._geometry.device
+        xp = dev.xp
         n_slices = transmission.shape[0]
         grad_trans = ws.get("ms_grad_trans", transmission.shape, grad_exit.dtype)
+        grad_tilts = None
+        if tilted is not None:
+            kernels, spectra = tilted
+            grad_tilts = xp.zeros((kernels[0].shape[0] if kernels else wave_shape[-3], 2),
+                                  dtype=dev.real_dtype)
+            conj: dict[int, Any] = {}  # conj(K) per distinct kernel, in work buffers
+            for k in kernels:
+                if id(k) not in conj:
+                    conj[id(k)] = xp.conjugate(k, out=ws.get(f"ms_tilt_kconj{len(conj)}",
+                                                             k.shape, k.dtype))
         g = grad_exit if owned else grad_exit.copy()
         for s in range(n_slices - 1, -1, -1):
             if s < n_slices - 1:
-                g = self.propagate_adjoint(g, s, overwrite=True)
+                if tilted is None:
+                    g = self.propagate_adjoint(g, s, overwrite=True)
+                else:
+                    spec = dev.fft2(g, overwrite=True)
+                    grad_tilts += tilt_gradient(spec, spectra[s], self._q,
+                                                self.gap_thickness(s), xp)
+                    spec *= conj[id(kernels[s])]
+                    g = dev.ifft2(spec, overwrite=True)
             self._conj_product(incoming[s], g, grad_trans[s], ws, owned)
             # the slice's transmission is not needed any more: conj in place when allowed
             t_conj = xp.conjugate(transmission[s], out=transmission[s] if owned else None)
             g *= t_conj
-        return reduce_to_shape(g, wave_shape), grad_trans
+        if grad_tilts is None:
+            return reduce_to_shape(g, wave_shape), grad_trans
+        return reduce_to_shape(g, wave_shape), grad_trans, grad_tilts
 
     @staticmethod
     def _conj_product(a: Any, g: Any, out: Any, ws: Workspace, owned: bool) -> None:

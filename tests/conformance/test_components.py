@@ -94,9 +94,22 @@ def _positions_file(tmp_path: Path) -> dict[str, Any]:
     return {"path": str(path)}
 
 
+def _probe_file(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "probe.npy"
+    r2 = ((np.arange(WINDOW)[:, None] - WINDOW // 2) ** 2
+          + (np.arange(WINDOW)[None, :] - WINDOW // 2) ** 2)
+    mode = np.exp(-r2 / 18.0 + 0.05j * r2)
+    np.save(path, np.stack([mode, 0.3 * mode * (np.arange(WINDOW) - WINDOW // 2)]))
+    return {"path": str(path)}
+
+
 #: (kind, name) -> factory(tmp_path) of the settings a component cannot do without
 SETTINGS: dict[tuple[str, str], Callable[[Path], dict[str, Any]]] = {
     ("position_initializer", "from_file"): _positions_file,
+    ("probe_initializer", "probe_from_file"): _probe_file,
+    ("detector", "near_field"): lambda _: {
+        "pixel_size_A": PIXEL_SIZE_A, "defocus_A": [25.0 * i for i in range(N_MEASUREMENTS)],
+        "alpha": 1e-3, "cs_A": 1e5},
 }
 
 
@@ -376,7 +389,7 @@ def test_optimizer_minimizes_a_quadratic(kind, name, cls, tmp_path, device):
 
 
 # =================================================================================== regularizers
-N_SLICES = 2
+MODEL_N_SLICES = 2
 N_OBJECT_MODES = 2
 
 
@@ -385,7 +398,7 @@ def model_context(device: Device) -> ModelContext:
     return ModelContext(window=(WINDOW, WINDOW), pixel_size_A=PIXEL_SIZE_A,
                         wavelength_A=EXPERIMENT.wavelength_A, n_measurements=N_MEASUREMENTS,
                         device=device, measured_shape=(WINDOW, WINDOW), scan_shape=SCAN_SHAPE,
-                        n_slices=N_SLICES, slice_thickness_A=(2.0,), experiment=EXPERIMENT,
+                        n_slices=MODEL_N_SLICES, slice_thickness_A=(2.0,), experiment=EXPERIMENT,
                         grid=GRID,
                         to_detector_order=lambda a: np.fft.ifftshift(a, axes=(-2, -1)))
 
@@ -393,7 +406,7 @@ def model_context(device: Device) -> ModelContext:
 def _model_params(device: Device, seed: int = 0) -> dict[str, Any]:
     """Every parameter block, random but physical (2 slices, 2 object and 2 probe modes)."""
     rng = np.random.default_rng(seed)
-    shape = (N_SLICES, N_OBJECT_MODES, *GRID.object_shape)
+    shape = (MODEL_N_SLICES, N_OBJECT_MODES, *GRID.object_shape)
     obj = np.exp(1j * rng.uniform(-0.5, 0.5, shape) - rng.uniform(0.0, 0.1, shape))
     probe = rng.standard_normal((2, WINDOW, WINDOW)) + 1j * rng.standard_normal(
         (2, WINDOW, WINDOW))

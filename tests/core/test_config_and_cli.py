@@ -99,7 +99,8 @@ def test_cli_run_and_plugins(tmp_path, dataset_file, capsys):
         (lambda c: c.replace("[loss]\ntype = \"ml\"", "[loss]\ntype = \"nope\""), "nope"),
         (lambda c: c.replace("history_length = 5", "history_length = -3"), "history_length"),
         (lambda c: c + "\nunknown_key = 1\n", "unknown_key"),
-        (lambda c: c.replace("[refine]", "[refine]\ntilts = true"), "tilts"),
+        (lambda c: c.replace("[refine]", "[refine]\nwobble = true"), "wobble"),
+        (lambda c: c + "\ntilt_mode = 7\n", "tilt_mode"),
         (lambda c: c.replace("from_metadata = true",
                              "from_metadata = true\ndetector_pixel_size_mrad = 9.0\n"
                              "detector_pixel_size_inv_A = 0.1"), "inconsistent calibration"),
