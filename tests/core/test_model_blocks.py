@@ -12,7 +12,7 @@ from ptyframe_propagators.multislice import Multislice
 from ptyframe.components import ModelContext
 from ptyframe.device import Device
 from ptyframe.model import PtychographyModel
-from ptyframe.testing import check_adjoint, check_gradient, random_like
+from ptyframe.testing import check_adjoint, check_gradient
 
 N_MEAS = 6
 WINDOW = 16
