@@ -1,0 +1,426 @@
+"""Constraints "by hand" on the object (transmission function O, (slices, modes, Y, X) complex).
+
+Every filter here works per (slice, mode) plane over the plane's last two axes, with the FFT's
+periodic boundary conditions (the object's margin is vacuum, so the wrap-around is harmless).
+Phase phi = angle(O) in radians, absorption a = -log|O|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ptyframe.components import Constraint, ModelContext
+from ptyframe.schedules import Schedule
+
+from ._common import (
+    band_limit_mask,
+    gaussian_transfer,
+    in_range,
+    non_negative,
+    number,
+    positive,
+    relative_change,
+    to_device_mask,
+    when_field,
+)
+
+__all__ = ["GaussianFilter", "ChargeFlip", "FancySigma", "BandLimit", "RestartFromVacuum",
+           "PhaseOnlyObject", "unwrapped_phase_spectrum", "flip_below"]
+
+
+def _bool(name: str):
+    def check(_inst: Any, _attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name}: expected true or false, found {value!r}")
+
+    return check
+
+
+def _schedule_active(schedule: Schedule, epoch: int) -> bool:
+    return bool(schedule(epoch))
+
+
+def unwrapped_phase_spectrum(obj: Any, device: Any) -> Any:
+    """FFT of the least-squares unwrapped phase of ``obj`` (zero mean), last two axes.
+
+    The wrapped neighbour differences angle(O[y+1] conj O[y]) (and along x, periodic) are
+    integrated by the FFT Poisson solver: phi_hat = (conj(e_y) D_y + conj(e_x) D_x) /
+    (|e_y|^2 + |e_x|^2), e = exp(2 pi i f) - 1. Where every neighbour difference (across the
+    periodic border too) is below pi, this is the true phase up to a constant, whatever the
+    number of 2 pi wraps of angle(O).
+    """
+    xp = device.xp
+    ny, nx = obj.shape[-2:]
+    dy = xp.angle(xp.roll(obj, -1, axis=-2) * xp.conj(obj))
+    dx = xp.angle(xp.roll(obj, -1, axis=-1) * xp.conj(obj))
+    ey = np.exp(2j * np.pi * np.fft.fftfreq(ny))[:, None] - 1.0
+    ex = np.exp(2j * np.pi * np.fft.fftfreq(nx))[None, :] - 1.0
+    den = np.abs(ey) ** 2 + np.abs(ex) ** 2
+    den[0, 0] = 1.0  # the mean is undetermined; the numerator is 0 there
+    cdtype = obj.dtype
+    num = (xp.asarray(np.conj(ey) / den, dtype=cdtype) * device.fft2(dy)
+           + xp.asarray(np.conj(ex) / den, dtype=cdtype) * device.fft2(dx))
+    return num
+
+
+def flip_below(values: Any, delta: float, beta: float, xp: Any) -> Any:
+    """Charge-flip rule: values below ``delta`` x (the plane's maximum) are multiplied by
+    ``beta``; the others are kept. Planes are the last two axes."""
+    threshold = delta * xp.max(values, axis=(-2, -1), keepdims=True)
+    return xp.where(values < threshold, beta * values, values)
+
+
+def _phase_and_absorption(obj: Any, xp: Any) -> tuple[Any, Any]:
+    tiny = float(np.finfo(obj.real.dtype).tiny)
+    return xp.angle(obj), -xp.log(xp.maximum(xp.abs(obj), tiny))
+
+
+def _with_phase_and_absorption(obj: Any, phase: Any, new_phase: Any, absorption: Any,
+                               new_absorption: Any, xp: Any) -> Any:
+    """O * exp(-(a' - a) + i (phi' - phi)): pixels left alone stay bit-identical."""
+    return obj * xp.exp((absorption - new_absorption) + 1j * (new_phase - phase))
+
+
+# ============================================================================ Gaussian filter
+@attrs.define(kw_only=True)
+class GaussianFilter(Constraint):
+    """Gaussian filter of the object's phase and/or amplitude (reference:
+    ``apply_gaussian_filter`` / ``apply_gaussian_filter_amplitude``).
+
+    ``sigma_phase_px``: standard deviation (object pixels) of the Gaussian applied to the phase;
+    ``sigma_amplitude_px``: the same for |O|; 0 switches a part off (not both).
+
+    The phase is filtered without wrapping problems: the filter acts on the least-squares
+    unwrapped phase phi_u (FFT Poisson integration of the wrapped neighbour differences), and
+    O <- |O|' exp(i [angle(O) + (G - 1) * phi_u]). Where neighbouring pixels differ by less
+    than pi this is exactly exp(i G * phi) for the true (unwrapped) phase phi, however many
+    times angle(O) wraps; a plain filter of angle(O) would smear every 2 pi jump. The
+    amplitude filter is |O|' = G * |O| (phase kept). Convolutions are periodic (FFT), the
+    Gaussian normalised (the mean phase and amplitude are kept). Resets the optimizer history.
+    """
+
+    name = "gaussian_filter"
+
+    sigma_phase_px: float = attrs.field(default=1.0, converter=number("sigma_phase_px"),
+                                        validator=non_negative)
+    sigma_amplitude_px: float = attrs.field(default=0.0,
+                                            converter=number("sigma_amplitude_px"),
+                                            validator=non_negative)
+    when: Schedule = when_field(True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sigma_phase_px == 0 and self.sigma_amplitude_px == 0:
+            raise ValueError("sigma_phase_px, sigma_amplitude_px: expected at least one > 0, "
+                             "found both 0 (the filter would do nothing)")
+
+    def is_active(self, epoch: int) -> bool:
+        return _schedule_active(self.when, epoch)
+
+    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+        xp = device.xp
+        obj = params["object"]
+        shape = obj.shape[-2:]
+        new = obj
+        if self.sigma_amplitude_px > 0:
+            mag = xp.abs(obj)
+            g = to_device_mask(gaussian_transfer(shape, self.sigma_amplitude_px), obj, device)
+            smooth = device.ifft2(device.fft2(mag) * g).real
+            unit = xp.where(mag > 0, obj / xp.where(mag > 0, mag, 1), 1)
+            new = (smooth * unit).astype(obj.dtype, copy=False)
+        if self.sigma_phase_px > 0:
+            g = to_device_mask(gaussian_transfer(shape, self.sigma_phase_px), obj, device)
+            correction = device.ifft2(unwrapped_phase_spectrum(obj, device) * (g - 1)).real
+            new = new * xp.exp(1j * correction)
+        params["object"] = new.astype(obj.dtype, copy=False)
+        return True
+
+
+# ============================================================================ charge flipping
+@attrs.define(kw_only=True)
+class ChargeFlip(Constraint):
+    """Charge flipping of the object potential (reference: ``do_charge_flip``, ``cf_*``).
+
+    Rule, per (slice, mode) plane, as in the reference (its deltas are "threshold ratios"):
+    phase phi = angle(O) (radians, not unwrapped): every pixel with phi < ``delta_phase`` x
+    max(phi) is replaced by ``beta_phase`` x phi; absorption a = -log|O| likewise with
+    ``delta_abs`` and ``beta_abs``; pixels above the thresholds are left bit-identical.
+    O <- exp(-a' + i phi'). ``beta`` = -1 is the classic flip, the defaults -0.95 a damped one;
+    ``beta`` = 1 switches a channel off, ``delta`` = 0 with ``beta`` = 0 clips negatives.
+    Resets the optimizer history.
+    """
+
+    name = "charge_flip"
+
+    delta_phase: float = attrs.field(default=0.1, converter=number("delta_phase"))
+    beta_phase: float = attrs.field(default=-0.95, converter=number("beta_phase"),
+                                    validator=in_range(-1.0, 1.0))
+    delta_abs: float = attrs.field(default=0.01, converter=number("delta_abs"))
+    beta_abs: float = attrs.field(default=-0.95, converter=number("beta_abs"),
+                                  validator=in_range(-1.0, 1.0))
+    when: Schedule = when_field(True)
+
+    def is_active(self, epoch: int) -> bool:
+        return _schedule_active(self.when, epoch)
+
+    def _new_phase(self, phase: Any, device: Any) -> Any:
+        return flip_below(phase, self.delta_phase, self.beta_phase, device.xp)
+
+    def _new_absorption(self, absorption: Any, device: Any) -> Any:
+        return flip_below(absorption, self.delta_abs, self.beta_abs, device.xp)
+
+    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+        xp = device.xp
+        obj = params["object"]
+        phase, absorption = _phase_and_absorption(obj, xp)
+        new_phase = self._new_phase(phase, device)
+        new_absorption = self._new_absorption(absorption, device)
+        params["object"] = _with_phase_and_absorption(
+            obj, phase, new_phase, absorption, new_absorption, xp).astype(obj.dtype, copy=False)
+        return True
+
+
+@attrs.define(kw_only=True)
+class FancySigma(ChargeFlip):
+    """Deconvolve - flip - reconvolve, to enforce atomicity (reference: ``fancy_sigma``).
+
+    Per (slice, mode) plane, for the phase x = angle(O) (and for the absorption -log|O| when
+    ``sigma_abs_px`` > 0; otherwise the absorption gets the plain charge flip):
+
+    1. x0 = x - min(x) (the reference's offset, so thresholds are measured from the minimum);
+    2. Wiener deconvolution by a Gaussian of standard deviation ``sigma_px`` (pixels):
+       x_d = IFFT[FFT(x0) G (1 + eps) / (G^2 + eps)], G = exp(-2 pi^2 sigma^2 f^2), eps =
+       ``wiener_epsilon`` (the reference divides by G unregularised), DC gain 1;
+    3. the charge-flip rule of ``charge_flip`` on x_d (values < delta max(x_d) times beta;
+       ``delta_phase`` = 0, ``beta_phase`` = 0 clips negatives);
+    4. reconvolution by a Gaussian of ``reconvolve_ratio`` x sigma (0: none);
+    5. min(x) added back (the reference leaves it out, shifting the mean phase/absorption).
+
+    The reference's Gaussian exp(-r^2/s^2) has standard deviation s/sqrt(2). Resets the
+    optimizer history.
+    """
+
+    name = "fancy_sigma"
+
+    sigma_px: float = attrs.field(default=1.0, converter=number("sigma_px"), validator=positive)
+    sigma_abs_px: float = attrs.field(default=0.0, converter=number("sigma_abs_px"),
+                                      validator=non_negative)
+    reconvolve_ratio: float = attrs.field(default=1.0, converter=number("reconvolve_ratio"),
+                                          validator=non_negative)
+    wiener_epsilon: float = attrs.field(default=1e-2, converter=number("wiener_epsilon"),
+                                        validator=positive)
+
+    def _deconvolve_flip_reconvolve(self, x: Any, sigma: float, delta: float, beta: float,
+                                    device: Any) -> Any:
+        xp = device.xp
+        shape = x.shape[-2:]
+        offset = xp.min(x, axis=(-2, -1), keepdims=True)
+        g = gaussian_transfer(shape, sigma)
+        eps = self.wiener_epsilon
+        wiener = to_device_mask(g * (1.0 + eps) / (g * g + eps), x, device)
+        x_d = device.ifft2(device.fft2(x - offset) * wiener).real
+        x_f = flip_below(x_d, delta, beta, xp)
+        if self.reconvolve_ratio > 0:
+            g2 = to_device_mask(gaussian_transfer(shape, self.reconvolve_ratio * sigma), x,
+                                device)
+            x_f = device.ifft2(device.fft2(x_f) * g2).real
+        return (x_f + offset).astype(x.dtype, copy=False)
+
+    def _new_phase(self, phase: Any, device: Any) -> Any:
+        return self._deconvolve_flip_reconvolve(phase, self.sigma_px, self.delta_phase,
+                                                self.beta_phase, device)
+
+    def _new_absorption(self, absorption: Any, device: Any) -> Any:
+        if self.sigma_abs_px == 0:
+            return super()._new_absorption(absorption, device)
+        return self._deconvolve_flip_reconvolve(absorption, self.sigma_abs_px, self.delta_abs,
+                                                self.beta_abs, device)
+
+
+# ============================================================================ band limit
+@attrs.define(kw_only=True)
+class BandLimit(Constraint):
+    """Band-limit cleaning of the full object (and optionally the probe) every step
+    (reference: ``update_extra_cut`` with ``lazy_clean`` = False, and the probe's
+    ``fourier_clean`` with ``damping_cutoff_multislice``).
+
+    The object's 2-D spectrum (per slice and mode, over the whole object) is zeroed above
+    ``cutoff`` - ``extra_cut`` (fractions of Nyquist, radial: r = 2 |f| with f in cycles per
+    pixel, as the multislice propagator's ``damping_cutoff``). The filter acts on O itself as
+    in the reference; since it keeps f = 0 this is the same as filtering O - 1 (vacuum stays
+    exactly 1), but not as filtering log O. ``rolloff``: width of a sin^2 taper ending at the
+    cutoff (0 = hard edge). ``probe``: also band-limit the probe at ``probe_cutoff`` (default
+    ``cutoff``, no extra cut); ``object``: whether to clean the object.
+
+    While active, :meth:`project_gradient` applies the same masks to the gradients, so the
+    iterates stay band-limited and :meth:`apply` only removes rounding: it returns True (reset
+    the optimizer history) only when it changed a block by more than ``reset_tolerance``
+    (relative L2 norm), e.g. the first time.
+    """
+
+    name = "band_limit"
+
+    cutoff: float = attrs.field(default=2.0 / 3.0, converter=number("cutoff"),
+                                validator=in_range(0.0, 1.5, low_open=True))
+    extra_cut: float = attrs.field(default=0.005, converter=number("extra_cut"),
+                                   validator=non_negative)
+    rolloff: float = attrs.field(default=0.0, converter=number("rolloff"),
+                                 validator=non_negative)
+    object: bool = attrs.field(default=True, validator=_bool("object"))
+    probe: bool = attrs.field(default=False, validator=_bool("probe"))
+    probe_cutoff: float | None = attrs.field(
+        default=None, converter=number("probe_cutoff", optional=True),
+        validator=attrs.validators.optional(in_range(0.0, 1.5, low_open=True)))
+    reset_tolerance: float = attrs.field(default=1e-6, converter=number("reset_tolerance"),
+                                         validator=non_negative)
+    when: Schedule = when_field(True)
+    _masks: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.extra_cut >= self.cutoff:
+            raise ValueError(f"extra_cut: expected a value below cutoff={self.cutoff:g}, "
+                             f"found {self.extra_cut!r}")
+        if self.rolloff >= self.cutoff - self.extra_cut:
+            raise ValueError(f"rolloff: expected a width below cutoff - extra_cut = "
+                             f"{self.cutoff - self.extra_cut:g}, found {self.rolloff!r}")
+        if not (self.object or self.probe):
+            raise ValueError("object, probe: expected at least one true, found both false")
+
+    @property
+    def object_cutoff(self) -> float:
+        """The object's cutoff, fraction of Nyquist."""
+        return self.cutoff - self.extra_cut
+
+    def is_active(self, epoch: int) -> bool:
+        return _schedule_active(self.when, epoch)
+
+    def prepare(self, context: ModelContext) -> None:
+        self._masks.clear()
+
+    def _mask(self, array: Any, cutoff: float, device: Any) -> Any:
+        key = (tuple(array.shape[-2:]), cutoff, str(array.real.dtype), device.kind)
+        mask = self._masks.get(key)
+        if mask is None:
+            rolloff = min(self.rolloff, 0.5 * cutoff)
+            mask = to_device_mask(band_limit_mask(array.shape[-2:], cutoff, rolloff), array,
+                                  device)
+            self._masks[key] = mask
+        return mask
+
+    def _blocks(self) -> list[tuple[str, float]]:
+        out = []
+        if self.object:
+            out.append(("object", self.object_cutoff))
+        if self.probe:
+            out.append(("probe", self.cutoff if self.probe_cutoff is None
+                        else self.probe_cutoff))
+        return out
+
+    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+        changed = False
+        for block, cutoff in self._blocks():
+            old = params[block]
+            new = device.ifft2(device.fft2(old) * self._mask(old, cutoff, device))
+            new = new.astype(old.dtype, copy=False)
+            changed |= relative_change(old, new, device.xp) > self.reset_tolerance
+            params[block] = new
+        return changed
+
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+                         epoch: int) -> dict[str, Any]:
+        out = dict(grads)
+        for block, cutoff in self._blocks():
+            if block in out:
+                g = out[block]
+                out[block] = device.ifft2(device.fft2(g) * self._mask(g, cutoff, device)
+                                          ).astype(g.dtype, copy=False)
+        return out
+
+
+# ============================================================================ restart
+def _epochs(value: Any) -> tuple[int, ...]:
+    values = tuple(value) if isinstance(value, (list, tuple)) else None
+    if values is None or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 and v >= 0 for v in values):
+        raise ValueError(f"epochs: expected a list of integers >= 0, found {value!r}")
+    return tuple(sorted({int(v) for v in values}))
+
+
+@attrs.define(kw_only=True)
+class RestartFromVacuum(Constraint):
+    """Reset the object to vacuum (O = 1 in every slice and mode), keeping the probe and the
+    other blocks (reference: ``restart_from_vacuum``).
+
+    Active at the epochs listed in ``epochs`` and wherever the schedule ``when`` is true.
+    Both default to never, so the component does nothing unless told when, e.g.
+    ``{"type": "restart_from_vacuum", "epochs": [20]}`` or ``when`` =
+    ``{"type": "every", "n": 50, "offset": 50}``. Resets the optimizer history.
+    """
+
+    name = "restart_from_vacuum"
+
+    epochs: tuple[int, ...] = attrs.field(default=(), converter=_epochs)
+    when: Schedule = when_field(False)
+
+    def is_active(self, epoch: int) -> bool:
+        return epoch in self.epochs or _schedule_active(self.when, epoch)
+
+    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+        params["object"] = device.xp.ones_like(params["object"])
+        return True
+
+
+# ============================================================================ phase only
+@attrs.define(kw_only=True)
+class PhaseOnlyObject(Constraint):
+    """Restrict the object to a pure phase, O = exp(i phi) (reference: ``phase_only_obj``).
+
+    Gradient: for O = exp(i phi) the chain rule with dL = 2 Re<g, dO> and dO = i O dphi gives
+    dL/dphi = 2 Re(conj(g) i O) = 2 Im(conj(O) g) per pixel. :meth:`project_gradient` maps the
+    object gradient g to g' = i O Im(conj(O) g) / |O|^2, the orthogonal projection (for the
+    real inner product Re<a, b>) of g onto the tangent direction i O of the circle |O| = const;
+    for |O| = 1 it is the phase gradient (1/2 dL/dphi) mapped back into O, so a step -s g' is
+    the first-order step in phi. It is idempotent, and Re(conj(O) g') = 0 keeps |O| fixed to
+    first order (|O - s g'| - |O| = O(s^2)); where O = 0 the direction is undefined and g' = 0.
+
+    :meth:`apply` is the retraction O <- O / |O| (O = 0 -> 1). Along projected steps it moves O
+    only by the second-order term, which does not invalidate the optimizer's curvature
+    history: it returns True (reset) only when the relative L2 change exceeds
+    ``reset_tolerance``, i.e. the first time on a non-unimodular object or when gradients were
+    not projected.
+    """
+
+    name = "phase_only_object"
+
+    reset_tolerance: float = attrs.field(default=1e-2, converter=number("reset_tolerance"),
+                                         validator=non_negative)
+    when: Schedule = when_field(True)
+
+    def is_active(self, epoch: int) -> bool:
+        return _schedule_active(self.when, epoch)
+
+    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+        xp = device.xp
+        obj = params["object"]
+        mag = xp.abs(obj)
+        new = xp.where(mag > 0, obj / xp.where(mag > 0, mag, 1), 1).astype(obj.dtype,
+                                                                          copy=False)
+        changed = relative_change(obj, new, xp) > self.reset_tolerance
+        params["object"] = new
+        return changed
+
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+                         epoch: int) -> dict[str, Any]:
+        if "object" not in grads:
+            return grads
+        xp = device.xp
+        obj, g = params["object"], grads["object"]
+        power = obj.real**2 + obj.imag**2
+        tangential = (obj.real * g.imag - obj.imag * g.real)  # Im(conj(O) g)
+        coeff = xp.where(power > 0, tangential / xp.where(power > 0, power, 1), 0)
+        out = dict(grads)
+        out["object"] = (1j * obj * coeff).astype(g.dtype, copy=False)
+        return out

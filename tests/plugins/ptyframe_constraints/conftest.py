@@ -1,0 +1,26 @@
+"""Fixtures of the constraint tests: devices (CPU double, GPU when CuPy and CUDA exist)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from ptyframe.device import Device, cupy_available
+
+
+@functools.cache
+def _gpu() -> bool:
+    return cupy_available()
+
+
+@pytest.fixture(params=[pytest.param("cpu"), pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request) -> Device:
+    if request.param == "gpu" and not _gpu():
+        pytest.skip("needs CuPy and a CUDA device")
+    return Device(request.param, "double")
+
+
+@pytest.fixture
+def cpu() -> Device:
+    return Device("cpu", "double")
