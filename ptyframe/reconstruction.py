@@ -574,13 +574,13 @@ class Reconstruction:
                                      f"{self._background.array.shape}")
                 level = self.detector.to_detector_order(self._background.array)
             else:
-                # s = 0 is a stationary point of s**2: start a refined background slightly
-                # above zero (1e-3 of the mean count per pixel) when none is given
+                # s = 0 is a stationary point of s**2: start a refined background from the
+                # data when none is given
                 value = self._background
-                if value is None or value == 0:
-                    mean = float(np.mean(mean_pattern)) if mean_pattern is not None else 1.0
-                    value = 1e-3 * mean if not _never(self.refine["static_background"]) \
-                        else 0.0
+                if (value is None or value == 0) and not _never(
+                        self.refine["static_background"]):
+                    value = self._background_estimate(mean_pattern)
+                value = 0.0 if value is None else value
                 level = np.full(measured_shape, float(value))
             out["static_background"] = dev.real(np.sqrt(level))
         if self._aberrations is not None or not _never(self.refine["aberrations"]):
@@ -590,6 +590,19 @@ class Reconstruction:
                   else np.zeros((n_sets, 8)))
             out["aberrations"] = dev.real(ab)
         return out
+
+    def _background_estimate(self, mean_pattern: Any) -> float:
+        """A flat starting background: the mean over patterns of each pattern's smallest
+        pixel (about the background level minus its noise), at least 1e-3 of the mean count
+        per pixel."""
+        floor = 1e-3 * (float(np.mean(mean_pattern)) if mean_pattern is not None else 1.0)
+        if self.dataset is None:
+            return floor
+        n, lows = len(self.dataset), []
+        for start in range(0, n, 512):
+            chunk = self.dataset.read(np.arange(start, min(start + 512, n)), np.float32)
+            lows.append(chunk.reshape(chunk.shape[0], -1).min(axis=1))
+        return max(float(np.mean(np.concatenate(lows))), floor)
 
     # ------------------------------------------------------------------ objective
     def _in_bounds(self, positions: Any) -> bool:
