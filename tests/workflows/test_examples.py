@@ -39,7 +39,7 @@ def test_incoherent(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["focal_series.py", "larbed.py", "compressed_ptychography.py",
-                                  "incoherent.py", "reconstruct_h5.py"])
+                                  "incoherent.py"])
 def test_example_has_a_docstring_and_main(name):
     text = (EXAMPLES / name).read_text()
     assert text.startswith('"""') and "__main__" in text
