@@ -114,6 +114,20 @@ def _build_experiment(section: dict[str, Any], data_path: Path | None) -> Experi
     return Experiment.from_config(section)
 
 
+#: component settings that name files; relative paths are relative to the config file
+_PATH_KEYS = ("path", "beam_ctf")
+
+
+def _resolve_paths(section: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Component settings with relative file paths made relative to the config's folder."""
+    out = dict(section)
+    for key, value in out.items():
+        if (key in _PATH_KEYS or key.endswith("_path")) and isinstance(value, str) \
+                and value and not Path(value).is_absolute():
+            out[key] = str((base_dir / value).resolve())
+    return out
+
+
 def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
                          registry: Any | None = None) -> tuple[Reconstruction, int]:
     """Assemble a Reconstruction (and the number of epochs to run) from a config dict."""
@@ -134,9 +148,12 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     components: dict[str, Any] = {}
     for kind in DEFAULT_COMPONENTS:
         if kind in config:
-            components[kind] = registry.create(kind, _section(config, kind))
-    regularizers = [registry.create("regularizer", c) for c in config.get("regularizers", [])]
-    constraints = [registry.create("constraint", c) for c in config.get("constraints", [])]
+            components[kind] = registry.create(kind, _resolve_paths(_section(config, kind),
+                                                                    base_dir))
+    regularizers = [registry.create("regularizer", _resolve_paths(c, base_dir))
+                    for c in config.get("regularizers", [])]
+    constraints = [registry.create("constraint", _resolve_paths(c, base_dir))
+                   for c in config.get("constraints", [])]
     refine = _section(config, "refine")
     unknown_refine = set(refine) - set(_REFINE_BLOCKS)
     if unknown_refine:

@@ -14,8 +14,8 @@ Conventions converted on the way:
 * reconstruction pixel size -> detector calibration: ``detector_pixel_size_inv_A =
   1 / ((N + 2 pad_px) * pixel_size_A)`` with N the (binned) pattern side and pad_px =
   data_pad / upsample_pattern (the reference's data_pad counts upsampled pixels);
-* object (y, x, z, modes) -> (slices, modes, y, x); probe (y, x, modes[, subscans]) ->
-  (modes, y, x) or (subscans, modes, y, x);
+* object (y, x, z, modes) -> (slices, modes, Y, X) placed on ptyframe's object grid;
+  probe (y, x, modes) -> (modes, y, x);
 * ``extra_probe_defocus`` (a propagation distance, i.e. +C10) -> the aperture initializer's
   ``extra_defocus_A`` (positive = underfocus = -C10);
 * string lambdas -> :class:`~ptyframe.schedules.Schedule` via :mod:`ptyframe.safe_lambda`
@@ -28,6 +28,7 @@ pure memory/performance knobs that do not change results are accepted and listed
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import numbers
@@ -39,8 +40,12 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+import h5py
 import numpy as np
 
+from .config import load_config
+from .data import Dataset
+from .experiment import Experiment, ReconstructionGrid
 from .physics import ABERRATION_NAMES, wavelength_A
 from .safe_lambda import map_schedule_values, to_schedule
 from .schedules import Constant, Schedule
@@ -129,6 +134,12 @@ _COMPONENT_KINDS = ("propagator", "loss", "optimizer", "probe_initializer",
 #: component kinds given as lists of tables
 _LIST_KINDS = {"regularizers": "regularizer", "constraints": "constraint"}
 
+#: the component the reference uses when its key is absent
+_DEFAULT_TYPES = MappingProxyType({
+    "propagator": "multislice", "loss": "lsq_sqrt", "optimizer": "quasi_newton",
+    "detector": "far_field",
+})
+
 _SKIP = object()
 
 
@@ -159,13 +170,16 @@ class KeyMapping:
     ``regularizers.atv.weight`` (an entry of the list), ``data.preprocessing.flip_ky`` (a plain
     setting). ``status``: "mapped", "note" (accepted, no effect on results) or "unsupported"
     (an error unless the value is the reference default). ``how``: one line for the docs.
+    ``always``: also applied when the key is absent (ptyframe's default differs from the
+    reference's, so the reference default is written out).
     """
 
     key: str
     location: str
     status: str
     how: str
-    apply: Callable[[Any, _Migration], None] | None = attrs.field(default=None, repr=False)
+    apply: Callable[..., None] | None = attrs.field(default=None, repr=False, eq=False)
+    always: bool = False
 
     def components(self) -> list[tuple[str, str, str]]:
         """(kind, component name, field) of each component location (``*`` names skipped)."""
@@ -222,9 +236,11 @@ def _describe(value: Any) -> str:
 
 
 def _schedule_config(schedule: Schedule) -> Any:
+    """A plain value for a constant, else the schedule's table (without None defaults, which
+    TOML cannot hold)."""
     if isinstance(schedule, Constant):
         return _jsonable(schedule.value)
-    return _jsonable(schedule.to_config())
+    return {k: v for k, v in _jsonable(schedule.to_config()).items() if v is not None}
 
 
 def _jsonable(value: Any) -> Any:
@@ -314,6 +330,7 @@ class _Migration:
         self.registry = registry
         self.config: dict[str, Any] = {}
         self.types: dict[str, str] = {}
+        self.chosen_by: dict[str, str] = {}
         self.fields: dict[str, dict[str, tuple[str, Any]]] = {k: {} for k in _COMPONENT_KINDS}
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
         self.problems: list[tuple[str, str]] = []
@@ -329,6 +346,12 @@ class _Migration:
         return key in self.params and not _is_default(key, self.params[key])
 
     def fail(self, key: str, why: str) -> None:
+        """Record a problem; one cause met through several keys is reported once."""
+        for i, (other, reason) in enumerate(self.problems):
+            if reason == why:
+                if key not in other.split(", "):
+                    self.problems[i] = (f"{other}, {key}", why)
+                return
         self.problems.append((key, why))
 
     def note(self, text: str) -> None:
@@ -343,8 +366,9 @@ class _Migration:
             node = node.setdefault(part, {})
         node[parts[-1]] = _jsonable(value)
 
-    def choose(self, kind: str, name: str) -> None:
+    def choose(self, kind: str, name: str, key: str) -> None:
         self.types[kind] = name
+        self.chosen_by[kind] = key
 
     def component(self, key: str, kind: str, name: str, field: str, value: Any) -> None:
         """A component setting; ``name`` "*" means whichever component of ``kind`` is chosen."""
@@ -389,8 +413,6 @@ class _Migration:
         path = Path(str(self.value("data_path") or ""))
         try:
             if path.is_file() and path.suffix.lower() in (".h5", ".hdf5"):
-                import h5py
-
                 with h5py.File(path, "r") as fh:
                     if "data" in fh:
                         shape = tuple(fh["data"].shape)
@@ -608,7 +630,7 @@ def _apply_print_flag(value: Any, m: _Migration) -> None:
 def _apply_recon_type(value: Any, m: _Migration) -> None:
     if value not in ("far_field", "near_field"):
         raise ValueError(f"expected 'far_field' or 'near_field', found {value!r}")
-    m.choose("detector", value)
+    m.choose("detector", value, "recon_type")
 
 
 def _near_field(field: str, convert: Callable[[str, Any], Any]
@@ -657,33 +679,40 @@ def _apply_obj(value: Any, m: _Migration) -> None:
     m.set("n_object_modes", int(obj.shape[3]))
     if obj.shape[0] <= 1 and obj.shape[1] <= 1 and np.all(obj == 1):
         return  # the reference's default: vacuum of the right size
-    layout = np.ascontiguousarray(np.transpose(obj, (2, 3, 0, 1))).astype(np.complex128)
-    m.set("initial_object", m.array_path("obj", "initial_object", layout))
+    # placed on ptyframe's object grid at the end (needs the calibration and the positions)
+    m._cache["object"] = np.ascontiguousarray(np.transpose(obj, (2, 3, 0, 1)))
+
+
+def _hermite_orders(value: Any) -> tuple[int, int]:
+    """The reference's highest Hermite orders (ny, nx) (its code unpacks y first)."""
+    pair = [_integer("n_hermite_probe_modes", v) for v in np.asarray(value).ravel()]
+    if len(pair) != 2 or min(pair) < 0:
+        raise ValueError(f"n_hermite_probe_modes: expected two orders (ny, nx) >= 0, found "
+                         f"{value!r}")
+    return pair[0], pair[1]
 
 
 def _hermite_count(value: Any) -> int:
-    pair = [_integer("n_hermite_probe_modes", v) for v in np.asarray(value).ravel()]
-    if len(pair) != 2 or min(pair) < 0:
-        raise ValueError(f"n_hermite_probe_modes: expected two orders [ny, nx] >= 0, found "
-                         f"{value!r}")
-    return (pair[0] + 1) * (pair[1] + 1)
+    ny, nx = _hermite_orders(value)
+    return (ny + 1) * (nx + 1)
 
 
 def _apply_probe(value: Any, m: _Migration) -> None:
     if isinstance(value, str):
         if value != "aperture":
             raise ValueError(f"expected an array, None or 'aperture', found {value!r}")
-        m.choose("probe_initializer", "aperture")
+        m.choose("probe_initializer", "aperture", "probe")
         return
     if value is None:
         threshold = _number("estimate_aperture_based_on_binary",
                             m.value("estimate_aperture_based_on_binary") or 0)
         if threshold > 0:
-            m.choose("probe_initializer", "binary_aperture")
+            m.choose("probe_initializer", "binary_aperture",
+                     "estimate_aperture_based_on_binary")
             m.component("estimate_aperture_based_on_binary", "probe_initializer",
                         "binary_aperture", "threshold", threshold)
         else:
-            m.choose("probe_initializer", "mean_pattern")
+            m.choose("probe_initializer", "mean_pattern", "probe")
         n_modes = 1
         if m.value("n_hermite_probe_modes") is not None:
             n_modes = _hermite_count(m.value("n_hermite_probe_modes"))
@@ -694,19 +723,18 @@ def _apply_probe(value: Any, m: _Migration) -> None:
     probe = np.asarray(value)
     if probe.ndim == 2:
         probe = probe[:, :, None]
-    if probe.ndim == 3:
-        layout = np.transpose(probe, (2, 0, 1))
-    elif probe.ndim == 4:
-        if m.value("probe_marker") is None:
-            raise ValueError("a 4D probe (y, x, modes, subscans) needs a probe_marker")
-        layout = np.transpose(probe, (3, 2, 0, 1))
-    else:
-        raise ValueError(f"expected shape (y, x, modes) or (y, x, modes, subscans), found "
-                         f"{probe.shape}")
+    if probe.ndim == 4:
+        raise ValueError("one probe per sub-scan (y, x, modes, subscans) cannot be loaded yet: "
+                         "ptyframe's probe_from_file reads (modes, y, x)")
+    if probe.ndim != 3:
+        raise ValueError(f"expected shape (y, x, modes), found {probe.shape}")
+    layout = np.ascontiguousarray(np.transpose(probe, (2, 0, 1))).astype(np.complex128)
     m.set("n_probe_modes", int(probe.shape[2]))
-    m.choose("probe_initializer", "probe_from_file")
-    path = m.array_path("probe", "probe", np.ascontiguousarray(layout).astype(np.complex128))
-    m.component("probe", "probe_initializer", "probe_from_file", "path", path)
+    m.choose("probe_initializer", "probe_from_file", "probe")
+    m.component("probe", "probe_initializer", "probe_from_file", "path",
+                m.array_path("probe", "probe", layout))
+    m.component("probe", "probe_initializer", "probe_from_file", "layout", "modes_first")
+    m.component("probe", "probe_initializer", "probe_from_file", "rescale", False)
     if m.value("aberrations") is not None:
         raise ValueError("the reference applies `aberrations` on top of a given probe; "
                          "ptyframe loads the probe as it is: apply them to the array first or "
@@ -714,8 +742,8 @@ def _apply_probe(value: Any, m: _Migration) -> None:
 
 
 def _apply_positions(value: Any, m: _Migration) -> None:
-    if value is None:
-        return
+    if value is None:  # the reference's default: every measurement at corner (0, 0)
+        value = np.zeros((1, 2))
     corners = np.asarray(value, dtype=float)
     if corners.ndim != 2 or corners.shape[1] != 2:
         raise ValueError(f"expected shape (N, 2) [[y, x], ...], found {corners.shape}")
@@ -723,7 +751,8 @@ def _apply_positions(value: Any, m: _Migration) -> None:
         corners = np.repeat(corners, m.n_measurements(), axis=0)
     px = m.pixel_size_A()
     centres = (corners + m.model_window() // 2) * px
-    m.choose("position_initializer", "from_file")
+    m._cache["positions_A"] = centres
+    m.choose("position_initializer", "from_file", "positions")
     m.component("positions", "position_initializer", "from_file", "path",
                 m.array_path("positions", "positions_A", centres))
 
@@ -766,7 +795,7 @@ def _apply_propmethod(value: Any, m: _Migration) -> None:
     if value not in ("multislice", "better_multislice", "yoshida"):
         raise ValueError(f"expected 'multislice', 'better_multislice' or 'yoshida', found "
                          f"{value!r}")
-    m.choose("propagator", value)
+    m.choose("propagator", value, "propmethod")
 
 
 def _slice_distances(key: str, value: Any) -> Any:
@@ -798,7 +827,7 @@ def _apply_algorithm(value: Any, m: _Migration) -> None:
         raise ValueError(f"expected one of {', '.join(names)}, found {value!r}")
     if value == "lsq_compressed" and m.params.get("masks") is None:
         raise ValueError("'lsq_compressed' needs the virtual-detector `masks`")
-    m.choose("loss", value)
+    m.choose("loss", value, "algorithm")
 
 
 def _apply_max_count(value: Any, m: _Migration) -> None:
@@ -826,6 +855,22 @@ def _apply_history(value: Any, m: _Migration) -> None:
     else:
         out = _integer("hist_length", value)
     m.component("hist_length", "optimizer", "quasi_newton", "history_length", out)
+
+
+def _apply_update_step(value: Any, m: _Migration) -> None:
+    schedule = to_schedule(value, "update_step_bfgs")
+    if isinstance(schedule, Constant):
+        step = schedule.value
+    elif all(schedule(e) == 1 for e in range(1, 64)) and (
+            not hasattr(schedule, "breakpoints") or schedule.breakpoints[-1][1] == 1):
+        step = schedule(0)
+        m.note(f"update_step_bfgs: only its epoch-0 value {step!r} is used, as the first trial "
+               "step; later (quasi-Newton) steps start at 1 as in the reference")
+    else:
+        raise ValueError(f"ptyframe takes a fixed first step; the epoch-dependent "
+                         f"{_describe(value)} is not supported")
+    m.component("update_step_bfgs", "optimizer", "quasi_newton", "initial_step",
+                _number("update_step_bfgs", step))
 
 
 def _constraint_when(name: str, field: str = "when") -> Callable[[Any, _Migration], None]:
@@ -1025,21 +1070,21 @@ def _cf_parameter(value: Any, m: _Migration) -> None:
 def _probe_init_field(field: str, convert: Callable[[str, Any], Any]
                       ) -> Callable[[Any, _Migration], None]:
     def apply(value: Any, m: _Migration, key: str) -> None:
-        if value is None or (m.params.get(key) is None and key not in m.params):
-            return
-        if not m.given(key):
+        if value is None or not m.given(key):
             return
         m.component(key, "probe_initializer", "*", field, convert(key, value))
     return apply
 
 
 def _hermite(key: str, value: Any) -> list[int]:
-    _hermite_count(value)
-    return [_integer(key, v) for v in np.asarray(value).ravel()]
+    """Reference highest orders (ny, nx) -> ptyframe's numbers of orders (nx, ny)."""
+    ny, nx = _hermite_orders(value)
+    return [nx + 1, ny + 1]
 
 
 def _defocus_spread(key: str, value: Any) -> list[float]:
-    return [float(v) for v in np.asarray(value, dtype=float).ravel()]
+    """Reference propagation distances (C10 += d) -> ptyframe underfocus values (-d)."""
+    return [-float(v) for v in np.asarray(value, dtype=float).ravel()]
 
 
 def _apply_aberrations(value: Any, m: _Migration) -> None:
@@ -1065,15 +1110,14 @@ def _apply_extra_defocus(value: Any, m: _Migration) -> None:
 def _apply_beam_ctf(value: Any, m: _Migration) -> None:
     if value is None:
         return
-    m.component("beam_ctf", "probe_initializer", "*", "beam_ctf_path",
-                m.array_path("beam_ctf", "beam_ctf", value))
+    m.component("beam_ctf", "probe_initializer", "*", "beam_ctf",
+                m.array_path("beam_ctf", "beam_ctf", np.asarray(value).astype(np.complex128)))
 
 
 def _apply_mean_pattern(value: Any, m: _Migration) -> None:
-    if value is None:
-        return
-    m.component("mean_pattern", "probe_initializer", "mean_pattern", "pattern_path",
-                m.array_path("mean_pattern", "mean_pattern", np.asarray(value, dtype=float)))
+    if value is not None:
+        raise ValueError("ptyframe's mean_pattern probe initializer computes the mean pattern "
+                         "from the data; a given pattern cannot be used: drop the key")
 
 
 def _noop(value: Any, m: _Migration) -> None:
@@ -1087,25 +1131,16 @@ def _note_only(text: str) -> Callable[[Any, _Migration], None]:
     return apply
 
 
-def _unsupported(why: str) -> Callable[[Any, _Migration], None]:
-    def apply(value: Any, m: _Migration, key: str) -> None:
-        if m.given(key):
-            raise ValueError(why)
-    return apply
-
-
 def _wrap(fn: Callable[..., None]) -> Callable[[Any, _Migration, str], None]:
     """Handlers take (value, migration, key); the simple ones only (value, migration)."""
-    import inspect
-
     if len(inspect.signature(fn).parameters) == 3:
         return fn
     return lambda value, m, key: fn(value, m)
 
 
 def _row(key: str, location: str, how: str, apply: Callable[..., None],
-         status: str = "mapped") -> KeyMapping:
-    return KeyMapping(key, location, status, how, _wrap(apply))
+         status: str = "mapped", always: bool = False) -> KeyMapping:
+    return KeyMapping(key, location, status, how, _wrap(apply), always)
 
 
 _AT = "position_smoothness"
@@ -1116,9 +1151,9 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
     _row("backend", "-", "memory/performance only: ptyframe uses CuPy when a GPU is present "
          "(device.kind = auto)", _note_only("no effect on results; device.kind = 'auto'"),
          "note"),
-    _row("default_dtype", "device.precision", "'double' / 'single'", _apply_dtype),
+    _row("default_dtype", "device.precision", "'double' / 'single'", _apply_dtype, always=True),
     _row("data_path", "data.path", "relative to the configuration file; dataset 'data'",
-         _apply_data_path),
+         _apply_data_path, always=True),
     _row("masks", "loss.lsq_compressed.masks_path", "written as masks.npy", _apply_masks),
     _row("data_multiplier", "data.preprocessing.multiplier", "",
          _plain("data.preprocessing.multiplier", _as_float)),
@@ -1144,7 +1179,7 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
          "True -> 1, n -> n, False -> once at the end", _apply_inter_checkpoints),
     _row("print_flag", "verbosity; progress", "0-3; progress bar when > 0", _apply_print_flag),
     _row("acc_voltage", "experiment.voltage_kV", "",
-         _plain("experiment.voltage_kV", _as_float)),
+         _plain("experiment.voltage_kV", _as_float), always=True),
     _row("aperture_mask", "regularizers.probe_fourier_mask.mask_path; "
          "experiment.convergence_angle_mrad", "mask of the probe penalty/projection when "
          "probe_constraint_mask is absent; also gives the convergence angle", _noop),
@@ -1153,25 +1188,28 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
     _row("alpha_near_field", "detector.near_field.alpha", "near field only",
          _near_field("alpha", _as_float)),
     _row("defocus_array", "detector.near_field.defocus_A", "near field only; one value or "
-         "one per measurement", _near_field("defocus_A", _defocus_array)),
+         "one per measurement", _near_field("defocus_A", _defocus_array), always=True),
     _row("Cs", "detector.near_field.cs_A", "near field only", _near_field("cs_A", _as_float)),
     _row("slice_distances", "propagator.*.slice_thickness_A", "one value or one per gap",
-         _plain("propagator.*.slice_thickness_A", _slice_distances)),
+         _plain("propagator.*.slice_thickness_A", _slice_distances), always=True),
     _row("pixel_size_x_A", "experiment.detector_pixel_size_inv_A",
          "1 / ((N + 2 pad_px) pixel_size), N the binned pattern side; near field also "
-         "detector.near_field.pixel_size_A", _apply_pixel_size),
+         "detector.near_field.pixel_size_A", _apply_pixel_size, always=True),
     _row("pixel_size_y_A", "experiment.detector_pixel_size_inv_A",
          "must equal pixel_size_x_A (square pixels)", _noop),
     _row("scan_size", "experiment.scan_shape", "(ny, nx)", _apply_scan_size),
     _row("num_slices", "n_slices", "", _plain("n_slices", _as_int)),
     _row("obj", "initial_object; n_object_modes", "(y, x, z, modes) -> initial_object.npy "
-         "(slices, modes, y, x)", _apply_obj),
+         "(slices, modes, Y, X) on ptyframe's object grid (vacuum outside; sub-pixel shift "
+         "when the smallest corner is fractional)", _apply_obj),
     _row("probe", "probe_initializer.probe_from_file.path; n_probe_modes",
-         "(y, x, modes[, subscans]) -> probe.npy (modes, y, x) / (subscans, modes, y, x); "
-         "None -> mean_pattern (or binary_aperture); 'aperture' -> aperture", _apply_probe),
+         "(y, x, modes) -> probe.npy (modes, y, x), scale kept (4D per-sub-scan probes are "
+         "refused); None -> mean_pattern (or binary_aperture); 'aperture' -> aperture",
+         _apply_probe,
+         always=True),
     _row("positions", "position_initializer.from_file.path",
          "corner pixels -> centres in Å: (corner + window // 2) * pixel_size, positions_A.npy",
-         _apply_positions),
+         _apply_positions, always=True),
     _row("tilts", "tilts", "(N or 1, 6) radians; .npy or list",
          _optional_array("tilts", "tilts", skip_if=_zero_tilts)),
     _row("tilt_mode", "tilt_mode", "0-4", _plain("tilt_mode", _as_int)),
@@ -1186,7 +1224,7 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
     _row("dynamically_resize_yx_object", "dynamically_resize_object", "bool or pixels",
          _apply_resize),
     _row("extra_space_on_side_px", "object_margin_px", "",
-         _plain("object_margin_px", _as_int)),
+         _plain("object_margin_px", _as_int), always=True),
     _row("damping_cutoff_multislice", "propagator.*.damping_cutoff; constraints.band_limit."
          "cutoff", "fraction of Nyquist",
          _plain("propagator.*.damping_cutoff", _as_float)),
@@ -1194,29 +1232,30 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
          _plain("propagator.*.rolloff", _as_float)),
     _row("update_extra_cut", "constraints.band_limit.extra_cut", "", _noop),
     _row("lazy_clean", "constraints.band_limit.object", "band_limit cleans the object unless "
-         "lazy_clean, and the probe always (as the reference)", _band_limit),
+         "lazy_clean, and the probe always (as the reference)", _band_limit, always=True),
     _row("algorithm", "loss", "lsq_sqrt / ml / lsq / lsq_sqrt_2 / lsq_compressed",
          _apply_algorithm),
-    _row("epoch_max", "epochs", "", _plain("epochs", _as_int)),
+    _row("epoch_max", "epochs", "", _plain("epochs", _as_int), always=True),
     _row("wolfe_c1_constant", "optimizer.quasi_newton.c1", "fixed value",
-         _plain("optimizer.quasi_newton.c1", _as_float)),
+         _plain("optimizer.quasi_newton.c1", _as_float), always=True),
     _row("wolfe_c2_constant", "optimizer.quasi_newton.c2", "fixed value",
-         _plain("optimizer.quasi_newton.c2", _as_float)),
+         _plain("optimizer.quasi_newton.c2", _as_float), always=True),
     _row("loss_weight", "loss_weight", "number or schedule", _plain("loss_weight",
                                                                     _as_schedule)),
     _row("max_count", "optimizer.quasi_newton.max_count", "n -> n + 2 evaluations (the "
-         "reference's counter); None/inf -> 1000", _apply_max_count),
+         "reference's counter); None/inf -> 1000", _apply_max_count, always=True),
     _row("reduce_factor", "optimizer.quasi_newton.reduce_factor", "",
          _plain("optimizer.quasi_newton.reduce_factor", _as_float)),
     _row("optimism", "optimizer.quasi_newton.optimism", "",
-         _plain("optimizer.quasi_newton.optimism", _as_float)),
+         _plain("optimizer.quasi_newton.optimism", _as_float), always=True),
     _row("min_step", "optimizer.quasi_newton.min_step", "0 -> smallest positive float",
          _apply_min_step),
     _row("hist_length", "optimizer.quasi_newton.history_length", "np.inf -> \"inf\"",
          _apply_history),
     _row("update_step_bfgs", "optimizer.quasi_newton.initial_step",
-         "first trial step of an unscaled gradient step",
-         _plain("optimizer.quasi_newton.initial_step", _as_float)),
+         "first trial step of an unscaled gradient step; a lambda that is a at epoch 0 and 1 "
+         "afterwards gives a (ptyframe's quasi-Newton steps start at 1 anyway)",
+         _apply_update_step),
     _row("phase_only_obj", "constraints.phase_only_object.when", "",
          _constraint_when("phase_only_object")),
     _row("tune_only_probe_phase", "constraints.probe_phase_only.when", "",
@@ -1260,7 +1299,7 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
     _row("mixed_variance_weight", "regularizers.mixed_variance.weight", "schedule",
          _weight("regularizers", "mixed_variance", "weight")),
     _row("mixed_variance_sigma", "regularizers.mixed_variance.sigma_px", "",
-         _coefficient("mixed_variance", "sigma_px", ("mixed_variance_weight",))),
+         _coefficient("mixed_variance", "sigma_px", ("mixed_variance_weight",)), always=True),
     _row("probe_constraint_mask", "regularizers.probe_fourier_mask.mask_path", "centred "
          "reciprocal-space mask, .npy", _noop),
     _row("probe_reg_constraint_weight", "regularizers.probe_fourier_mask.weight",
@@ -1269,15 +1308,15 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
     _row("window_weight", "regularizers.probe_window.weight", "schedule",
          _weight("regularizers", "probe_window", "weight")),
     _row("window", "regularizers.probe_window.window", "[inner, outer] or a 2D array "
-         "(window_path)", _apply_window),
+         "(window_path)", _apply_window, always=True),
     _row("abs_norm_weight", "regularizers.l1_absorption.weight", "schedule",
          _weight("regularizers", "l1_absorption", "weight")),
     _row("phase_norm_weight", "regularizers.l1_phase.weight", "schedule",
          _weight("regularizers", "l1_phase", "weight")),
     _row("atv_weight", "regularizers.atv.weight", "schedule",
          _weight("regularizers", "atv", "weight")),
-    _row("atv_q", "regularizers.atv.q", "", _coefficient("atv", "q", ("atv_weight",))),
-    _row("atv_p", "regularizers.atv.p", "", _coefficient("atv", "p", ("atv_weight",))),
+    _row("atv_q", "regularizers.atv.q", "", _coefficient("atv", "q", ("atv_weight",)), always=True),
+    _row("atv_p", "regularizers.atv.p", "", _coefficient("atv", "p", ("atv_weight",)), always=True),
     _row("fast_axis_reg_weight_positions", f"regularizers.{_AT}.fast_weight", "schedule",
          _weight("regularizers", _AT, "fast_weight")),
     _row("fast_axis_reg_weight_tilts", f"regularizers.{_TT}.fast_weight", "schedule",
@@ -1286,13 +1325,14 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
          _weight("regularizers", _AT, "slow_weight")),
     _row("slow_axis_reg_coeff_positions", f"regularizers.{_AT}.slow_tolerance", "schedule",
          _coefficient(_AT, "slow_tolerance", ("slow_axis_reg_weight_positions",
-                                              "fast_axis_reg_weight_positions"), True)),
+                                              "fast_axis_reg_weight_positions"), True),
+         always=True),
     _row("slow_axis_reg_weight_tilts", f"regularizers.{_TT}.slow_weight", "schedule",
          _weight("regularizers", _TT, "slow_weight")),
     _row("slow_axis_reg_coeff_tilts", f"regularizers.{_TT}.slow_tolerance", "schedule (the "
          "reference reads a misspelt key and ignores this one)",
          _coefficient(_TT, "slow_tolerance", ("slow_axis_reg_weight_tilts",
-                                              "fast_axis_reg_weight_tilts"), True)),
+                                              "fast_axis_reg_weight_tilts"), True), always=True),
     _row("apply_gaussian_filter", "constraints.gaussian_filter.sigma_phase_px",
          "value = sigma (True = 1 px); when = epochs it is non-zero", _gaussian_filter),
     _row("apply_gaussian_filter_amplitude", "constraints.gaussian_filter.sigma_amplitude_px",
@@ -1302,7 +1342,7 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
     _row("keep_probe_states_orthogonal", "constraints.orthogonal_probe_modes.when", "",
          _constraint_when("orthogonal_probe_modes")),
     _row("do_charge_flip", "constraints.charge_flip.when", "fancy_sigma given -> "
-         "constraints.fancy_sigma", _apply_charge_flip),
+         "constraints.fancy_sigma", _apply_charge_flip, always=True),
     _row("cf_delta_phase", "constraints.charge_flip.delta_phase", "", _cf_parameter),
     _row("cf_delta_abs", "constraints.charge_flip.delta_abs", "", _cf_parameter),
     _row("cf_beta_phase", "constraints.charge_flip.beta_phase", "", _cf_parameter),
@@ -1311,9 +1351,11 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
          "Gaussian is exp(-r^2/s^2)); with do_charge_flip only", _noop),
     _row("restart_from_vacuum", "constraints.restart_from_vacuum.when", "bool schedule, or "
          "a list of epochs (.epochs)", _apply_restart),
-    _row("n_hermite_probe_modes", "probe_initializer.*.hermite_modes", "[ny, nx] orders; "
-         "n_probe_modes = (ny + 1)(nx + 1)", _probe_init_field("hermite_modes", _hermite)),
-    _row("defocus_spread_modes", "probe_initializer.*.defocus_spread_A", "Å per mode",
+    _row("n_hermite_probe_modes", "probe_initializer.*.hermite_modes", "highest orders "
+         "(ny, nx) -> numbers of orders (nx + 1, ny + 1); n_probe_modes = (ny + 1)(nx + 1)",
+         _probe_init_field("hermite_modes", _hermite)),
+    _row("defocus_spread_modes", "probe_initializer.*.defocus_spread_A", "Å per mode, sign "
+         "flipped like extra_probe_defocus",
          _probe_init_field("defocus_spread_A", _defocus_spread)),
     _row("aberrations", "experiment.aberrations", "Krivanek list -> {C10: ..}, Å",
          _apply_aberrations),
@@ -1322,10 +1364,11 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
          _apply_extra_defocus),
     _row("estimate_aperture_based_on_binary", "probe_initializer.binary_aperture.threshold",
          "when probe is None and the value > 0", _noop),
-    _row("beam_ctf", "probe_initializer.*.beam_ctf_path", "2D array -> beam_ctf.npy",
+    _row("beam_ctf", "probe_initializer.*.beam_ctf", "2D complex array (centred) -> "
+         "beam_ctf.npy",
          _apply_beam_ctf),
-    _row("mean_pattern", "probe_initializer.mean_pattern.pattern_path",
-         "2D array -> mean_pattern.npy", _apply_mean_pattern),
+    _row("mean_pattern", "probe_initializer.mean_pattern", "unsupported: ptyframe computes "
+         "the mean pattern from the data", _apply_mean_pattern, "unsupported"),
 )
 
 
@@ -1351,11 +1394,8 @@ def _estimate_convergence_mrad(m: _Migration) -> tuple[float, str] | None:
     path = Path(str(m.value("data_path") or ""))
     if path.is_file() and m.params.get("masks") is None:
         try:
-            from .data import Dataset
-
             data = Dataset.from_file(path)
-            n = min(len(data), 64)
-            mean = np.mean(data.load(np.arange(n)), axis=0) if hasattr(data, "load") else None
+            mean = np.mean(data.read(np.arange(min(len(data), 64))), axis=0)
         except (OSError, ValueError, TypeError):
             mean = None
         if mean is not None and mean.max() > 0:
@@ -1364,6 +1404,53 @@ def _estimate_convergence_mrad(m: _Migration) -> tuple[float, str] | None:
                 "data_bin", m.value("data_bin"))
             return math.sqrt(area / math.pi) * dk_raw * lam * 1e3, "the mean pattern"
     return None
+
+
+def _place_initial_object(m: _Migration) -> None:
+    """The reference object (slices, modes, y, x) on the object grid ptyframe will build, as
+    ``initial_object`` (pixels outside the reference object are vacuum, as the reference pads).
+
+    ptyframe pixel j shows the reference's (fractional) pixel j + k, k = origin / pixel (the
+    positions are centres (corner + window // 2) * pixel); a fractional part of k is applied
+    as a Fourier (sub-pixel) shift of the reference object's deviation from vacuum."""
+    obj = m._cache.get("object")
+    positions = m._cache.get("positions_A")
+    if obj is None or positions is None:
+        return
+    exp = Experiment.from_config(dict(m.config["experiment"]))
+    side = m.pattern_side()
+    measured = (side, side)
+    if m.registry is not None:
+        detector = m.registry.create("detector", m.config.get("detector", {"type": "far_field"}))
+        window = tuple(int(w) for w in detector.model_window(measured))
+        pixel = float(detector.object_pixel_size_A(exp, measured))
+    else:
+        window = (m.model_window(),) * 2
+        pixel = 1.0 / ((side + 2 * m.pad_px) * exp.dk_inv_A)
+    covered = positions
+    sequence = m.config.get("sequence")
+    if isinstance(sequence, list) and not m.config.get("use_full_fov", True):
+        covered = positions[np.asarray(sequence, dtype=np.int64)]
+    grid = ReconstructionGrid.covering(covered, window, 1.0 / (window[0] * pixel),
+                                       margin_px=int(m.config.get("object_margin_px", 8)))
+    k = np.asarray(grid.origin_A) / grid.pixel_size_A
+    k_int = np.floor(k + 1e-9)
+    frac = k - k_int
+    if np.any(np.abs(frac) > 1e-9):
+        qy = np.fft.fftfreq(obj.shape[2])[:, None]
+        qx = np.fft.fftfreq(obj.shape[3])[None, :]
+        ramp = np.exp(2j * np.pi * (qy * frac[0] + qx * frac[1]))
+        obj = 1 + np.fft.ifft2(np.fft.fft2(obj - 1) * ramp)
+        m.note(f"obj: resampled by a sub-pixel shift of ({frac[0]:.3g}, {frac[1]:.3g}) px to "
+               "ptyframe's object grid (the smallest window corner sits on a whole pixel)")
+    ky, kx = (int(v) for v in k_int)
+    placed = np.ones((*obj.shape[:2], *grid.object_shape), dtype=np.complex128)
+    ys, xs = obj.shape[2], obj.shape[3]
+    y0, y1 = max(0, -ky), min(grid.object_shape[0], ys - ky)
+    x0, x1 = max(0, -kx), min(grid.object_shape[1], xs - kx)
+    if y1 > y0 and x1 > x0:
+        placed[:, :, y0:y1, x0:x1] = obj[:, :, y0 + ky:y1 + ky, x0 + kx:x1 + kx]
+    m.config["initial_object"] = m.array_path("obj", "initial_object", placed)
 
 
 def _finish_experiment(m: _Migration) -> None:
@@ -1384,6 +1471,12 @@ def _finish_experiment(m: _Migration) -> None:
             m.note(f"experiment.convergence_angle_mrad = {angle:.3g} mrad estimated from "
                    f"{source}; pass experiment={{'convergence_angle_mrad': ...}} to set it")
     exp.update(_jsonable(dict(overrides)))
+
+
+def _not_installed(m: _Migration, kind: str, name: str) -> str | None:
+    if m.registry is None or (kind, name) in m.registry:
+        return None
+    return f"needs the {kind} {name!r}, which is not installed"
 
 
 def _component_field_ok(m: _Migration, kind: str, name: str, field: str) -> str | None:
@@ -1412,11 +1505,16 @@ def _assemble(m: _Migration) -> None:
             continue
         if name is None:
             explicit = {n for (_, n, _) in fields.values() if n != "*"}
-            name = explicit.pop() if len(explicit) == 1 else None
+            name = explicit.pop() if len(explicit) == 1 else _DEFAULT_TYPES.get(kind)
             if name is None:
                 keys = ", ".join(sorted(k for (k, _, _) in fields.values()))
-                m.fail(keys, f"sets {kind} fields but no {kind} component is chosen")
+                m.fail(keys, f"sets {kind} settings but no {kind} component is chosen")
                 continue
+        missing = _not_installed(m, kind, name)
+        if missing is not None:
+            m.fail(m.chosen_by.get(kind) or ", ".join(sorted({k for (k, _, _) in fields.values()})),
+                   missing)
+            continue
         table: dict[str, Any] = {"type": name}
         for field, (key, wanted, value) in fields.items():
             if wanted not in ("*", name):
@@ -1426,25 +1524,22 @@ def _assemble(m: _Migration) -> None:
                 continue
             why = _component_field_ok(m, kind, name, field)
             if why is not None:
-                if m.given(key) or kind not in ("detector",):
-                    m.fail(key, why)
+                m.fail(key, why + ("" if m.given(key) else " (value: the reference's default)"))
                 continue
             table[field] = value
         if kind == "detector" and name == "far_field" and len(table) == 1:
-            continue  # the default far field needs no table
-        if m.registry is not None and _component_field_ok(m, kind, name, "type") is not None \
-                and "not installed" in (_component_field_ok(m, kind, name, "type") or ""):
-            m.fail(kind, _component_field_ok(m, kind, name, "type"))
-            continue
+            continue  # the plain far field is the default
         m.config[kind] = table
     for list_kind, kind in _LIST_KINDS.items():
         items = []
         for (lk, _), entry in m.entries.items():
             if lk != list_kind:
                 continue
-            problems = [why for field in entry if field != "type"
-                        for why in [_component_field_ok(m, kind, entry["type"], field)]
-                        if why is not None]
+            missing = _not_installed(m, kind, entry["type"])
+            problems = [missing] if missing is not None else [
+                why for field in entry if field != "type"
+                for why in [_component_field_ok(m, kind, entry["type"], field)]
+                if why is not None]
             if problems:
                 m.fail(f"{list_kind}.{entry['type']}", "; ".join(dict.fromkeys(problems)))
                 continue
@@ -1460,17 +1555,23 @@ def _validate_components(m: _Migration) -> None:
     tables = [(kind, m.config[kind]) for kind in _COMPONENT_KINDS if kind in m.config]
     tables += [(kind, entry) for list_kind, kind in _LIST_KINDS.items()
                for entry in m.config.get(list_kind, [])]
-    cwd = os.getcwd()
-    try:
-        if m.output_dir is not None:
-            os.chdir(m.output_dir)
-        for kind, table in tables:
-            try:
-                m.registry.create(kind, table)
-            except (ValueError, TypeError, OSError, KeyError) as exc:
-                m.fail(f"{kind} {table.get('type')!r}", str(exc))
-    finally:
-        os.chdir(cwd)
+    for kind, table in tables:
+        try:
+            m.registry.create(kind, _with_absolute_paths(table, m.output_dir))
+        except (ValueError, TypeError, OSError, KeyError) as exc:
+            m.fail(f"{kind} {table.get('type')!r}", str(exc))
+
+
+def _with_absolute_paths(table: Mapping[str, Any], base: Path | None) -> dict[str, Any]:
+    """The table with the files written by the migration given by absolute path."""
+    out = dict(table)
+    if base is None:
+        return out
+    for key, value in table.items():
+        if isinstance(value, str) and value.endswith(".npy") and not Path(value).is_absolute() \
+                and (base / value).is_file():
+            out[key] = str((base / value).resolve())
+    return out
 
 
 def migrate_reference_parameters(params: Mapping[str, Any], output_dir: str | Path | None = None,
@@ -1502,6 +1603,8 @@ def migrate_reference_parameters(params: Mapping[str, Any], output_dir: str | Pa
         if key not in known:
             m.fail(str(key), "not a key of the reference tool's parameter guide")
     for row in MIGRATION_TABLE:
+        if row.key not in params and not row.always:
+            continue
         value = m.value(row.key)
         if callable(value) and not isinstance(value, (type, np.ndarray, Schedule)):
             m.fail(row.key, "a Python function cannot be inspected safely; give the lambda "
@@ -1511,10 +1614,13 @@ def migrate_reference_parameters(params: Mapping[str, Any], output_dir: str | Pa
             row.apply(value, m, row.key)
         except ValueError as exc:
             m.fail(row.key, str(exc).removeprefix(f"{row.key}: "))
-    if "data_path" not in params:
-        pass  # reported by data_path's handler
     _finish_experiment(m)
     _assemble(m)
+    if not m.problems:
+        try:
+            _place_initial_object(m)
+        except ValueError as exc:
+            m.fail("obj", str(exc))
     if not m.problems and check:
         _validate_components(m)
     if m.problems:
@@ -1524,8 +1630,6 @@ def migrate_reference_parameters(params: Mapping[str, Any], output_dir: str | Pa
 
 # =========================================================================== files
 def _read_reference_file(path: Path) -> dict[str, Any]:
-    from .config import load_config
-
     return dict(load_config(path))
 
 
