@@ -1,4 +1,4 @@
-"""The ``ptyframe`` command: ``plugins``, ``run CONFIG`` and ``demo``."""
+"""The ``ptyframe`` command: ``plugins``, ``run CONFIG``, ``demo``, ``migrate`` and ``docs``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=int, metavar="N", default=None, help="number of epochs")
     p.add_argument("--quick", action="store_true", help="a smaller, faster demo")
+
+    p = sub.add_parser("migrate", help="convert a reference-tool parameter file (JSON/TOML) "
+                       "into a ptyframe configuration")
+    p.add_argument("params", metavar="PARAMS", help="reference parameters (.json or .toml)")
+    p.add_argument("--output", metavar="CONFIG", required=True,
+                   help="configuration file to write (.json or .toml); arrays go next to it")
+    p.add_argument("--convergence-angle-mrad", type=float, metavar="MRAD", default=None,
+                   help="probe semi-angle (the reference parameters do not hold it)")
+
+    p = sub.add_parser("docs", help="write the Markdown parameter reference")
+    p.add_argument("--output", metavar="FILE", default=None,
+                   help="file to write (default: print to stdout)")
+    _add_direct_parser(sub)
     return parser
 
 
@@ -84,7 +97,66 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"plugins": _cmd_plugins, "run": _cmd_run, "demo": _cmd_demo}
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import migrate_file
+
+    experiment = ({"convergence_angle_mrad": args.convergence_angle_mrad}
+                  if args.convergence_angle_mrad is not None else None)
+    result = migrate_file(args.params, args.output, experiment=experiment)
+    for note in result.notes:
+        print(f"ptyframe: note: {note}", file=sys.stderr)
+    print(f"ptyframe: wrote {args.output}")
+    return 0
+
+
+def _cmd_docs(args: argparse.Namespace) -> int:
+    from .docs_reference import generate_parameter_reference, write_parameter_reference
+
+    if args.output is None:
+        sys.stdout.write(generate_parameter_reference())
+    else:
+        print(f"ptyframe: wrote {write_parameter_reference(args.output)}")
+    return 0
+
+
+_COMMANDS = {"plugins": _cmd_plugins, "run": _cmd_run, "demo": _cmd_demo,
+             "migrate": _cmd_migrate, "docs": _cmd_docs}
+
+
+# -- ``ptyframe direct``: direct methods (DPC, WDD, tcBF) on a data file ----------------------
+def _add_direct_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("direct", help="run direct methods (dpc, wdd, tcbf, ...) on a data file "
+                       "using its metadata")
+    p.add_argument("data", metavar="DATA", help="data file (.h5 or .npy with metadata)")
+    p.add_argument("--method", action="append", default=None, metavar="METHOD",
+                   help="registry name (dpc, dpc_iterative, wdd, tcbf) or a JSON object such "
+                        "as '{\"type\": \"wdd\", \"mode\": \"ssb\"}'; repeatable "
+                        "(default: dpc)")
+    p.add_argument("--output", metavar="DIR", default=None,
+                   help="folder for the <method>/ result folders (default: none written)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--precision", choices=("single", "double"), default="single")
+    p.add_argument("--dataset-name", default="data", help="HDF5 dataset (default: data)")
+
+
+def _cmd_direct(args: argparse.Namespace) -> int:
+    from .device import Device
+    from .direct import parse_method_spec, run_direct_on_file
+
+    methods = [parse_method_spec(m) for m in (args.method or ["dpc"])]
+    results = run_direct_on_file(args.data, methods, output_dir=args.output,
+                                 device=Device(args.device, args.precision),
+                                 dataset_name=args.dataset_name)
+    for name, result in results.items():
+        shown = {k: v for k, v in result.values.items()
+                 if k in ("rotation_deg", "transpose", "defocus_A", "aberrations_A", "mode")}
+        total = result.timings_s.get("run_direct_total", float("nan"))
+        where = f" -> {args.output}/{name}" if args.output is not None else ""
+        print(f"ptyframe: {name}: {total:.3g} s {shown}{where}")
+    return 0
+
+
+_COMMANDS["direct"] = _cmd_direct
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,14 @@
-"""First-party direct (filled in by their modules)."""
+"""First-party direct (non-iterative) methods: DPC, iterative DPC, tcBF, WDD, and the
+initializer that starts an iterative reconstruction from a direct result."""
 
 from ptyframe.hookspecs import hookimpl
 
 
 @hookimpl
 def ptyframe_register_components() -> list[type]:
-    return []
+    from .dpc import DPC, IterativeDPC
+    from .initializers import DirectPhaseObject
+    from .tcbf import TiltCorrectedBF
+    from .wdd import WDD
+
+    return [DPC, IterativeDPC, TiltCorrectedBF, WDD, DirectPhaseObject]

@@ -103,10 +103,17 @@ def _probe_file(tmp_path: Path) -> dict[str, Any]:
     return {"path": str(path)}
 
 
+def _direct_phase_file(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "phase.npy"
+    np.save(path, 0.1 * np.random.default_rng(0).standard_normal(SCAN_SHAPE))
+    return {"path": str(path), "pixel_size_A": SCAN_STEP_A}
+
+
 #: (kind, name) -> factory(tmp_path) of the settings a component cannot do without
 SETTINGS: dict[tuple[str, str], Callable[[Path], dict[str, Any]]] = {
     ("position_initializer", "from_file"): _positions_file,
     ("probe_initializer", "probe_from_file"): _probe_file,
+    ("object_initializer", "direct_phase"): _direct_phase_file,
     ("detector", "near_field"): lambda _: {
         "pixel_size_A": PIXEL_SIZE_A, "defocus_A": [25.0 * i for i in range(N_MEASUREMENTS)],
         "alpha": 1e-3, "cs_A": 1e5},

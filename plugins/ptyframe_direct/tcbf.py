@@ -1,0 +1,1036 @@
+"""Tilt-corrected bright field (tcBF, "parallax" imaging) as a direct method.
+
+Physics (weak phase object O = 1 + i phi, ptyframe's conventions: probe spectrum
+A(k) exp(-i chi(k)) with the probe at scan position R, I(k; R) = |FFT[P(r - R) O(r)](k)|^2,
+numpy's FFT sign, k in 1/Å). To first order in phi the image of one bright-field detector
+pixel k, as a function of R, has the Fourier transform
+
+    I~_k(q) = i A(k) phi~(q) [A(k - q) e^{i(chi(k) - chi(k - q))}
+                              - A(k + q) e^{i(chi(k + q) - chi(k))}].
+
+Expanding chi to first order in q, every term carries exp(i q.grad chi(k)), i.e. the image of
+pixel k is (the same image) translated by
+
+    s(k) = -grad_k chi(k) / (2 pi)      [Å; chi in rad, k in 1/Å]
+
+in the specimen frame. For pure defocus (chi = pi lambda C10 |k|^2, C10 = -defocus) this is
+s(k) = -lambda C10 k = lambda * defocus * k. The scan frame (the rows and columns of a virtual
+image) is rotated against the specimen/detector frame by ``scan_rotation_deg`` = theta
+(positions_A = R(theta) nominal, x' = cos x - sin y, y' = sin x + cos y, as in the
+``scan_grid`` initializer), so the measured shift of a virtual image in scan coordinates is
+sigma(k) = R(theta)^T s(k) (+ a common offset). With ``transpose`` the detector's (ky, kx)
+axes are swapped before k is formed.
+
+Once the shifts are undone the residual transfer of pixel k is
+T_k(q) = i [A(k - q) e^{i D-} - A(k + q) e^{i D+}] / A(k) with
+D- = chi(k) - chi(k - q) - q.grad chi(k), D+ = chi(k + q) - chi(k) - q.grad chi(k): for pure
+defocus T(q) = 2 sin(pi lambda C10 |q|^2), i.e. positive (bright-atom) contrast at low q for
+C10 > 0 (overfocus) and negative contrast for underfocus. The phase estimate divides the tcBF
+contrast by the mean transfer (Wiener filter).
+
+Ambiguity: the shifts of even aberrations (C10, C12, C30, ...) are odd in k, so
+(C10, C12, C30, theta) and (-C10, -C12, -C30, theta + 180 deg) predict the same shifts. The
+rotation is therefore searched within +-90 deg of the prior (``rotation_guess_deg``, default
+the experiment's ``scan_rotation_deg``); the defocus sign is meaningful relative to that prior.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import attrs
+import numpy as np
+from scipy.optimize import least_squares
+
+from ptyframe.components import DirectMethod, DirectResult
+from ptyframe.data import Dataset
+from ptyframe.experiment import Experiment
+from ptyframe.physics import (
+    ABERRATION_NAMES,
+    aberration_coefficients_array,
+)
+
+__all__ = [
+    "TiltCorrectedBF",
+    "aberration_gradient_basis",
+    "ShiftModel",
+    "experiment_from_tcbf",
+    "tcbf_transfer",
+]
+
+_BF_MASKS = ("threshold", "aperture")
+_LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
+
+
+# ---------------------------------------------------------------------------- physics helpers
+def _order_symmetry(name: str) -> tuple[int, int, str]:
+    return int(name[1]), int(name[2]), name[3:]
+
+
+def aberration_gradient_basis(ky: np.ndarray, kx: np.ndarray, wavelength: float,
+                              names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """grad_k (d chi / d C) for each named coefficient, shape (len(names), *k.shape, 2),
+    components (y, x), rad·Å per Å of coefficient (i.e. Å; chi in rad, k in 1/Å).
+
+    Analytic gradient of :func:`ptyframe.physics.aberration_basis`: with rho = |k|,
+    phi = atan2(ky, kx), B = 2 pi lambda^n rho^(n+1) / (n+1) g(m phi),
+    grad B = 2 pi lambda^n rho^n [g rho_hat + m/(n+1) g'(m phi) phi_hat].
+    """
+    ky = np.asarray(ky, dtype=float)
+    kx = np.asarray(kx, dtype=float)
+    rho = np.hypot(ky, kx)
+    phi = np.arctan2(ky, kx)
+    cos_p, sin_p = np.cos(phi), np.sin(phi)
+    out = np.empty((len(names), *rho.shape, 2))
+    for j, name in enumerate(names):
+        if name not in ABERRATION_NAMES:
+            raise ValueError(f"names: unknown aberration {name!r}; expected one of "
+                             f"{', '.join(ABERRATION_NAMES)}")
+        n, m, part = _order_symmetry(name)
+        if m == 0:
+            g, dg = np.ones_like(phi), np.zeros_like(phi)
+        elif part == "a":
+            g, dg = np.cos(m * phi), -m * np.sin(m * phi)
+        else:
+            g, dg = np.sin(m * phi), m * np.cos(m * phi)
+        radial = 2 * np.pi * wavelength**n * rho**n
+        tangential = dg / (n + 1)
+        # rho_hat = (sin phi, cos phi), phi_hat = (cos phi, -sin phi) in (y, x)
+        out[j, ..., 0] = radial * (g * sin_p + tangential * cos_p)
+        out[j, ..., 1] = radial * (g * cos_p - tangential * sin_p)
+    return out
+
+
+def _chi_xp(xp: Any, ky: Any, kx: Any, wavelength: float, coeffs: np.ndarray) -> Any:
+    """chi(k) in rad on any array namespace (the formula of ptyframe.physics)."""
+    theta = wavelength * xp.sqrt(ky * ky + kx * kx)
+    phi = xp.arctan2(ky, kx)
+    chi = xp.zeros_like(theta)
+    for c, name in zip(coeffs, ABERRATION_NAMES, strict=False):
+        if c == 0.0:
+            continue
+        n, m, part = _order_symmetry(name)
+        term = theta ** (n + 1) / (n + 1)
+        if m:
+            term = term * (xp.cos(m * phi) if part == "a" else xp.sin(m * phi))
+        chi += (2 * np.pi / wavelength * float(c)) * term
+    return chi
+
+
+def _rotation_yx(theta: float) -> np.ndarray:
+    """R(theta) acting on (y, x) column vectors (x' = c x - s y, y' = s x + c y)."""
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, s], [-s, c]])
+
+
+def _rotation_yx_derivative(theta: float) -> np.ndarray:
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[-s, c], [-c, -s]])
+
+
+@attrs.define
+class ShiftModel:
+    """Image shifts (Å, scan frame) of bright-field pixels at physical frequencies ``k_yx``.
+
+    sigma_g = R(theta)^T (-grad chi(k_g) / 2 pi) + offset, with chi from ``fixed`` (all
+    coefficients, Å, :data:`ABERRATION_NAMES` order) plus the ``fit_names`` coefficients.
+    Parameter vector x = [C_fit..., theta (rad, when ``fit_rotation``), offset_y, offset_x].
+    """
+
+    k_yx: np.ndarray  # (G, 2) 1/Å, physical (detector) frame
+    wavelength: float
+    fit_names: tuple[str, ...]
+    fixed: np.ndarray
+    fit_rotation: bool
+    theta: float = 0.0  # used when not fit_rotation
+    _basis: np.ndarray = attrs.field(init=False)
+    _fixed_v: np.ndarray = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        used = [n for n, c in zip(ABERRATION_NAMES, self.fixed, strict=True) if c != 0.0
+                and n not in self.fit_names]
+        grads = aberration_gradient_basis(self.k_yx[:, 0], self.k_yx[:, 1], self.wavelength,
+                                          tuple(self.fit_names) + tuple(used))
+        scale = -1.0 / (2 * np.pi)
+        nfit = len(self.fit_names)
+        self._basis = scale * grads[:nfit]  # (nC, G, 2): specimen-frame shift per Å
+        fixed_v = np.zeros((len(self.k_yx), 2))
+        for j, name in enumerate(used):
+            fixed_v += scale * self.fixed[ABERRATION_NAMES.index(name)] * grads[nfit + j]
+        self._fixed_v = fixed_v
+
+    @property
+    def n_params(self) -> int:
+        return len(self.fit_names) + int(self.fit_rotation) + 2
+
+    def unpack(self, x: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        nc = len(self.fit_names)
+        theta = float(x[nc]) if self.fit_rotation else self.theta
+        return np.asarray(x[:nc]), theta, np.asarray(x[-2:])
+
+    def pack(self, coeffs: np.ndarray, theta: float, offset: np.ndarray) -> np.ndarray:
+        parts = [np.asarray(coeffs, dtype=float)]
+        if self.fit_rotation:
+            parts.append(np.array([theta]))
+        parts.append(np.asarray(offset, dtype=float))
+        return np.concatenate(parts)
+
+    def specimen_shifts(self, coeffs: np.ndarray) -> np.ndarray:
+        """-grad chi / 2 pi (G, 2), Å, specimen frame."""
+        return self._fixed_v + np.tensordot(coeffs, self._basis, axes=1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Shifts (G, 2) in Å, scan frame."""
+        coeffs, theta, offset = self.unpack(x)
+        return self.specimen_shifts(coeffs) @ _rotation_yx(theta) + offset
+
+    def jacobian(self, x: np.ndarray) -> np.ndarray:
+        """d predict(x).ravel() / dx, shape (2G, n_params)."""
+        coeffs, theta, _ = self.unpack(x)
+        rot = _rotation_yx(theta)
+        cols = [(b @ rot).reshape(-1) for b in self._basis]
+        if self.fit_rotation:
+            cols.append((self.specimen_shifts(coeffs) @ _rotation_yx_derivative(theta))
+                        .reshape(-1))
+        g = len(self.k_yx)
+        cols.append(np.tile([1.0, 0.0], g))
+        cols.append(np.tile([0.0, 1.0], g))
+        return np.stack(cols, axis=1)
+
+    def linear_fit(self, measured: np.ndarray, theta: float) -> tuple[np.ndarray, float]:
+        """Least-squares coefficients and offset at fixed ``theta``; returns (x, cost)."""
+        rot = _rotation_yx(theta)
+        target = (measured - self._fixed_v @ rot).reshape(-1)
+        g = len(self.k_yx)
+        cols = [(b @ rot).reshape(-1) for b in self._basis]
+        cols += [np.tile([1.0, 0.0], g), np.tile([0.0, 1.0], g)]
+        design = np.stack(cols, axis=1)
+        norms = np.linalg.norm(design, axis=0)
+        norms[norms == 0] = 1.0
+        sol, *_ = np.linalg.lstsq(design / norms, target, rcond=None)
+        sol = sol / norms
+        resid = design @ sol - target
+        x = self.pack(sol[:-2], theta, sol[-2:])
+        return x, float(resid @ resid)
+
+
+def tcbf_transfer(xp: Any, q_yx: tuple[Any, Any], k_yx: np.ndarray, wavelength: float,
+                  coeffs: np.ndarray, aperture_inv_A: float, edge_inv_A: float,
+                  weights: np.ndarray | None = None, reference_grad: np.ndarray | None = None,
+                  batch: int = 16) -> Any:
+    """Weighted mean residual transfer of bright-field images at frequencies q (physical
+    frame, 1/Å; complex, shape of q).
+
+    T(q) = sum_k w_k T_k(q) / sum_k w_k with
+    T_k(q) = i [A(k - q) e^{i D-} - A(k + q) e^{i D+}] / A(k),
+    D- = chi(k) - chi(k - q) - q.g, D+ = chi(k + q) - chi(k) - q.g, where g = grad chi(k)
+    (each image's own shift removed) or ``reference_grad`` (rad·Å, (y, x): one shift removed
+    from all, e.g. the shift of a group of binned pixels). A: aperture of radius
+    ``aperture_inv_A`` with a linear edge of width ``edge_inv_A``; chi from ``coeffs`` (Å,
+    :data:`ABERRATION_NAMES` order). A weak phase phi gives shift-corrected BF contrast
+    I/<I> - 1 = IFFT[T phi~].
+    """
+    qy, qx = q_yx
+    k_yx = np.asarray(k_yx, dtype=float).reshape(-1, 2)
+    w = np.ones(len(k_yx)) if weights is None else np.asarray(weights, dtype=float)
+    total = xp.zeros(qy.shape, dtype=complex)
+
+    def amp(ky: Any, kx: Any) -> Any:
+        q = xp.sqrt(ky * ky + kx * kx)
+        return xp.clip((aperture_inv_A - q) / edge_inv_A + 0.5, 0.0, 1.0)
+
+    kk = xp.asarray(k_yx)
+    if reference_grad is None:
+        grads = aberration_gradient_basis(k_yx[:, 0], k_yx[:, 1], wavelength, ABERRATION_NAMES)
+        grad_chi = xp.asarray(np.tensordot(coeffs, grads, axes=1))  # (K, 2)
+    else:
+        grad_chi = xp.asarray(np.broadcast_to(np.asarray(reference_grad, dtype=float),
+                                              k_yx.shape).copy())
+    ww = xp.asarray(w)
+    for start in range(0, len(k_yx), batch):
+        sel = slice(start, start + batch)
+        ky = kk[sel, 0][:, None, None]
+        kx = kk[sel, 1][:, None, None]
+        lin = qy * grad_chi[sel, 0][:, None, None] + qx * grad_chi[sel, 1][:, None, None]
+        a0 = xp.maximum(amp(ky, kx), 1e-3)
+        chi0 = _chi_xp(xp, ky, kx, wavelength, coeffs)
+        d_minus = chi0 - _chi_xp(xp, ky - qy, kx - qx, wavelength, coeffs) - lin
+        d_plus = _chi_xp(xp, ky + qy, kx + qx, wavelength, coeffs) - chi0 - lin
+        t = 1j * (amp(ky - qy, kx - qx) * xp.exp(1j * d_minus)
+                  - amp(ky + qy, kx + qx) * xp.exp(1j * d_plus)) / a0
+        total += xp.tensordot(ww[sel], t, axes=1)
+    return total / float(w.sum())
+
+
+# ---------------------------------------------------------------------------- validators
+def _int_tuple(value: Any) -> tuple[int, ...]:
+    try:
+        items = [value] if isinstance(value, (int, np.integer)) else list(value)
+        out = tuple(int(v) for v in items)
+        ok = len(out) > 0 and all(int(v) == v and v >= 1 for v in items) and not any(
+            isinstance(v, bool) for v in items)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"binning: expected a non-empty sequence of integers >= 1 (detector "
+                         f"binning levels, coarse to fine), found {value!r}")
+    return out
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    try:
+        out = tuple(str(v) for v in value)
+    except TypeError:
+        out = ()
+    bad = [v for v in out if v not in ABERRATION_NAMES]
+    if not out or bad or len(set(out)) != len(out):
+        raise ValueError(f"fit_aberrations: expected distinct names from "
+                         f"{', '.join(ABERRATION_NAMES)}, found {value!r}")
+    return out
+
+
+def _choice(options: tuple[str, ...]):
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in options:
+            raise ValueError(f"{attribute.name}: expected one of {options}, found {value!r}")
+    return check
+
+
+def _positive_int(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{attribute.name}: expected an integer >= 1, found {value!r}")
+
+
+def _in_range(lo: float, hi: float, lo_open: bool = False):
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        ok = np.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+        if not ok:
+            bound = "(" if lo_open else "["
+            raise ValueError(f"{attribute.name}: expected a number in {bound}{lo}, {hi}], "
+                             f"found {value!r}")
+    return check
+
+
+def _optional_bool(value: Any) -> bool | None:
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise ValueError(f"transpose: expected True, False or None (try both), found {value!r}")
+
+
+def _optional_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = float("nan")
+    if not np.isfinite(out):
+        raise ValueError(f"rotation_guess_deg: expected a finite angle in degrees or None, "
+                         f"found {value!r}")
+    return out
+
+
+def _optional_positive(name: str):
+    def convert(value: Any) -> float | None:
+        if value is None:
+            return None
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            out = float("nan")
+        if not (np.isfinite(out) and out > 0):
+            raise ValueError(f"{name}: expected a positive number or None, found {value!r}")
+        return out
+    return convert
+
+
+def _optional_positive_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"chunk_patterns: expected an integer >= 1 or None, found {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------- the method
+@attrs.define(kw_only=True)
+class TiltCorrectedBF(DirectMethod):
+    """Tilt-corrected bright field: per-pixel BF images aligned by fitted aberrations.
+
+    Steps: (1) bright-field pixels (``bf_mask``: ``"threshold"`` = mean pattern >=
+    ``bf_threshold`` x its maximum, or ``"aperture"`` = inside the experiment's convergence
+    angle; both limited to ``bf_radius_fraction`` of the aperture radius around the disk
+    centre found in the mean pattern); one virtual image per pixel, read in chunks of
+    ``chunk_patterns`` patterns (default: from the dataset's chunk_bytes). (2) For each
+    ``binning`` level (detector pixels summed in b x b blocks, coarse to fine): measure each
+    image's shift by cross-correlation with the aligned sum of the others (zero-padded,
+    edge-tapered by ``edge_taper``, smoothed by ``correlation_sigma_px``, sub-pixel by a
+    parabola and a matrix-DFT refinement at 1/``subpixel_upsample`` px), then least-squares
+    fit the aberrations ``fit_aberrations`` (Å), the scan rotation (``fit_rotation``) and a
+    common offset to the shifts with the analytic Jacobian (scipy least_squares, ``loss`` with
+    f_scale ``outlier_scale_px`` scan pixels), ``iterations_per_level`` times; the fitted
+    model aligns the next iteration and seeds the next level. (3) Upsampled tcBF image on a
+    grid of scan_step / ``upsample`` (bilinear shifted sparse sum divided by the shifted
+    sampling mask) and a phase estimate (Wiener division by the transfer, ``wiener_epsilon``).
+
+    ``transpose``: detector axes swapped relative to the scan (None: try both, keep the lower
+    residual). ``rotation_guess_deg``: prior for the rotation (None: the experiment's
+    ``scan_rotation_deg``); the fit is searched within +-90 deg of it (180-deg ambiguity, see
+    the module docstring). ``use_experiment_aberrations``: seed the first level with the
+    experiment's aberrations and keep the ones not fitted fixed at their values (False: start
+    from zero).
+
+    Result arrays (host): ``tcbf`` (Y, X) contrast (I / <I> - 1) on the upsampled scan-frame
+    grid of ``pixel_size_A`` = scan_step / upsample, pixel (0, 0) at ``values["origin_A"]``
+    (scan-frame Å relative to scan point (0, 0)); ``tcbf_weight`` sampling density; ``phase``
+    (Y, X) rad, weak-phase estimate; ``bf_image`` (sy, sx) plain bright-field contrast (sum,
+    no shifts); ``bf_pixels`` (n, 2) detector pixel indices (ky, kx); ``bf_k_inv_A`` (n, 2)
+    their physical frequencies (y, x) 1/Å; ``bf_shifts_A`` (n, 2) fitted scan-frame shifts used
+    for the image; ``shifts_A`` / ``shifts_fit_A`` / ``group_k_inv_A`` (G, 2) measured and
+    fitted shifts of the last level's pixel groups. Values: ``aberrations_A`` {name: Å},
+    ``defocus_A`` (= -C10), ``rotation_deg``, ``transpose``, ``residual_rms_A``, ``levels``
+    (per level: binning, groups, iterations, residual_rms_A, time_s, aberrations_A,
+    rotation_deg), ``center_px``, ``n_bf_pixels``, ``origin_A``.
+    """
+
+    name = "tcbf"
+    binning: tuple[int, ...] = attrs.field(default=(4, 2, 1), converter=_int_tuple)
+    iterations_per_level: int = attrs.field(default=3, validator=_positive_int)
+    fit_aberrations: tuple[str, ...] = attrs.field(
+        default=("C10", "C12a", "C12b", "C21a", "C21b", "C23a", "C23b"), converter=_names)
+    fit_rotation: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    transpose: bool | None = attrs.field(default=False, converter=_optional_bool)
+    rotation_guess_deg: float | None = attrs.field(default=None, converter=_optional_float)
+    use_experiment_aberrations: bool = attrs.field(
+        default=True, validator=attrs.validators.instance_of(bool))
+    bf_mask: str = attrs.field(default="threshold", validator=_choice(_BF_MASKS))
+    bf_threshold: float = attrs.field(default=0.5, converter=float,
+                                      validator=_in_range(0.0, 1.0, lo_open=True))
+    bf_radius_fraction: float = attrs.field(default=1.0, converter=float,
+                                            validator=_in_range(0.0, 2.0, lo_open=True))
+    upsample: int = attrs.field(default=2, validator=_positive_int)
+    subpixel_upsample: int = attrs.field(default=8, validator=_positive_int)
+    correlation_sigma_px: float = attrs.field(default=0.5, converter=float,
+                                              validator=_in_range(0.0, 1e3))
+    edge_taper: float = attrs.field(default=0.0, converter=float,
+                                    validator=_in_range(0.0, 0.5))
+    min_overlap: float = attrs.field(default=0.5, converter=float,
+                                     validator=_in_range(0.0, 1.0, lo_open=True))
+    search_radius_px: float | None = attrs.field(default=2.0,
+                                                 converter=_optional_positive("search_radius_px"))
+    ctf_alignment: bool = attrs.field(default=True,
+                                      validator=attrs.validators.instance_of(bool))
+    defocus_search: bool = attrs.field(default=True,
+                                       validator=attrs.validators.instance_of(bool))
+    loss: str = attrs.field(default="soft_l1", validator=_choice(_LOSSES))
+    outlier_scale_px: float = attrs.field(default=1.0, converter=float,
+                                          validator=_in_range(0.0, 1e6, lo_open=True))
+    wiener_epsilon: float = attrs.field(default=0.05, converter=float,
+                                        validator=_in_range(0.0, 1e6, lo_open=True))
+    chunk_patterns: int | None = attrs.field(default=None, converter=_optional_positive_int)
+
+    # ------------------------------------------------------------------ entry point
+    def run(self, dataset: Any, experiment: Experiment, device: Any) -> DirectResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        dataset = self._as_dataset(dataset, experiment)
+        scan_shape = dataset.scan_shape
+        step = np.array(experiment.scan_step_yx_A)
+        lam = experiment.wavelength_A
+        dk = experiment.dk_inv_A
+
+        mean = dataset.mean_pattern()
+        center, pixels, radius_px = self._bright_field_pixels(mean, experiment)
+        aperture = (radius_px * dk, dk)  # measured BF disk radius and edge width, 1/Å
+        k_det = (pixels - center) * dk  # (n, 2) detector-frame (ky, kx)
+        images = self._virtual_images(dataset, pixels)  # host float32 (n, N)
+        timings["read"] = time.perf_counter() - t0
+        if len(pixels) < 8:
+            raise ValueError(f"bright field: expected at least 8 bright-field pixels, found "
+                             f"{len(pixels)} (check bf_threshold, bf_radius_fraction and the "
+                             f"experiment's convergence_angle_mrad / detector calibration)")
+        weights_px = images.mean(axis=1)
+        if np.any(weights_px <= 0):
+            raise ValueError("bright field: a selected pixel has no counts; raise bf_threshold")
+        contrast_px = images / weights_px[:, None] - 1.0
+        bf_image = (images.sum(axis=0) / weights_px.sum() - 1.0).reshape(scan_shape)
+
+        start = (aberration_coefficients_array(experiment.aberrations)
+                 if self.use_experiment_aberrations else np.zeros(len(ABERRATION_NAMES)))
+        prior_deg = (experiment.scan_rotation_deg if self.rotation_guess_deg is None
+                     else self.rotation_guess_deg)
+        transposes = (False, True) if self.transpose is None else (self.transpose,)
+        fits = []
+        for tr in transposes:
+            k_phys = k_det[:, ::-1] if tr else k_det
+            fits.append(self._fit_levels(device, weights_px, images, pixels, k_phys,
+                                         scan_shape, step, lam, start, prior_deg, aperture))
+            fits[-1]["transpose"] = tr
+        best = min(fits, key=lambda f: f["residual_rms_A"])
+        for f in fits:
+            for key, value in f["timings"].items():
+                timings[f"{key}{'_transposed' if f['transpose'] else ''}"] = value
+
+        # ---------------------------------------------------------------- upsampled image
+        t1 = time.perf_counter()
+        k_phys = k_det[:, ::-1] if best["transpose"] else k_det
+        all_coeffs = best["all_coeffs"]
+        model_px = ShiftModel(k_phys, lam, (), all_coeffs, fit_rotation=False,
+                              theta=best["theta"])
+        bf_shifts = model_px.predict(best["offset"])
+        tcbf, weight, origin = self._upsampled_image(device, contrast_px, bf_shifts,
+                                                     scan_shape, step)
+        timings["image"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        phase = self._phase(device, tcbf, weight, step, k_phys, lam, all_coeffs,
+                            best["theta"], aperture)
+        timings["phase"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+
+        aberrations = {name: float(v) for name, v in zip(ABERRATION_NAMES, all_coeffs,
+                                                          strict=True)
+                       if v != 0.0 or name in self.fit_aberrations}
+        values = {
+            "aberrations_A": aberrations,
+            "defocus_A": -aberrations.get("C10", 0.0),
+            "rotation_deg": float(np.rad2deg(best["theta"])),
+            "transpose": bool(best["transpose"]),
+            "residual_rms_A": float(best["residual_rms_A"]),
+            "levels": best["levels"],
+            "center_px": [float(c) for c in center],
+            "bf_radius_px": float(radius_px),
+            "n_bf_pixels": int(len(pixels)),
+            "origin_A": [float(o) for o in origin],
+            "pixel_size_yx_A": [float(s) / self.upsample for s in step],
+            "contrast": "tcbf: I / <I> - 1 (dimensionless); phase: rad (weak-phase estimate)",
+        }
+        if len(fits) > 1:
+            values["residual_rms_A_by_transpose"] = {
+                str(f["transpose"]): float(f["residual_rms_A"]) for f in fits}
+        arrays = {
+            "tcbf": tcbf,
+            "tcbf_weight": weight,
+            "phase": phase,
+            "bf_image": bf_image,
+            "bf_pixels": pixels.astype(np.int64),
+            "bf_k_inv_A": k_phys,
+            "bf_shifts_A": bf_shifts,
+            "shifts_A": best["measured"],
+            "shifts_fit_A": best["fitted"],
+            "group_k_inv_A": best["group_k"],
+        }
+        return DirectResult(method=self.name, arrays=arrays, values=values,
+                            pixel_size_A=float(step[0]) / self.upsample, timings_s=timings)
+
+    # ------------------------------------------------------------------ inputs
+    @staticmethod
+    def _as_dataset(dataset: Any, experiment: Experiment) -> Dataset:
+        if experiment.scan_shape is None:
+            raise ValueError("experiment.scan_shape: tcBF needs a raster scan (ny, nx), "
+                             "found None")
+        if experiment.scan_step_A is None:
+            raise ValueError("experiment.scan_step_A: tcBF needs the scan step in Å, found None")
+        if isinstance(dataset, np.ndarray):
+            dataset = Dataset.from_array(dataset, scan_shape=experiment.scan_shape)
+        if not isinstance(dataset, Dataset):
+            raise ValueError(f"dataset: expected a ptyframe Dataset or an (N, ky, kx) array, "
+                             f"found {type(dataset).__name__}")
+        scan = dataset.scan_shape or experiment.scan_shape
+        if tuple(scan) != tuple(experiment.scan_shape) or len(dataset) != scan[0] * scan[1]:
+            raise ValueError(f"scan_shape: experiment says {experiment.scan_shape}, the dataset "
+                             f"has {len(dataset)} patterns with scan shape {dataset.scan_shape}")
+        if dataset.scan_shape is None:
+            dataset = Dataset(dataset._source, preprocessing=dataset.preprocessing,
+                              scan_shape=experiment.scan_shape, path=dataset.path,
+                              chunk_bytes=dataset.chunk_bytes)
+        if min(experiment.scan_shape) < 4:
+            raise ValueError(f"scan_shape: expected at least 4 x 4 scan points for tcBF, "
+                             f"found {experiment.scan_shape}")
+        return dataset
+
+    def _bright_field_pixels(self, mean: np.ndarray, experiment: Experiment
+                             ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Disk centre (ky, kx) px, the selected pixel indices (n, 2) and the disk radius (px,
+        from the area of the pixels above half the maximum of the mean pattern)."""
+        ny, nx = mean.shape
+        iy, ix = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        peak = float(mean.max())
+        if not peak > 0:
+            raise ValueError("data: the mean pattern has no counts; cannot find a bright field")
+        disk = mean >= 0.5 * peak
+        w = disk.astype(float)
+        center = np.array([(iy * w).sum() / w.sum(), (ix * w).sum() / w.sum()])
+        r_px = experiment.convergence_angle_mrad * 1e-3 / experiment.wavelength_A \
+            / experiment.dk_inv_A
+        radius = np.hypot(iy - center[0], ix - center[1])
+        inside = radius <= self.bf_radius_fraction * r_px
+        if self.bf_mask == "threshold":
+            inside &= mean >= self.bf_threshold * peak
+        sel = np.flatnonzero(inside.ravel())
+        radius_px = float(np.sqrt(w.sum() / np.pi))
+        return center, np.stack([iy.ravel()[sel], ix.ravel()[sel]], axis=1), radius_px
+
+    def _virtual_images(self, dataset: Dataset, pixels: np.ndarray) -> np.ndarray:
+        """(n_pixels, N) float32 counts, streamed over pattern chunks."""
+        n = len(dataset)
+        ky, kx = dataset.pattern_shape
+        chunk = self.chunk_patterns or max(1, dataset.chunk_bytes // (8 * ky * kx))
+        flat = pixels[:, 0] * kx + pixels[:, 1]
+        out = np.empty((len(pixels), n), dtype=np.float32)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            block = dataset.read(np.arange(start, stop), dtype=np.float32)
+            out[:, start:stop] = block.reshape(stop - start, -1)[:, flat].T
+        return out
+
+    # ------------------------------------------------------------------ shift fitting
+    def _groups(self, pixels: np.ndarray, center: np.ndarray, b: int) -> list[np.ndarray]:
+        if b == 1:
+            return [np.array([i]) for i in range(len(pixels))]
+        rel = np.floor((pixels - np.round(center)) / b).astype(int)
+        keys, inverse = np.unique(rel, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        groups = [np.flatnonzero(inverse == g) for g in range(len(keys))]
+        return [g for g in groups if len(g) >= (b * b + 1) // 2]
+
+    def _active_names(self, level: int, n_groups: int) -> tuple[str, ...]:
+        """Coefficients fitted at one level: first-order ones (C10, C12) before the last level,
+        all of ``fit_aberrations`` at the last; never more than the shifts can determine
+        (parameters <= 2 x groups / 3)."""
+        names = tuple(self.fit_aberrations)
+        if level < len(self.binning) - 1:
+            first = tuple(n for n in names if n[1] == "1")
+            names = first or names
+        capacity = max(1, (2 * n_groups) // 3 - 2 - int(self.fit_rotation))
+        return names[:capacity]
+
+    def _fit_levels(self, device: Any, weights_px: np.ndarray, images: np.ndarray,
+                    pixels: np.ndarray, k_phys: np.ndarray, scan_shape: tuple[int, int],
+                    step: np.ndarray, lam: float, start_coeffs: np.ndarray,
+                    prior_deg: float, aperture: tuple[float, float]) -> dict[str, Any]:
+        center = pixels.mean(axis=0)  # only used to align the binning blocks
+        coeffs_all = np.asarray(start_coeffs, dtype=float).copy()
+        theta = float(np.deg2rad(prior_deg))
+        offset = np.zeros(2)
+        levels: list[dict[str, Any]] = []
+        timings: dict[str, float] = {}
+        images_dev = device.asarray(images, dtype=device.real_dtype)
+        last: dict[str, Any] = {}
+        for level, b in enumerate(self.binning):
+            tl = time.perf_counter()
+            groups = self._groups(pixels, center, b)
+            if len(groups) < 6:
+                raise ValueError(f"binning: level {b} leaves {len(groups)} pixel groups in the "
+                                 f"bright field (at least 6 needed); use smaller binning values")
+            member = np.zeros((len(groups), len(pixels)), dtype=np.float64)
+            for g, idx in enumerate(groups):
+                member[g, idx] = 1.0
+            w_g = member @ weights_px
+            k_g = (member * weights_px) @ k_phys / w_g[:, None]
+            sums = device.asarray(member, dtype=device.real_dtype) @ images_dev
+            g_contrast = sums / device.asarray(w_g, dtype=device.real_dtype)[:, None] - 1.0
+            g_contrast = g_contrast.reshape(len(groups), *scan_shape)
+            if level == 0 and self.defocus_search and "C10" in self.fit_aberrations:
+                coeffs_all, theta = self._search_seed(device, g_contrast, k_g, lam, coeffs_all,
+                                                      theta, step)
+            names = self._active_names(level, len(groups))
+            index = [ABERRATION_NAMES.index(n) for n in names]
+            fixed = coeffs_all.copy()
+            fixed[index] = 0.0
+            model = ShiftModel(k_g, lam, names, fixed, fit_rotation=self.fit_rotation,
+                               theta=theta)
+            x = model.pack(coeffs_all[index], theta, offset)
+            current = model.predict(x) / step  # pixels
+            n_iter = 0
+            for _ in range(self.iterations_per_level):
+                n_iter += 1
+                filters = None
+                if self.ctf_alignment:
+                    coeffs, theta_now, _ = model.unpack(x)
+                    full = fixed.copy()
+                    full[index] = coeffs
+                    filters = self._group_filters(device, groups, weights_px, k_phys, k_g,
+                                                  full, theta_now, lam, step,
+                                                  (2 * scan_shape[0], 2 * scan_shape[1]),
+                                                  aperture)
+                measured_px = current + self._measure(device, g_contrast, current, filters)
+                measured = measured_px * step
+                x = self._fit(model, measured, prior_deg, step)
+                new = model.predict(x) / step
+                change = float(np.max(np.abs(new - current)))
+                current = new
+                if change < 0.01:
+                    break
+            coeffs, theta, offset = model.unpack(x)
+            coeffs_all[index] = coeffs
+            fitted = model.predict(x)
+            rms = float(np.sqrt(np.mean(np.sum((fitted - measured) ** 2, axis=1))))
+            dt = time.perf_counter() - tl
+            timings[f"level{level}_bin{b}"] = dt
+            levels.append({
+                "binning": int(b), "groups": int(len(groups)), "iterations": n_iter,
+                "fitted": list(names), "residual_rms_A": rms, "time_s": dt,
+                "rotation_deg": float(np.rad2deg(theta)),
+                "aberrations_A": {n: float(c) for n, c in zip(names, coeffs, strict=True)},
+            })
+            last = {"measured": measured, "fitted": fitted, "group_k": k_g,
+                    "residual_rms_A": rms}
+            del sums, g_contrast
+        return {**last, "theta": float(theta), "offset": np.asarray(offset),
+                "all_coeffs": coeffs_all, "levels": levels, "timings": timings}
+
+    def _search_seed(self, device: Any, images: Any, k_g: np.ndarray, lam: float,
+                     coeffs_all: np.ndarray, theta: float, step: np.ndarray
+                     ) -> tuple[np.ndarray, float]:
+        """Seed C10 (and the rotation) by a grid search: maximise the overlap-normalised
+        energy of the aligned sum, sum_{g<h} corr_gh(sigma_h - sigma_g) / sum overlap, over a
+        subset of at most 32 images (central crop of at most 64 x 64 scan points).
+
+        corr_gh are pairwise cross-correlation maps (zero-padded, 2x Fourier-interpolated,
+        read bilinearly), so each trial costs one lookup per pair. C10 spans shifts of up to
+        half the (cropped) field at the largest |k| in steps of 0.5 px there; the rotation
+        spans +-90 deg around ``theta`` in steps of at most 3 deg (0.5 px at the largest
+        shift) when fitted.
+        """
+        xp = device.xp
+        g_all, sy0, sx0 = images.shape
+        pick = np.unique(np.linspace(0, g_all - 1, min(g_all, 32)).round().astype(int))
+        cy, cx = min(sy0, 64), min(sx0, 64)
+        y0, x0 = (sy0 - cy) // 2, (sx0 - cx) // 2
+        sub = images[device.asarray(pick)][:, y0:y0 + cy, x0:x0 + cx]
+        g = len(pick)
+        py, px = 2 * cy, 2 * cx
+        buf = xp.zeros((g, py, px), dtype=device.complex_dtype)
+        buf[:, :cy, :cx] = sub - sub.mean(axis=(1, 2), keepdims=True)
+        spec = device.fft2(buf, overwrite=True)
+        ii, jj = np.triu_indices(g, 1)
+        up = 2
+        maps = np.empty((len(ii), up * py, up * px), dtype=np.float32)
+        for start in range(0, len(ii), 64):
+            a = device.asarray(ii[start:start + 64])
+            b = device.asarray(jj[start:start + 64])
+            prod = xp.conj(spec[a]) * spec[b]  # corr_ab(d) = sum_r img_a(r) img_b(r + d)
+            big = xp.zeros((len(a), up * py, up * px), dtype=device.complex_dtype)
+            hy, hx = py // 2, px // 2
+            big[:, :hy, :hx] = prod[:, :hy, :hx]
+            big[:, :hy, -hx:] = prod[:, :hy, -hx:]
+            big[:, -hy:, :hx] = prod[:, -hy:, :hx]
+            big[:, -hy:, -hx:] = prod[:, -hy:, -hx:]
+            maps[start:start + 64] = device.to_host(device.ifft2(big).real)
+        pair_index = np.arange(len(ii))[None, :]
+
+        def lookup(d: np.ndarray) -> np.ndarray:
+            """Bilinear corr at displacements d (T, pairs, 2) in scan pixels."""
+            fy = d[..., 0] * up
+            fx = d[..., 1] * up
+            iy0 = np.floor(fy).astype(int)
+            ix0 = np.floor(fx).astype(int)
+            wy = fy - iy0
+            wx = fx - ix0
+            ny, nx = up * py, up * px
+            total = 0.0
+            for dy, wyy in ((0, 1 - wy), (1, wy)):
+                for dx, wxx in ((0, 1 - wx), (1, wx)):
+                    total = total + wyy * wxx * maps[pair_index, (iy0 + dy) % ny,
+                                                     (ix0 + dx) % nx]
+            return total
+
+        i10 = ABERRATION_NAMES.index("C10")
+        others = coeffs_all.copy()
+        others[i10] = 0.0
+        base = ShiftModel(k_g[pick], lam, ("C10",), others, fit_rotation=False)
+        v0 = base.specimen_shifts(np.zeros(1))  # (g, 2) Å
+        b10 = base.specimen_shifts(np.ones(1)) - v0  # shift per Å of C10
+        k_max = float(np.max(np.hypot(k_g[pick, 0], k_g[pick, 1])))
+        half_px = 0.5 * min(cy, cx)
+        c_max = half_px * float(np.min(step)) / (lam * max(k_max, 1e-12))
+        c10s = np.linspace(-c_max, c_max, 4 * int(np.ceil(half_px)) + 1)
+        if self.fit_rotation:
+            d_theta = min(3.0, float(np.rad2deg(0.5 / max(half_px, 1.0))))
+            thetas = theta + np.deg2rad(np.arange(-90.0, 90.0, d_theta))
+        else:
+            thetas = np.array([theta])
+        best = (-np.inf, coeffs_all[i10], theta)
+        for t in thetas:
+            rot = _rotation_yx(float(t))
+            shifts = (v0[None] + c10s[:, None, None] * b10[None]) @ rot / step  # (T, g, 2)
+            d = shifts[:, jj] - shifts[:, ii]
+            overlap = (np.clip(cy - np.abs(d[..., 0]), 0, None)
+                       * np.clip(cx - np.abs(d[..., 1]), 0, None)).sum(axis=1)
+            score = lookup(d).sum(axis=1) / np.maximum(overlap, 1e-12)
+            score[overlap < 0.3 * len(ii) * cy * cx] = -np.inf
+            j = int(np.argmax(score))
+            if score[j] > best[0]:
+                best = (float(score[j]), float(c10s[j]), float(t))
+        out = coeffs_all.copy()
+        out[i10] = best[1]
+        return out, best[2]
+
+    def _fit(self, model: ShiftModel, measured: np.ndarray, prior_deg: float,
+             step: np.ndarray) -> np.ndarray:
+        """Global rotation search within +-90 deg of the prior (linear least squares at each
+        angle), then refinement of all parameters with the analytic Jacobian."""
+        if model.fit_rotation:
+            prior = np.deg2rad(prior_deg)
+            best_x, best_cost = model.linear_fit(measured, float(prior))
+            for t in prior + np.deg2rad(np.arange(-89.5, 90.0, 1.0)):
+                xt, cost = model.linear_fit(measured, float(t))
+                if cost < best_cost:
+                    best_x, best_cost = xt, cost
+            start = best_x
+        else:
+            start, _ = model.linear_fit(measured, model.theta)
+        target = measured.reshape(-1)
+        scale_A = self.outlier_scale_px * float(np.mean(step))
+        res = least_squares(
+            lambda x: model.predict(x).reshape(-1) - target, start,
+            jac=model.jacobian, method="trf", x_scale="jac", loss=self.loss,
+            f_scale=scale_A, xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=200)
+        return res.x
+
+    def _group_filters(self, device: Any, groups: list[np.ndarray], weights_px: np.ndarray,
+                       k_phys: np.ndarray, k_g: np.ndarray, coeffs: np.ndarray, theta: float,
+                       lam: float, step: np.ndarray, shape: tuple[int, int],
+                       aperture: tuple[float, float]) -> Any:
+        """Function (slice of groups) -> conj(T_g) on the padded scan-frame FFT grid: the
+        matched filter that makes each group's residual transfer real and positive, so that
+        images seeing different side bands (near the aperture edge, lattice reflections)
+        correlate without phase offsets that would bias their shifts."""
+        xp = device.xp
+        py, px = shape
+        rot = _rotation_yx(theta)
+        qs_y = np.fft.fftfreq(py, step[0])[:, None] * np.ones((1, px))
+        qs_x = np.ones((py, 1)) * np.fft.fftfreq(px, step[1])[None, :]
+        q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
+        q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
+        grads = aberration_gradient_basis(k_g[:, 0], k_g[:, 1], lam, ABERRATION_NAMES)
+        grad_g = np.tensordot(coeffs, grads, axes=1)  # (G, 2) rad·Å
+
+        def filters(sel: slice) -> Any:
+            out = xp.empty((sel.stop - sel.start, py, px), dtype=device.complex_dtype)
+            for j, gi in enumerate(range(sel.start, sel.stop)):
+                idx = groups[gi]
+                t = tcbf_transfer(xp, (q_y, q_x), k_phys[idx], lam, coeffs, aperture[0],
+                                  aperture[1], weights=weights_px[idx],
+                                  reference_grad=grad_g[gi])
+                out[j] = xp.conj(t)
+            return out
+
+        return filters
+
+    def _measure(self, device: Any, images: Any, current_px: np.ndarray,
+                 filters: Any = None) -> np.ndarray:
+        """Residual shift (pixels) of each image, aligned by ``current_px``, relative to the
+        aligned sum of the other images.
+
+        The images are zero-padded (x2) and tapered; the cross-correlation is divided by the
+        correlation of the sampling windows (the overlap), which removes the envelope that
+        would otherwise pull every shift towards aligning the scan windows (i.e. towards zero
+        and an underestimated defocus). Only displacements with at least half of the largest
+        overlap are searched.
+        """
+        xp = device.xp
+        g, sy, sx = images.shape
+        py, px = 2 * sy, 2 * sx
+        taper = np.outer(_tukey(sy, self.edge_taper), _tukey(sx, self.edge_taper))
+        window = xp.zeros((py, px), dtype=device.complex_dtype)
+        window[:sy, :sx] = device.asarray(taper, dtype=device.real_dtype)
+        window_spec = device.fft2(window)
+        taper_dev = device.asarray(taper, dtype=device.real_dtype)
+        fy = device.fftfreq(py)[:, None]
+        fx = device.fftfreq(px)[None, :]
+        lowpass = xp.exp(-2 * np.pi**2 * self.correlation_sigma_px**2 * (fy**2 + fx**2))
+        shifts = device.asarray(current_px, dtype=device.real_dtype)
+        batch = max(1, int(2**26 // (py * px * 16 * 4)))
+
+        def ramps(sel: slice) -> Any:
+            s = shifts[sel]
+            ramp = xp.exp(2j * np.pi * (fy * s[:, 0, None, None] + fx * s[:, 1, None, None]))
+            return ramp.astype(device.complex_dtype)
+
+        def aligned(sel: slice) -> Any:
+            buf = xp.zeros((sel.stop - sel.start, py, px), dtype=device.complex_dtype)
+            buf[:, :sy, :sx] = images[sel] * taper_dev
+            spec = device.fft2(buf, overwrite=True) * ramps(sel)
+            return spec if filters is None else spec * filters(sel)
+
+        batches = [slice(i, min(g, i + batch)) for i in range(0, g, batch)]
+        ref = xp.zeros((py, px), dtype=device.complex_dtype)
+        count = xp.zeros((py, px), dtype=device.complex_dtype)
+        for sel in batches:
+            ref += aligned(sel).sum(axis=0)
+            count += (window_spec * ramps(sel)).sum(axis=0)
+        out = np.empty((g, 2))
+        for sel in batches:
+            a = aligned(sel)
+            w = window_spec * ramps(sel)
+            prod = (ref[None] - a) * xp.conj(a) * lowpass
+            env = (count[None] - w) * xp.conj(w) * lowpass
+            out[sel] = -self._peak(device, device.ifft2(prod).real, prod,
+                                   device.ifft2(env).real, env)
+        return out
+
+    def _peak(self, device: Any, corr: Any, prod: Any, env: Any, env_prod: Any
+              ) -> np.ndarray:
+        """Sub-pixel argmax (G, 2), signed pixels, of corr / env (overlap-normalised)."""
+        xp = device.xp
+        g, py, px = corr.shape
+        env_max = env.reshape(g, -1).max(axis=1)[:, None, None]
+        ok = env > self.min_overlap * env_max
+        if self.search_radius_px is not None:
+            dy = xp.fft.fftfreq(py) * py
+            dx = xp.fft.fftfreq(px) * px
+            ok = ok & ((dy[:, None] ** 2 + dx[None, :] ** 2) <= self.search_radius_px**2)[None]
+        norm = xp.where(ok, corr / xp.where(ok, env, 1.0), -xp.inf)
+        flat = xp.argmax(norm.reshape(g, -1), axis=1)
+        iy = flat // px
+        ix = flat % px
+        rows = xp.arange(g)
+        finite_floor = xp.where(ok, norm, xp.inf).reshape(g, -1).min(axis=1)
+
+        def at(dy: int, dx: int) -> Any:
+            v = norm[rows, (iy + dy) % py, (ix + dx) % px]
+            return xp.where(xp.isfinite(v), v, finite_floor)
+
+        c0 = at(0, 0)
+        est = []
+        for (lo, hi), base in ((((-1, 0), (1, 0)), iy), (((0, -1), (0, 1)), ix)):
+            cm, cp = at(*lo), at(*hi)
+            est.append(base + _parabola(xp, cm, c0, cp, 0.5))
+        peak = xp.stack(est, axis=1).astype(float)
+        size = xp.asarray([py, px], dtype=float)
+        peak = xp.where(peak > size / 2, peak - size, peak)
+        if self.subpixel_upsample > 1:
+            u = self.subpixel_upsample
+            offsets = xp.arange(-u, u + 1, dtype=float) / u  # +-1 pixel around the estimate
+            fy = xp.fft.fftfreq(py)
+            fx = xp.fft.fftfreq(px)
+            ey = xp.exp(2j * np.pi * (peak[:, 0, None] + offsets)[:, :, None] * fy)
+            ex = xp.exp(2j * np.pi * fx[:, None] * (peak[:, 1, None] + offsets)[:, None, :])
+            ey = ey.astype(prod.dtype)
+            ex = ex.astype(prod.dtype)
+            num = (ey @ prod @ ex).real
+            den = (ey @ env_prod @ ex).real
+            local = num / xp.maximum(den, 1e-12 * xp.abs(den).max())
+            kk = 2 * u + 1
+            best = xp.argmax(local.reshape(g, -1), axis=1)
+            by = xp.clip(best // kk, 1, kk - 2)
+            bx = xp.clip(best % kk, 1, kk - 2)
+            dy = _parabola(xp, local[rows, by - 1, bx], local[rows, by, bx],
+                           local[rows, by + 1, bx], 1.0)
+            dx = _parabola(xp, local[rows, by, bx - 1], local[rows, by, bx],
+                           local[rows, by, bx + 1], 1.0)
+            peak = peak + (xp.stack([by + dy, bx + dx], axis=1) - u) / u
+        return device.to_host(peak).astype(float)
+
+    # ------------------------------------------------------------------ image and phase
+    def _upsampled_image(self, device: Any, contrast_px: np.ndarray, shifts_A: np.ndarray,
+                         scan_shape: tuple[int, int], step: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Shifted sparse sum / shifted sampling mask on a scan_step / upsample grid."""
+        xp = device.xp
+        up = self.upsample
+        pix = step / up
+        sy, sx = scan_shape
+        # corrected sample positions (Å) = scan position - shift
+        lo = -shifts_A.max(axis=0)
+        hi = (np.array([sy - 1, sx - 1]) * step) - shifts_A.min(axis=0)
+        origin = np.floor(lo / pix) * pix - pix
+        shape = tuple(int(v) for v in np.ceil((hi - origin) / pix) + 3)
+        acc = xp.zeros(shape[0] * shape[1], dtype=device.real_dtype)
+        wsum = xp.zeros_like(acc)
+        gy, gx = np.meshgrid(np.arange(sy) * step[0], np.arange(sx) * step[1], indexing="ij")
+        gy = device.asarray(gy.ravel())
+        gx = device.asarray(gx.ravel())
+        values = device.asarray(contrast_px, dtype=device.real_dtype)
+        sh = device.asarray(shifts_A)
+        batch = max(1, int(2**24 // (4 * sy * sx)))
+        for start in range(0, len(contrast_px), batch):
+            sel = slice(start, start + batch)
+            fy = (gy[None, :] - sh[sel, 0, None] - origin[0]) / pix[0]
+            fx = (gx[None, :] - sh[sel, 1, None] - origin[1]) / pix[1]
+            y0 = xp.floor(fy)
+            x0 = xp.floor(fx)
+            wy = fy - y0
+            wx = fx - x0
+            y0 = y0.astype(int)
+            x0 = x0.astype(int)
+            v = values[sel]
+            for dy, wyy in ((0, 1 - wy), (1, wy)):
+                for dx, wxx in ((0, 1 - wx), (1, wx)):
+                    w = (wyy * wxx).astype(device.real_dtype)
+                    idx = (y0 + dy) * shape[1] + (x0 + dx)
+                    device.scatter_add(acc, idx, v * w)
+                    device.scatter_add(wsum, idx, w)
+        acc = acc.reshape(shape)
+        wsum = wsum.reshape(shape)
+        floor = 1e-3 * float(wsum.max())
+        image = xp.where(wsum > floor, acc / xp.maximum(wsum, floor), 0.0)
+        return device.to_host(image), device.to_host(wsum), origin
+
+    def _phase(self, device: Any, tcbf: np.ndarray, weight: np.ndarray, step: np.ndarray,
+               k_phys: np.ndarray, lam: float, coeffs: np.ndarray, theta: float,
+               aperture: tuple[float, float]) -> np.ndarray:
+        """Weak-phase estimate: Wiener division of the tcBF contrast by the mean transfer."""
+        xp = device.xp
+        ny, nx = tcbf.shape
+        pix = step / self.upsample
+        valid = weight >= 0.25 * weight.max()
+        img = np.where(valid, tcbf, 0.0)
+        qs_y = np.fft.fftfreq(ny, pix[0])[:, None] * np.ones((1, nx))
+        qs_x = np.ones((ny, 1)) * np.fft.fftfreq(nx, pix[1])[None, :]
+        # scan-frame frequency -> physical frame: q = R(theta) q_scan
+        rot = _rotation_yx(theta)
+        q_y = rot[0, 0] * qs_y + rot[0, 1] * qs_x
+        q_x = rot[1, 0] * qs_y + rot[1, 1] * qs_x
+        n_k = len(k_phys)
+        pick = np.unique(np.linspace(0, n_k - 1, min(n_k, 256)).round().astype(int))
+        transfer = tcbf_transfer(xp, (device.asarray(q_y), device.asarray(q_x)),
+                                 k_phys[pick], lam, coeffs, aperture[0], aperture[1])
+        spec = device.fft2(device.asarray(img, dtype=device.complex_dtype))
+        t2 = xp.abs(transfer) ** 2
+        eps = self.wiener_epsilon * float(t2.max())
+        phase = device.ifft2(spec * xp.conj(transfer) / (t2 + eps)).real
+        phase = device.to_host(phase)
+        return np.where(valid, phase - phase[valid].mean(), 0.0)
+
+
+def _parabola(xp: Any, cm: Any, c0: Any, cp: Any, limit: float) -> Any:
+    """Vertex offset of the parabola through (-1, cm), (0, c0), (1, cp), clipped to +-limit
+    (0 where the three points are not a maximum)."""
+    denom = cm - 2 * c0 + cp
+    safe = xp.where(denom < 0, denom, -1.0)
+    return xp.where(denom < 0, xp.clip(0.5 * (cm - cp) / safe, -limit, limit), 0.0)
+
+
+def _tukey(n: int, fraction: float) -> np.ndarray:
+    """1-D Tukey window: cosine roll-off over ``fraction`` of the length at each end."""
+    if fraction <= 0:
+        return np.ones(n)
+    width = max(1.0, fraction * n)
+    x = np.arange(n, dtype=float)
+    edge = np.minimum(x + 0.5, n - 0.5 - x)
+    return np.where(edge < width, 0.5 - 0.5 * np.cos(np.pi * edge / width), 1.0)
+
+
+def experiment_from_tcbf(experiment: Experiment, result: DirectResult) -> Experiment:
+    """``experiment`` with the tcBF-fitted aberrations (Å) and scan rotation (deg), to start an
+    iterative reconstruction from them (the aperture probe and the scan-grid positions use
+    them). Coefficients not fitted keep the experiment's values. A transposed fit cannot be
+    expressed by an Experiment: transpose the data instead (``Preprocessing(transpose=True)``).
+    """
+    if result.method != TiltCorrectedBF.name:
+        raise ValueError(f"result: expected a tcBF result (method 'tcbf'), found "
+                         f"{result.method!r}")
+    if result.values.get("transpose"):
+        raise ValueError("result.values['transpose']: the fit found the detector transposed "
+                         "relative to the scan; reload the data with "
+                         "Preprocessing(transpose=True) and run tcBF again")
+    aberrations = dict(experiment.aberrations)
+    aberrations.update({k: float(v) for k, v in result.values["aberrations_A"].items()})
+    return attrs.evolve(experiment, aberrations=aberrations,
+                        scan_rotation_deg=float(result.values["rotation_deg"]))
