@@ -182,3 +182,23 @@ def test_loss_log_has_terms_and_extra_checkpoints(tmp_path):
     assert again.load_checkpoint() == 3
     np.testing.assert_allclose(again.result().extra["static_background"],
                                rec.result().extra["static_background"])
+
+
+def test_phase_plates_from_hdf5_reach_the_model(tmp_path):
+    import h5py
+
+    sim = simulate()
+    rng = np.random.default_rng(0)
+    plates = rng.normal(0, 0.3, (N, WINDOW, WINDOW))
+    path = tmp_path / "plates.h5"
+    with h5py.File(path, "w") as f:
+        f["configs"] = plates
+    rec = build(sim, phase_plates=str(path))
+    rec.initialize()
+    factor = np.fft.fftshift(rec.model.phase_plates[3])
+    np.testing.assert_allclose(np.angle(factor), plates[3], atol=1e-9)
+    assert rec.to_config()["phase_plates"] == {"path": str(path), "dataset": "configs"}
+    with pytest.raises(ValueError, match="phase_plates"):
+        build(sim, phase_plates={"path": str(path), "dataset": "nope"})
+    with pytest.raises(ValueError, match="phase_plates"):
+        build(sim, phase_plates=plates[:3])
