@@ -91,8 +91,12 @@ class GaussianFilter(Constraint):
     """Gaussian filter of the object's phase and/or amplitude (reference:
     ``apply_gaussian_filter`` / ``apply_gaussian_filter_amplitude``).
 
-    ``sigma_phase_px``: standard deviation (object pixels) of the Gaussian applied to the phase;
-    ``sigma_amplitude_px``: the same for |O|; 0 switches a part off (not both).
+    * ``sigma_phase_px``: standard deviation of the Gaussian applied to the phase, object pixels
+      (0 = phase not filtered; True in the reference = 1 px) [apply_gaussian_filter]
+    * ``sigma_amplitude_px``: standard deviation of the Gaussian applied to |O|, object pixels
+      (0 = amplitude not filtered; not both 0) [apply_gaussian_filter_amplitude]
+    * ``when``: bool schedule of the epochs at which the filter is applied (after the epoch's
+      optimizer step)
 
     The phase is filtered without wrapping problems: the filter acts on the least-squares
     unwrapped phase phi_u (FFT Poisson integration of the wrapped neighbour differences), and
@@ -144,6 +148,17 @@ class GaussianFilter(Constraint):
 class ChargeFlip(Constraint):
     """Charge flipping of the object potential (reference: ``do_charge_flip``, ``cf_*``).
 
+    * ``delta_phase``: phase threshold as a fraction of the plane's maximum phase; pixels below
+      it are flipped [cf_delta_phase]
+    * ``beta_phase``: factor applied to the phase of flipped pixels, in [-1, 1] (-1: classic
+      flip, 1: phase left alone) [cf_beta_phase]
+    * ``delta_abs``: absorption threshold as a fraction of the plane's maximum absorption
+      -log|O| [cf_delta_abs]
+    * ``beta_abs``: factor applied to the absorption of flipped pixels, in [-1, 1]
+      [cf_beta_abs]
+    * ``when``: bool schedule of the epochs at which the flip is applied (after the epoch's
+      optimizer step) [do_charge_flip]
+
     Rule, per (slice, mode) plane, as in the reference (its deltas are "threshold ratios"):
     phase phi = angle(O) (radians, not unwrapped): every pixel with phi < ``delta_phase`` x
     max(phi) is replaced by ``beta_phase`` x phi; absorption a = -log|O| likewise with
@@ -186,6 +201,23 @@ class ChargeFlip(Constraint):
 @attrs.define(kw_only=True)
 class FancySigma(ChargeFlip):
     """Deconvolve - flip - reconvolve, to enforce atomicity (reference: ``fancy_sigma``).
+
+    * ``sigma_px``: standard deviation of the Gaussian for the phase, object pixels (the
+      reference's value / sqrt(2)) [fancy_sigma]
+    * ``sigma_abs_px``: the same for the absorption -log|O|, object pixels (0: plain charge
+      flip of the absorption; the reference's second value / sqrt(2)) [fancy_sigma]
+    * ``reconvolve_ratio``: standard deviation of the reconvolving Gaussian in units of the
+      sigma, >= 0 (0 = no reconvolution)
+    * ``wiener_epsilon``: regularisation constant eps of the Wiener deconvolution, > 0
+      (dimensionless; the reference uses 0)
+    * ``delta_phase``: flip threshold as a fraction of the maximum of the deconvolved phase
+      map [cf_delta_phase]
+    * ``beta_phase``: factor applied to flipped values of the deconvolved phase map, in
+      [-1, 1] [cf_beta_phase]
+    * ``delta_abs``: the same threshold for the absorption map [cf_delta_abs]
+    * ``beta_abs``: the same factor for the absorption map [cf_beta_abs]
+    * ``when``: bool schedule of the epochs at which the constraint is applied (after the
+      epoch's optimizer step) [do_charge_flip]
 
     Per (slice, mode) plane, for the phase x = angle(O) (and for the absorption -log|O| when
     ``sigma_abs_px`` > 0; otherwise the absorption gets the plain charge flip):
@@ -247,18 +279,31 @@ class BandLimit(Constraint):
     (reference: ``update_extra_cut`` with ``lazy_clean`` = False, and the probe's
     ``fourier_clean`` with ``damping_cutoff_multislice``).
 
+    * ``cutoff``: band limit, fraction of Nyquist (radial, r = 2 |f| with f in cycles per
+      pixel, as the propagator's ``damping_cutoff``) [damping_cutoff_multislice]
+    * ``extra_cut``: the object is cut at ``cutoff`` - ``extra_cut``, fraction of Nyquist
+      [update_extra_cut]
+    * ``rolloff``: width of a sin^2 taper ending at the cutoff, fraction of Nyquist (0 = hard
+      edge) [smooth_rolloff]
+    * ``object``: whether to clean the object (false = the reference's lazy_clean = True)
+      [lazy_clean]
+    * ``probe``: whether to band-limit the probe too, at ``probe_cutoff``
+    * ``probe_cutoff``: the probe's cutoff, fraction of Nyquist (None: ``cutoff``, no extra
+      cut)
+    * ``reset_tolerance``: relative L2 change of a block above which the optimizer history
+      is reset
+    * ``when``: bool schedule of the epochs at which the constraint is active (cleaning after
+      the epoch's optimizer step, gradients masked during it)
+
     The object's 2-D spectrum (per slice and mode, over the whole object) is zeroed above
-    ``cutoff`` - ``extra_cut`` (fractions of Nyquist, radial: r = 2 |f| with f in cycles per
-    pixel, as the multislice propagator's ``damping_cutoff``). The filter acts on O itself as
-    in the reference; since it keeps f = 0 this is the same as filtering O - 1 (vacuum stays
-    exactly 1), but not as filtering log O. ``rolloff``: width of a sin^2 taper ending at the
-    cutoff (0 = hard edge). ``probe``: also band-limit the probe at ``probe_cutoff`` (default
-    ``cutoff``, no extra cut); ``object``: whether to clean the object.
+    ``cutoff`` - ``extra_cut``. The filter acts on O itself as in the reference; since it
+    keeps f = 0 this is the same as filtering O - 1 (vacuum stays exactly 1), but not as
+    filtering log O.
 
     While active, :meth:`project_gradient` applies the same masks to the gradients, so the
     iterates stay band-limited and :meth:`apply` only removes rounding: it returns True (reset
-    the optimizer history) only when it changed a block by more than ``reset_tolerance``
-    (relative L2 norm), e.g. the first time.
+    the optimizer history) only when it changed a block by more than ``reset_tolerance``,
+    e.g. the first time.
     """
 
     name = "band_limit"
@@ -354,6 +399,11 @@ class RestartFromVacuum(Constraint):
     """Reset the object to vacuum (O = 1 in every slice and mode), keeping the probe and the
     other blocks (reference: ``restart_from_vacuum``).
 
+    * ``epochs``: list of epochs (integers >= 0) at which the object is reset, after the
+      epoch's optimizer step [restart_from_vacuum]
+    * ``when``: bool schedule of further epochs at which the object is reset (default never)
+      [restart_from_vacuum]
+
     Active at the epochs listed in ``epochs`` and wherever the schedule ``when`` is true.
     Both default to never, so the component does nothing unless told when, e.g.
     ``{"type": "restart_from_vacuum", "epochs": [20]}`` or ``when`` =
@@ -377,6 +427,11 @@ class RestartFromVacuum(Constraint):
 @attrs.define(kw_only=True)
 class PhaseOnlyObject(Constraint):
     """Restrict the object to a pure phase, O = exp(i phi) (reference: ``phase_only_obj``).
+
+    * ``reset_tolerance``: relative L2 change made by the retraction O <- O / |O| above which
+      the optimizer history is reset
+    * ``when``: bool schedule of the epochs at which the object is kept phase-only (gradients
+      projected during the epoch, retraction after its optimizer step) [phase_only_obj]
 
     Gradient: for O = exp(i phi) the chain rule with dL = 2 Re<g, dO> and dO = i O dphi gives
     dL/dphi = 2 Re(conj(g) i O) = 2 Im(conj(O) g) per pixel. :meth:`project_gradient` maps the

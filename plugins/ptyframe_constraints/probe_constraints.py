@@ -50,6 +50,11 @@ class OrthogonalProbeModes(Constraint):
     """Make the probe modes mutually orthogonal, sorted by power (reference:
     ``keep_probe_states_orthogonal``).
 
+    * ``reset_tolerance``: relative L2 change of the whole probe above which the optimizer
+      history is reset (the reference resets every time, i.e. 0)
+    * ``when``: bool schedule of the epochs at which the modes are orthogonalised (after the
+      epoch's optimizer step) [keep_probe_states_orthogonal]
+
     Instead of the reference's Gram-Schmidt, the modes are rotated into the eigenbasis of
     their overlap matrix S_ij = <P_i, P_j> = V diag(w) V^H: Q_k = sum_j V_jk P_j, ordered by
     decreasing power w_k = ||Q_k||^2. Q is orthogonal and, V being unitary, the incoherent sum
@@ -60,10 +65,10 @@ class OrthogonalProbeModes(Constraint):
     ny, nx) are treated per probe.
 
     Returns True (reset the optimizer history) when the modes changed by more than
-    ``reset_tolerance`` (relative L2 norm of the whole probe). The reference resets after
-    every application (``reset_tolerance`` = 0), but the rotation leaves the loss unchanged
-    and is small once the modes are nearly orthogonal, while weak near-degenerate modes keep
-    rotating a little every epoch: resetting each time turns L-BFGS into gradient descent.
+    ``reset_tolerance``. The reference resets after every application (``reset_tolerance`` =
+    0), but the rotation leaves the loss unchanged and is small once the modes are nearly
+    orthogonal, while weak near-degenerate modes keep rotating a little every epoch:
+    resetting each time turns L-BFGS into gradient descent.
     Measured on 3-mode simulations (24 px window, 40 epochs, seeds 0, 2, 3): correlation
     0.976 / 0.886 / 0.996 with resets every time, 0.991 / 0.973 / 0.999 with the default
     0.05 (no constraint: 0.990 / 0.971 / 0.9995).
@@ -121,20 +126,29 @@ class ProbeFourierProjection(Constraint):
     P <- IFFT[M FFT(P)] for every mode, M a 0/1 mask (zero frequency in the middle for a
     centred file, FFT order internally). The mask is, in order of precedence:
 
-    * ``radius_mrad``: the disk lambda |q| <= radius (mrad), built in :meth:`prepare` from the
-      context's wavelength and pixel size (so :meth:`prepare` must run first). Include the
-      aperture's soft edge: a disk that cuts into the real aperture ruins the reconstruction
-      (measured: 25 mrad aperture with a half-pixel edge, 28 mrad disk -> phase correlation
-      0.999, 26 mrad -> 0.64);
-    * ``mask_path``: a centred real (ny, nx) .npy mask of the probe window; nonzero = kept;
-    * neither: the support of the probe's spectrum the first time the constraint sees the probe
-      (pixels whose mode-summed spectral power exceeds ``support_threshold`` x its maximum),
-      i.e. "keep the probe inside the aperture it started with". That first probe is the only
-      state the component keeps; :meth:`prepare` forgets it.
+    * ``radius_mrad``: the disk lambda |q| <= radius_mrad, scattering semi-angle in mrad
+      (None: not used)
+    * ``mask_path``: a centred real (ny, nx) ``.npy`` mask of the probe window, nonzero = kept
+      [probe_constraint_mask / aperture_mask]
+    * neither: the support of the probe's spectrum the first time the constraint sees the probe,
+      i.e. "keep the probe inside the aperture it started with"
+
+    * ``support_threshold``: that support is where the mode-summed spectral power exceeds this
+      fraction of its maximum, in (0, 1]
+    * ``reset_tolerance``: relative L2 change of the probe above which the optimizer history
+      is reset
+    * ``when``: bool schedule of the epochs at which the constraint is active (gradients
+      projected during the epoch, probe projected after its optimizer step)
+
+    The disk is built in :meth:`prepare` from the context's wavelength and pixel size (so
+    :meth:`prepare` must run first). Include the aperture's soft edge: a disk that cuts into
+    the real aperture ruins the reconstruction (measured: 25 mrad aperture with a half-pixel
+    edge, 28 mrad disk -> phase correlation 0.999, 26 mrad -> 0.64). The first probe's support
+    is the only state the component keeps; :meth:`prepare` forgets it.
 
     :meth:`project_gradient` masks the probe gradient the same way, so the iterates stay in the
     allowed subspace and :meth:`apply` returns True (reset the history) only when it changed
-    the probe by more than ``reset_tolerance`` (relative L2 norm), e.g. the first time.
+    the probe by more than ``reset_tolerance``, e.g. the first time.
     """
 
     name = "probe_fourier_projection"
@@ -304,13 +318,19 @@ class ProbePhaseOnly(_SpectrumConstraint):
     (the aperture) stays that of the reference spectrum S0 (reference:
     ``tune_only_probe_phase``).
 
+    * ``reset_tolerance``: relative L2 change of the probe made by the retraction above which
+      the optimizer history is reset
+    * ``when``: bool schedule of the epochs at which only the spectrum's phase is refined
+      (gradients projected during the epoch, retraction after its optimizer step)
+      [tune_only_probe_phase]
+
     Manifold: S = |S0| exp(i theta). :meth:`project_gradient` maps the probe gradient g to
     IFFT[i S Im(conj(S) G) / |S|^2], G = FFT_ortho(ifftshift(g)) (the Wirtinger gradient of S,
     the transform being unitary): per frequency the orthogonal projection onto the tangent
     direction i S, zero where S = 0. :meth:`apply` retracts S <- |S0| S / |S| (the phase of S0
     where S = 0). Along projected steps the retraction is second order in the step, so it
-    returns True (reset) only above ``reset_tolerance`` (relative L2 change of the probe).
-    See the base class for when S0 is captured.
+    returns True (reset) only above ``reset_tolerance``. See the base class for when S0 is
+    captured.
     """
 
     name = "probe_phase_only"
@@ -334,13 +354,19 @@ class ProbeAmplitudeOnly(_SpectrumConstraint):
     """Refine only the modulus of the probe's spectrum (the aperture function A(q)); its phase
     stays that of the reference spectrum S0 (reference: ``tune_only_probe_abs``).
 
+    * ``reset_tolerance``: relative L2 change of the probe made by the projection above which
+      the optimizer history is reset
+    * ``when``: bool schedule of the epochs at which only the spectrum's modulus is refined
+      (gradients projected during the epoch, projection after its optimizer step)
+      [tune_only_probe_abs]
+
     Subspace: S = a u, a real per frequency, u = S0 / |S0| (u = 1 where S0 = 0, the phase of
     an aberration-free beam, since S is the spectrum of the un-centred probe). This set is
     linear, so :meth:`project_gradient` is the exact orthogonal projection
     IFFT[u Re(conj(u) G)] and :meth:`apply` the projection S <- u Re(conj(u) S), which restores
     the reference phase (theta0, or theta0 + pi where the refined real amplitude a went
     negative). Along projected steps it changes nothing but rounding, so it returns True only
-    above ``reset_tolerance`` (relative L2 change). See the base class for when S0 is captured.
+    above ``reset_tolerance``. See the base class for when S0 is captured.
     """
 
     name = "probe_amplitude_only"

@@ -27,15 +27,18 @@ class FarFieldDetector(OrthoFarField):
     """Far-field diffraction, I = (1/K) sum_k sum_m |FFT_ortho(psi_k,m)|^2, compared with the
     measured N x N patterns.
 
-    ``pad_px`` (reference: data_pad): the model works on a detector grid padded by this many
-    pixels per side, N + 2 pad_px, so the object pixel shrinks to 1 / ((N + 2 pad_px) dk); the
-    padding was never measured, so the modelled intensity there is *not* compared with zeros
-    (the loss sees the central N x N pixels only), unlike a zero-padded dataset.
-    ``upsample`` (reference: upsample_pattern): the model detector is ``upsample`` times finer
-    (window upsample (N + 2 pad_px), same object pixel) and each measured pixel is the sum of
-    its upsample x upsample block, centred on the zero frequency (exactly for odd factors, half
-    a fine pixel off for even ones). With pad_px = 0 and upsample = 1 this is the plain far
-    field.
+    * ``pad_px``: measured detector pixels added on each side of the modelled pattern, >= 0;
+      never compared with data (the reference's data_pad / upsample_pattern) [data_pad]
+    * ``upsample``: integer factor (>= 1) by which the model detector is finer than the
+      measured one [upsample_pattern]
+
+    Padding: the model works on a detector grid of N + 2 pad_px pixels per side, so the object
+    pixel shrinks to 1 / ((N + 2 pad_px) dk); the padding was never measured, so the modelled
+    intensity there is *not* compared with zeros (the loss sees the central N x N pixels
+    only), unlike a zero-padded dataset. Upsampling: the model window is upsample (N + 2
+    pad_px) with the same object pixel, and each measured pixel is the sum of its upsample x
+    upsample block, centred on the zero frequency (exactly for odd factors, half a fine pixel
+    off for even ones). With pad_px = 0 and upsample = 1 this is the plain far field.
     """
 
     name = "far_field"

@@ -68,10 +68,13 @@ class NearFieldDetector(Detector):
     filter: the image stays real and its total, the flux, is kept since D_n(0) = 1).
     Images are compared in natural pixel order (no shift), on the model window.
 
-    Settings: ``pixel_size_A`` (required, Å) the image = object pixel; ``defocus_A`` (required,
-    Å) one value for every measurement or a list with one per measurement; ``cs_A``
-    spherical aberration (Å, default 0); ``alpha`` illumination semi-angle (radians, >= 0,
-    default 0 = coherent).
+    * ``pixel_size_A``: pixel size of the images (= the object pixel), Å; required
+      [pixel_size_x_A]
+    * ``defocus_A``: defocus df_n, Å, positive = underfocus: one value for every measurement
+      or a list with one per measurement; required [defocus_array]
+    * ``cs_A``: spherical aberration Cs of the imaging, Å [Cs]
+    * ``alpha``: illumination semi-angle of the partial-coherence envelope, radians (>= 0, 0 =
+      coherent) [alpha_near_field]
     """
 
     name = "near_field"

@@ -113,16 +113,26 @@ def _angle_diff(a: float, b: float) -> float:
 class DPC(DirectMethod):
     """Integrated differential phase contrast (iDPC) from the centre of mass of each pattern.
 
-    Settings: ``high_pass`` (1/Å^2) and ``low_pass`` (Å^2): Tikhonov terms of the Fourier
-    integration ``phi = IFFT[(ky F(gy) + kx F(gx)) / (2 pi i (high_pass + k^2 + low_pass
-    k^4))]`` with g = 2 pi <k> (rad/Å); ``rotation_deg``: scan-to-detector rotation (None: fit
-    by minimising the curl of the COM field); ``transpose``: detector axes swapped (None: fit
-    together with the rotation); ``pad_factor`` (>= 1): zero-padding of the COM field before
-    the Fourier integration; ``max_angle_mrad``: ignore detector pixels scattered beyond this
-    angle (None: whole detector); ``resolve_180``: how a fitted rotation's 180-degree
-    ambiguity is resolved, ``"prior"`` (the branch within 90 degrees of ``rotation_guess_deg``,
-    None: the experiment's ``scan_rotation_deg``) or ``"skewness"`` (positive phase peaks);
-    ``chunk_mb``: memory (MiB, float32) of one block of patterns streamed through the device.
+    * ``high_pass``: Tikhonov term damping low scan frequencies in the Fourier integration,
+      1/Å^2 (>= 0, 0 = none)
+    * ``low_pass``: Tikhonov term damping high scan frequencies, Å^2 (>= 0, 0 = none)
+    * ``rotation_deg``: rotation of the scan frame against the detector, degrees (None:
+      fitted by minimising the curl of the COM field)
+    * ``transpose``: whether the detector's (ky, kx) axes are swapped (None: fitted together
+      with the rotation)
+    * ``pad_factor``: zero-padding factor (>= 1) of the COM field before the Fourier
+      integration
+    * ``max_angle_mrad``: ignore detector pixels scattered beyond this angle, mrad (None: the
+      whole detector)
+    * ``resolve_180``: how the 180-degree ambiguity of a fitted rotation is resolved: "prior"
+      (the branch within 90 degrees of ``rotation_guess_deg``) or "skewness" (positive phase
+      peaks)
+    * ``rotation_guess_deg``: prior rotation for ``resolve_180`` = "prior", degrees (None: the
+      experiment's ``scan_rotation_deg``)
+    * ``chunk_mb``: memory of one block of patterns streamed through the device, MiB (float32)
+
+    Fourier integration: ``phi = IFFT[(ky F(gy) + kx F(gx)) / (2 pi i (high_pass + k^2 +
+    low_pass k^4))]`` with g = 2 pi <k> (rad/Å), k the scan frequencies (1/Å).
 
     Result arrays: ``phase`` (sy, sx) rad; ``com_y``, ``com_x`` (sy, sx) COM in mrad in the
     scan frame, mean removed; ``intensity`` (sy, sx) counts per pattern (in the COM mask).
@@ -394,12 +404,15 @@ def _positive_int(inst: Any, attribute: Any, value: Any) -> None:
 class IterativeDPC(DPC):
     """Iterative DPC: least-squares fit of grad(phi) to the COM field, started from iDPC.
 
-    Same settings as ``dpc`` (COM, rotation, ``high_pass``/``low_pass`` as Tikhonov weights),
-    plus ``n_iterations`` (conjugate-gradient steps on the normal equations) and
-    ``tolerance`` (stop when the normal-equation residual falls below this fraction of the
-    right-hand side). The phase lives on a grid padded by ``pad_factor`` whose padding is left
-    free (only measured scan points enter the fit), which removes the periodic artefacts of
-    the plain Fourier integral at the scan edges. Values add ``iterations``,
+    * ``n_iterations``: maximum number of conjugate-gradient steps on the normal equations
+    * ``tolerance``: stop when the normal-equation residual falls below this fraction of the
+      right-hand side
+    * ``pad_factor``: size factor (>= 1) of the padded grid on which the phase is fitted; the
+      padding is left free
+
+    Same settings as ``dpc`` (COM, rotation, ``high_pass``/``low_pass`` as Tikhonov weights).
+    Only measured scan points enter the fit, so the free padding removes the periodic
+    artefacts of the plain Fourier integral at the scan edges. Values add ``iterations``,
     ``residual_rms_start`` and ``residual_rms`` (rad/Å: RMS mismatch of grad(phi) with
     2 pi <k> over the scan, before and after).
     """

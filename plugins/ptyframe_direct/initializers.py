@@ -114,17 +114,22 @@ class DirectPhaseObject(ObjectInitializer):
     """Object = exp(i phase) from a saved direct-method phase, resampled onto the
     reconstruction grid, so that a DPC / WDD / tcBF result starts an iterative run.
 
-    ``path``: a phase ``.npy`` (Y, X) in rad, or a result folder written by
-    ``ptyframe.direct.save_direct_result`` (its ``phase.npy`` is used). ``pixel_size_A``
-    (number or (y, x), Å) and ``origin_A`` ((y, x), Å, scan-frame position of image pixel
-    (0, 0) relative to scan point (0, 0)): None reads them from the ``values.json`` next to
-    the phase (``pixel_size_yx_A`` / ``pixel_size_A``, ``origin_A``; origin default (0, 0)).
-    ``rotation_deg``: scan-frame rotation (None: the reconstruction experiment's
-    ``scan_rotation_deg``, i.e. the frame of the ``scan_grid`` positions). Scan point (0, 0)
-    is placed where the ``scan_grid`` initializer puts it (the raster rotated about its
-    centre); ``origin_A`` is relative to it. ``scale``: multiplier of the phase (e.g. < 1 to
-    start conservatively). The phase is split evenly over the slices; object modes after the
-    first get a small random phase ``mode_noise_rad`` (as the vacuum initializer).
+    * ``path``: a phase ``.npy`` (Y, X) in radians, or a result folder written by
+      ``ptyframe.direct.save_direct_result`` (its ``phase.npy`` is used); required
+    * ``pixel_size_A``: pixel size of the phase image, Å, a number or (y, x) (None: from the
+      ``values.json`` next to the phase)
+    * ``origin_A``: scan-frame position (y, x) of image pixel (0, 0) relative to scan point
+      (0, 0), Å (None: from the ``values.json``, else (0, 0))
+    * ``rotation_deg``: scan-frame rotation, degrees (None: the experiment's
+      ``scan_rotation_deg``, the frame of the ``scan_grid`` positions)
+    * ``scale``: multiplier of the phase, >= 0 (e.g. < 1 to start conservatively)
+    * ``mode_noise_rad``: standard deviation of the random phase given to object modes after
+      the first, radians (as the vacuum initializer)
+
+    The ``values.json`` keys read are ``pixel_size_yx_A`` (or ``pixel_size_A``) and
+    ``origin_A``. Scan point (0, 0) is placed where the ``scan_grid`` initializer puts it
+    (the raster rotated about its centre); ``origin_A`` is relative to it. The phase is split
+    evenly over the slices.
     """
 
     name = "direct_phase"

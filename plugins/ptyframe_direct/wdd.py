@@ -121,12 +121,17 @@ class WDD(DirectMethod):
     """Wigner distribution deconvolution (``mode="wdd"``) or single-side-band (``"ssb"``)
     direct ptychography, streamed over the scan.
 
-    Settings: ``mode``; ``epsilon`` (> 0): Wiener constant relative to the maximum of
-    |chi_P|^2 (WDD) or of sum_k |M|^2 (SSB); ``aberrations`` {Krivanek name: Å} of the probe
-    (None: the experiment's); ``rotation_deg`` scan-to-detector rotation (None: the
-    experiment's ``scan_rotation_deg``); ``transpose``: detector axes swapped;
-    ``edge_width_px``: soft edge of the aperture model, detector pixels; ``chunk_mb``: device
-    memory (MiB) of one block of work.
+    * ``mode``: "wdd" (Wigner distribution deconvolution) or "ssb" (single side band, weak
+      phase object)
+    * ``epsilon``: Wiener constant (> 0), relative to max |chi_P|^2 (WDD) or to sum_k |P~(k)|^4
+      (SSB)
+    * ``aberrations``: probe aberrations, {Krivanek name: Å} (None: the experiment's)
+    * ``rotation_deg``: rotation of the scan frame against the detector, degrees (None: the
+      experiment's ``scan_rotation_deg``)
+    * ``transpose``: whether the detector's (ky, kx) axes are swapped
+    * ``edge_width_px``: width of the linear soft edge of the modelled aperture, detector
+      pixels (0 = hard edge)
+    * ``chunk_mb``: device memory of one block of work, MiB
 
     Result arrays: ``phase`` (sy, sx) rad; ``amplitude`` (sy, sx) (WDD: |O| normalised to a
     mean object of 1; SSB: not produced); ``spectrum_weight`` (sy, sx): |chi_P| summed over

@@ -14,8 +14,11 @@ __all__ = ["VacuumObject"]
 class VacuumObject(ObjectInitializer):
     """Transmission 1 everywhere (vacuum).
 
-    Object modes after the first get a small random phase (``mode_noise_rad``) so that they can
-    separate during refinement (identical modes receive identical gradients forever).
+    * ``mode_noise_rad``: standard deviation of the random phase given to object modes after
+      the first, radians (0 = identical modes)
+
+    The noise lets the modes separate during refinement (identical modes receive identical
+    gradients forever).
     """
 
     name = "vacuum"

@@ -49,7 +49,12 @@ class ScanGridPositions(PositionInitializer):
 
 @attrs.define(kw_only=True)
 class PositionsFromFile(PositionInitializer):
-    """Positions (N, 2) in Å from a .npy file or an HDF5 dataset (default ``positions_A``)."""
+    """Positions (N, 2) in Å from a .npy file or an HDF5 dataset (default ``positions_A``).
+
+    * ``path``: ``.npy`` file of the probe positions (N, 2), (y, x) in Å, specimen frame, or an
+      HDF5 file holding them; required [positions]
+    * ``dataset``: name of the dataset in an HDF5 file (not used for ``.npy``)
+    """
 
     name = "from_file"
     path: str

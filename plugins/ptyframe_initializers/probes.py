@@ -277,21 +277,28 @@ def _check_mean_pattern(context: InitContext, who: str) -> np.ndarray:
 class ApertureProbe(ProbeInitializer):
     """Probe = IFFT[A(q) exp(-i chi(q)) CTF(q)] from the experiment's aperture and aberrations.
 
-    ``extra_defocus_A`` (Å, reference ``extra_probe_defocus``) is added to the defocus
-    (positive = underfocus, i.e. subtracted from C10). ``aberrations``: overrides the
-    experiment's aberrations, as {Krivanek name: Å} or a list in Krivanek order (C10, C12a,
-    C12b, C21a, ...), Å; None keeps the experiment's. ``edge_width_px``: soft aperture edge in
-    detector pixels. ``beam_ctf``: path of a .npy complex (ny, nx) array, centred, multiplying
-    the spectrum (reference ``beam_ctf``). The probe is scaled so that its total intensity
-    equals the mean measured counts per pattern.
+    * ``extra_defocus_A``: defocus added to the experiment's, Å, positive = underfocus
+      (subtracted from C10; the reference's value with the sign flipped) [extra_probe_defocus]
+    * ``edge_width_px``: width of the aperture's linear soft edge, reciprocal pixels of the
+      probe window (0 = hard edge)
+    * ``extra_mode_power``: fraction of the total power carried by the modes after the first
+      together, in [0, 1)
+    * ``aberrations``: aberrations replacing the experiment's, Å, as {Krivanek name: Å} or a
+      list in Krivanek order starting C10, C12a, C12b, C21a (None: the experiment's)
+    * ``hermite_modes``: (nx, ny) numbers of Hermite orders along x and y for Hermite-Gauss
+      probe modes (None: polynomial modes) [n_hermite_probe_modes]
+    * ``defocus_spread_A``: one extra defocus per probe mode, Å, added like
+      ``extra_defocus_A`` [defocus_spread_modes]
+    * ``beam_ctf``: path of a ``.npy`` complex (ny, nx) array, centred, multiplying the probe
+      spectrum (None: no CTF) [beam_ctf]
 
-    Modes (n_modes > 1): by default polynomial-modulated copies of the probe, orthogonalised,
-    carrying ``extra_mode_power`` together. ``hermite_modes=(nx, ny)`` (reference
-    ``n_hermite_probe_modes``): Hermite-Gauss modulated modes H_i(x) H_j(y) probe with
-    i < nx, j < ny, lowest total order first, orthogonalised (n_modes <= nx * ny).
-    ``defocus_spread_A`` (reference ``defocus_spread_modes``): one coherent probe per extra
-    defocus (Å, added to the defocus like ``extra_defocus_A``), not orthogonalised, one value
-    per mode (mode 0 carries ``1 - extra_mode_power``).
+    The probe is scaled so that its total intensity equals the mean measured counts per
+    pattern. Modes (n_modes > 1): by default polynomial-modulated copies of the probe,
+    orthogonalised, carrying ``extra_mode_power`` together. With ``hermite_modes`` = (nx, ny):
+    Hermite-Gauss modulated modes H_i(x) H_j(y) probe with i < nx, j < ny, lowest total order
+    first, orthogonalised (n_modes <= nx * ny; the reference's highest orders (ny, nx) are
+    (nx + 1, ny + 1) here). With ``defocus_spread_A``: one coherent probe per extra defocus,
+    not orthogonalised, one value per mode (mode 0 carries ``1 - extra_mode_power``).
     """
 
     name = "aperture"
@@ -378,7 +385,10 @@ class ApertureProbe(ProbeInitializer):
 @attrs.define(kw_only=True)
 class MeanPatternProbe(ApertureProbe):
     """Like ``aperture`` but with the Fourier amplitude sqrt(mean measured pattern)
-    (reference ``mean_pattern``); phase, CTF and mode options as for ``aperture``."""
+    (reference ``mean_pattern``); phase, CTF and mode options as for ``aperture``.
+
+    * ``edge_width_px``: not used (the amplitude comes from the mean pattern)
+    """
 
     name = "mean_pattern"
 
@@ -393,6 +403,10 @@ class BinaryApertureProbe(ApertureProbe):
     A(q) = 1 where the mean measured pattern exceeds ``threshold`` times its mean over the
     detector, else 0; phase (aberrations, extra defocus), CTF and mode options as for
     ``aperture``. Useful when the convergence angle or the disk position is not known well.
+
+    * ``threshold``: the aperture is where the mean measured pattern exceeds this multiple
+      (> 0) of its mean over the detector [estimate_aperture_based_on_binary]
+    * ``edge_width_px``: not used (the aperture is binary)
     """
 
     name = "binary_aperture"
@@ -415,14 +429,18 @@ class BinaryApertureProbe(ApertureProbe):
 class ProbeFromFile(ProbeInitializer):
     """Probe read from a .npy file (complex, real space, centred), e.g. a previous run's.
 
-    ``path``: the file; ``layout``: "modes_first" (modes, ny, nx) (ptyframe's), "reference"
-    (ny, nx, modes) (the reference tool's cp.npy), or "auto" (a 2-D array is one mode; a 3-D
-    array whose trailing or leading two axes match the window, refused when both do). With more
-    modes than asked for, the first n_modes are kept; with fewer, extra Hermite-Gauss
-    modulated modes of the first one (orthogonal to all, :func:`extra_orthogonal_modes`) carry
-    ``extra_mode_power`` of the total together. With
-    ``rescale`` (and measured data) the total intensity is set to the mean measured counts per
-    pattern, else the file's scale is kept.
+    * ``path``: ``.npy`` file of the probe, complex, real space, centred; required [probe]
+    * ``layout``: axis order of the file: "modes_first" (modes, ny, nx) (ptyframe's),
+      "reference" (ny, nx, modes) (the reference tool's cp.npy) or "auto"
+    * ``extra_mode_power``: fraction of the total power carried together by the modes added
+      when the file has fewer modes than asked for, in [0, 1)
+    * ``rescale``: whether to set the total intensity to the mean measured counts per pattern
+      (needs measured data; false keeps the file's scale)
+
+    "auto": a 2-D array is one mode; a 3-D array whose trailing or leading two axes match the
+    window, refused when both do. With more modes than asked for, the first n_modes are kept;
+    with fewer, extra Hermite-Gauss modulated modes of the first one (orthogonal to all,
+    :func:`extra_orthogonal_modes`) are added.
     """
 
     name = "probe_from_file"

@@ -84,6 +84,9 @@ def _masks_array(value: Any, source: str) -> np.ndarray:
 class _CompressedLoss(LossMetric):
     """Shared machinery: masks, compression of model and data, chain rule through the masks.
 
+    * ``masks_path``: ``.npy`` file of the virtual-detector masks (n_masks, my, mx), real,
+      centred (None: every pixel is its own mask, unless ``masks`` gives them in memory)
+
     Subclasses implement :meth:`compressed_value_and_grad` (L and dL/dc from c and the
     prepared compressed data) and may transform the data in :meth:`prepare_compressed`.
     """
@@ -239,6 +242,10 @@ class CompressedLeastSquares(_CompressedLoss):
     c_k = sum_px I mask_k (model), m_k the measured signals; dL/dI = sum_k 2 (c_k - m_k) mask_k.
     Any real masks (signed ones, e.g. difference or centre-of-mass masks, included). See the
     module docstring for ``masks_path`` / ``masks`` (centred (n_masks, my, mx)).
+
+    * ``masks_path``: ``.npy`` file of the virtual-detector masks (n_masks, my, mx), real,
+      centred (None: every pixel is its own mask, unless ``masks`` gives them in memory)
+      [masks]
     """
 
     name = "lsq_compressed"
@@ -255,8 +262,10 @@ class CompressedGaussian(_CompressedLoss):
     """Amplitude least squares on virtual-detector signals:
     L = sum_k (sqrt(c_k + eps) - sqrt(m_k))^2, dL/dc = 1 - sqrt(m) / sqrt(c + eps).
 
-    ``epsilon``: floor (counts) keeping the gradient finite where the model signal is ~0.
-    Masks must be non-negative (module docstring: ``masks_path`` / ``masks``).
+    * ``epsilon``: signal floor eps added to the model, counts (> 0); keeps the gradient
+      finite where the model signal is ~0
+    * ``masks_path``: ``.npy`` file of the virtual-detector masks (n_masks, my, mx), real,
+      non-negative, centred (None: every pixel is its own mask)
     """
 
     name = "gaussian_compressed"
@@ -281,8 +290,11 @@ class CompressedPoisson(_CompressedLoss):
     L = sum_k (c_k + eps) - m_k log(c_k + eps) - (m_k - m_k log m_k), dL/dc = 1 - m / (c + eps).
 
     The last term (0 log 0 = 0) only depends on the data: it makes L >= 0 and ~0 at c = m
-    without changing the gradient (up to it, L = sum c - m log(c + eps)). ``epsilon``: the
-    intensity floor (counts), as for ``ml``. Masks must be non-negative.
+    without changing the gradient (up to it, L = sum c - m log(c + eps)).
+
+    * ``epsilon``: signal floor eps added to the model, counts (> 0), as for ``ml``
+    * ``masks_path``: ``.npy`` file of the virtual-detector masks (n_masks, my, mx), real,
+      non-negative, centred (None: every pixel is its own mask)
     """
 
     name = "poisson_compressed"

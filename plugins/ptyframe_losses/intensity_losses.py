@@ -36,6 +36,9 @@ class LeastSquaresSqrt(LossMetric):
     """Amplitude least squares: L = sum (sqrt(I + eps) - sqrt(M))^2 (robust default).
 
     dL/dI = 1 - sqrt(M) / sqrt(I + eps).
+
+    * ``epsilon``: intensity floor eps added to the model before the square root, counts
+      (>= 0); keeps the gradient finite where the model is ~0
     """
 
     name = "lsq_sqrt"
@@ -61,8 +64,10 @@ class LeastSquaresSqrt(LossMetric):
 class PoissonML(LossMetric):
     """Poisson negative log-likelihood: L = sum (I + eps) - M log(I + eps).
 
-    dL/dI = 1 - M / (I + eps). ``epsilon`` (counts) is the intensity floor that keeps the
-    loss finite and the step sizes sane where the model is ~0 but counts were recorded.
+    dL/dI = 1 - M / (I + eps).
+
+    * ``epsilon``: intensity floor eps added to the model, counts (> 0); keeps the loss finite
+      and the step sizes sane where the model is ~0 but counts were recorded
     """
 
     name = "ml"
@@ -99,9 +104,11 @@ class LeastSquares(LossMetric):
 class ModifiedGaussian(LossMetric):
     """Modified Gaussian (the reference's ``lsq_sqrt_2``), variance-weighted least squares:
 
-    L = 1/2 sum_{M > t} (M - I)^2 / M + sum_{M <= t} I, with ``dark_threshold`` t (counts,
-    default 0.5). dL/dI = I / M - 1 where M > t and 1 where M <= t (dark pixels only push the
+    L = 1/2 sum_{M > t} (M - I)^2 / M + sum_{M <= t} I, with t = ``dark_threshold``.
+    dL/dI = I / M - 1 where M > t and 1 where M <= t (dark pixels only push the
     model towards zero). Minimum at I = M (I >= 0); M is the Poisson variance of the counts.
+
+    * ``dark_threshold``: measured counts t (> 0) at or below which a pixel counts as dark
     """
 
     name = "lsq_sqrt_2"

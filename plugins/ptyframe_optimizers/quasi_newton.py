@@ -186,13 +186,25 @@ class QuasiNewtonState:
 class QuasiNewton(Optimizer):
     """L-BFGS with a weak-Wolfe line search (see the module docstring for the algorithm).
 
-    ``history_length``: 0 is gradient descent, 1 conjugate-gradient-like, N L-BFGS, "inf" (or
-    -1) keeps every pair. ``c1``/``c2``: Armijo and curvature constants (0 < c1 < c2 < 1).
-    ``reduce_factor``: step multiplier when Armijo fails. ``optimism``: step multiplier when
-    only the curvature condition fails. ``max_count``: objective evaluations per step at most.
-    ``min_step``: smallest trial step. ``initial_step``: distance (parameter norm) of the first
-    trial along an unscaled -g direction. ``block_scaling``: one Barzilai-Borwein factor per
-    block in the initial inverse Hessian (False: one shared factor).
+    * ``history_length``: curvature pairs kept: 0 = gradient descent, 1 = conjugate-gradient
+      like, N = L-BFGS, "inf" (or -1) = all [hist_length]
+    * ``c1``: Armijo (sufficient decrease) constant of the Wolfe line search, 0 < c1 < c2
+      [wolfe_c1_constant]
+    * ``c2``: curvature constant of the (weak) Wolfe line search, c1 < c2 < 1
+      [wolfe_c2_constant]
+    * ``reduce_factor``: step multiplier, in [0.1, 0.9], when the Armijo condition fails
+      [reduce_factor]
+    * ``optimism``: step multiplier, > 1, when only the curvature condition fails [optimism]
+    * ``max_count``: objective evaluations per line search at most (the reference's value + 2)
+      [max_count]
+    * ``min_step``: smallest trial step, > 0; below it the line search stops [min_step]
+    * ``initial_step``: distance (parameter norm) of the first trial along an unscaled -g
+      direction [update_step_bfgs]
+    * ``block_scaling``: one Barzilai-Borwein factor per parameter block in the initial
+      inverse Hessian (false: one shared factor)
+
+    When the line search stops without a Wolfe step (``max_count`` or ``min_step``), the best
+    Armijo trial is accepted; without one the step is rejected and the history cleared.
     """
 
     name = "quasi_newton"

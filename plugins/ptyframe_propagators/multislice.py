@@ -120,10 +120,15 @@ def _unit_interval(_inst: Any, attribute: attrs.Attribute, value: float) -> None
 class Multislice(Propagator):
     """Split-step multislice: transmit by each slice, Fresnel-propagate across each gap.
 
-    ``slice_thickness_A``: one distance for every gap or one per gap (n_slices - 1 values), Å.
-    ``damping_cutoff``: band limit of the propagation kernel as a fraction of Nyquist
-    (default 2/3, the anti-aliasing limit of the product of two band-limited functions).
-    ``rolloff``: width of a smooth cosine taper below the cutoff (fraction of Nyquist).
+    * ``slice_thickness_A``: distance between consecutive slices, Å: one value for every gap or
+      one per gap (n_slices - 1 values) [slice_distances]
+    * ``damping_cutoff``: band limit of the propagation kernel, fraction of Nyquist, in
+      (0, 1.5] (2/3: the anti-aliasing limit) [damping_cutoff_multislice]
+    * ``rolloff``: width of a smooth cosine taper ending at the cutoff, fraction of Nyquist
+      (0 = hard edge) [smooth_rolloff]
+
+    The default cutoff 2/3 is the anti-aliasing limit of the product of two band-limited
+    functions.
 
     Tilts inside the specimen (``forward(..., tilts=)``, (B, 2) radians [t_y, t_x]): every
     Fresnel step across a gap dz uses exp(-i pi dz (lambda q^2 + 2 q.t)) times the band limit,

@@ -52,8 +52,11 @@ class AdaptiveTotalVariation(Regularizer):
     uniform object costs 0. q = 1, p = 2 is the isotropic TV of O; p = 1 the anisotropic one;
     q = 2 a quadratic smoothness penalty.
 
-    Fields: ``weight`` (schedule, >= 0), ``p`` (>= 1), ``q`` (> 0), ``eps`` (> 0, in units of
-    |dO|^p: smooths the kink of the TV at zero gradient, |dO| ~ eps^(1/p)).
+    * ``weight``: weight of the penalty, >= 0 [atv_weight]
+    * ``p``: exponent of the differences, >= 1 (2: isotropic TV, 1: anisotropic) [atv_p]
+    * ``q``: outer exponent, > 0 (1: total variation, 2: quadratic smoothness) [atv_q]
+    * ``eps``: smoothing constant, > 0, in units of |dO|^p: rounds the kink of the TV at zero
+      gradient, |dO| ~ eps^(1/p)
 
     Reference: atv_weight, atv_q, atv_p (the reference uses periodic differences and a fixed
     eps = 1e-20).
@@ -124,7 +127,8 @@ class L1Phase(Regularizer):
     eps_rad, |phi| - eps_rad beyond. Gradient: g = weight * phi / sqrt(phi^2 + eps^2) *
     i / (2 conj(O)).
 
-    Fields: ``weight`` (schedule, >= 0), ``eps_rad`` (> 0, rad).
+    * ``weight``: weight of the penalty, >= 0 [phase_norm_weight]
+    * ``eps_rad``: smoothing width, radians (> 0): quadratic penalty for |phi| << eps_rad
 
     Reference: phase_norm_weight (the reference uses sign(phi), eps = 0).
     """
@@ -158,7 +162,9 @@ class L1Absorption(Regularizer):
     Same smoothing as ``l1_phase`` (quadratic below ``eps``). Gradient: g = weight * a /
     sqrt(a^2 + eps^2) * (-1 / (2 conj(O))).
 
-    Fields: ``weight`` (schedule, >= 0), ``eps`` (> 0, units of a).
+    * ``weight``: weight of the penalty, >= 0 [abs_norm_weight]
+    * ``eps``: smoothing width in units of a = -log|O| (> 0, dimensionless): quadratic penalty
+      for |a| << eps
 
     Reference: abs_norm_weight (the reference uses sign(a), eps = 0).
     """
@@ -197,7 +203,9 @@ class MixedVariance(Regularizer):
     function exp(-2 pi^2 sigma_px^2 f^2) with f in cycles per pixel. ``sigma_px = 0`` penalises
     the plain variance. Does nothing with a single object mode.
 
-    Fields: ``weight`` (schedule, >= 0), ``sigma_px`` (>= 0, pixels).
+    * ``weight``: weight of the penalty, >= 0 [mixed_variance_weight]
+    * ``sigma_px``: standard deviation of the Gaussian low-pass, object pixels, >= 0 (0 = plain
+      variance; the reference's value s gives 1 / (sqrt(2) pi s)) [mixed_variance_sigma]
 
     Reference: mixed_variance_weight (same normalisation: the variance is divided by K) and
     mixed_variance_sigma, which is a width in frequency: the reference's filter
@@ -262,7 +270,9 @@ class MissingWedge(Regularizer):
     ``beta`` narrows the allowed wedge (beta ~ 1 / alpha for a probe of semi-angle alpha rad).
     Objects with one slice are skipped.
 
-    Fields: ``weight`` (schedule, >= 0), ``beta`` (> 0, dimensionless).
+    * ``weight``: weight of the penalty, >= 0 (the reference's weight times n_slices * Y * X)
+    * ``beta``: wedge parameter, > 0, dimensionless (~ 1 / alpha for a convergence semi-angle
+      alpha in radians) [beta_wedge]
 
     Reference: beta_wedge (same weight function W; the reference applies it as a by-hand
     filter and, as a loss term, with an unnormalised FFT, i.e. its weight is this ``weight``

@@ -67,22 +67,25 @@ class ProbeFourierMask(Regularizer):
     R = weight * sum_{modes} sum_k |FFT(P)(k) (1 - mask(k))|^2
 
     with the orthonormal FFT, so R is the probe intensity (counts) scattered outside the
-    aperture. The mask (values in [0, 1], 1 = allowed) is either
+    aperture. The mask (values in [0, 1], 1 = allowed) is a disk (``radius_mrad``) or read
+    from a file (``mask_path``).
 
-    * ``radius_mrad``: a disk of that convergence semi-angle (mrad), enlarged by
-      ``edge_margin_px`` reciprocal pixels, built in ``prepare`` from ``context.wavelength_A``
-      and the reciprocal pixel 1 / (n * pixel_size_A) per axis (FFT order); when neither it
-      nor ``mask_path`` is given, the experiment's convergence angle is used. The margin
-      keeps the disk from cutting through the aperture's soft edge (about one pixel wide,
-      centred on the nominal angle; see :func:`ptyframe.physics.aperture`), which would
-      fight the data;
-    * ``mask_path``: a .npy array of the probe window's shape, **centred** (zero frequency at
-      pixel (ny//2, nx//2), like a diffraction pattern); it is shifted to FFT order here.
+    * ``weight``: weight of the penalty, per count, >= 0 (the reference's weight times
+      ny * nx) [probe_reg_constraint_weight]
+    * ``radius_mrad``: convergence semi-angle of the allowed disk, mrad (None: the
+      experiment's convergence angle, unless ``mask_path`` is given)
+    * ``edge_margin_px``: enlargement of the disk's radius, reciprocal pixels, >= 0
+    * ``mask_path``: ``.npy`` mask of the probe window's shape, values in [0, 1], centred
+      like a diffraction pattern (None: the disk) [probe_constraint_mask / aperture_mask]
+
+    The disk is built in ``prepare`` from ``context.wavelength_A`` and the reciprocal pixel
+    1 / (n * pixel_size_A) per axis (FFT order). The margin keeps the disk from cutting
+    through the aperture's soft edge (about one pixel wide, centred on the nominal angle; see
+    :func:`ptyframe.physics.aperture`), which would fight the data. A mask file has its zero
+    frequency at pixel (ny//2, nx//2) and is shifted to FFT order here.
 
     A useful weight is comparable to the number of measurements (the data term's stiffness
-    for the probe grows with it). Fields: ``weight`` (schedule, >= 0, per count),
-    ``radius_mrad`` (> 0 or None), ``edge_margin_px`` (>= 0, reciprocal pixels),
-    ``mask_path`` (.npy path or None).
+    for the probe grows with it).
 
     Reference: probe_constraint_mask (given as mask_path), probe_reg_constraint_weight (the
     reference uses an unnormalised FFT, so its weight is this one divided by ny * nx). The
@@ -193,14 +196,14 @@ class ProbeWindow(Regularizer):
 
     R = weight * sum_{modes} sum_r |P(r) (1 - window(r))|^2
 
-    ``window`` = [inner, outer]: fractions of half the probe width; the window is 1 inside
-    ``inner``, 0 beyond ``outer`` and a raised-cosine taper between (see
-    :func:`cosine_window`; the corners, at rho = sqrt(2), lie outside for outer <= 1.41).
-    ``window_path``: instead, a .npy real array of the probe window's shape with values in
-    [0, 1], centred like the probe. The probe passed in is never modified.
+    * ``weight``: weight of the penalty, per count, >= 0 [window_weight]
+    * ``window``: [inner, outer] radii, fractions of half the probe width: the window is 1
+      inside inner, 0 beyond outer, a raised-cosine taper between [window]
+    * ``window_path``: ``.npy`` real window of the probe window's shape, values in [0, 1],
+      centred like the probe; replaces ``window`` (None: use ``window``) [window]
 
-    Fields: ``weight`` (schedule, >= 0, per count), ``window`` ([inner, outer]),
-    ``window_path`` (.npy path or None; replaces ``window`` when given).
+    See :func:`cosine_window`; the corners, at rho = sqrt(2), lie outside for outer <= 1.41.
+    The probe passed in is never modified.
 
     Reference: window_weight, window (the reference scales its window in place by the weight
     on every call; not here).

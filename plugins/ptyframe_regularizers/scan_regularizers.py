@@ -65,15 +65,21 @@ class PositionSmoothness(Regularizer):
       tilts: before, inside, after)
       R_slow = slow_weight * sum_r max(0, |d_r| - slow_tolerance * |s_r|)^2.
 
-    ``slow_tolerance`` (the reference's slow_axis_reg_coeff) lets a row mean deviate from the
+    The slow tolerance (the reference's slow_axis_reg_coeff) lets a row mean deviate from the
     midpoint of its neighbours by that fraction of the local row-to-row step without cost
     (row-to-row drift of the slow scan is common); 0 penalises every deviation, so that
     R_slow = slow_weight / 4 * sum |second difference of the row means|^2. The hinge squared
     is differentiable. A common tilt (one row for all measurements) is not penalised.
 
-    Fields: ``fast_weight``, ``slow_weight`` (schedules, >= 0, per pixel^2 for positions and
-    per rad^2 for tilts), ``slow_tolerance`` (schedule, >= 0, dimensionless), ``block``
-    ("positions" or "tilts"). ``prepare`` needs ``context.scan_shape`` with rows * cols = N.
+    * ``fast_weight``: weight of the fast-axis term, per px^2 (positions) or per rad^2
+      (tilts), >= 0 [fast_axis_reg_weight_positions]
+    * ``slow_weight``: weight of the slow-axis term, per px^2 (positions) or per rad^2
+      (tilts), >= 0 [slow_axis_reg_weight_positions]
+    * ``slow_tolerance``: free deviation of a row mean, as a fraction of the local row-to-row
+      step, >= 0 (dimensionless) [slow_axis_reg_coeff_positions]
+    * ``block``: the block penalised, "positions" or "tilts"
+
+    ``prepare`` needs ``context.scan_shape`` with rows * cols = N.
 
     Reference: fast_axis_reg_weight_positions, slow_axis_reg_weight_positions,
     slow_axis_reg_coeff_positions (and the *_tilts keys with block = "tilts"); same formulas
@@ -156,7 +162,15 @@ class TiltSmoothness(PositionSmoothness):
     """``position_smoothness`` applied to the per-measurement tilts (N, 6) (rad): fast-axis
     second differences of each tilt angle within each row and slow-axis curvature of the row
     means per (y, x) pair (before, inside, after). A common tilt of shape (1, 6) is left
-    alone. Weights per rad^2.
+    alone.
+
+    * ``fast_weight``: weight of the fast-axis term, per rad^2, >= 0
+      [fast_axis_reg_weight_tilts]
+    * ``slow_weight``: weight of the slow-axis term, per rad^2, >= 0
+      [slow_axis_reg_weight_tilts]
+    * ``slow_tolerance``: free deviation of a row mean, as a fraction of the local row-to-row
+      step, >= 0 (dimensionless) [slow_axis_reg_coeff_tilts]
+    * ``block``: the block penalised, "tilts" (or "positions")
 
     Reference: fast_axis_reg_weight_tilts, slow_axis_reg_weight_tilts,
     slow_axis_reg_coeff_tilts.
@@ -179,8 +193,9 @@ class AffineDeformation(Regularizer):
     local deformations are penalised. By the envelope theorem the gradient is just the
     residual: g = 1/2 dR/dp = weight (I - H) p.
 
-    Fields: ``weight`` (schedule, >= 0, per pixel^2). ``prepare`` needs
-    ``context.scan_shape`` with rows * cols = N.
+    * ``weight``: weight of the penalty, per px^2, >= 0
+
+    ``prepare`` needs ``context.scan_shape`` with rows * cols = N.
 
     Reference: the "deformation" position regularizer of the reference's notes (REFERENCE.md).
     """
