@@ -28,6 +28,13 @@ defocus T(q) = 2 sin(pi lambda C10 |q|^2), i.e. positive (bright-atom) contrast 
 C10 > 0 (overfocus) and negative contrast for underfocus. The phase estimate divides the tcBF
 contrast by the mean transfer (Wiener filter).
 
+Crystals: when a lattice reflection g lies near the aperture radius, most pixels see its
+fringes through one side band only (k - g or k + g inside the aperture), with constant phase
+offsets -+ pi lambda C10 |g|^2 that differ between the two families of pixels; the measured
+shifts are then biased (about +5 % in C10 on ../shared/data/defocused_bf.h5). The optional
+(default) defocus refinement maximises instead the alignment of the images after the matched
+filter conj(T_k), which removes those offsets.
+
 Ambiguity: the shifts of even aberrations (C10, C12, C30, ...) are odd in k, so
 (C10, C12, C30, theta) and (-C10, -C12, -C30, theta + 180 deg) predict the same shifts. The
 rotation is therefore searched within +-90 deg of the prior (``rotation_guess_deg``, default
@@ -216,51 +223,65 @@ class ShiftModel:
         return x, float(resid @ resid)
 
 
-def tcbf_transfer(xp: Any, q_yx: tuple[Any, Any], k_yx: np.ndarray, wavelength: float,
-                  coeffs: np.ndarray, aperture_inv_A: float, edge_inv_A: float,
-                  weights: np.ndarray | None = None, reference_grad: np.ndarray | None = None,
-                  batch: int = 16) -> Any:
-    """Weighted mean residual transfer of bright-field images at frequencies q (physical
-    frame, 1/Å; complex, shape of q).
-
-    T(q) = sum_k w_k T_k(q) / sum_k w_k with
-    T_k(q) = i [A(k - q) e^{i D-} - A(k + q) e^{i D+}] / A(k),
-    D- = chi(k) - chi(k - q) - q.g, D+ = chi(k + q) - chi(k) - q.g, where g = grad chi(k)
-    (each image's own shift removed) or ``reference_grad`` (rad·Å, (y, x): one shift removed
-    from all, e.g. the shift of a group of binned pixels). A: aperture of radius
-    ``aperture_inv_A`` with a linear edge of width ``edge_inv_A``; chi from ``coeffs`` (Å,
-    :data:`ABERRATION_NAMES` order). A weak phase phi gives shift-corrected BF contrast
-    I/<I> - 1 = IFFT[T phi~].
-    """
-    qy, qx = q_yx
-    k_yx = np.asarray(k_yx, dtype=float).reshape(-1, 2)
-    w = np.ones(len(k_yx)) if weights is None else np.asarray(weights, dtype=float)
-    total = xp.zeros(qy.shape, dtype=complex)
+def _transfer_terms(xp: Any, qy: Any, qx: Any, k_yx: np.ndarray, grad: np.ndarray,
+                    wavelength: float, coeffs: np.ndarray, aperture_inv_A: float,
+                    edge_inv_A: float) -> Any:
+    """T_k(q) for a batch of pixels k (B, 2) with removed gradients ``grad`` (B, 2) rad·Å;
+    returns (B, *q.shape) complex (see :func:`tcbf_transfer`)."""
 
     def amp(ky: Any, kx: Any) -> Any:
         q = xp.sqrt(ky * ky + kx * kx)
         return xp.clip((aperture_inv_A - q) / edge_inv_A + 0.5, 0.0, 1.0)
 
-    kk = xp.asarray(k_yx)
-    if reference_grad is None:
-        grads = aberration_gradient_basis(k_yx[:, 0], k_yx[:, 1], wavelength, ABERRATION_NAMES)
-        grad_chi = xp.asarray(np.tensordot(coeffs, grads, axes=1))  # (K, 2)
-    else:
-        grad_chi = xp.asarray(np.broadcast_to(np.asarray(reference_grad, dtype=float),
-                                              k_yx.shape).copy())
+    expand = (slice(None),) + (None,) * qy.ndim  # (B, 1, ..., 1) against q
+    kk = xp.asarray(np.asarray(k_yx, dtype=float))
+    gg = xp.asarray(np.asarray(grad, dtype=float))
+    ky = kk[:, 0][expand]
+    kx = kk[:, 1][expand]
+    lin = qy * gg[:, 0][expand] + qx * gg[:, 1][expand]
+    a0 = xp.maximum(amp(ky, kx), 1e-3)
+    chi0 = _chi_xp(xp, ky, kx, wavelength, coeffs)
+    d_minus = chi0 - _chi_xp(xp, ky - qy, kx - qx, wavelength, coeffs) - lin
+    d_plus = _chi_xp(xp, ky + qy, kx + qx, wavelength, coeffs) - chi0 - lin
+    return 1j * (amp(ky - qy, kx - qx) * xp.exp(1j * d_minus)
+                 - amp(ky + qy, kx + qx) * xp.exp(1j * d_plus)) / a0
+
+
+def _grad_chi(k_yx: np.ndarray, wavelength: float, coeffs: np.ndarray) -> np.ndarray:
+    """grad_k chi (K, 2) rad·Å for coefficients in :data:`ABERRATION_NAMES` order."""
+    used = [n for n, c in zip(ABERRATION_NAMES, coeffs, strict=True) if c != 0.0]
+    out = np.zeros((len(k_yx), 2))
+    if used:
+        grads = aberration_gradient_basis(k_yx[:, 0], k_yx[:, 1], wavelength, used)
+        values = np.array([coeffs[ABERRATION_NAMES.index(n)] for n in used])
+        out = np.tensordot(values, grads, axes=1)
+    return out
+
+
+def tcbf_transfer(xp: Any, q_yx: tuple[Any, Any], k_yx: np.ndarray, wavelength: float,
+                  coeffs: np.ndarray, aperture_inv_A: float, edge_inv_A: float,
+                  weights: np.ndarray | None = None, batch: int = 16) -> Any:
+    """Weighted mean residual transfer of shift-corrected bright-field images at frequencies
+    q (physical frame, 1/Å; complex, shape of q).
+
+    T(q) = sum_k w_k T_k(q) / sum_k w_k with
+    T_k(q) = i [A(k - q) e^{i D-} - A(k + q) e^{i D+}] / A(k),
+    D- = chi(k) - chi(k - q) - q.grad chi(k), D+ = chi(k + q) - chi(k) - q.grad chi(k).
+    A: aperture of radius ``aperture_inv_A`` with a linear edge of width ``edge_inv_A``; chi
+    from ``coeffs`` (Å, :data:`ABERRATION_NAMES` order). A weak phase phi gives the
+    shift-corrected BF contrast I/<I> - 1 = IFFT[T phi~].
+    """
+    qy, qx = q_yx
+    k_yx = np.asarray(k_yx, dtype=float).reshape(-1, 2)
+    w = np.ones(len(k_yx)) if weights is None else np.asarray(weights, dtype=float)
+    grad = _grad_chi(k_yx, wavelength, np.asarray(coeffs, dtype=float))
+    total = xp.zeros(qy.shape, dtype=complex)
     ww = xp.asarray(w)
     for start in range(0, len(k_yx), batch):
         sel = slice(start, start + batch)
-        ky = kk[sel, 0][:, None, None]
-        kx = kk[sel, 1][:, None, None]
-        lin = qy * grad_chi[sel, 0][:, None, None] + qx * grad_chi[sel, 1][:, None, None]
-        a0 = xp.maximum(amp(ky, kx), 1e-3)
-        chi0 = _chi_xp(xp, ky, kx, wavelength, coeffs)
-        d_minus = chi0 - _chi_xp(xp, ky - qy, kx - qx, wavelength, coeffs) - lin
-        d_plus = _chi_xp(xp, ky + qy, kx + qx, wavelength, coeffs) - chi0 - lin
-        t = 1j * (amp(ky - qy, kx - qx) * xp.exp(1j * d_minus)
-                  - amp(ky + qy, kx + qx) * xp.exp(1j * d_plus)) / a0
-        total += xp.tensordot(ww[sel], t, axes=1)
+        terms = _transfer_terms(xp, qy, qx, k_yx[sel], grad[sel], wavelength, coeffs,
+                                aperture_inv_A, edge_inv_A)
+        total += xp.tensordot(ww[sel], terms, axes=1)
     return total / float(w.sum())
 
 
@@ -361,40 +382,83 @@ def _optional_positive_int(value: Any) -> int | None:
 class TiltCorrectedBF(DirectMethod):
     """Tilt-corrected bright field: per-pixel BF images aligned by fitted aberrations.
 
-    Steps: (1) bright-field pixels (``bf_mask``: ``"threshold"`` = mean pattern >=
-    ``bf_threshold`` x its maximum, or ``"aperture"`` = inside the experiment's convergence
-    angle; both limited to ``bf_radius_fraction`` of the aperture radius around the disk
-    centre found in the mean pattern); one virtual image per pixel, read in chunks of
-    ``chunk_patterns`` patterns (default: from the dataset's chunk_bytes). (2) For each
-    ``binning`` level (detector pixels summed in b x b blocks, coarse to fine): measure each
-    image's shift by cross-correlation with the aligned sum of the others (zero-padded,
-    edge-tapered by ``edge_taper``, smoothed by ``correlation_sigma_px``, sub-pixel by a
-    parabola and a matrix-DFT refinement at 1/``subpixel_upsample`` px), then least-squares
-    fit the aberrations ``fit_aberrations`` (Å), the scan rotation (``fit_rotation``) and a
-    common offset to the shifts with the analytic Jacobian (scipy least_squares, ``loss`` with
-    f_scale ``outlier_scale_px`` scan pixels), ``iterations_per_level`` times; the fitted
-    model aligns the next iteration and seeds the next level. (3) Upsampled tcBF image on a
-    grid of scan_step / ``upsample`` (bilinear shifted sparse sum divided by the shifted
-    sampling mask) and a phase estimate (Wiener division by the transfer, ``wiener_epsilon``).
+    * ``binning``: detector binning levels, coarse to fine (b x b pixel blocks per image)
+    * ``iterations_per_level``: shift-measurement and fit passes per level (>= 1)
+    * ``fit_aberrations``: Krivanek names of the fitted coefficients, Å (C10, C12a, C30, ...)
+    * ``fit_rotation``: fit the scan rotation (else the prior is used)
+    * ``transpose``: detector (ky, kx) swapped against the scan (None: try both)
+    * ``rotation_guess_deg``: rotation prior, degrees (None: the experiment's)
+    * ``use_experiment_aberrations``: start from the experiment's aberrations and hold the
+      ones not fitted
+    * ``bf_mask``: "threshold" (of the mean pattern) or "aperture" (convergence angle)
+    * ``bf_threshold``: bright-field threshold, fraction of the mean pattern's maximum
+    * ``bf_radius_fraction``: largest pixel radius used, fraction of the aperture radius
+    * ``upsample``: output pixels per scan step
+    * ``subpixel_upsample``: matrix-DFT points per pixel for sub-pixel peaks (1: parabola)
+    * ``correlation_sigma_px``: Gaussian smoothing of the correlations, scan pixels
+    * ``edge_taper``: Tukey taper of the images, fraction of the field per side
+    * ``min_overlap``: smallest window overlap searched, fraction of the maximum
+    * ``search_radius_px``: correlation search radius around the model, scan pixels
+      (None: unlimited)
+    * ``refine_defocus``: refine C10 by the transfer-matched alignment (crystals)
+    * ``defocus_search``: seed C10 and the rotation by a grid search
+    * ``loss``: scipy least_squares loss of the shift fit ("linear", "soft_l1", ...)
+    * ``outlier_scale_px``: f_scale of that loss, scan pixels
+    * ``wiener_epsilon``: Wiener constant of the phase estimate, fraction of max abs(T)^2
+    * ``chunk_patterns``: patterns read per chunk (None: from the dataset's chunk_bytes)
+
+    Steps
+    -----
+    1. Bright-field pixels: ``bf_mask`` ``"threshold"`` (mean pattern >= ``bf_threshold`` x
+       its maximum) or ``"aperture"`` (inside the experiment's convergence angle), both
+       limited to ``bf_radius_fraction`` of the aperture radius around the disk centre found
+       in the mean pattern. One virtual image per pixel, read in chunks of ``chunk_patterns``
+       patterns (default: from the dataset's ``chunk_bytes``), float32.
+    2. Seed (``defocus_search``): grid search of C10 (and of the rotation, within +-90 deg of
+       the prior, when ``fit_rotation``) maximising the overlap-normalised energy of the
+       aligned sum of the first level's images (pairwise correlation maps).
+    3. For each ``binning`` level (b x b detector blocks, coarse to fine;
+       ``iterations_per_level`` passes): each image's residual shift by cross-correlation with
+       the aligned sum of the others (zero-padded, ``edge_taper``, Gaussian smoothing
+       ``correlation_sigma_px``, divided by the correlation of the scan windows so that the
+       shrinking overlap does not pull shifts towards zero, search within
+       ``search_radius_px`` of the current model and where the overlap is >= ``min_overlap``
+       of its maximum; sub-pixel by a parabola and a matrix-DFT refinement at
+       1/``subpixel_upsample`` px); then a least-squares fit of ``fit_aberrations`` (Å; only
+       C10, C12 before the last level), the scan rotation (``fit_rotation``) and a common
+       offset to the shifts, with the analytic Jacobian (scipy ``least_squares``, ``loss``
+       with f_scale ``outlier_scale_px`` scan pixels) after a 1-deg global search of the
+       rotation. The fitted model aligns the next pass and seeds the next level.
+    4. ``refine_defocus``: C10 maximising the transfer-matched, overlap-normalised alignment
+       of the images (see :meth:`_refine_defocus`); it removes the bias of the shift fit on
+       crystals (fringes seen through one side band). When it moves C10 by more than 1 %,
+       the other coefficients are fitted again at the finest level with C10 held.
+    5. Upsampled tcBF image on a grid of scan_step / ``upsample`` (bilinear shifted sparse sum
+       divided by the shifted sampling mask, aberration shifts only) and a weak-phase
+       estimate: Wiener division (``wiener_epsilon`` x max |T|^2) of the tcBF contrast by the
+       mean residual transfer T (:func:`tcbf_transfer`).
 
     ``transpose``: detector axes swapped relative to the scan (None: try both, keep the lower
     residual). ``rotation_guess_deg``: prior for the rotation (None: the experiment's
-    ``scan_rotation_deg``); the fit is searched within +-90 deg of it (180-deg ambiguity, see
-    the module docstring). ``use_experiment_aberrations``: seed the first level with the
-    experiment's aberrations and keep the ones not fitted fixed at their values (False: start
-    from zero).
+    ``scan_rotation_deg``; 180-deg ambiguity, see the module docstring).
+    ``use_experiment_aberrations``: start from the experiment's aberrations and hold the ones
+    not fitted at their values (False: start from zero; the seed search replaces C10 either
+    way unless ``defocus_search`` is False).
 
-    Result arrays (host): ``tcbf`` (Y, X) contrast (I / <I> - 1) on the upsampled scan-frame
-    grid of ``pixel_size_A`` = scan_step / upsample, pixel (0, 0) at ``values["origin_A"]``
-    (scan-frame Å relative to scan point (0, 0)); ``tcbf_weight`` sampling density; ``phase``
-    (Y, X) rad, weak-phase estimate; ``bf_image`` (sy, sx) plain bright-field contrast (sum,
-    no shifts); ``bf_pixels`` (n, 2) detector pixel indices (ky, kx); ``bf_k_inv_A`` (n, 2)
-    their physical frequencies (y, x) 1/Å; ``bf_shifts_A`` (n, 2) fitted scan-frame shifts used
-    for the image; ``shifts_A`` / ``shifts_fit_A`` / ``group_k_inv_A`` (G, 2) measured and
-    fitted shifts of the last level's pixel groups. Values: ``aberrations_A`` {name: Å},
-    ``defocus_A`` (= -C10), ``rotation_deg``, ``transpose``, ``residual_rms_A``, ``levels``
-    (per level: binning, groups, iterations, residual_rms_A, time_s, aberrations_A,
-    rotation_deg), ``center_px``, ``n_bf_pixels``, ``origin_A``.
+    Result arrays (host): ``tcbf`` (Y, X) contrast I/<I> - 1 on the upsampled scan-frame
+    grid (``pixel_size_A`` = scan_step / upsample; pixel (0, 0) at ``values["origin_A"]``,
+    scan-frame Å relative to scan point (0, 0)); ``tcbf_weight`` sampling density; ``phase``
+    (Y, X) rad, weak-phase estimate (0 where the sampling is below a quarter of its
+    maximum); ``bf_image`` (sy, sx) plain bright-field contrast (sum, no shifts);
+    ``bf_pixels`` (n, 2) detector pixel indices (ky, kx); ``bf_k_inv_A`` (n, 2) their
+    physical frequencies (y, x), 1/Å; ``bf_shifts_A`` (n, 2) the scan-frame shifts used for
+    the image; ``shifts_A`` / ``shifts_fit_A`` / ``group_k_inv_A`` (G, 2) measured and fitted
+    shifts and frequencies of the last fit's pixel groups. Values: ``aberrations_A``
+    {name: Å}, ``defocus_A`` (= -C10), ``rotation_deg``, ``transpose``, ``residual_rms_A``
+    (RMS distance between measured and fitted shifts of the last fit, Å), ``levels`` (one
+    entry per stage: binning, groups, iterations, fitted names, residual, rotation,
+    aberrations, time), ``center_px``, ``bf_radius_px``, ``n_bf_pixels``, ``origin_A``,
+    ``pixel_size_yx_A``.
     """
 
     name = "tcbf"
@@ -422,8 +486,8 @@ class TiltCorrectedBF(DirectMethod):
                                      validator=_in_range(0.0, 1.0, lo_open=True))
     search_radius_px: float | None = attrs.field(default=2.0,
                                                  converter=_optional_positive("search_radius_px"))
-    ctf_alignment: bool = attrs.field(default=True,
-                                      validator=attrs.validators.instance_of(bool))
+    refine_defocus: bool = attrs.field(default=True,
+                                       validator=attrs.validators.instance_of(bool))
     defocus_search: bool = attrs.field(default=True,
                                        validator=attrs.validators.instance_of(bool))
     loss: str = attrs.field(default="soft_l1", validator=_choice(_LOSSES))
@@ -437,8 +501,7 @@ class TiltCorrectedBF(DirectMethod):
     def run(self, dataset: Any, experiment: Experiment, device: Any) -> DirectResult:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        dataset = self._as_dataset(dataset, experiment)
-        scan_shape = dataset.scan_shape
+        dataset, scan_shape = self._as_dataset(dataset, experiment)
         step = np.array(experiment.scan_step_yx_A)
         lam = experiment.wavelength_A
         dk = experiment.dk_inv_A
@@ -475,13 +538,41 @@ class TiltCorrectedBF(DirectMethod):
             for key, value in f["timings"].items():
                 timings[f"{key}{'_transposed' if f['transpose'] else ''}"] = value
 
-        # ---------------------------------------------------------------- upsampled image
-        t1 = time.perf_counter()
         k_phys = k_det[:, ::-1] if best["transpose"] else k_det
         all_coeffs = best["all_coeffs"]
+        if self.refine_defocus and "C10" in self.fit_aberrations:
+            t1 = time.perf_counter()
+            candidates = [c for c in (best.get("seed_C10"), all_coeffs[0]) if c is not None]
+            all_coeffs, refined = self._refine_defocus(device, contrast_px, k_phys, all_coeffs,
+                                                       candidates, best["theta"], scan_shape,
+                                                       step, lam, aperture)
+            best["levels"].append(refined)
+            timings["refine_defocus"] = time.perf_counter() - t1
+            others = tuple(n for n in self.fit_aberrations if n != "C10")
+            moved = abs(refined["C10_A"] - refined["C10_shift_fit_A"])
+            if others and moved > 0.01 * abs(refined["C10_A"]) + 1.0:
+                # the other coefficients were fitted together with a C10 the refinement
+                # rejected: fit them again at the finest level with C10 held
+                t1 = time.perf_counter()
+                refit = self._fit_levels(device, weights_px, images, pixels, k_phys,
+                                         scan_shape, step, lam, all_coeffs,
+                                         float(np.rad2deg(best["theta"])), aperture,
+                                         binning=(self.binning[-1],), names=others,
+                                         search=False)
+                refit["levels"][-1]["stage"] = "refit_with_refined_C10"
+                best.update({k: refit[k] for k in ("measured", "fitted", "group_k",
+                                                   "residual_rms_A", "theta", "offset")})
+                best["levels"] += refit["levels"]
+                all_coeffs = refit["all_coeffs"]
+                timings["refit"] = time.perf_counter() - t1
+
+        # ---------------------------------------------------------------- upsampled image
+        t1 = time.perf_counter()
         model_px = ShiftModel(k_phys, lam, (), all_coeffs, fit_rotation=False,
                               theta=best["theta"])
-        bf_shifts = model_px.predict(best["offset"])
+        # the fitted common offset is the arbitrary frame of the correlation reference: the
+        # image is placed with the aberration shifts alone (zero for the untilted beam)
+        bf_shifts = model_px.predict(np.zeros(2))
         tcbf, weight, origin = self._upsampled_image(device, contrast_px, bf_shifts,
                                                      scan_shape, step)
         timings["image"] = time.perf_counter() - t1
@@ -523,34 +614,42 @@ class TiltCorrectedBF(DirectMethod):
             "shifts_fit_A": best["fitted"],
             "group_k_inv_A": best["group_k"],
         }
+        units = {"tcbf": "I/<I> - 1", "tcbf_weight": "samples per pixel", "phase": "rad",
+                 "bf_image": "I/<I> - 1", "bf_pixels": "px", "bf_k_inv_A": "1/Å",
+                 "bf_shifts_A": "Å", "shifts_A": "Å", "shifts_fit_A": "Å",
+                 "group_k_inv_A": "1/Å"}
         return DirectResult(method=self.name, arrays=arrays, values=values,
-                            pixel_size_A=float(step[0]) / self.upsample, timings_s=timings)
+                            pixel_size_A=float(step[0]) / self.upsample, timings_s=timings,
+                            units=units)
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
-    def _as_dataset(dataset: Any, experiment: Experiment) -> Dataset:
-        if experiment.scan_shape is None:
-            raise ValueError("experiment.scan_shape: tcBF needs a raster scan (ny, nx), "
-                             "found None")
+    def _as_dataset(dataset: Any, experiment: Experiment) -> tuple[Dataset, tuple[int, int]]:
+        """The data as a :class:`Dataset` (arrays (N, ky, kx) or (sy, sx, ky, kx) are wrapped,
+        not copied) and the scan shape; ValueError naming what is missing or inconsistent."""
         if experiment.scan_step_A is None:
             raise ValueError("experiment.scan_step_A: tcBF needs the scan step in Å, found None")
         if isinstance(dataset, np.ndarray):
-            dataset = Dataset.from_array(dataset, scan_shape=experiment.scan_shape)
+            scan = experiment.scan_shape if dataset.ndim == 3 else None
+            dataset = Dataset.from_array(dataset, scan_shape=scan)
         if not isinstance(dataset, Dataset):
-            raise ValueError(f"dataset: expected a ptyframe Dataset or an (N, ky, kx) array, "
+            raise ValueError(f"dataset: expected a ptyframe Dataset or an array of patterns, "
                              f"found {type(dataset).__name__}")
         scan = dataset.scan_shape or experiment.scan_shape
-        if tuple(scan) != tuple(experiment.scan_shape) or len(dataset) != scan[0] * scan[1]:
-            raise ValueError(f"scan_shape: experiment says {experiment.scan_shape}, the dataset "
-                             f"has {len(dataset)} patterns with scan shape {dataset.scan_shape}")
-        if dataset.scan_shape is None:
-            dataset = Dataset(dataset._source, preprocessing=dataset.preprocessing,
-                              scan_shape=experiment.scan_shape, path=dataset.path,
-                              chunk_bytes=dataset.chunk_bytes)
-        if min(experiment.scan_shape) < 4:
+        if scan is None:
+            raise ValueError("scan_shape: tcBF needs a raster scan (ny, nx) in the experiment "
+                             "or the dataset, found None")
+        scan = (int(scan[0]), int(scan[1]))
+        if experiment.scan_shape is not None and tuple(experiment.scan_shape) != scan:
+            raise ValueError(f"scan_shape: the experiment says {experiment.scan_shape}, the "
+                             f"dataset has {scan}")
+        if scan[0] * scan[1] != len(dataset):
+            raise ValueError(f"scan_shape: expected ny * nx = number of patterns "
+                             f"{len(dataset)}, found {scan}")
+        if min(scan) < 4:
             raise ValueError(f"scan_shape: expected at least 4 x 4 scan points for tcBF, "
-                             f"found {experiment.scan_shape}")
-        return dataset
+                             f"found {scan}")
+        return dataset, scan
 
     def _bright_field_pixels(self, mean: np.ndarray, experiment: Experiment
                              ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -597,12 +696,12 @@ class TiltCorrectedBF(DirectMethod):
         groups = [np.flatnonzero(inverse == g) for g in range(len(keys))]
         return [g for g in groups if len(g) >= (b * b + 1) // 2]
 
-    def _active_names(self, level: int, n_groups: int) -> tuple[str, ...]:
+    def _active_names(self, names: tuple[str, ...], level: int, n_levels: int,
+                      n_groups: int) -> tuple[str, ...]:
         """Coefficients fitted at one level: first-order ones (C10, C12) before the last level,
-        all of ``fit_aberrations`` at the last; never more than the shifts can determine
+        all of ``names`` at the last; never more than the shifts can determine
         (parameters <= 2 x groups / 3)."""
-        names = tuple(self.fit_aberrations)
-        if level < len(self.binning) - 1:
+        if level < n_levels - 1:
             first = tuple(n for n in names if n[1] == "1")
             names = first or names
         capacity = max(1, (2 * n_groups) // 3 - 2 - int(self.fit_rotation))
@@ -611,7 +710,16 @@ class TiltCorrectedBF(DirectMethod):
     def _fit_levels(self, device: Any, weights_px: np.ndarray, images: np.ndarray,
                     pixels: np.ndarray, k_phys: np.ndarray, scan_shape: tuple[int, int],
                     step: np.ndarray, lam: float, start_coeffs: np.ndarray,
-                    prior_deg: float, aperture: tuple[float, float]) -> dict[str, Any]:
+                    prior_deg: float, aperture: tuple[float, float],
+                    binning: tuple[int, ...] | None = None,
+                    names: tuple[str, ...] | None = None, search: bool = True
+                    ) -> dict[str, Any]:
+        """Shift measurement and aberration fit over the binning levels (default: the
+        ``binning`` field; ``names``: the coefficients fitted, default ``fit_aberrations``;
+        ``search``: seed C10 and the rotation by :meth:`_search_seed` first)."""
+        binning = self.binning if binning is None else binning
+        all_names = tuple(self.fit_aberrations) if names is None else tuple(names)
+        seed_c10 = None
         center = pixels.mean(axis=0)  # only used to align the binning blocks
         coeffs_all = np.asarray(start_coeffs, dtype=float).copy()
         theta = float(np.deg2rad(prior_deg))
@@ -620,7 +728,7 @@ class TiltCorrectedBF(DirectMethod):
         timings: dict[str, float] = {}
         images_dev = device.asarray(images, dtype=device.real_dtype)
         last: dict[str, Any] = {}
-        for level, b in enumerate(self.binning):
+        for level, b in enumerate(binning):
             tl = time.perf_counter()
             groups = self._groups(pixels, center, b)
             if len(groups) < 6:
@@ -634,10 +742,11 @@ class TiltCorrectedBF(DirectMethod):
             sums = device.asarray(member, dtype=device.real_dtype) @ images_dev
             g_contrast = sums / device.asarray(w_g, dtype=device.real_dtype)[:, None] - 1.0
             g_contrast = g_contrast.reshape(len(groups), *scan_shape)
-            if level == 0 and self.defocus_search and "C10" in self.fit_aberrations:
+            if level == 0 and search and self.defocus_search and "C10" in all_names:
                 coeffs_all, theta = self._search_seed(device, g_contrast, k_g, lam, coeffs_all,
                                                       theta, step)
-            names = self._active_names(level, len(groups))
+                seed_c10 = float(coeffs_all[0])
+            names = self._active_names(all_names, level, len(binning), len(groups))
             index = [ABERRATION_NAMES.index(n) for n in names]
             fixed = coeffs_all.copy()
             fixed[index] = 0.0
@@ -648,16 +757,7 @@ class TiltCorrectedBF(DirectMethod):
             n_iter = 0
             for _ in range(self.iterations_per_level):
                 n_iter += 1
-                filters = None
-                if self.ctf_alignment:
-                    coeffs, theta_now, _ = model.unpack(x)
-                    full = fixed.copy()
-                    full[index] = coeffs
-                    filters = self._group_filters(device, groups, weights_px, k_phys, k_g,
-                                                  full, theta_now, lam, step,
-                                                  (2 * scan_shape[0], 2 * scan_shape[1]),
-                                                  aperture)
-                measured_px = current + self._measure(device, g_contrast, current, filters)
+                measured_px = current + self._measure(device, g_contrast, current)
                 measured = measured_px * step
                 x = self._fit(model, measured, prior_deg, step)
                 new = model.predict(x) / step
@@ -675,13 +775,15 @@ class TiltCorrectedBF(DirectMethod):
                 "binning": int(b), "groups": int(len(groups)), "iterations": n_iter,
                 "fitted": list(names), "residual_rms_A": rms, "time_s": dt,
                 "rotation_deg": float(np.rad2deg(theta)),
-                "aberrations_A": {n: float(c) for n, c in zip(names, coeffs, strict=True)},
+                "aberrations_A": {n: float(coeffs_all[ABERRATION_NAMES.index(n)])
+                                  for n in self.fit_aberrations},
             })
             last = {"measured": measured, "fitted": fitted, "group_k": k_g,
                     "residual_rms_A": rms}
             del sums, g_contrast
         return {**last, "theta": float(theta), "offset": np.asarray(offset),
-                "all_coeffs": coeffs_all, "levels": levels, "timings": timings}
+                "all_coeffs": coeffs_all, "levels": levels, "timings": timings,
+                "seed_C10": seed_c10}
 
     def _search_seed(self, device: Any, images: Any, k_g: np.ndarray, lam: float,
                      coeffs_all: np.ndarray, theta: float, step: np.ndarray
@@ -770,6 +872,97 @@ class TiltCorrectedBF(DirectMethod):
         out[i10] = best[1]
         return out, best[2]
 
+    def _refine_defocus(self, device: Any, contrast_px: np.ndarray, k_phys: np.ndarray,
+                        coeffs_all: np.ndarray, candidates: list[float], theta: float,
+                        scan_shape: tuple[int, int], step: np.ndarray, lam: float,
+                        aperture: tuple[float, float]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Refine C10 by maximising the transfer-matched, overlap-normalised alignment of the
+        bright-field images (at most 96 pixels, central crop of at most 96 x 96 scan points):
+
+        E(C10) = (|sum_k A_k|^2 - sum_k |A_k|^2) / (|sum_k W_k|^2 - sum_k |W_k|^2), summed over
+        frequencies, with A_k = FFT(image_k) e^{2 pi i q.sigma_k} conj(T_k(q)) and
+        W_k = FFT(window) e^{2 pi i q.sigma_k}; shifts sigma_k and residual transfers T_k from
+        the model with this C10. The matched filter conj(T_k) removes the fringe offsets
+        (+-pi lambda C10 |g|^2) of images that see a reflection through one side band only
+        (lattice reflections near the aperture radius), which bias the shift fit; the window
+        term removes the pull of the shrinking overlap towards small shifts. Search: a grid
+        (steps of 2 % of |C10|) over the span of the ``candidates`` (the shift-fit value and
+        the seed of :meth:`_search_seed`) widened by 15 % + 20 Å on each side, then a
+        bounded scalar search around the best grid point.
+        """
+        from scipy.optimize import minimize_scalar
+
+        xp = device.xp
+        t0 = time.perf_counter()
+        n = len(k_phys)
+        pick = np.unique(np.linspace(0, n - 1, min(n, 96)).round().astype(int))
+        sy0, sx0 = scan_shape
+        sy, sx = min(sy0, 96), min(sx0, 96)
+        y0, x0 = (sy0 - sy) // 2, (sx0 - sx) // 2
+        crop = contrast_px[pick].reshape(-1, sy0, sx0)[:, y0:y0 + sy, x0:x0 + sx]
+        py, px = 2 * sy, 2 * sx
+        buf = xp.zeros((len(pick), py, px), dtype=device.complex_dtype)
+        buf[:, :sy, :sx] = device.asarray(crop - crop.mean(axis=(1, 2), keepdims=True))
+        spec = device.fft2(buf, overwrite=True)
+        window = np.zeros((py, px))
+        window[:sy, :sx] = 1.0
+        window_spec = device.asarray(np.fft.fft2(window), dtype=device.complex_dtype)
+        rot = _rotation_yx(theta)
+        qs_y = np.fft.fftfreq(py, step[0])[:, None] * np.ones((1, px))
+        qs_x = np.ones((py, 1)) * np.fft.fftfreq(px, step[1])[None, :]
+        q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
+        q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
+        qsy = device.asarray(qs_y)
+        qsx = device.asarray(qs_x)
+        i10 = ABERRATION_NAMES.index("C10")
+        k_sel = k_phys[pick]
+
+        def negative_alignment(c10: float) -> float:
+            coeffs = coeffs_all.copy()
+            coeffs[i10] = c10
+            grad = _grad_chi(k_sel, lam, coeffs)
+            shifts = (-grad / (2 * np.pi)) @ rot  # scan frame, Å
+            total = xp.zeros((py, px), dtype=device.complex_dtype)
+            total_w = xp.zeros((py, px), dtype=device.complex_dtype)
+            self_a = 0.0
+            self_w = 0.0
+            for start in range(0, len(pick), 16):
+                sel = slice(start, start + 16)
+                t = _transfer_terms(xp, q_y, q_x, k_sel[sel], grad[sel], lam, coeffs,
+                                    aperture[0], aperture[1])
+                sh = device.asarray(shifts[sel])
+                ramp = xp.exp(2j * np.pi * (qsy * sh[:, 0, None, None]
+                                            + qsx * sh[:, 1, None, None]))
+                a = spec[sel] * ramp * xp.conj(t)
+                w = window_spec * ramp
+                total += a.sum(axis=0)
+                total_w += w.sum(axis=0)
+                self_a += float(xp.sum(xp.abs(a) ** 2))
+                self_w += float(xp.sum(xp.abs(w) ** 2))
+            num = float(xp.sum(xp.abs(total) ** 2)) - self_a
+            den = float(xp.sum(xp.abs(total_w) ** 2)) - self_w
+            return -num / max(den, 1e-300)
+
+        c0 = float(coeffs_all[i10])
+        scale = max(abs(c) for c in [c0, *candidates])
+        lo = min([c0, *candidates]) - 0.15 * scale - 20.0
+        hi = max([c0, *candidates]) + 0.15 * scale + 20.0
+        grid_step = max(0.02 * scale, 2.0)
+        grid = np.linspace(lo, hi, int(np.clip(np.ceil((hi - lo) / grid_step), 4, 80)) + 1)
+        values = np.array([negative_alignment(float(c)) for c in grid])
+        j = int(np.argmin(values))
+        bounds = (float(grid[max(j - 1, 0)]), float(grid[min(j + 1, len(grid) - 1)]))
+        res = minimize_scalar(negative_alignment, bounds=bounds, method="bounded",
+                              options={"xatol": 0.25})
+        best = float(res.x) if res.fun <= values[j] else float(grid[j])
+        out = coeffs_all.copy()
+        out[i10] = best
+        info = {"stage": "refine_defocus", "pixels": int(len(pick)),
+                "C10_shift_fit_A": c0, "C10_candidates_A": [float(c) for c in candidates],
+                "C10_A": best, "evaluations": int(res.nfev) + len(grid),
+                "time_s": time.perf_counter() - t0}
+        return out, info
+
     def _fit(self, model: ShiftModel, measured: np.ndarray, prior_deg: float,
              step: np.ndarray) -> np.ndarray:
         """Global rotation search within +-90 deg of the prior (linear least squares at each
@@ -792,38 +985,7 @@ class TiltCorrectedBF(DirectMethod):
             f_scale=scale_A, xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=200)
         return res.x
 
-    def _group_filters(self, device: Any, groups: list[np.ndarray], weights_px: np.ndarray,
-                       k_phys: np.ndarray, k_g: np.ndarray, coeffs: np.ndarray, theta: float,
-                       lam: float, step: np.ndarray, shape: tuple[int, int],
-                       aperture: tuple[float, float]) -> Any:
-        """Function (slice of groups) -> conj(T_g) on the padded scan-frame FFT grid: the
-        matched filter that makes each group's residual transfer real and positive, so that
-        images seeing different side bands (near the aperture edge, lattice reflections)
-        correlate without phase offsets that would bias their shifts."""
-        xp = device.xp
-        py, px = shape
-        rot = _rotation_yx(theta)
-        qs_y = np.fft.fftfreq(py, step[0])[:, None] * np.ones((1, px))
-        qs_x = np.ones((py, 1)) * np.fft.fftfreq(px, step[1])[None, :]
-        q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
-        q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
-        grads = aberration_gradient_basis(k_g[:, 0], k_g[:, 1], lam, ABERRATION_NAMES)
-        grad_g = np.tensordot(coeffs, grads, axes=1)  # (G, 2) rad·Å
-
-        def filters(sel: slice) -> Any:
-            out = xp.empty((sel.stop - sel.start, py, px), dtype=device.complex_dtype)
-            for j, gi in enumerate(range(sel.start, sel.stop)):
-                idx = groups[gi]
-                t = tcbf_transfer(xp, (q_y, q_x), k_phys[idx], lam, coeffs, aperture[0],
-                                  aperture[1], weights=weights_px[idx],
-                                  reference_grad=grad_g[gi])
-                out[j] = xp.conj(t)
-            return out
-
-        return filters
-
-    def _measure(self, device: Any, images: Any, current_px: np.ndarray,
-                 filters: Any = None) -> np.ndarray:
+    def _measure(self, device: Any, images: Any, current_px: np.ndarray) -> np.ndarray:
         """Residual shift (pixels) of each image, aligned by ``current_px``, relative to the
         aligned sum of the other images.
 
@@ -855,8 +1017,7 @@ class TiltCorrectedBF(DirectMethod):
         def aligned(sel: slice) -> Any:
             buf = xp.zeros((sel.stop - sel.start, py, px), dtype=device.complex_dtype)
             buf[:, :sy, :sx] = images[sel] * taper_dev
-            spec = device.fft2(buf, overwrite=True) * ramps(sel)
-            return spec if filters is None else spec * filters(sel)
+            return device.fft2(buf, overwrite=True) * ramps(sel)
 
         batches = [slice(i, min(g, i + batch)) for i in range(0, g, batch)]
         ref = xp.zeros((py, px), dtype=device.complex_dtype)
