@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .components import Detector, ModelContext
+from .data import Dataset
 
 __all__ = ["OrthoFarField"]
 
@@ -30,7 +31,7 @@ class OrthoFarField(Detector):
         return 1.0 / (int(measured_shape[-1]) * float(experiment.dk_inv_A))
 
     def to_detector_order(self, centred: np.ndarray) -> np.ndarray:
-        return np.fft.ifftshift(centred, axes=(-2, -1))
+        return Dataset.centered_to_fft_order(centred)
 
     def from_detector_order(self, arrays: np.ndarray) -> np.ndarray:
         return np.fft.fftshift(arrays, axes=(-2, -1))

@@ -431,8 +431,7 @@ class Reconstruction:
         cap = 4096 if self.device.kind == "gpu" else 512
         return int(max(1, min(self.n_measurements, cap, budget // per_position)))
 
-    def _mean_pattern(self, measured_shape: tuple[int, int], window: tuple[int, int]
-                      ) -> np.ndarray | None:
+    def _mean_pattern(self, window: tuple[int, int]) -> np.ndarray | None:
         """Mean measured pattern (centred) on the model's detector grid, for initializers."""
         if self.compressed:
             masks = getattr(self.loss, "masks", None)
@@ -446,16 +445,11 @@ class Reconstruction:
             return None
         else:
             mean = self.dataset.mean_pattern()
-        if tuple(window) == tuple(measured_shape):
-            return mean
-        # padded / upsampled model detector: zero padding around, counts spread over sub-pixels
-        up = window[0] // (measured_shape[0] + 2 * getattr(self.detector, "pad_px", 0))
-        pad = (window[0] // max(up, 1) - measured_shape[0]) // 2
-        padded = np.pad(mean, pad)
-        if up > 1:
-            padded = np.repeat(np.repeat(padded, up, axis=0), up, axis=1) / up**2
-            padded = np.roll(padded, (-(up // 2), -(up // 2)), axis=(0, 1))
-        return padded
+        pattern = self.detector.pattern_on_model_grid(mean)
+        if tuple(pattern.shape) != tuple(window):
+            raise ValueError(f"detector {self.detector.name!r}: mean pattern on the model grid "
+                             f"has shape {pattern.shape}, expected the window {window}")
+        return pattern
 
     def _load_measured(self) -> Any:
         dev = self.device
@@ -482,7 +476,7 @@ class Reconstruction:
         if window[0] != window[1]:
             raise ValueError(f"data: expected square patterns, found {measured_shape}")
         pixel = float(self.detector.object_pixel_size_A(exp, measured_shape))
-        mean_pattern = self._mean_pattern(measured_shape, window)
+        mean_pattern = self._mean_pattern(window)
         rng = np.random.default_rng(self.seed)
         context = InitContext(exp, None, mean_pattern, self.n_measurements, rng)
         if self._initial_positions_A is not None:

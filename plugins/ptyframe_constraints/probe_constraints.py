@@ -8,6 +8,7 @@ projections done on spectra are orthogonal projections of real-space gradients.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -278,11 +279,13 @@ class _SpectrumConstraint(Constraint):
                                                                          copy=False)
         return ref
 
+    @abc.abstractmethod
     def _project_spectrum(self, spectrum: Any, grad: Any, ref: Any, device: Any) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _retract(self, spectrum: Any, ref: Any, device: Any) -> Any:
-        raise NotImplementedError
+        ...
 
     def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
         probe = params["probe"]

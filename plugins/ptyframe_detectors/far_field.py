@@ -86,19 +86,31 @@ class FarFieldDetector(OrthoFarField):
         c = c[:, p:p + n_y, p:p + n_x]
         return xp.fft.ifftshift(c, axes=(-2, -1))
 
-    def _expand(self, grad: Any) -> Any:
-        """Adjoint of :meth:`_reduce`."""
-        xp = self._device.xp
+    def _expand_centred(self, centred: Any, xp: Any) -> Any:
+        """Centred measured grid (B, N, N) -> centred fine grid: zero padding around, each
+        pixel repeated over its upsample x upsample block (the adjoint of the block sum)."""
         u, p = self.upsample, self.pad_px
-        B, n_y, n_x = grad.shape
-        c = xp.zeros((B, n_y + 2 * p, n_x + 2 * p), dtype=grad.dtype)
-        c[:, p:p + n_y, p:p + n_x] = xp.fft.fftshift(grad, axes=(-2, -1))
+        B, n_y, n_x = centred.shape
+        c = xp.zeros((B, n_y + 2 * p, n_x + 2 * p), dtype=centred.dtype)
+        c[:, p:p + n_y, p:p + n_x] = centred
         if u > 1:
             B, W, V = c.shape
             c = xp.broadcast_to(c[:, :, None, :, None], (B, W, u, V, u)).reshape(B, W * u,
                                                                                   V * u)
             c = xp.roll(c, (-(u // 2), -(u // 2)), axis=(-2, -1))
+        return c
+
+    def _expand(self, grad: Any) -> Any:
+        """Adjoint of :meth:`_reduce`."""
+        xp = self._device.xp
+        c = self._expand_centred(xp.fft.fftshift(grad, axes=(-2, -1)), xp)
         return xp.ascontiguousarray(xp.fft.ifftshift(c, axes=(-2, -1)))
+
+    def pattern_on_model_grid(self, centred: np.ndarray) -> np.ndarray:
+        """Counts spread evenly over each pixel's sub-pixels, zeros in the padding."""
+        if self._plain:
+            return centred
+        return self._expand_centred(np.asarray(centred)[None], np)[0] / self.upsample**2
 
     def forward(self, waves: Any, indices: np.ndarray, keep: bool = True,
                 workspace: Any | None = None) -> tuple[Any, Any]:

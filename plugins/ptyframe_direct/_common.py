@@ -55,6 +55,17 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- validators
+def float_or_raw(value: Any) -> Any:
+    """attrs converter: a number becomes a float; anything else (and booleans) is passed on
+    unchanged for the validator to name."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def check_positive(inst: Any, attribute: Any, value: Any) -> None:
     """attrs validator: a positive finite number."""
     ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

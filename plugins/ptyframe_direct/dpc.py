@@ -57,6 +57,7 @@ from ._common import (
     curl_fraction,
     detector_frequencies,
     fit_rotation_by_curl,
+    float_or_raw,
     fourier_integrate,
     iter_scan_rows,
     scan_geometry,
@@ -87,15 +88,6 @@ def _optional_float(value: Any) -> Any:
         return float(value)
     except (TypeError, ValueError):
         return value  # the validator names the parameter
-
-
-def _float_or_raw(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
 
 
 def _resolve_180(inst: Any, attribute: Any, value: Any) -> None:
@@ -143,20 +135,20 @@ class DPC(DirectMethod):
     """
 
     name = "dpc"
-    high_pass: float = attrs.field(default=0.0, converter=_float_or_raw,
+    high_pass: float = attrs.field(default=0.0, converter=float_or_raw,
                                    validator=check_non_negative)
-    low_pass: float = attrs.field(default=0.0, converter=_float_or_raw,
+    low_pass: float = attrs.field(default=0.0, converter=float_or_raw,
                                   validator=check_non_negative)
     rotation_deg: float | None = attrs.field(default=None, converter=_optional_float,
                                              validator=check_optional_angle)
     transpose: bool | None = attrs.field(default=None, validator=check_optional_bool)
-    pad_factor: float = attrs.field(default=2.0, converter=_float_or_raw, validator=_pad_factor)
+    pad_factor: float = attrs.field(default=2.0, converter=float_or_raw, validator=_pad_factor)
     max_angle_mrad: float | None = attrs.field(default=None, converter=_optional_float,
                                                validator=_optional_positive)
     resolve_180: str = attrs.field(default="prior", validator=_resolve_180)
     rotation_guess_deg: float | None = attrs.field(default=None, converter=_optional_float,
                                                    validator=check_optional_angle)
-    chunk_mb: float = attrs.field(default=64.0, converter=_float_or_raw,
+    chunk_mb: float = attrs.field(default=64.0, converter=float_or_raw,
                                   validator=check_positive)
 
     # ------------------------------------------------------------------ stages
@@ -419,7 +411,7 @@ class IterativeDPC(DPC):
 
     name = "dpc_iterative"
     n_iterations: int = attrs.field(default=100, validator=_positive_int)
-    tolerance: float = attrs.field(default=1e-6, converter=_float_or_raw,
+    tolerance: float = attrs.field(default=1e-6, converter=float_or_raw,
                                    validator=check_positive)
 
     def _refine(self, phase: np.ndarray, cy: np.ndarray, cx: np.ndarray,

@@ -62,6 +62,7 @@ from ._common import (
     check_optional_angle,
     check_positive,
     detector_frequencies,
+    float_or_raw,
     iter_scan_rows,
     probe_spectrum,
     scan_geometry,
@@ -100,15 +101,6 @@ def _aberrations(value: Any) -> dict[str, float] | None:
             if name in value}
 
 
-def _float_or_raw(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
 def _non_negative_edge(inst: Any, attribute: Any, value: Any) -> None:
     ok = isinstance(value, float) and math.isfinite(value) and value >= 0
     if not ok:
@@ -143,13 +135,13 @@ class WDD(DirectMethod):
 
     name = "wdd"
     mode: str = attrs.field(default="wdd", validator=_mode)
-    epsilon: float = attrs.field(default=1e-2, converter=_float_or_raw, validator=check_positive)
+    epsilon: float = attrs.field(default=1e-2, converter=float_or_raw, validator=check_positive)
     aberrations: dict[str, float] | None = attrs.field(default=None, converter=_aberrations)
     rotation_deg: float | None = attrs.field(default=None, validator=check_optional_angle)
     transpose: bool = attrs.field(default=False, validator=_bool)
-    edge_width_px: float = attrs.field(default=1.0, converter=_float_or_raw,
+    edge_width_px: float = attrs.field(default=1.0, converter=float_or_raw,
                                        validator=_non_negative_edge)
-    chunk_mb: float = attrs.field(default=64.0, converter=_float_or_raw,
+    chunk_mb: float = attrs.field(default=64.0, converter=float_or_raw,
                                   validator=check_positive)
 
     # ------------------------------------------------------------------ helpers

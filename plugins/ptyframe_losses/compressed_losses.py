@@ -29,6 +29,7 @@ data.
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -210,9 +211,10 @@ class _CompressedLoss(LossMetric):
                              f"minimum of {float(compressed.min()):.3g}")
 
     # ------------------------------------------------------------------ evaluation
+    @abc.abstractmethod
     def compressed_value_and_grad(self, c: Any, prepared: Any, xp: Any) -> tuple[float, Any]:
         """L and dL/dc (B, K), a new array; ``c`` must not be modified."""
-        raise NotImplementedError
+        ...
 
     def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
                        overwrite: bool = False) -> tuple[float, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 from ptyframe.schedules import Constant, Schedule, as_schedule
 
 __all__ = [
-    "weight_field", "weight_at", "positive", "non_negative", "at_least_one",
+    "weight_field", "weight_at", "block_and_weight", "positive", "non_negative", "at_least_one",
     "optional_npy_path", "load_npy", "as_float",
 ]
 
@@ -43,6 +43,17 @@ def weight_field(default: float, **kwargs: Any) -> Any:
 def weight_at(schedule: Schedule, epoch: int, name: str) -> float:
     """The weight ``schedule(epoch)`` as a float >= 0 (ValueError naming ``name`` otherwise)."""
     return _check_weight(name, schedule(epoch), f" at epoch {epoch}")
+
+
+def block_and_weight(params: Any, block: str, weight: Schedule, epoch: int
+                     ) -> tuple[Any, float] | None:
+    """(params[block], weight at ``epoch``), or None when the block is absent or the weight is
+    0 at this epoch (the penalty is then 0 with no gradient)."""
+    array = params.get(block)
+    if array is None:
+        return None
+    w = weight_at(weight, epoch, "weight")
+    return None if w == 0 else (array, w)
 
 
 def positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:

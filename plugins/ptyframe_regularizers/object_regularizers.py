@@ -19,7 +19,14 @@ import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
 
-from ._common import as_float, at_least_one, non_negative, positive, weight_at, weight_field
+from ._common import (
+    as_float,
+    at_least_one,
+    block_and_weight,
+    non_negative,
+    positive,
+    weight_field,
+)
 
 __all__ = [
     "AdaptiveTotalVariation", "L1Phase", "L1Absorption", "MixedVariance", "MissingWedge",
@@ -70,12 +77,10 @@ class AdaptiveTotalVariation(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        obj = params.get("object")
-        if obj is None:
+        active = block_and_weight(params, "object", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
-            return 0.0, {}
+        obj, w = active
         xp = device.xp
         p, q, eps = self.p, self.q, self.eps
         dx = xp.zeros_like(obj)
@@ -139,12 +144,10 @@ class L1Phase(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        obj = params.get("object")
-        if obj is None:
+        active = block_and_weight(params, "object", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
-            return 0.0, {}
+        obj, w = active
         xp = device.xp
         phase = xp.angle(obj)
         penalty, slope = _smooth_abs(xp, phase, self.eps_rad)
@@ -175,12 +178,10 @@ class L1Absorption(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        obj = params.get("object")
-        if obj is None:
+        active = block_and_weight(params, "object", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
-            return 0.0, {}
+        obj, w = active
         xp = device.xp
         mag2 = xp.maximum(_abs2(obj), _TINY)
         absorption = -0.5 * xp.log(mag2)
@@ -230,11 +231,11 @@ class MixedVariance(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        obj = params.get("object")
-        if obj is None or obj.shape[1] < 2:
+        active = block_and_weight(params, "object", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
+        obj, w = active
+        if obj.shape[1] < 2:
             return 0.0, {}
         xp = device.xp
         n_modes = obj.shape[1]
@@ -321,11 +322,11 @@ class MissingWedge(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        obj = params.get("object")
-        if obj is None or obj.shape[0] < 2:
+        active = block_and_weight(params, "object", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
+        obj, w = active
+        if obj.shape[0] < 2:
             return 0.0, {}
         xp = device.xp
         n_slices, _, ny, nx = obj.shape

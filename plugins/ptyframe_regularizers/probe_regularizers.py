@@ -19,10 +19,10 @@ from ptyframe.components import ModelContext, Regularizer
 
 from ._common import (
     as_float,
+    block_and_weight,
     load_npy,
     non_negative,
     optional_npy_path,
-    weight_at,
     weight_field,
 )
 
@@ -141,12 +141,10 @@ class ProbeFourierMask(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        probe = params.get("probe")
-        if probe is None:
+        active = block_and_weight(params, "probe", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
-            return 0.0, {}
+        probe, w = active
         outside = self.outside(device)
         if tuple(probe.shape[-2:]) != tuple(outside.shape):
             raise ValueError(f"probe: expected a window of {tuple(outside.shape)} pixels (the "
@@ -234,12 +232,10 @@ class ProbeWindow(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        probe = params.get("probe")
-        if probe is None:
+        active = block_and_weight(params, "probe", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
-            return 0.0, {}
+        probe, w = active
         xp = device.xp
         damping = self.damping(tuple(probe.shape[-2:]), device).astype(probe.real.dtype,
                                                                        copy=False)

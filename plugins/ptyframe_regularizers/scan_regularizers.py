@@ -16,7 +16,7 @@ import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
 
-from ._common import weight_at, weight_field
+from ._common import block_and_weight, weight_at, weight_field
 
 __all__ = ["PositionSmoothness", "TiltSmoothness", "AffineDeformation"]
 
@@ -227,12 +227,10 @@ class AffineDeformation(Regularizer):
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
-        pos = params.get("positions")
-        if pos is None:
+        active = block_and_weight(params, "positions", self.weight, epoch)
+        if active is None:
             return 0.0, {}
-        w = weight_at(self.weight, epoch, "weight")
-        if w == 0:
-            return 0.0, {}
+        pos, w = active
         basis = self.basis(device)
         if pos.ndim != 2 or pos.shape[0] != basis.shape[0]:
             raise ValueError(f"positions: expected {basis.shape[0]} rows (the prepared "

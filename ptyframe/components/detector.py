@@ -40,6 +40,11 @@ class Detector(Component):
     def object_pixel_size_A(self, experiment: Any, measured_shape: tuple[int, int]) -> float:
         """Object (and probe) pixel size in Å implied by the calibration of ``experiment``."""
 
+    def pattern_on_model_grid(self, centred: np.ndarray) -> np.ndarray:
+        """A centred measured pattern (my, mx) resampled onto the model window (centred, same
+        total counts), e.g. the mean pattern for probe initializers; default: unchanged."""
+        return centred
+
     def to_detector_order(self, centred: np.ndarray) -> np.ndarray:
         """Measured arrays (..., my, mx), centred, in the order :meth:`forward` produces."""
         return centred
