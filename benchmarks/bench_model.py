@@ -57,8 +57,8 @@ except ImportError:  # pragma: no cover
 from ptyframe_losses.intensity_losses import LeastSquaresSqrt  # noqa: E402
 from ptyframe_propagators.multislice import Multislice  # noqa: E402
 
-from ptyframe.device import Device  # noqa: E402
-from ptyframe.model import FarFieldModel  # noqa: E402
+from ptyframe.core.device import Device  # noqa: E402
+from ptyframe.engine.model import FarFieldModel  # noqa: E402
 
 N_SIDE = 32           # 32 x 32 = 1024 positions
 WINDOW = 64           # pattern / probe window (pixels)

@@ -37,8 +37,8 @@ import numpy as np
 from scipy import ndimage
 
 from ptyframe import Dataset, Device, load_experiment, load_registry
-from ptyframe.direct import method_label, parse_method_spec, save_direct_result
-from ptyframe.validation import align_images, phase_correlation
+from ptyframe.apps.direct import method_label, parse_method_spec, save_direct_result
+from ptyframe.testing.validation import align_images, phase_correlation
 
 DATA_DIR = Path(__file__).parents[1] / ".." / "shared" / "data"
 DEFAULT_DATASETS = ("defocused_bf", "sto_thin")

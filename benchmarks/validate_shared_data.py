@@ -20,7 +20,7 @@ import numpy as np
 from ptyframe_initializers.positions import scan_grid
 
 from ptyframe import Dataset, Device, FromEpoch, Reconstruction, load_experiment, load_registry
-from ptyframe.validation import phase_correlation
+from ptyframe.testing.validation import phase_correlation
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -1,7 +1,7 @@
 """Compressed ptychography: reconstruct from virtual-detector signals instead of patterns.
 
 Each pattern is reduced to a few numbers (rings x sectors of an annular virtual detector,
-:func:`ptyframe.compression.annular_masks`); the reconstruction compares the model's patterns
+:func:`ptyframe.io.compression.annular_masks`); the reconstruction compares the model's patterns
 through the same masks with a compressed loss (``gaussian_compressed``; also
 ``lsq_compressed`` and ``poisson_compressed``).
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ptyframe import Device, Reconstruction, load_registry
-from ptyframe.compression import annular_masks, compress
-from ptyframe.demo import save_figures
-from ptyframe.simulate import simulate_dataset
-from ptyframe.validation import phase_correlation, scanned_region_mask
+from ptyframe.apps.demo import save_figures
+from ptyframe.io.compression import annular_masks, compress
+from ptyframe.testing.simulate import simulate_dataset
+from ptyframe.testing.validation import phase_correlation, scanned_region_mask
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -7,7 +7,7 @@
 
 The experiment (voltage, aperture, detector calibration, scan, defocus) is read from the
 file's metadata (HDF5 attributes and/or a same-stem .json sidecar; see
-``ptyframe.metadata``). ``--simulate`` makes a small dataset with ptyframe's own simulator
+``ptyframe.io.metadata``). ``--simulate`` makes a small dataset with ptyframe's own simulator
 instead. Each method writes ``OUTPUT/<method>/`` with ``phase.npy``, PNG figures and
 ``values.json`` (fitted rotation, aberrations, timings). ``--reconstruct N`` then runs N epochs
 of iterative ptychography started from the first method's phase (object initializer
@@ -20,12 +20,12 @@ import argparse
 from pathlib import Path
 
 from ptyframe import Dataset, Device, Reconstruction, load_experiment, load_registry
-from ptyframe.direct import method_label, parse_method_spec, run_direct
+from ptyframe.apps.direct import method_label, parse_method_spec, run_direct
 
 
 def _data(args: argparse.Namespace):
     if args.simulate:
-        from ptyframe.simulate import simulate_dataset
+        from ptyframe.testing.simulate import simulate_dataset
 
         registry = load_registry()
         sim = simulate_dataset(registry.create("propagator", {"type": "multislice",

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from ptyframe import Device, Experiment, Reconstruction, load_registry
-from ptyframe.demo import save_figures
-from ptyframe.focal_series import simulate_focal_series
-from ptyframe.physics import wavelength_A
-from ptyframe.validation import phase_correlation
+from ptyframe.apps.demo import save_figures
+from ptyframe.core.physics import wavelength_A
+from ptyframe.testing.focal_series import simulate_focal_series
+from ptyframe.testing.validation import phase_correlation
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ptyframe import Device, FromEpoch, Reconstruction, load_registry
-from ptyframe.demo import save_figures
-from ptyframe.simulate import simulate_dataset
-from ptyframe.validation import phase_correlation, scanned_region_mask
+from ptyframe.apps.demo import save_figures
+from ptyframe.testing.simulate import simulate_dataset
+from ptyframe.testing.validation import phase_correlation, scanned_region_mask
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

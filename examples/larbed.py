@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ptyframe import Device, Experiment, Reconstruction, load_registry
-from ptyframe.demo import save_figures
-from ptyframe.model import PtychographyModel
-from ptyframe.physics import aberration_function, aperture, spatial_frequencies, wavelength_A
-from ptyframe.simulate import random_atoms_phase
-from ptyframe.validation import phase_correlation
+from ptyframe.apps.demo import save_figures
+from ptyframe.core.physics import aberration_function, aperture, spatial_frequencies, wavelength_A
+from ptyframe.engine.model import PtychographyModel
+from ptyframe.testing.simulate import random_atoms_phase
+from ptyframe.testing.validation import phase_correlation
 
 #: a defocused probe lights most of the window (about 2 * alpha * defocus = 6 Å wide)
 CONVERGENCE_MRAD = 20.0

@@ -9,7 +9,7 @@ registry (any installed plugin works the same way).
 import argparse
 
 from ptyframe import Dataset, Device, FromEpoch, Reconstruction, load_experiment, load_registry
-from ptyframe.demo import save_figures
+from ptyframe.apps.demo import save_figures
 
 parser = argparse.ArgumentParser()
 parser.add_argument("path")

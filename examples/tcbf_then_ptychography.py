@@ -30,15 +30,15 @@ import attrs
 from ptyframe_direct.tcbf import experiment_from_tcbf
 
 from ptyframe import Dataset, Device, Reconstruction, load_experiment, load_registry
-from ptyframe.direct import run_direct
-from ptyframe.validation import phase_correlation, resample_to_grid, scanned_region_mask
+from ptyframe.apps.direct import run_direct
+from ptyframe.testing.validation import phase_correlation, resample_to_grid, scanned_region_mask
 
 
 def simulated(defocus_A: float, rotation_deg: float):
     """Simulated data with a known defocus and scan rotation (positions = R(theta) raster)."""
     from ptyframe_initializers.positions import scan_grid
 
-    import ptyframe.simulate as simulate_module
+    import ptyframe.testing.simulate as simulate_module
 
     registry = load_registry()
     original = simulate_module.scan_positions

@@ -4,14 +4,14 @@ The core holds abstractions (components, device, data, experiment, reconstructio
 methods are plugins found through the registry (entry-point group ``ptyframe``).
 """
 
-from .data import DataError, Dataset, Preprocessing
-from .device import Device
-from .experiment import Experiment, ReconstructionGrid
-from .hookspecs import hookimpl
-from .metadata import load_experiment, positions_from_metadata
-from .plugins import load_registry
-from .reconstruction import EpochReport, Reconstruction, ReconstructionResult
-from .schedules import Constant, EveryN, FromEpoch, Linear, Piecewise, Schedule, Until
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment, ReconstructionGrid
+from ptyframe.core.schedules import Constant, EveryN, FromEpoch, Linear, Piecewise, Schedule, Until
+from ptyframe.engine.reconstruction import EpochReport, Reconstruction, ReconstructionResult
+from ptyframe.io.data import DataError, Dataset, Preprocessing
+from ptyframe.io.metadata import load_experiment, positions_from_metadata
+from ptyframe.registry.hookspecs import hookimpl
+from ptyframe.registry.loader import load_registry
 
 __version__ = "0.1.0"
 

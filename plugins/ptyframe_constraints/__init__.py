@@ -5,7 +5,7 @@ phase_only_object. Probe: orthogonal_probe_modes, probe_fourier_projection, prob
 probe_amplitude_only.
 """
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

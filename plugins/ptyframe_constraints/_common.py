@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ptyframe.schedules import Schedule, as_schedule
+from ptyframe.core.schedules import Schedule, as_schedule
 
 __all__ = [
     "when_field", "number", "non_negative", "positive", "in_range", "relative_change",

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
-from ptyframe.schedules import Schedule
+from ptyframe.core.schedules import Schedule
 
 from ._common import (
     in_range,

@@ -1,6 +1,6 @@
 """First-party detectors: far field (with padding and upsampling) and near field."""
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

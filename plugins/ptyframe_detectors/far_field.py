@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ptyframe.detection import OrthoFarField
+from .ortho_far_field import OrthoFarField
 
 __all__ = ["FarFieldDetector"]
 

@@ -1,7 +1,7 @@
 """First-party direct (non-iterative) methods: DPC, iterative DPC, tcBF, WDD, and the
 initializer that starts an iterative reconstruction from a direct result."""
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

@@ -15,7 +15,7 @@ Conventions (the project's; see the README):
   ``values["origin_A"] + (iy, ix) * values["pixel_size_yx_A"]`` (Å, scan frame, relative to
   scan point (0, 0)).
 
-Everything that touches the 4D data runs through a :class:`ptyframe.device.Device` (``xp``,
+Everything that touches the 4D data runs through a :class:`ptyframe.core.device.Device` (``xp``,
 ``fft2``/``ifft2``); host-side code here is limited to small (scan-sized) arrays.
 """
 
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from ptyframe.data import Dataset
-from ptyframe.experiment import Experiment
-from ptyframe.physics import ABERRATION_NAMES, aberration_coefficients_array
+from ptyframe.core.experiment import Experiment
+from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array
+from ptyframe.io.data import Dataset
 
 __all__ = [
     "as_dataset",
@@ -111,7 +111,7 @@ def as_dataset(data: Any, experiment: Experiment) -> Dataset:
         arr = np.asarray(data)
         scan = experiment.scan_shape if arr.ndim == 3 else None
         return Dataset.from_array(arr, scan_shape=scan)
-    raise ValueError(f"dataset: expected a ptyframe.data.Dataset or a numpy array of patterns, "
+    raise ValueError(f"dataset: expected a ptyframe.io.data.Dataset or a numpy array of patterns, "
                      f"found {type(data).__name__}")
 
 
@@ -331,7 +331,7 @@ def _terms(coeffs: np.ndarray) -> list[tuple[float, int, int, str]]:
 def aberration_phase(qy: Any, qx: Any, wavelength_A: float,
                      aberrations: Mapping[str, float] | Sequence[float] | None, xp: Any) -> Any:
     """chi(q) in rad on any array namespace (same formula and Krivanek order as
-    :func:`ptyframe.physics.aberration_function`): chi = 2 pi / lambda sum C_nm
+    :func:`ptyframe.core.physics.aberration_function`): chi = 2 pi / lambda sum C_nm
     theta^(n+1) / (n+1) {1 | cos m phi | sin m phi}, theta = lambda |q|, phi = atan2(qy, qx)."""
     coeffs = aberration_coefficients_array(aberrations)
     theta = wavelength_A * xp.sqrt(qy * qy + qx * qx)
@@ -351,7 +351,7 @@ def aberration_phase(qy: Any, qx: Any, wavelength_A: float,
 def aperture_function(q: Any, wavelength_A: float, convergence_angle_mrad: float,
                       edge_width_inv_A: float, xp: Any) -> Any:
     """Circular aperture with a linear soft edge of ``edge_width_inv_A`` (as
-    :func:`ptyframe.physics.aperture`; 0 gives a hard edge), values in [0, 1]."""
+    :func:`ptyframe.core.physics.aperture`; 0 gives a hard edge), values in [0, 1]."""
     q_cut = convergence_angle_mrad * 1e-3 / wavelength_A
     if edge_width_inv_A <= 0:
         return (q <= q_cut).astype(q.dtype)

@@ -44,8 +44,8 @@ import attrs
 import numpy as np
 
 from ptyframe.components import DirectMethod, DirectResult
-from ptyframe.device import Device
-from ptyframe.experiment import Experiment
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment
 
 from ._common import (
     as_dataset,

@@ -115,7 +115,7 @@ class DirectPhaseObject(ObjectInitializer):
     reconstruction grid, so that a DPC / WDD / tcBF result starts an iterative run.
 
     * ``path``: a phase ``.npy`` (Y, X) in radians, or a result folder written by
-      ``ptyframe.direct.save_direct_result`` (its ``phase.npy`` is used); required
+      ``ptyframe.apps.direct.save_direct_result`` (its ``phase.npy`` is used); required
     * ``pixel_size_A``: pixel size of the phase image, Å, a number or (y, x) (None: from the
       ``values.json`` next to the phase)
     * ``origin_A``: scan-frame position (y, x) of image pixel (0, 0) relative to scan point

@@ -52,12 +52,12 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from ptyframe.components import DirectMethod, DirectResult
-from ptyframe.data import Dataset
-from ptyframe.experiment import Experiment
-from ptyframe.physics import (
+from ptyframe.core.experiment import Experiment
+from ptyframe.core.physics import (
     ABERRATION_NAMES,
     aberration_coefficients_array,
 )
+from ptyframe.io.data import Dataset
 
 __all__ = [
     "TiltCorrectedBF",
@@ -81,7 +81,7 @@ def aberration_gradient_basis(ky: np.ndarray, kx: np.ndarray, wavelength: float,
     """grad_k (d chi / d C) for each named coefficient, shape (len(names), *k.shape, 2),
     components (y, x), rad·Å per Å of coefficient (i.e. Å; chi in rad, k in 1/Å).
 
-    Analytic gradient of :func:`ptyframe.physics.aberration_basis`: with rho = |k|,
+    Analytic gradient of :func:`ptyframe.core.physics.aberration_basis`: with rho = |k|,
     phi = atan2(ky, kx), B = 2 pi lambda^n rho^(n+1) / (n+1) g(m phi),
     grad B = 2 pi lambda^n rho^n [g rho_hat + m/(n+1) g'(m phi) phi_hat].
     """
@@ -111,7 +111,7 @@ def aberration_gradient_basis(ky: np.ndarray, kx: np.ndarray, wavelength: float,
 
 
 def _chi_xp(xp: Any, ky: Any, kx: Any, wavelength: float, coeffs: np.ndarray) -> Any:
-    """chi(k) in rad on any array namespace (the formula of ptyframe.physics)."""
+    """chi(k) in rad on any array namespace (the formula of ptyframe.core.physics)."""
     theta = wavelength * xp.sqrt(ky * ky + kx * kx)
     phi = xp.arctan2(ky, kx)
     chi = xp.zeros_like(theta)

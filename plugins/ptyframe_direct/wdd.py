@@ -53,9 +53,9 @@ import attrs
 import numpy as np
 
 from ptyframe.components import DirectMethod, DirectResult
-from ptyframe.device import Device
-from ptyframe.experiment import Experiment
-from ptyframe.physics import ABERRATION_NAMES, aberration_coefficients_array
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment
+from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array
 
 from ._common import (
     as_dataset,

@@ -1,6 +1,6 @@
 """First-party initializers: probes, objects and scan positions."""
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

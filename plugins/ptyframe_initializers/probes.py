@@ -3,7 +3,7 @@ estimated from the data, or a probe read from a file.
 
 Every probe is complex (n_modes, ny, nx), real space, centred at pixel (ny // 2, nx // 2), and
 scaled so that its total intensity (summed over modes and pixels) equals the counts of the mean
-measured pattern (1 without data). Conventions (see :mod:`ptyframe.physics`): aberrations in
+measured pattern (1 without data). Conventions (see :mod:`ptyframe.core.physics`): aberrations in
 Krivanek notation (Å), C10 = -defocus; a positive extra defocus (Å) is an underfocus,
 subtracted from C10; the spectrum is ``A(q) exp(-i chi(q))`` (times an optional beam CTF).
 
@@ -24,7 +24,7 @@ import numpy as np
 from numpy.polynomial import hermite as _hermite
 
 from ptyframe.components import InitContext, ProbeInitializer
-from ptyframe.physics import (
+from ptyframe.core.physics import (
     ABERRATION_NAMES,
     aberration_coefficients_array,
     aberration_function,

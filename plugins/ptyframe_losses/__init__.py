@@ -2,7 +2,7 @@
 lsq_sqrt_2 (modified Gaussian), and the virtual-detector (compressed-data) losses
 lsq_compressed, gaussian_compressed, poisson_compressed."""
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

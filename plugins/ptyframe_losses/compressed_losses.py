@@ -1,7 +1,7 @@
 """Losses on virtual-detector (compressed) data.
 
 The data are K signals per measurement, ``m_k = sum_px M * mask_k`` (see
-:func:`ptyframe.compression.compress`); the model is compressed the same way,
+:func:`ptyframe.io.compression.compress`); the model is compressed the same way,
 ``c_k = sum_px I * mask_k``, by one matrix product per batch,
 ``c = I.reshape(B, -1) @ masks.reshape(K, -1).T``, and the gradient goes back by the transposed
 product ``dL/dI = (dL/dc) @ masks``.
@@ -10,7 +10,7 @@ Masks
 -----
 ``masks_path``: a ``.npy`` file (n_masks, my, mx), real, **centred** detector order (zero
 frequency at (my // 2, mx // 2), like the patterns on disk; build them with
-:func:`ptyframe.compression.annular_masks` or :func:`~ptyframe.compression.pixel_masks`). Or
+:func:`ptyframe.io.compression.annular_masks` or :func:`~ptyframe.io.compression.pixel_masks`). Or
 ``masks``: the same array in memory. In-memory masks are **not** serialised: ``to_config()``
 then writes a placeholder string in ``masks`` that refuses to rebuild (save the array with
 ``numpy.save`` and give ``masks_path`` for a configuration that round-trips). Without masks

@@ -4,7 +4,7 @@ All three are one line-searched quasi-Newton method (:class:`QuasiNewton`) with 
 curvature history length; they are registered exactly as a third-party plugin would be.
 """
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

@@ -1,6 +1,6 @@
 """First-party propagators: multislice and the higher-order better_multislice and yoshida."""
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

@@ -32,7 +32,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import PropagationGeometry
-from ptyframe.device import Workspace
+from ptyframe.core.device import Workspace
 
 from .multislice import Multislice, check_tilts, reduce_to_shape, tilt_gradient, tilted_kernel
 

@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import PropagationGeometry, Propagator
-from ptyframe.device import Workspace
+from ptyframe.core.device import Workspace
 
 __all__ = ["Multislice", "fresnel_kernel", "band_limit_mask", "reduce_to_shape",
            "tilted_kernel", "tilt_gradient", "check_tilts"]
@@ -209,7 +209,7 @@ class Multislice(Propagator):
         ``tilts``: optional (B, 2) radians, one tilt inside the specimen per measurement along
         axis -3 of ``wave``; P_s then carries the tilt ramp (see the class docstring) and is
         applied with per-measurement kernels instead of :meth:`propagate`.
-        ``workspace``: optional :class:`~ptyframe.device.Workspace` owned by the caller. With
+        ``workspace``: optional :class:`~ptyframe.core.device.Workspace` owned by the caller. With
         it, the slice waves and gradients live in reused buffers (no allocation per call), the
         returned exit wave and the cache are valid until the next call with that workspace,
         and :meth:`vjp` may overwrite ``wave``, ``transmission`` and ``grad_exit`` in place.

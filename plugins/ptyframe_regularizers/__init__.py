@@ -5,7 +5,7 @@ Probe: ``probe_fourier_mask``, ``probe_window``. Scan: ``position_smoothness``,
 ``tilt_smoothness``, ``deformation``.
 """
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 
 @hookimpl

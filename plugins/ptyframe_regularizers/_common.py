@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ptyframe.schedules import Constant, Schedule, as_schedule
+from ptyframe.core.schedules import Constant, Schedule, as_schedule
 
 __all__ = [
     "weight_field", "weight_at", "block_and_weight", "positive", "non_negative", "at_least_one",

@@ -2,7 +2,7 @@
 
 All gradients are g = dR/d conj(O) (so dR = 2 Re <g, dO>), of O's shape and dtype, computed on
 the device with ``device.xp`` and ``device.fft2``/``ifft2``. Unless a docstring says otherwise
-every slice and every object mode is penalised. Weights are :mod:`ptyframe.schedules`
+every slice and every object mode is penalised. Weights are :mod:`ptyframe.core.schedules`
 schedules (a plain number is a constant) evaluated at the epoch; a weight of 0 returns
 (0.0, {}) without touching the arrays. Penalties are plain sums over pixels, so a weight is in
 units of the data loss per pixel (counts for ``lsq``-type losses) and is tuned against it.

@@ -81,7 +81,7 @@ class ProbeFourierMask(Regularizer):
     The disk is built in ``prepare`` from ``context.wavelength_A`` and the reciprocal pixel
     1 / (n * pixel_size_A) per axis (FFT order). The margin keeps the disk from cutting
     through the aperture's soft edge (about one pixel wide, centred on the nominal angle; see
-    :func:`ptyframe.physics.aperture`), which would fight the data. A mask file has its zero
+    :func:`ptyframe.core.physics.aperture`), which would fight the data. A mask file has its zero
     frequency at pixel (ny//2, nx//2) and is shifted to FFT order here.
 
     A useful weight is comparable to the number of measurements (the data term's stiffness

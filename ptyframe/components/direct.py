@@ -68,4 +68,4 @@ class DirectMethod(Component):
 
     @abc.abstractmethod
     def run(self, dataset: Any, experiment: Any, device: Any) -> DirectResult:
-        """Reconstruct from ``dataset`` (a :class:`ptyframe.data.Dataset`)."""
+        """Reconstruct from ``dataset`` (a :class:`ptyframe.io.data.Dataset`)."""

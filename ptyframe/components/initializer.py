@@ -15,8 +15,8 @@ __all__ = ["ProbeInitializer", "ObjectInitializer", "PositionInitializer", "Init
 class InitContext:
     """Everything an initializer may look at (host NumPy arrays only).
 
-    ``experiment``: the :class:`ptyframe.experiment.Experiment`; ``grid``: the
-    :class:`ptyframe.experiment.ReconstructionGrid`; ``mean_pattern``: mean measured pattern
+    ``experiment``: the :class:`ptyframe.core.experiment.Experiment`; ``grid``: the
+    :class:`ptyframe.core.experiment.ReconstructionGrid`; ``mean_pattern``: mean measured pattern
     (ky, kx) centred (zero frequency at N/2) on the padded detector grid, or None;
     ``n_measurements``; ``rng``: a numpy Generator.
     """

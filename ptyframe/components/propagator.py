@@ -42,7 +42,7 @@ class Propagator(Component):
     (axis -3 of ``wave``): each propagation step uses the kernel
     exp(-i pi dz (lambda q^2 + 2 (q_y t_y + q_x t_x))). When ``forward`` was given tilts,
     ``vjp`` returns a third item, dL/dt with the real-block convention (1/2 dL/dt), (B, 2).
-    Optional keyword ``workspace`` (a :class:`ptyframe.device.Workspace`) lends work buffers.
+    Optional keyword ``workspace`` (a :class:`ptyframe.core.device.Workspace`) lends work buffers.
     """
 
     kind = "propagator"

@@ -18,7 +18,7 @@ class Regularizer(Component):
     ``value_and_grad(params, device, epoch)`` returns (value, {block_name: gradient}). Real
     blocks follow the same convention (gradient = 1/2 dR/dx) so that dR = 2 Re <g, dp> for all
     blocks. A block absent from ``params`` is skipped (value 0, no gradient). Weights that vary
-    with the epoch are :class:`ptyframe.schedules.Schedule` objects evaluated at ``epoch``.
+    with the epoch are :class:`ptyframe.core.schedules.Schedule` objects evaluated at ``epoch``.
     """
 
     kind = "regularizer"

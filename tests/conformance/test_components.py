@@ -34,11 +34,11 @@ import numpy as np
 import pytest
 
 from ptyframe.components import COMPONENT_KINDS, InitContext, ModelContext, PropagationGeometry
-from ptyframe.device import Device, cupy_available
-from ptyframe.experiment import Experiment, ReconstructionGrid
-from ptyframe.physics import wavelength_A
-from ptyframe.plugins import load_registry
-from ptyframe.registry import ComponentConfigError
+from ptyframe.core.device import Device, cupy_available
+from ptyframe.core.experiment import Experiment, ReconstructionGrid
+from ptyframe.core.physics import wavelength_A
+from ptyframe.registry.loader import load_registry
+from ptyframe.registry.registry import ComponentConfigError
 from ptyframe.testing import check_adjoint, check_gradient, random_like
 
 REGISTRY = load_registry()

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from ptyframe import load_registry
-from ptyframe.cli import main
-from ptyframe.config import build_reconstruction, load_config, run_config_file
-from ptyframe.results import load_state, read_loss_log
-from ptyframe.simulate import simulate_dataset
+from ptyframe.apps.cli import main
+from ptyframe.apps.config import build_reconstruction, load_config, run_config_file
+from ptyframe.io.results import load_state, read_loss_log
+from ptyframe.testing.simulate import simulate_dataset
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_missing_files_are_reported(tmp_path):
 
 
 def test_demo_writes_figures(tmp_path):
-    from ptyframe.demo import run_demo
+    from ptyframe.apps.demo import run_demo
 
     out = run_demo(tmp_path / "demo", quick=True, epochs=25)
     for name in ("phase.png", "probe.png", "loss.png"):

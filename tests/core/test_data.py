@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ptyframe.data import DataError, Dataset, Preprocessing
+from ptyframe.io.data import DataError, Dataset, Preprocessing
 
 SY, SX, K = 3, 4, 16
 N = SY * SX

@@ -6,9 +6,9 @@ import attrs
 import pytest
 
 from ptyframe import load_registry
-from ptyframe.cli import main
-from ptyframe.docs_reference import field_descriptions, generate_parameter_reference
-from ptyframe.migrate import REFERENCE_KEYS
+from ptyframe.apps.cli import main
+from ptyframe.apps.docs_reference import field_descriptions, generate_parameter_reference
+from ptyframe.apps.migrate import REFERENCE_KEYS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "parameters.md"
 

@@ -4,9 +4,9 @@ detector, and the object phase compared with the truth."""
 import numpy as np
 
 from ptyframe import Device, Experiment, Reconstruction, load_registry
-from ptyframe.focal_series import simulate_focal_series
-from ptyframe.physics import wavelength_A
-from ptyframe.validation import phase_correlation
+from ptyframe.core.physics import wavelength_A
+from ptyframe.testing.focal_series import simulate_focal_series
+from ptyframe.testing.validation import phase_correlation
 
 REGISTRY = load_registry()
 WINDOW = 48

@@ -6,8 +6,8 @@ from ptyframe_losses.intensity_losses import LeastSquares, LeastSquaresSqrt, Poi
 from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.components import PropagationGeometry
-from ptyframe.device import Device
-from ptyframe.model import FarFieldModel
+from ptyframe.core.device import Device
+from ptyframe.engine.model import FarFieldModel
 from ptyframe.testing import check_adjoint, check_gradient, random_like
 
 LOSSES = [LeastSquaresSqrt(), PoissonML(), LeastSquares()]

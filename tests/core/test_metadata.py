@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from ptyframe.data import DataError
-from ptyframe.experiment import Experiment
-from ptyframe.metadata import (
+from ptyframe.core.experiment import Experiment
+from ptyframe.core.physics import wavelength_A
+from ptyframe.io.data import DataError
+from ptyframe.io.metadata import (
     MetadataError,
     experiment_from_metadata,
     load_experiment,
@@ -20,7 +21,6 @@ from ptyframe.metadata import (
     read_metadata,
     sidecar_path,
 )
-from ptyframe.physics import wavelength_A
 
 DK = 0.05487470276202671  # 1/Å at 200 kV, consistent with MRAD below
 MRAD = 1.3762213453811123

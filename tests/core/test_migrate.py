@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 from ptyframe import load_registry
-from ptyframe.cli import main
-from ptyframe.components import InitContext
-from ptyframe.config import build_reconstruction, load_config
-from ptyframe.experiment import ReconstructionGrid
-from ptyframe.migrate import (
+from ptyframe.apps.cli import main
+from ptyframe.apps.config import build_reconstruction, load_config
+from ptyframe.apps.migrate import (
     MIGRATION_TABLE,
     REFERENCE_DEFAULTS,
     REFERENCE_KEYS,
@@ -21,8 +19,10 @@ from ptyframe.migrate import (
     migrate_file,
     migrate_reference_parameters,
 )
-from ptyframe.schedules import EveryN, FromEpoch, Piecewise, Schedule
-from ptyframe.simulate import simulate_dataset
+from ptyframe.components import InitContext
+from ptyframe.core.experiment import ReconstructionGrid
+from ptyframe.core.schedules import EveryN, FromEpoch, Piecewise, Schedule
+from ptyframe.testing.simulate import simulate_dataset
 
 WINDOW = 24
 

@@ -10,8 +10,8 @@ from ptyframe_losses.intensity_losses import LeastSquaresSqrt, PoissonML
 from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.components import ModelContext
-from ptyframe.device import Device
-from ptyframe.model import PtychographyModel
+from ptyframe.core.device import Device
+from ptyframe.engine.model import PtychographyModel
 from ptyframe.testing import check_adjoint, check_gradient
 
 N_MEAS = 6

@@ -14,11 +14,11 @@ import attrs
 import numpy as np
 import pytest
 
-from ptyframe.cli import main
+from ptyframe.apps.cli import main
 from ptyframe.components import LossMetric
-from ptyframe.hookspecs import hookimpl
-from ptyframe.plugins import PluginLoadWarning, default_registry, load_registry
-from ptyframe.registry import (
+from ptyframe.registry.hookspecs import hookimpl
+from ptyframe.registry.loader import PluginLoadWarning, default_registry, load_registry
+from ptyframe.registry.registry import (
     ComponentConfigError,
     ComponentNotFound,
     PluginError,
@@ -32,7 +32,7 @@ GROUP = "ptyframe_tests_private"
 LOSS_SOURCE = '''
 import attrs
 from ptyframe.components import LossMetric
-from ptyframe.plugins import hookimpl
+from ptyframe.registry.loader import hookimpl
 
 
 @attrs.define
@@ -255,14 +255,14 @@ def test_strict_from_environment(site, monkeypatch):
 def test_failing_hook_and_bad_return_warn(site):
     failing, bad = unique("fake_failing"), unique("fake_bad")
     make_dist(site, "failpkg", {"failplug": failing}, {failing: """
-        from ptyframe.plugins import hookimpl
+        from ptyframe.registry.loader import hookimpl
 
         @hookimpl
         def ptyframe_register_components():
             raise RuntimeError("boom in hook")
         """})
     make_dist(site, "badpkg", {"badplug": bad}, {bad: """
-        from ptyframe.plugins import hookimpl
+        from ptyframe.registry.loader import hookimpl
 
         @hookimpl
         def ptyframe_register_components():
@@ -296,7 +296,7 @@ def test_abstract_and_unknown_kind_name_the_plugin(site):
     make_dist(site, "badclasspkg", {"badclasses": module}, {module: f"""
         import attrs
         from ptyframe.components import LossMetric
-        from ptyframe.plugins import hookimpl
+        from ptyframe.registry.loader import hookimpl
 
         class Abstract(LossMetric):
             name = "abstract_{module}"
@@ -398,8 +398,8 @@ def test_cli_plugins_reports_broken_plugin(site, capsys):
 
 def test_cli_run_and_demo_delegate(monkeypatch, capsys, tmp_path):
     calls = []
-    config = type(sys)("ptyframe.config")
-    demo = type(sys)("ptyframe.demo")
+    config = type(sys)("ptyframe.apps.config")
+    demo = type(sys)("ptyframe.apps.demo")
 
     def run_config_file(path, **kwargs):
         calls.append(("run", path, kwargs))
@@ -412,8 +412,8 @@ def test_cli_run_and_demo_delegate(monkeypatch, capsys, tmp_path):
 
     config.run_config_file = run_config_file
     demo.run_demo = run_demo
-    monkeypatch.setitem(sys.modules, "ptyframe.config", config)
-    monkeypatch.setitem(sys.modules, "ptyframe.demo", demo)
+    monkeypatch.setitem(sys.modules, "ptyframe.apps.config", config)
+    monkeypatch.setitem(sys.modules, "ptyframe.apps.demo", demo)
 
     assert main(["run", "cfg.toml", "--output", str(tmp_path), "--epochs", "3"]) == 0
     assert calls[-1] == ("run", "cfg.toml", {"output": str(tmp_path), "epochs": 3})

@@ -1,6 +1,7 @@
 """End-to-end reconstructions of the project's own simulated data, scored against the truth.
 
-Every run uses ptyframe's simulator (:func:`ptyframe.simulate.simulate_dataset`: Gaussian atoms,
+Every run uses ptyframe's simulator (:func:`~ptyframe.testing.simulate.simulate_dataset`:
+ Gaussian atoms,
 200 kV, 25 mrad, 50 Å defocus, 0.25 Å pixels) with a small window and scan so the whole file
 stays well under a minute on two CPU cores. Phases are compared over the scanned region
 (bounding box of the true positions), after removing the global phase and aligning by the
@@ -21,9 +22,9 @@ from ptyframe_losses.intensity_losses import LeastSquaresSqrt
 from ptyframe_propagators.multislice import Multislice
 
 from ptyframe import Device, FromEpoch, Reconstruction, ReconstructionResult, load_registry
-from ptyframe.results import read_loss_log
-from ptyframe.simulate import SimulatedData, simulate_dataset
-from ptyframe.validation import (
+from ptyframe.io.results import read_loss_log
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import (
     phase_correlation,
     position_error_A,
     resample_to_grid,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from ptyframe import Device, FromEpoch, Reconstruction, load_registry
-from ptyframe.data import Dataset
-from ptyframe.simulate import SimulatedData, simulate_dataset
-from ptyframe.validation import phase_correlation, scanned_region_mask
+from ptyframe.io.data import Dataset
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import phase_correlation, scanned_region_mask
 
 REGISTRY = load_registry()
 WINDOW = 24
@@ -147,7 +147,7 @@ def test_sequence_load_one_by_one_and_padded_detector(tmp_path):
     assert result.grid.pixel_size_A == pytest.approx(sim.grid.pixel_size_A * WINDOW
                                                      / (WINDOW + 8))
     mask = scanned_region_mask(result.grid, sim.positions_A)
-    from ptyframe.validation import resample_to_grid
+    from ptyframe.testing.validation import resample_to_grid
 
     truth = resample_to_grid(sim.phase, sim.grid, result.grid)
     assert phase_correlation(result.phase, truth, mask=mask) > 0.97

@@ -4,9 +4,9 @@ compressed loss, with the probe initialised from the masks' back-projected mean 
 import numpy as np
 
 from ptyframe import Device, Reconstruction, load_registry
-from ptyframe.compression import annular_masks, compress
-from ptyframe.simulate import simulate_dataset
-from ptyframe.validation import phase_correlation, scanned_region_mask
+from ptyframe.io.compression import annular_masks, compress
+from ptyframe.testing.simulate import simulate_dataset
+from ptyframe.testing.validation import phase_correlation, scanned_region_mask
 
 REGISTRY = load_registry()
 

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from ptyframe import results
-from ptyframe.nexus import export_nexus
-from ptyframe.results import (
+from ptyframe.io import results
+from ptyframe.io.nexus import export_nexus
+from ptyframe.io.results import (
     LossLog,
     OutputFolder,
     atomic_save_npy,

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ptyframe.safe_lambda as safe_lambda
-from ptyframe.safe_lambda import map_schedule_values, parse_lambda, to_schedule
-from ptyframe.schedules import Constant, EveryN, FromEpoch, Piecewise, Schedule, Until
+import ptyframe.core.safe_lambda as safe_lambda
+from ptyframe.core.safe_lambda import map_schedule_values, parse_lambda, to_schedule
+from ptyframe.core.schedules import Constant, EveryN, FromEpoch, Piecewise, Schedule, Until
 
 EPOCHS = range(201)
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,

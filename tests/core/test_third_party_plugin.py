@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from ptyframe import Device, Reconstruction
-from ptyframe.cli import main
+from ptyframe.apps.cli import main
 from ptyframe.components import LossMetric
-from ptyframe.plugins import load_registry
-from ptyframe.simulate import simulate_dataset
+from ptyframe.registry.loader import load_registry
 from ptyframe.testing import check_gradient
+from ptyframe.testing.simulate import simulate_dataset
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "third_party_plugin"
 DIST = "ptyframe-example-plugin"

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from ptyframe.experiment import ReconstructionGrid
-from ptyframe.simulate import random_atoms_phase
-from ptyframe.validation import (
+from ptyframe.core.experiment import ReconstructionGrid
+from ptyframe.testing.simulate import random_atoms_phase
+from ptyframe.testing.validation import (
     align_images,
     cross_correlation_shift,
     fourier_shift,

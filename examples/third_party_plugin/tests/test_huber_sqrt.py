@@ -10,7 +10,7 @@ import pytest
 from ptyframe_example_plugin.huber import HuberSqrt
 
 from ptyframe.components import LossMetric
-from ptyframe.plugins import load_registry
+from ptyframe.registry.loader import load_registry
 from ptyframe.testing import check_gradient
 
 

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from ptyframe.device import Device, cupy_available
+from ptyframe.core.device import Device, cupy_available
 
 
 @functools.cache

@@ -74,7 +74,7 @@ def test_gaussian_filter_smooths_the_unwrapped_phase(device):
 def test_gaussian_filter_of_a_wrapping_ramp_keeps_it():
     """A phase ramp of 6 full turns across the object is smooth (no curvature): unchanged,
     where a filter of angle(O) would smear each of its 2 pi jumps."""
-    from ptyframe.device import Device
+    from ptyframe.core.device import Device
 
     device = Device("cpu", "double")
     x = np.arange(SHAPE[1])
@@ -298,7 +298,7 @@ def test_phase_only_retraction(device):
 @pytest.mark.parametrize("cls", [GaussianFilter, ChargeFlip, FancySigma, BandLimit,
                                  PhaseOnlyObject, RestartFromVacuum])
 def test_single_precision_is_kept(cls):
-    from ptyframe.device import Device
+    from ptyframe.core.device import Device
 
     device = Device("cpu", "single")
     obj = random_object(np.random.default_rng(14)).astype(np.complex64)

@@ -15,8 +15,8 @@ from ptyframe_constraints.probe_constraints import (
 )
 
 from ptyframe.components import ModelContext
-from ptyframe.device import Device
-from ptyframe.physics import wavelength_A
+from ptyframe.core.device import Device
+from ptyframe.core.physics import wavelength_A
 
 WINDOW = 16
 PIXEL_SIZE_A = 0.25

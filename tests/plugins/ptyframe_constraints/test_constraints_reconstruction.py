@@ -21,8 +21,8 @@ from ptyframe_constraints.probe_constraints import (
 )
 
 from ptyframe import Device, FromEpoch, Reconstruction, load_registry
-from ptyframe.simulate import SimulatedData, simulate_dataset
-from ptyframe.validation import phase_correlation, resample_to_grid, scanned_region_mask
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import phase_correlation, resample_to_grid, scanned_region_mask
 
 REGISTRY = load_registry()
 WINDOW = 24

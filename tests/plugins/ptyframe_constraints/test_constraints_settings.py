@@ -9,7 +9,7 @@ from ptyframe_constraints import ptyframe_register_components
 
 from ptyframe import EveryN, FromEpoch, Piecewise, load_registry
 from ptyframe.components import Constraint
-from ptyframe.registry import ComponentConfigError
+from ptyframe.registry.registry import ComponentConfigError
 
 NAMES = ["gaussian_filter", "charge_flip", "fancy_sigma", "band_limit", "restart_from_vacuum",
          "phase_only_object", "orthogonal_probe_modes", "probe_fourier_projection",

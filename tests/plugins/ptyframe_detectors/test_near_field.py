@@ -11,8 +11,8 @@ from ptyframe_detectors.near_field import NearFieldDetector
 from ptyframe_propagators.multislice import fresnel_kernel
 
 from ptyframe.components import ModelContext
-from ptyframe.device import Device
-from ptyframe.physics import wavelength_A
+from ptyframe.core.device import Device
+from ptyframe.core.physics import wavelength_A
 from ptyframe.testing import check_adjoint, check_gradient, random_like
 
 DEV = Device("cpu", "double")

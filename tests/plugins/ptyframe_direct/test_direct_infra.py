@@ -25,10 +25,8 @@ from ptyframe_direct.wdd import WDD
 from ptyframe_propagators.multislice import Multislice
 
 from ptyframe import Reconstruction
-from ptyframe.cli import main as cli_main
-from ptyframe.components import DirectResult, InitContext
-from ptyframe.device import Device
-from ptyframe.direct import (
+from ptyframe.apps.cli import main as cli_main
+from ptyframe.apps.direct import (
     load_direct_result,
     method_label,
     parse_method_spec,
@@ -36,11 +34,13 @@ from ptyframe.direct import (
     save_direct_result,
     to_jsonable,
 )
-from ptyframe.experiment import Experiment, ReconstructionGrid
-from ptyframe.physics import ABERRATION_NAMES, aberration_function, aperture
-from ptyframe.plugins import load_registry
-from ptyframe.simulate import SimulatedData, simulate_dataset
-from ptyframe.validation import phase_correlation, resample_to_grid, scanned_region_mask
+from ptyframe.components import DirectResult, InitContext
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment, ReconstructionGrid
+from ptyframe.core.physics import ABERRATION_NAMES, aberration_function, aperture
+from ptyframe.registry.loader import load_registry
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import phase_correlation, resample_to_grid, scanned_region_mask
 
 REGISTRY = load_registry()
 DIRECT = REGISTRY.names("direct_method")

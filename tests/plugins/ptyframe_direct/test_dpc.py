@@ -1,6 +1,6 @@
 """DPC / iDPC / iterative DPC on the project's own simulated data, scored against the truth.
 
-Data: :func:`ptyframe.simulate.simulate_dataset` with a focused 25 mrad probe at 200 kV,
+Data: :func:`ptyframe.testing.simulate.simulate_dataset` with a focused 25 mrad probe at 200 kV,
 a 32-px detector (0.25 Å real-space pixels), a 16 x 16 scan with a 0.5 Å step, and a weak
 pure-phase object (Gaussian atoms, ``phase_scale`` 0.5, no absorption, so the COM theorem is
 exact). The DPC phase is the object phase blurred by the probe intensity; it is compared with
@@ -18,11 +18,11 @@ from ptyframe_direct.dpc import DPC, IterativeDPC, integrate_gradient_lsq, spect
 from ptyframe_propagators.multislice import Multislice
 from scipy import ndimage
 
-from ptyframe.device import Device
-from ptyframe.experiment import Experiment, ReconstructionGrid
-from ptyframe.simulate import SimulatedData, simulate_dataset
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment, ReconstructionGrid
 from ptyframe.testing import check_adjoint
-from ptyframe.validation import phase_correlation, resample_to_grid
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import phase_correlation, resample_to_grid
 
 SCAN = (16, 16)
 STEP_A = 0.5

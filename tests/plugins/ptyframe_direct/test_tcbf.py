@@ -6,7 +6,8 @@ pixels (BF disk radius 7.7 px), 24 x 24 scan at 0.7 Å, defocus 300-350 Å (shif
 unless stated. Every run starts blind: the experiment handed to tcBF has no aberrations.
 
 Scan rotation: ptyframe's simulator has no scan-rotation option, so the rotated-scan data set
-replaces its raster (``ptyframe.simulate.scan_positions``) by the ``scan_grid`` initializer's
+replaces its raster
+(``ptyframe.testing.simulate.scan_positions``) by the ``scan_grid`` initializer's
 raster rotated by a known angle about its centre -- the geometry that
 ``Experiment.scan_rotation_deg`` describes (positions = R(theta) nominal). Astigmatism comes
 from the simulator's ``aberrations_array`` (the model's per-measurement aberrations, applied
@@ -35,12 +36,12 @@ from ptyframe_direct.tcbf import (
 from ptyframe_initializers.positions import scan_grid
 from scipy import ndimage
 
-import ptyframe.simulate as simulate_module
+import ptyframe.testing.simulate as simulate_module
 from ptyframe import Dataset, Device, load_registry
 from ptyframe.components import DirectResult
-from ptyframe.physics import ABERRATION_NAMES, aberration_basis, aberration_function
-from ptyframe.simulate import SimulatedData, simulate_dataset
-from ptyframe.validation import align_images, phase_correlation
+from ptyframe.core.physics import ABERRATION_NAMES, aberration_basis, aberration_function
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import align_images, phase_correlation
 
 REGISTRY = load_registry()
 SCAN = (24, 24)

@@ -1,6 +1,6 @@
 """WDD and SSB on the project's own simulated data, scored against the truth.
 
-Data: :func:`ptyframe.simulate.simulate_dataset`, 200 kV, 32-px detector (0.25 Å pixels),
+Data: :func:`ptyframe.testing.simulate.simulate_dataset`, 200 kV, 32-px detector (0.25 Å pixels),
 16 x 16 scan, weak pure-phase object (``phase_scale`` 0.5, no absorption): a focused 25 mrad
 probe with a 0.5 Å step, and a defocused one (150 Å underfocus, 20 mrad, 0.4 Å step) for
 the aberration handling. The recovered phase lives on the scan points and is compared with
@@ -17,10 +17,10 @@ from ptyframe_direct.wdd import WDD
 from ptyframe_propagators.multislice import Multislice
 from scipy import ndimage
 
-from ptyframe.device import Device
-from ptyframe.experiment import ReconstructionGrid
-from ptyframe.simulate import SimulatedData, simulate_dataset
-from ptyframe.validation import phase_correlation, resample_to_grid
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import ReconstructionGrid
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import phase_correlation, resample_to_grid
 
 DEVICE = Device("cpu", "double")
 SCAN = (16, 16)

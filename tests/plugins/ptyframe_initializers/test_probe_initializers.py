@@ -20,9 +20,9 @@ from ptyframe_initializers.probes import (
 )
 
 from ptyframe.components import InitContext
-from ptyframe.experiment import Experiment, ReconstructionGrid
-from ptyframe.plugins import load_registry
-from ptyframe.simulate import simulate_dataset
+from ptyframe.core.experiment import Experiment, ReconstructionGrid
+from ptyframe.registry.loader import load_registry
+from ptyframe.testing.simulate import simulate_dataset
 
 REGISTRY = load_registry()
 WINDOW = 32

@@ -19,11 +19,11 @@ import pytest
 
 from ptyframe import Device
 from ptyframe.components import ModelContext
-from ptyframe.compression import annular_masks, compress
-from ptyframe.model import FarFieldModel
-from ptyframe.plugins import load_registry
-from ptyframe.simulate import simulate_dataset
-from ptyframe.validation import phase_correlation, scanned_region_mask
+from ptyframe.engine.model import FarFieldModel
+from ptyframe.io.compression import annular_masks, compress
+from ptyframe.registry.loader import load_registry
+from ptyframe.testing.simulate import simulate_dataset
+from ptyframe.testing.validation import phase_correlation, scanned_region_mask
 
 REGISTRY = load_registry()
 WINDOW = 24

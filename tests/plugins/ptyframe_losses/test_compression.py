@@ -1,4 +1,4 @@
-"""Tests of ptyframe.compression: compress() against einsum (in memory, chunked, memory-mapped)
+"""Tests of ptyframe.io.compression: compress() against einsum (in memory, chunked, memory-mapped)
 and the virtual-detector mask builders."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptyframe.compression import annular_masks, compress, pixel_masks
+from ptyframe.io.compression import annular_masks, compress, pixel_masks
 
 SHAPE = (16, 16)
 

@@ -21,8 +21,8 @@ from ptyframe_losses.intensity_losses import (
 
 from ptyframe import Device
 from ptyframe.components import ModelContext
-from ptyframe.compression import annular_masks, pixel_masks
-from ptyframe.plugins import load_registry
+from ptyframe.io.compression import annular_masks, pixel_masks
+from ptyframe.registry.loader import load_registry
 from ptyframe.testing import GradientCheckError, check_gradient
 
 REGISTRY = load_registry()

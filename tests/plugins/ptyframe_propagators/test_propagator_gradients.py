@@ -10,8 +10,8 @@ from ptyframe_propagators.higher_order import BetterMultislice, SplitStepScheme,
 from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.components import PropagationGeometry
-from ptyframe.device import Device
-from ptyframe.physics import wavelength_A
+from ptyframe.core.device import Device
+from ptyframe.core.physics import wavelength_A
 from ptyframe.testing import check_adjoint, check_gradient, random_like
 
 CLASSES = (Multislice, BetterMultislice, Yoshida)

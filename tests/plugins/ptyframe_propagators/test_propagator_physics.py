@@ -9,8 +9,8 @@ from ptyframe_propagators.higher_order import BetterMultislice, Yoshida
 from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.components import PropagationGeometry
-from ptyframe.device import Device
-from ptyframe.physics import wavelength_A
+from ptyframe.core.device import Device
+from ptyframe.core.physics import wavelength_A
 
 CLASSES = (Multislice, BetterMultislice, Yoshida)
 DEV = Device("cpu", "double")

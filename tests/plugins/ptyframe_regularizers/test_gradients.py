@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from ptyframe import Device, FromEpoch, Piecewise, load_registry
 from ptyframe.components import ModelContext
-from ptyframe.experiment import Experiment
+from ptyframe.core.experiment import Experiment
 from ptyframe.testing import check_gradient
 
 REGISTRY = load_registry()

@@ -18,9 +18,9 @@ from scipy import ndimage
 
 from ptyframe import Device, FromEpoch, Reconstruction, load_registry
 from ptyframe.components import ModelContext
-from ptyframe.model import FarFieldModel
-from ptyframe.simulate import SimulatedData, simulate_dataset
-from ptyframe.validation import (
+from ptyframe.engine.model import FarFieldModel
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import (
     phase_correlation,
     position_error_A,
     resample_to_grid,

@@ -6,7 +6,7 @@ not at module level, so that listing plugins stays cheap and one broken componen
 cannot break ``import ptyframe_example_plugin``.
 """
 
-from ptyframe.hookspecs import hookimpl
+from ptyframe.registry.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

@@ -21,8 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .array_settings import ArraySetting, load_array_setting, load_phase_plates
-from .components import (
+from ptyframe.components import (
     Constraint,
     Detector,
     InitContext,
@@ -35,12 +34,13 @@ from .components import (
     Propagator,
     Regularizer,
 )
-from .data import Dataset
-from .device import Device
-from .experiment import Experiment, ReconstructionGrid, windows_outside_object
-from .model import BLOCKS, TILT_MODES, PtychographyModel
-from .results import OutputFolder
-from .schedules import Constant, Schedule, as_schedule
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_outside_object
+from ptyframe.core.schedules import Constant, Schedule, as_schedule
+from ptyframe.engine.model import BLOCKS, TILT_MODES, PtychographyModel
+from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
+from ptyframe.io.data import Dataset
+from ptyframe.io.results import OutputFolder
 
 __all__ = ["Reconstruction", "ReconstructionResult", "EpochReport", "Callback"]
 
@@ -407,7 +407,7 @@ class Reconstruction:
     @property
     def registry(self) -> Any:
         if self._registry is None:
-            from .plugins import load_registry
+            from ptyframe.registry.loader import load_registry
 
             self._registry = load_registry()
         return self._registry
@@ -871,7 +871,7 @@ class Reconstruction:
         folder = Path(folder) if folder is not None else self.output_dir
         if folder is None:
             raise ValueError("load_checkpoint: no folder given and no output_dir set")
-        from .results import load_state
+        from ptyframe.io.results import load_state
 
         arrays, epoch = load_state(folder)
         self.initialize()
@@ -896,7 +896,7 @@ class Reconstruction:
         self.epoch = int(epoch)
         log_path = folder / "loss.csv"
         if log_path.exists():
-            from .results import read_loss_log
+            from ptyframe.io.results import read_loss_log
 
             history = read_loss_log(log_path)
             keep = history["epoch"] <= epoch

@@ -4,7 +4,7 @@ The reference tool accepts iteration-dependent settings as lambdas of the epoch 
 ``"lambda x: x % 10 == 0"``. ptyframe never evaluates such text: :func:`parse_lambda` parses it
 with :func:`ast.parse`, checks that it is one of the simple forms below and interprets the
 syntax tree itself (no ``eval``, ``exec`` or ``compile``), then returns the equivalent
-:class:`~ptyframe.schedules.Schedule`. ``x`` is the epoch number, starting at 0 (the same
+:class:`~ptyframe.core.schedules.Schedule`. ``x`` is the epoch number, starting at 0 (the same
 numbering ptyframe's schedules use).
 
 Supported bodies (``x`` being the lambda's one argument):
@@ -35,7 +35,7 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from .schedules import Constant, EveryN, FromEpoch, Piecewise, Schedule, Until
+from ptyframe.core.schedules import Constant, EveryN, FromEpoch, Piecewise, Schedule, Until
 
 __all__ = ["parse_lambda", "to_schedule", "map_schedule_values", "MAX_SOURCE_LENGTH"]
 

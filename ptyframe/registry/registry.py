@@ -1,6 +1,7 @@
 """Component registry: ``(kind, name) -> class``, with the plugin that provided each class.
 
-The registry is a plain object (no global state). :func:`ptyframe.plugins.load_registry` fills
+The registry is a plain object (no global state). :func:`~ptyframe.registry.loader.load_registry`
+ fills
 one from the installed plugins; tests and scripts may build their own.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from .components import COMPONENT_KINDS
+from ptyframe.components import COMPONENT_KINDS
 
 __all__ = [
     "LOCAL",

@@ -1,4 +1,4 @@
-"""The plain far-field detector the model uses when none is configured.
+"""The plain far-field detector (no padding, no upsampling): the base of `far_field`.
 
 Far field: Psi = FFT_ortho(exit wave), I = (1/K) sum_k sum_m |Psi_k,m|^2 on the model window, in
 FFT pixel order (zero frequency at [0, 0]). Registered detectors (padding, upsampling, near
@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .components import Detector, ModelContext
-from .data import Dataset
+from ptyframe.components import Detector, ModelContext
+from ptyframe.io.data import Dataset
 
 __all__ = ["OrthoFarField"]
 

@@ -2,7 +2,7 @@
 
 Conventions
 -----------
-* Images are 2-D real arrays on a :class:`~ptyframe.experiment.ReconstructionGrid`: object
+* Images are 2-D real arrays on a :class:`~ptyframe.core.experiment.ReconstructionGrid`: object
   pixel ``(iy, ix)`` lies at ``grid.origin_A + (iy, ix) * grid.pixel_size_A`` (Å, (y, x)).
 * Shifts are in pixels, (y, x). ``align_images`` returns the displacement that was applied to
   the moving image: ``shifted(r) = moving(r - shift)``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .experiment import ReconstructionGrid
+from ptyframe.core.experiment import ReconstructionGrid
 
 __all__ = [
     "align_images",

@@ -10,11 +10,11 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from .components import Propagator
-from .device import Device
-from .experiment import Experiment, ReconstructionGrid
-from .model import PtychographyModel
-from .physics import aberration_function, aperture, spatial_frequencies
+from ptyframe.components import Propagator
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment, ReconstructionGrid
+from ptyframe.core.physics import aberration_function, aperture, spatial_frequencies
+from ptyframe.engine.model import PtychographyModel
 
 __all__ = ["SimulatedData", "simulate_dataset", "random_atoms_phase", "scan_positions"]
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .components import (
+from ptyframe.components import (
     PARAMETER_BLOCKS,
     Detector,
     LossMetric,
@@ -43,10 +43,9 @@ from .components import (
     PropagationGeometry,
     Propagator,
 )
-from .detection import OrthoFarField
-from .device import Device
-from .experiment import windows_outside_object
-from .physics import aberration_basis, spatial_frequencies
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import windows_outside_object
+from ptyframe.core.physics import aberration_basis, spatial_frequencies
 
 __all__ = ["PtychographyModel", "FarFieldModel", "BLOCKS", "TILT_MODES"]
 
@@ -70,6 +69,13 @@ def _accepts(method: Any, keyword: str) -> bool:
         return False
 
 
+def _default_detector() -> Detector:
+    """The registry's plain ``far_field`` detector (the core never imports plugins)."""
+    from ptyframe.registry.loader import load_registry
+
+    return load_registry().create("detector", {"type": "far_field"})
+
+
 class PtychographyModel:
     """Forward model + loss over a set of measurements, evaluated in batches.
 
@@ -84,7 +90,7 @@ class PtychographyModel:
         or a callable ``rows(indices) -> array`` that streams them (``load_one_by_one``), or
         None for simulation only.
     batch_size: measurements per vectorised batch.
-    detector: a :class:`Detector` (default: plain far field on the window).
+    detector: a :class:`Detector` (default: the registry's `far_field`, no padding).
     tilt_mode: which tilts are applied (see :data:`TILT_MODES`).
     probe_marker: (N,) int, which probe of a (n_probes, modes, ny, nx) probe each
         measurement uses; aberration_marker: (N,) int, which row of ``aberrations``.
@@ -135,7 +141,7 @@ class PtychographyModel:
         if n_measurements is None:
             n_measurements = 0 if self.measured is None else int(self.measured.shape[0])
         self._n_measurements = int(n_measurements)
-        self.detector = detector if detector is not None else OrthoFarField()
+        self.detector = detector if detector is not None else _default_detector()
         if context is None:
             context = ModelContext(window=self.window, pixel_size_A=self.pixel_size_A,
                                    wavelength_A=self.wavelength_A,

@@ -3,7 +3,7 @@
 The reference tool (PyPty) is driven by one flat dictionary (``pypty_params``) whose keys are
 listed in :data:`REFERENCE_KEYS`. :func:`migrate_reference_parameters` turns such a dictionary
 (values may be numbers, strings, string lambdas, numpy arrays) into a configuration dict in the
-format of :mod:`ptyframe.config`; arrays are written as ``.npy`` files into ``output_dir`` and
+format of :mod:`ptyframe.apps.config`; arrays are written as ``.npy`` files into ``output_dir`` and
 referenced by relative path. :data:`MIGRATION_TABLE` is the single place that says where each
 reference key goes (``docs/parameters.md`` is generated from it).
 
@@ -18,7 +18,7 @@ Conventions converted on the way:
   probe (y, x, modes) -> (modes, y, x);
 * ``extra_probe_defocus`` (a propagation distance, i.e. +C10) -> the aperture initializer's
   ``extra_defocus_A`` (positive = underfocus = -C10);
-* string lambdas -> :class:`~ptyframe.schedules.Schedule` via :mod:`ptyframe.safe_lambda`
+* string lambdas -> :class:`~ptyframe.core.schedules.Schedule` via :mod:`ptyframe.core.safe_lambda`
   (never evaluated); Python function objects are refused.
 
 Every key that cannot be honoured is collected and reported in one :class:`MigrationError`;
@@ -43,12 +43,12 @@ import attrs
 import h5py
 import numpy as np
 
-from .config import load_config
-from .data import Dataset
-from .experiment import Experiment, ReconstructionGrid
-from .physics import ABERRATION_NAMES, wavelength_A
-from .safe_lambda import map_schedule_values, to_schedule
-from .schedules import Constant, Schedule
+from ptyframe.apps.config import load_config
+from ptyframe.core.experiment import Experiment, ReconstructionGrid
+from ptyframe.core.physics import ABERRATION_NAMES, wavelength_A
+from ptyframe.core.safe_lambda import map_schedule_values, to_schedule
+from ptyframe.core.schedules import Constant, Schedule
+from ptyframe.io.data import Dataset
 
 __all__ = [
     "REFERENCE_KEYS", "REFERENCE_DEFAULTS", "MIGRATION_TABLE", "KeyMapping", "MigrationError",
@@ -1593,7 +1593,7 @@ def migrate_reference_parameters(params: Mapping[str, Any], output_dir: str | Pa
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a mapping, found {type(params).__name__}")
     if registry is None and check:
-        from .plugins import load_registry
+        from ptyframe.registry.loader import load_registry
 
         registry = load_registry()
     out = Path(output_dir) if output_dir is not None else None

@@ -11,7 +11,7 @@ docstring (the class's own, then its bases'), in these forms::
 
 A field the docstring does not describe shows its name. The second part maps every key of
 the reference tool's parameter guide to its ptyframe location
-(:data:`ptyframe.migrate.MIGRATION_TABLE`).
+(:data:`ptyframe.apps.migrate.MIGRATION_TABLE`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import attrs
 
-from .components import COMPONENT_KINDS
-from .migrate import MIGRATION_TABLE, REFERENCE_KEYS
+from ptyframe.apps.migrate import MIGRATION_TABLE, REFERENCE_KEYS
+from ptyframe.components import COMPONENT_KINDS
 
 __all__ = ["field_descriptions", "generate_parameter_reference", "write_parameter_reference"]
 
@@ -236,7 +236,7 @@ def generate_parameter_reference(registry: Any | None = None,
     """The Markdown reference. ``distributions``: only components from these distributions
     (None: every registered component)."""
     if registry is None:
-        from .plugins import load_registry
+        from ptyframe.registry.loader import load_registry
 
         registry = load_registry()
     entries = [e for e in registry.entries()

@@ -35,10 +35,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .data import Dataset, Preprocessing
-from .device import Device
-from .experiment import Experiment
-from .reconstruction import DEFAULT_COMPONENTS, Reconstruction, ReconstructionResult
+from ptyframe.core.device import Device
+from ptyframe.core.experiment import Experiment
+from ptyframe.engine.reconstruction import DEFAULT_COMPONENTS, Reconstruction, ReconstructionResult
+from ptyframe.io.data import Dataset, Preprocessing
 
 __all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file"]
 
@@ -108,7 +108,7 @@ def _build_experiment(section: dict[str, Any], data_path: Path | None) -> Experi
     if from_metadata:
         if data_path is None:
             raise ValueError("config [experiment]: from_metadata needs [data] path")
-        from .metadata import load_experiment
+        from ptyframe.io.metadata import load_experiment
 
         return load_experiment(data_path, **section)
     return Experiment.from_config(section)
@@ -137,7 +137,7 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
                          f"{sorted(_TOP_LEVEL)}")
     base_dir = Path(base_dir)
     if registry is None:
-        from .plugins import load_registry
+        from ptyframe.registry.loader import load_registry
 
         registry = load_registry()
     data_section = _section(config, "data")

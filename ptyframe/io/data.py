@@ -11,7 +11,7 @@ Supported inputs (:meth:`Dataset.from_file`):
   (sy, sx, ky, kx). The file is opened for each read and closed again; nothing is kept open.
 - ``.npy``: 3D (N, ky, kx) or 4D (sy, sx, ky, kx), memory-mapped (never unpickled). A
   Nion-style export is a 4D ``.npy`` with a same-stem ``.json`` sidecar holding the metadata
-  (read by :mod:`ptyframe.metadata`; the data itself loads like any 4D ``.npy``).
+  (read by :mod:`ptyframe.io.metadata`; the data itself loads like any 4D ``.npy``).
 
 Preprocessing (:class:`Preprocessing`) is applied to every pattern as it is read, in this
 order: clip negatives (optional) -> flip_ky / flip_kx -> transpose -> shift -> bin ->

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .physics import ABERRATION_NAMES, aberration_coefficients_array, wavelength_A
+from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array, wavelength_A
 
 __all__ = ["Experiment", "ReconstructionGrid", "windows_outside_object"]
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from .components import Detector, Propagator
-from .device import Device
-from .model import PtychographyModel
+from ptyframe.components import Detector, Propagator
+from ptyframe.core.device import Device
+from ptyframe.engine.model import PtychographyModel
+
 from .simulate import random_atoms_phase
 
 __all__ = ["FocalSeries", "simulate_focal_series"]

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .components import DirectMethod, DirectResult
-from .results import atomic_save_npy, atomic_write_json
+from ptyframe.components import DirectMethod, DirectResult
+from ptyframe.io.results import atomic_save_npy, atomic_write_json
 
 __all__ = ["run_direct", "run_direct_on_file", "save_direct_result", "load_direct_result",
            "method_label", "parse_method_spec", "to_jsonable"]
@@ -193,7 +193,7 @@ def _resolve_method(method: Any, registry: Any | None) -> DirectMethod:
         method = {"type": method}
     if isinstance(method, Mapping):
         if registry is None:
-            from .plugins import load_registry
+            from ptyframe.registry.loader import load_registry
 
             registry = load_registry()
         return registry.create("direct_method", method)
@@ -241,17 +241,17 @@ def run_direct(method: Any, dataset: Any, experiment: Any, device: Any = None,
     """Run a direct method and optionally save its result.
 
     ``method``: a :class:`DirectMethod`, a registry name (``"dpc"``, ``"wdd"``, ``"tcbf"``,
-    ...) or a configuration dict; ``dataset``: a :class:`ptyframe.data.Dataset` or an array of
+    ...) or a configuration dict; ``dataset``: a :class:`ptyframe.io.data.Dataset` or an array of
     patterns (N, ky, kx) / (sy, sx, ky, kx); ``experiment``: the
-    :class:`~ptyframe.experiment.Experiment`; ``device``: a :class:`~ptyframe.device.Device`
+    :class:`~ptyframe.core.experiment.Experiment`; ``device``: a :class:`Device`
     (default: GPU when available, single precision); ``output_dir``: where to write
     ``<method>/`` (None: nothing is written). The total wall time is added to
     ``result.timings_s["run_direct_total"]``. ``name``: the output sub-folder (default: the
     method's registry name).
     """
-    from .data import Dataset
-    from .device import Device
-    from .experiment import Experiment
+    from ptyframe.core.device import Device
+    from ptyframe.core.experiment import Experiment
+    from ptyframe.io.data import Dataset
 
     if not isinstance(experiment, Experiment):
         raise ValueError(f"experiment: expected a ptyframe Experiment, found "
@@ -294,11 +294,11 @@ def run_direct_on_file(path: str | Path, methods: Any, output_dir: str | Path | 
                        device: Any = None, dataset_name: str = "data",
                        registry: Any = None) -> dict[str, DirectResult]:
     """Run direct methods on a data file using its metadata alone
-    (:func:`ptyframe.metadata.load_experiment`); returns ``{label: result}`` where the label
+    (:func:`ptyframe.io.metadata.load_experiment`); returns ``{label: result}`` where the label
     (also the output sub-folder) is the registry name, plus the non-default settings for a
     configuration (:func:`method_label`, e.g. ``wdd_ssb``)."""
-    from .data import Dataset
-    from .metadata import load_experiment
+    from ptyframe.io.data import Dataset
+    from ptyframe.io.metadata import load_experiment
 
     experiment = load_experiment(path)
     dataset = Dataset.from_file(path, dataset_name=dataset_name,
@@ -306,7 +306,7 @@ def run_direct_on_file(path: str | Path, methods: Any, output_dir: str | Path | 
     if isinstance(methods, (str, Mapping, DirectMethod)):
         methods = [methods]
     if registry is None:
-        from .plugins import load_registry
+        from ptyframe.registry.loader import load_registry
 
         registry = load_registry()
     out: dict[str, DirectResult] = {}

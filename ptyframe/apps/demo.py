@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from .device import Device
-from .plugins import load_registry
-from .reconstruction import Reconstruction, ReconstructionResult
-from .schedules import FromEpoch
-from .simulate import SimulatedData, simulate_dataset
-from .validation import phase_correlation, position_error_A, scanned_region_mask
+from ptyframe.core.device import Device
+from ptyframe.core.schedules import FromEpoch
+from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
+from ptyframe.registry.loader import load_registry
+from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.validation import phase_correlation, position_error_A, scanned_region_mask
 
 __all__ = ["run_demo", "save_figures", "common_region"]
 

@@ -1,4 +1,4 @@
-"""File metadata -> :class:`~ptyframe.experiment.Experiment` (and true probe positions).
+"""File metadata -> :class:`~ptyframe.core.experiment.Experiment` (and true probe positions).
 
 Recognised keys and units (first spelling found wins; several spellings of one quantity that
 disagree are an error naming both):
@@ -42,9 +42,9 @@ import attrs
 import h5py
 import numpy as np
 
-from .data import DataError
-from .experiment import Experiment
-from .physics import ABERRATION_NAMES
+from ptyframe.core.experiment import Experiment
+from ptyframe.core.physics import ABERRATION_NAMES
+from ptyframe.io.data import DataError
 
 __all__ = [
     "MetadataError",

@@ -38,7 +38,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ptyframe import results
+from ptyframe.io import results
 
 __all__ = ["export_nexus", "DEFAULT_NEXUS_NAME"]
 

@@ -1,4 +1,5 @@
-"""The core package ``ptyframe`` never imports the first-party plugin packages."""
+"""Import rules: ptyframe/ never imports the first-party plugin packages, and no layer of
+ptyframe/ imports a higher one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "ptyframe"
 PLUGINS = ROOT / "plugins"
 #: modules with side effects when imported as a script, or that load plugins on purpose
-NOT_IMPORTED = {"ptyframe.cli", "ptyframe.__main__"}
+NOT_IMPORTED = {"ptyframe.apps.cli", "ptyframe.__main__"}
 
 
 def plugin_packages() -> set[str]:
@@ -96,3 +97,24 @@ def test_importing_core_loads_no_plugin_package():
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"importing the core loaded plugin packages: {loaded}"
+
+
+#: the layers of ptyframe/, lowest first; a module may import its own layer and lower ones
+LAYERS = ("core", "components", "registry", "io", "engine", "testing", "apps")
+
+
+def test_no_layer_imports_a_higher_one():
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    assert {p.name for p in CORE.iterdir() if p.is_dir() and not p.name.startswith("_")} \
+        == set(LAYERS), "a folder of ptyframe/ is missing from LAYERS"
+    offenders = []
+    for path in sorted(CORE.rglob("*.py")):
+        parts = path.relative_to(CORE).parts
+        if len(parts) < 2:
+            continue  # ptyframe/__init__.py and __main__.py sit above every layer
+        for name in imported_names(path.read_text(encoding="utf-8")):
+            pieces = name.split(".")
+            if pieces[0] == "ptyframe" and len(pieces) > 1 and pieces[1] in rank \
+                    and rank[pieces[1]] > rank[parts[0]]:
+                offenders.append(f"{path.relative_to(ROOT)} ({parts[0]}) imports {name}")
+    assert not offenders, "a lower layer imports a higher one:\n" + "\n".join(offenders)

@@ -7,8 +7,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from .plugins import PluginLoadWarning, load_registry
-from .registry import ComponentNotFound, PluginError
+from ptyframe.registry.loader import PluginLoadWarning, load_registry
+from ptyframe.registry.registry import ComponentNotFound, PluginError
 
 __all__ = ["build_parser", "main"]
 
@@ -79,7 +79,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import run_config_file
+    from ptyframe.apps.config import run_config_file
 
     kwargs = {k: v for k, v in (("output", args.output), ("epochs", args.epochs))
               if v is not None}
@@ -88,7 +88,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ptyframe.apps.demo import run_demo
 
     kwargs: dict[str, object] = {"quick": args.quick}
     if args.epochs is not None:
@@ -98,7 +98,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from .migrate import migrate_file
+    from ptyframe.apps.migrate import migrate_file
 
     experiment = ({"convergence_angle_mrad": args.convergence_angle_mrad}
                   if args.convergence_angle_mrad is not None else None)
@@ -110,7 +110,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_docs(args: argparse.Namespace) -> int:
-    from .docs_reference import generate_parameter_reference, write_parameter_reference
+    from ptyframe.apps.docs_reference import generate_parameter_reference, write_parameter_reference
 
     if args.output is None:
         sys.stdout.write(generate_parameter_reference())
@@ -140,8 +140,8 @@ def _add_direct_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_direct(args: argparse.Namespace) -> int:
-    from .device import Device
-    from .direct import parse_method_spec, run_direct_on_file
+    from ptyframe.apps.direct import parse_method_spec, run_direct_on_file
+    from ptyframe.core.device import Device
 
     methods = [parse_method_spec(m) for m in (args.method or ["dpc"])]
     results = run_direct_on_file(args.data, methods, output_dir=args.output,

@@ -1,4 +1,4 @@
-"""Plugin loading: entry points of group ``ptyframe`` -> a :class:`~ptyframe.registry.Registry`.
+"""Plugin loading: entry points of group ``ptyframe`` -> a :class:`Registry`.
 
 Unlike pluggy's ``load_setuptools_entrypoints``, each entry point is registered under
 ``"distribution:name"`` (two distributions may reuse an entry-point name), and a plugin that
@@ -22,8 +22,8 @@ from typing import Any
 import attrs
 import pluggy
 
-from .hookspecs import PROJECT_NAME, ComponentSpecs, hookimpl
-from .registry import LOCAL, PluginError, Registry
+from ptyframe.registry.hookspecs import PROJECT_NAME, ComponentSpecs, hookimpl
+from ptyframe.registry.registry import LOCAL, PluginError, Registry
 
 __all__ = [
     "BLOCK_ENV",

@@ -1,0 +1,4 @@
+"""Foundation layer: device, physics, schedules, experiment description, validators.
+
+Imports no other ptyframe layer.
+"""

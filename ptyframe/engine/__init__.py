@@ -1,0 +1,1 @@
+"""The reconstruction engine: parameter blocks, specifications, forward model, Reconstruction."""

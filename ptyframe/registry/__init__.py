@@ -1,0 +1,1 @@
+"""Plugin machinery: hook specifications, entry-point loader, (kind, name) registry."""
