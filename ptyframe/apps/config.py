@@ -37,27 +37,14 @@ from typing import Any
 
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
-from ptyframe.engine.reconstruction import DEFAULT_COMPONENTS, Reconstruction, ReconstructionResult
+from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
+from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, route_settings
 from ptyframe.io.data import Dataset, Preprocessing
 
 __all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file"]
 
-#: top-level settings passed to :class:`Reconstruction` as they are (arrays: .npy paths
-#: relative to the config file, or nested lists; schedules: tables)
-_PASSTHROUGH = (
-    "n_slices", "n_probe_modes", "n_object_modes", "batch_size", "object_margin_px", "seed",
-    "progress", "tilt_mode", "tilts", "beam_current", "static_background", "aberrations_array",
-    "aberration_marker", "probe_marker", "phase_plates", "initial_object", "initial_probe",
-    "sequence", "use_full_fov", "loss_weight", "reset_history", "load_one_by_one",
-    "allow_subpixel_shift", "dynamically_resize_object", "verbosity", "data_dtype",
-)
-_REFINE_BLOCKS = ("object", "probe", "positions", "tilts", "beam_current",
-                  "static_background", "aberrations")
-
-_TOP_LEVEL = {
-    "epochs", "data", "experiment", "refine", "regularizers", "constraints", "device",
-    "output", "grid", *_PASSTHROUGH, *DEFAULT_COMPONENTS,
-}
+#: top-level tables that are not settings of the specifications
+_SECTIONS = ("epochs", "data", "experiment", "device", "output", "grid", "seed")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -128,59 +115,62 @@ def _resolve_paths(section: Mapping[str, Any], base_dir: Path) -> dict[str, Any]
     return out
 
 
+def _component_tables(config: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Top-level settings with file paths inside component tables made relative to the
+    config's folder."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and "type" in value and key not in _SECTIONS:
+            value = _resolve_paths(value, base_dir)
+        elif key in ("regularizers", "constraints") and isinstance(value, list):
+            value = [_resolve_paths(v, base_dir) if isinstance(v, Mapping) else v
+                     for v in value]
+        out[key] = value
+    return out
+
+
 def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
                          registry: Any | None = None) -> tuple[Reconstruction, int]:
-    """Assemble a Reconstruction (and the number of epochs to run) from a config dict."""
-    unknown = set(config) - _TOP_LEVEL
-    if unknown:
-        raise ValueError(f"config: unknown keys {sorted(unknown)}; expected some of "
-                         f"{sorted(_TOP_LEVEL)}")
+    """Assemble a Reconstruction (and the number of epochs to run) from a config dict.
+
+    Every key other than the sections ``epochs``, ``data``, ``experiment``, ``device``,
+    ``output``, ``grid`` and ``seed`` is a setting of one of the specifications
+    (:func:`ptyframe.engine.specs.route_settings` says which); components are
+    ``{type = name, ...}`` tables resolved through the registry.
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config: expected a table of settings, found "
+                         f"{type(config).__name__}")
     base_dir = Path(base_dir)
     if registry is None:
         from ptyframe.registry.loader import load_registry
 
         registry = load_registry()
+    settings = {k: v for k, v in config.items() if k not in _SECTIONS}
+    try:
+        routed = route_settings(_component_tables(settings, base_dir))
+    except TypeError as exc:
+        raise ValueError(f"config: {exc}") from None
     data_section = _section(config, "data")
     data_path = (base_dir / data_section["path"]).resolve() if "path" in data_section else None
     experiment = _build_experiment(_section(config, "experiment"), data_path)
     dataset = _build_data(data_section, base_dir, experiment.scan_shape)
-
-    components: dict[str, Any] = {}
-    for kind in DEFAULT_COMPONENTS:
-        if kind in config:
-            components[kind] = registry.create(kind, _resolve_paths(_section(config, kind),
-                                                                    base_dir))
-    regularizers = [registry.create("regularizer", _resolve_paths(c, base_dir))
-                    for c in config.get("regularizers", [])]
-    constraints = [registry.create("constraint", _resolve_paths(c, base_dir))
-                   for c in config.get("constraints", [])]
-    refine = _section(config, "refine")
-    unknown_refine = set(refine) - set(_REFINE_BLOCKS)
-    if unknown_refine:
-        raise ValueError(f"config [refine]: unknown blocks {sorted(unknown_refine)}; expected "
-                         f"some of {', '.join(_REFINE_BLOCKS)}")
-    device_cfg = _section(config, "device")
-    output = _section(config, "output")
-    unknown_output = set(output) - {"dir", "save_every", "checkpoint_every", "save_loss_log"}
-    if unknown_output:
-        raise ValueError(f"config [output]: unknown keys {sorted(unknown_output)}")
-    out_dir = output.get("dir")
-    settings = {key: config[key] for key in _PASSTHROUGH if key in config}
-    settings.setdefault("object_margin_px", 8)
     if "dtype" in data_section:
-        settings["data_dtype"] = data_section["dtype"]
-    rec = Reconstruction(
-        dataset, experiment, **components, **settings,
-        **{f"refine_{block}": refine[block] for block in _REFINE_BLOCKS if block in refine},
-        regularizers=regularizers, constraints=constraints,
-        device=Device(**device_cfg),
-        output_dir=(base_dir / out_dir) if out_dir is not None else None,
-        save_every=output.get("save_every", 1),
-        checkpoint_every=output.get("checkpoint_every"),
-        registry=registry, base_dir=base_dir,
-    )
+        routed["reading"].setdefault("data_dtype", data_section["dtype"])
+    output = _section(config, "output")
+    unknown = set(output) - set(OutputSpec.field_names())
+    if unknown:
+        raise ValueError(f"config [output]: unknown keys {sorted(unknown)}; expected some of "
+                         f"{sorted(OutputSpec.field_names())}")
+    if output.get("dir") is not None:
+        output["dir"] = str(base_dir / output["dir"])
+    routed["output"].update(output)
+    specs = {key: cls.from_config(routed[key], registry) for key, cls in SPEC_CLASSES.items()}
+    seed = config.get("seed", 0)
+    rec = Reconstruction(dataset, experiment, **specs, device=Device(**_section(config, "device")),
+                         seed=seed, registry=registry, base_dir=base_dir)
     epochs = config.get("epochs", 50)
-    if not isinstance(epochs, int) or epochs < 0:
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"config epochs: expected an integer >= 0, found {epochs!r}")
     return rec, epochs
 

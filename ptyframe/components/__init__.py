@@ -5,6 +5,7 @@ from .constraint import Constraint
 from .context import PARAMETER_BLOCKS, ModelContext
 from .detector import Detector
 from .direct import DirectMethod, DirectResult
+from .engine import Engine, EpochOutcome, Problem
 from .initializer import InitContext, ObjectInitializer, PositionInitializer, ProbeInitializer
 from .loss import LossMetric
 from .optimizer import Objective, Optimizer, StepResult
@@ -15,12 +16,13 @@ from .regularizer import Regularizer
 COMPONENT_KINDS = {
     cls.kind: cls
     for cls in (Propagator, LossMetric, Regularizer, Constraint, Optimizer, ProbeInitializer,
-                ObjectInitializer, PositionInitializer, Detector, DirectMethod)
+                ObjectInitializer, PositionInitializer, Detector, DirectMethod, Engine)
 }
 
 __all__ = [
     "COMPONENT_KINDS", "Component", "component_config", "Constraint", "Detector",
-    "DirectMethod", "DirectResult", "InitContext", "ModelContext", "PARAMETER_BLOCKS",
-    "LossMetric", "Objective", "ObjectInitializer", "Optimizer", "PositionInitializer",
-    "ProbeInitializer", "PropagationGeometry", "Propagator", "Regularizer", "StepResult",
+    "DirectMethod", "DirectResult", "Engine", "EpochOutcome", "InitContext", "ModelContext",
+    "PARAMETER_BLOCKS", "LossMetric", "Objective", "ObjectInitializer", "Optimizer",
+    "PositionInitializer", "Problem", "ProbeInitializer", "PropagationGeometry", "Propagator",
+    "Regularizer", "StepResult",
 ]

@@ -6,19 +6,13 @@ from typing import Any
 
 import attrs
 
+from ptyframe.core.blocks import BLOCK_NAMES
+
 __all__ = ["ModelContext", "PARAMETER_BLOCKS"]
 
-#: every parameter block a model may hold, with its layout (device arrays):
-#: ``object`` (n_slices, n_object_modes, Y, X) complex transmission;
-#: ``probe`` (n_probe_modes, ny, nx) complex, or (n_probes, n_probe_modes, ny, nx) with a
-#: probe marker; real space, centred at pixel (ny//2, nx//2);
-#: ``positions`` (N, 2) real: window top-left corners in pixels (y, x);
-#: ``tilts`` (N or 1, 6) real radians [y_before, x_before, y_inside, x_inside, y_after, x_after];
-#: ``beam_current`` (N,) real intensity factor per measurement;
-#: ``static_background`` (my, mx) real s with background = s**2, on the measured grid (centred);
-#: ``aberrations`` (n_sets, n_coefficients) real Å, Krivanek order (C10, C12a, C12b, ...).
-PARAMETER_BLOCKS = ("object", "probe", "positions", "tilts", "beam_current",
-                    "static_background", "aberrations")
+#: every parameter block a model may hold (names, in the order of the block table
+#: :data:`ptyframe.core.blocks.PARAMETER_BLOCKS`, which documents their layouts)
+PARAMETER_BLOCKS = BLOCK_NAMES
 
 
 @attrs.define

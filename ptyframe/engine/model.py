@@ -46,15 +46,12 @@ from ptyframe.components import (
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import windows_outside_object
 from ptyframe.core.physics import aberration_basis, spatial_frequencies
+from ptyframe.engine.specs import TILT_MODES
 
 __all__ = ["PtychographyModel", "FarFieldModel", "BLOCKS", "TILT_MODES"]
 
-#: refinable blocks understood by the model
+#: refinable blocks understood by the model (the block table's names)
 BLOCKS = PARAMETER_BLOCKS
-
-#: tilt_mode -> (before, inside, after), as in the reference
-TILT_MODES = {0: (False, True, False), 1: (False, False, True), 2: (True, False, False),
-              3: (False, True, True), 4: (True, True, True)}
 
 #: reads measured rows (host int indices) already in detector order, host or device arrays
 MeasuredReader = Callable[[np.ndarray], Any]

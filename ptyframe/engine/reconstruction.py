@@ -1,4 +1,4 @@
-"""Reconstruction: assembles components into an iterative ptychography run.
+"""Reconstruction: assembles specifications and components into an iterative run.
 
 Typical use::
 
@@ -6,9 +6,17 @@ Typical use::
                          refine_positions=FromEpoch(10), output_dir="out")
     result = rec.run(epochs=50)
 
+or, with the specifications spelled out (:mod:`ptyframe.engine.specs`)::
+
+    rec = Reconstruction(dataset, experiment, model=ModelSpec(n_slices=4),
+                         refine=RefineSpec({"positions": FromEpoch(10)}),
+                         output=OutputSpec(dir="out"))
+
 Components default to the registry's standard ones (multislice, far-field detector, lsq_sqrt,
-quasi_newton, aperture probe, vacuum object, scan-grid positions); pass objects to replace any
-of them.
+quasi_newton, the full_batch engine, aperture probe, vacuum object, scan-grid positions).
+
+One epoch is a template of steps: the engine's epoch (evaluate, step), the projections
+(constraints, object growth), the report, the checkpoint (parameters and engine state).
 """
 
 from __future__ import annotations
@@ -21,28 +29,30 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ptyframe.components import (
-    Constraint,
-    Detector,
-    InitContext,
-    LossMetric,
-    ModelContext,
-    ObjectInitializer,
-    Optimizer,
-    PositionInitializer,
-    ProbeInitializer,
-    Propagator,
-    Regularizer,
-)
+from ptyframe.components import InitContext, ModelContext, Problem
+from ptyframe.core.blocks import PARAMETER_BLOCKS, BlockDefaults
+from ptyframe.core.blocks import block as block_row
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_outside_object
-from ptyframe.core.schedules import Constant, Schedule, as_schedule
-from ptyframe.engine.model import BLOCKS, TILT_MODES, PtychographyModel
+from ptyframe.core.schedules import Constant, Schedule
+from ptyframe.engine.model import PtychographyModel
+from ptyframe.engine.monitor import EpochReport, RunMonitor
+from ptyframe.engine.specs import (
+    INITIALIZER_KINDS,
+    SPEC_CLASSES,
+    ModelSpec,
+    OutputSpec,
+    ReadingSpec,
+    RefineSpec,
+    SolverSpec,
+    route_settings,
+)
 from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
 from ptyframe.io.data import Dataset
 from ptyframe.io.results import OutputFolder
 
-__all__ = ["Reconstruction", "ReconstructionResult", "EpochReport", "Callback"]
+__all__ = ["Reconstruction", "ReconstructionResult", "EpochReport", "Callback",
+           "DEFAULT_COMPONENTS"]
 
 #: default component of each kind, resolved through the registry
 DEFAULT_COMPONENTS = {
@@ -50,34 +60,16 @@ DEFAULT_COMPONENTS = {
     "detector": {"type": "far_field"},
     "loss": {"type": "lsq_sqrt"},
     "optimizer": {"type": "quasi_newton"},
+    "engine": {"type": "full_batch"},
     "probe_initializer": {"type": "aperture"},
     "object_initializer": {"type": "vacuum"},
     "position_initializer": {"type": "scan_grid"},
 }
 
-_LOG_COLUMNS = ("epoch", "time_s", "loss", "data_loss", "regularization", "step_size",
-                "evaluations", "accepted", "line_search", "blocks", "n_measurements",
-                "memory_mb")
-
-#: the blocks beyond object/probe/positions, in the order of the refine_* arguments
-EXTRA_BLOCKS = ("tilts", "beam_current", "static_background", "aberrations")
-
-
-@attrs.define
-class EpochReport:
-    """What a callback sees after each epoch. ``params`` are the live device arrays."""
-
-    epoch: int
-    loss: float
-    data_loss: float
-    step_size: float
-    evaluations: int
-    accepted: bool
-    elapsed_s: float
-    blocks: tuple[str, ...]
-    params: Mapping[str, Any]
-    info: dict[str, Any] = attrs.field(factory=dict)
-
+#: the starting-value settings checked on construction: number of dimensions accepted
+_SETTING_NDIM = {"initial_object": (4,), "initial_probe": (3,), "positions_A": (2,),
+                 "tilts": (2,), "beam_current": (1,), "static_background": (2,),
+                 "aberrations_array": (1, 2)}
 
 #: a callback returns True to stop the run
 Callback = Callable[[EpochReport], "bool | None"]
@@ -109,65 +101,35 @@ class ReconstructionResult:
         return np.angle(self.object[:, 0]).sum(axis=0)
 
 
-def _never(schedule: Schedule) -> bool:
-    return isinstance(schedule, Constant) and not schedule.value
-
-
 def _check_int(name: str, value: Any, low: int) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name}: expected an integer >= {low}, found {value!r}")
     return int(value)
 
 
-class Reconstruction:
-    """Iterative ptychography assembled from components.
+class Reconstruction(Problem):
+    """Iterative ptychography assembled from specifications and components.
 
     Parameters
     ----------
     data: a :class:`Dataset` or an array (N, ky, kx) of centred patterns; for compressed
         data (a loss with ``detector_shape``), an array (N, n_masks) of detector signals.
     experiment: the :class:`Experiment` (voltage, aperture, calibration, scan).
-    propagator, detector, loss, optimizer, probe_initializer, object_initializer,
-        position_initializer: component objects; None picks the registry default.
-    positions_A: optional (N, 2) starting positions (y, x) in Å (overrides the initializer).
-    initial_object: optional starting object (n_slices, n_object_modes, Y, X) on the grid
-        this reconstruction builds (overrides the object initializer); initial_probe:
-        (n_probe_modes, ny, nx) centred real-space probe (overrides the probe initializer).
-    n_slices, n_probe_modes, n_object_modes: model size.
-    refine_object, refine_probe, refine_positions, refine_tilts, refine_beam_current,
-        refine_static_background, refine_aberrations: bool or :class:`Schedule` of bool.
-    tilts: (1, 6) or (N, 6) radians [y, x before; y, x inside; y, x after]; tilt_mode: which
-        are applied (0 inside; 1 after; 2 before; 3 inside + after; 4 all). Default zeros
-        (1, 6) when refine_tilts is ever on.
-    beam_current: (N,) relative intensity per measurement (default ones when refined).
-    static_background: background intensity per detector pixel (a number, or an array on the
-        measured grid, centred); refined through s with background = s**2.
-    aberrations_array: (n_sets, n_coefficients) Å, Krivanek order, applied on top of the probe
-        (local aberrations); aberration_marker: (N,) which set each measurement uses.
-    probe_marker: (N,) which probe each measurement uses (one probe per sub-scan).
-    phase_plates: (N, ny, nx) per-measurement phase plates on the probe spectrum (radians, or
-        complex factors), or an HDF5 path / {path, dataset} (dataset "configs").
-    sequence: measurements used (a list of indices, or a Schedule of lists); None: all.
-    use_full_fov: with a fixed sequence, whether the object still covers every measurement.
-    loss_weight: factor (or Schedule) on the data term.
-    reset_history: Schedule of bool; True at an epoch forgets the optimizer's history.
-    regularizers, constraints: extra loss terms and by-hand projections.
+    model, refine, solver, reading, output: the specifications
+        (:class:`~ptyframe.engine.specs.ModelSpec`, :class:`~ptyframe.engine.specs.RefineSpec`
+        or a table ``{block: schedule or BlockPlan}``, :class:`~ptyframe.engine.specs.SolverSpec`,
+        :class:`~ptyframe.engine.specs.ReadingSpec`, :class:`~ptyframe.engine.specs.OutputSpec`);
+        None: defaults, or built from ``settings``.
     device: :class:`Device` (default: GPU when available, single precision).
-    batch_size: measurements per vectorised batch (None: chosen from free memory).
-    load_one_by_one: stream measurements from the dataset every evaluation instead of keeping
-        them on the device.
-    data_dtype: storage type of the measurements on the device ("float16", "float32",
-        "float64"; None: the device's real type).
-    allow_subpixel_shift: False rounds the starting positions to whole pixels.
-    dynamically_resize_object: False, or a distance in pixels: when a window comes closer than
-        this to the object's edge, the object grows by vacuum on that side.
-    object_margin_px: empty border around the scanned area, pixels.
-    output_dir: folder for checkpoints, loss.csv and parameters.json (None: nothing written).
-    save_every: epochs between overwritable checkpoints; checkpoint_every: epochs between
-        kept per-epoch checkpoints (None: none).
-    verbosity: 0 silent, 1 a progress bar, 2 one line per epoch, 3 also every loss term
-        (None: 1 when ``progress`` else 0).
+    seed: seed of the initializers' random numbers.
     registry: where default components come from (default: installed plugins).
+    base_dir: folder that relative .npy paths in settings are relative to.
+    settings: the short form: any field of the specifications by name (``n_slices=4``,
+        ``loss=...``, ``batch_size=64``, ``output_dir="out"``), ``refine_<block>=schedule``, a
+        block's starting value by its setting name (``initial_object``, ``initial_probe``,
+        ``positions_A``, ``tilts``, ``beam_current``, ``static_background``,
+        ``aberrations_array``) and the initializers (``probe_initializer`` ...). A
+        specification given as an object cannot be given as keywords too.
     """
 
     def __init__(
@@ -175,196 +137,186 @@ class Reconstruction:
         data: Dataset | np.ndarray,
         experiment: Experiment,
         *,
-        propagator: Propagator | None = None,
-        detector: Detector | None = None,
-        loss: LossMetric | None = None,
-        optimizer: Optimizer | None = None,
-        probe_initializer: ProbeInitializer | None = None,
-        object_initializer: ObjectInitializer | None = None,
-        position_initializer: PositionInitializer | None = None,
-        positions_A: np.ndarray | None = None,
-        initial_object: Any | None = None,
-        initial_probe: Any | None = None,
-        n_slices: int = 1,
-        n_probe_modes: int = 1,
-        n_object_modes: int = 1,
-        refine_object: bool | Schedule = True,
-        refine_probe: bool | Schedule = True,
-        refine_positions: bool | Schedule = False,
-        refine_tilts: bool | Schedule = False,
-        refine_beam_current: bool | Schedule = False,
-        refine_static_background: bool | Schedule = False,
-        refine_aberrations: bool | Schedule = False,
-        tilts: Any | None = None,
-        tilt_mode: int = 0,
-        beam_current: Any | None = None,
-        static_background: Any | None = None,
-        aberrations_array: Any | None = None,
-        aberration_marker: Any | None = None,
-        probe_marker: Any | None = None,
-        phase_plates: Any | None = None,
-        sequence: Sequence[int] | Schedule | None = None,
-        use_full_fov: bool = True,
-        loss_weight: float | Schedule = 1.0,
-        reset_history: bool | Schedule = False,
-        regularizers: Sequence[Regularizer] = (),
-        constraints: Sequence[Constraint] = (),
+        model: ModelSpec | None = None,
+        refine: RefineSpec | Mapping[str, Any] | None = None,
+        solver: SolverSpec | None = None,
+        reading: ReadingSpec | None = None,
+        output: OutputSpec | None = None,
         device: Device | None = None,
-        batch_size: int | None = None,
-        load_one_by_one: bool = False,
-        data_dtype: str | None = None,
-        allow_subpixel_shift: bool = True,
-        dynamically_resize_object: bool | int = False,
-        object_margin_px: int = 8,
-        output_dir: str | Path | None = None,
-        save_every: int = 1,
-        checkpoint_every: int | None = None,
-        progress: bool = True,
-        verbosity: int | None = None,
         seed: int = 0,
         registry: Any | None = None,
         base_dir: str | Path | None = None,
+        **settings: Any,
     ) -> None:
         if not isinstance(experiment, Experiment):
             raise TypeError(f"experiment: expected an Experiment, found {type(experiment)}")
         self.experiment = experiment
-        self.n_slices = _check_int("n_slices", n_slices, 1)
-        self.n_probe_modes = _check_int("n_probe_modes", n_probe_modes, 1)
-        self.n_object_modes = _check_int("n_object_modes", n_object_modes, 1)
-        self.object_margin_px = _check_int("object_margin_px", object_margin_px, 0)
-        self.save_every = _check_int("save_every", save_every, 1)
-        if batch_size is not None:
-            _check_int("batch_size", batch_size, 1)
-        if tilt_mode not in TILT_MODES:
-            raise ValueError(f"tilt_mode: expected one of {sorted(TILT_MODES)}, found "
-                             f"{tilt_mode!r}")
-        if verbosity is not None and verbosity not in (0, 1, 2, 3):
-            raise ValueError(f"verbosity: expected 0, 1, 2 or 3, found {verbosity!r}")
-        if dynamically_resize_object is not False and dynamically_resize_object is not True:
-            _check_int("dynamically_resize_object", dynamically_resize_object, 1)
         self._registry = registry
-        given = {"propagator": propagator, "detector": detector, "loss": loss,
-                 "optimizer": optimizer, "probe_initializer": probe_initializer,
-                 "object_initializer": object_initializer,
-                 "position_initializer": position_initializer}
-        for kind, component in given.items():
-            setattr(self, kind, component if component is not None else self._default(kind))
-        base = Path(base_dir) if base_dir is not None else None
-        self.compressed = getattr(self.loss, "detector_shape", None) is not None
-        if isinstance(data, Dataset):
-            if self.compressed:
-                raise ValueError("data: a compressed-data loss expects an array (N, n_masks) "
-                                 "of detector signals, found a Dataset of patterns")
-            self.dataset = data
-            self._signals = None
-        elif self.compressed:
-            signals = np.asarray(data, dtype=np.float32)
-            n_masks = int(getattr(self.loss, "n_masks", signals.shape[-1]))
-            if signals.ndim != 2 or signals.shape[1] != n_masks:
-                raise ValueError(f"data: expected compressed signals (N, {n_masks}) for the "
-                                 f"loss {self.loss.name!r}, found shape {signals.shape}")
-            self.dataset = None
-            self._signals = signals
-        else:
-            self.dataset = Dataset.from_array(np.asarray(data), scan_shape=experiment.scan_shape)
-            self._signals = None
-        n = self.n_measurements
-        self.refine = {"object": as_schedule(refine_object), "probe": as_schedule(refine_probe),
-                       "positions": as_schedule(refine_positions),
-                       "tilts": as_schedule(refine_tilts),
-                       "beam_current": as_schedule(refine_beam_current),
-                       "static_background": as_schedule(refine_static_background),
-                       "aberrations": as_schedule(refine_aberrations)}
-        self.tilt_mode = int(tilt_mode)
-        self._tilts = load_array_setting("tilts", tilts, ndim=(2,), base_dir=base)
-        if self._tilts is not None and (self._tilts.array.shape[1:] != (6,)
-                                        or self._tilts.array.shape[0] not in (1, n)):
-            raise ValueError(f"tilts: expected shape (1, 6) or ({n}, 6), found "
-                             f"{self._tilts.array.shape}")
-        self._beam_current = load_array_setting("beam_current", beam_current, ndim=(1,),
-                                                base_dir=base)
-        if self._beam_current is not None and self._beam_current.array.shape != (n,):
-            raise ValueError(f"beam_current: expected shape ({n},), found "
-                             f"{self._beam_current.array.shape}")
-        if static_background is not None and np.isscalar(static_background):
-            if float(static_background) < 0:
-                raise ValueError(f"static_background: expected an intensity >= 0, found "
-                                 f"{static_background}")
-            self._background: ArraySetting | float | None = float(static_background)
-        else:
-            self._background = load_array_setting("static_background", static_background,
-                                                  ndim=(2,), base_dir=base)
-            if self._background is not None and np.any(self._background.array < 0):
-                raise ValueError("static_background: expected intensities >= 0, found "
-                                 "negative values")
-        self._aberrations = load_array_setting("aberrations_array", aberrations_array,
-                                               ndim=(1, 2), base_dir=base)
-        if self._aberrations is not None and self._aberrations.array.ndim == 1:
-            self._aberrations.array = self._aberrations.array[None]
-        self._aberration_marker = self._marker("aberration_marker", aberration_marker, base)
-        self._probe_marker = self._marker("probe_marker", probe_marker, base)
-        if self._aberration_marker is not None:
-            n_sets = int(self._aberration_marker.array.max()) + 1
-            if self._aberrations is not None and self._aberrations.array.shape[0] < n_sets:
-                raise ValueError(f"aberrations_array: aberration_marker uses {n_sets} sets, "
-                                 f"found {self._aberrations.array.shape[0]} rows")
-        self._phase_plates = load_phase_plates(phase_plates, base)
-        if self._phase_plates is not None and self._phase_plates.array.shape[0] != n:
-            raise ValueError(f"phase_plates: expected {n} plates (one per measurement), found "
-                             f"{self._phase_plates.array.shape[0]}")
-        self._initial_object = load_array_setting("initial_object", initial_object, ndim=(4,),
-                                                  base_dir=base)
-        self._initial_probe = load_array_setting("initial_probe", initial_probe, ndim=(3,),
-                                                 base_dir=base)
-        if sequence is None or isinstance(sequence, (Schedule, dict)):
-            self.sequence = None if sequence is None else as_schedule(sequence)
-        else:
-            seq = load_array_setting("sequence", sequence, ndim=(1,), integer=True,
-                                     base_dir=base).array
-            self._check_sequence(seq)
-            self.sequence = Constant(seq.tolist())
-        self.use_full_fov = bool(use_full_fov)
-        self.loss_weight = as_schedule(loss_weight)
-        self.reset_history = as_schedule(reset_history)
-        self.regularizers = list(regularizers)
-        self.constraints = list(constraints)
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.seed = _check_int("seed", seed, 0)
+        given = {"model": model, "refine": refine, "solver": solver, "reading": reading,
+                 "output": output}
+        specs = self._specs(given, route_settings(settings))
+        self.model_spec: ModelSpec = specs["model"]
+        self.refine_spec: RefineSpec = specs["refine"]
+        self.solver: SolverSpec = specs["solver"]
+        self.reading: ReadingSpec = specs["reading"]
+        self.output: OutputSpec = specs["output"]
+        self._resolve_defaults()
         self.device = device if device is not None else Device("auto")
-        self.batch_size = batch_size
-        self.load_one_by_one = bool(load_one_by_one)
-        if self.load_one_by_one and self.dataset is None:
-            raise ValueError("load_one_by_one: needs a Dataset (patterns on disk), found "
-                             "in-memory compressed signals")
-        if data_dtype is not None and str(data_dtype) not in ("float16", "float32", "float64"):
-            raise ValueError(f"data_dtype: expected 'float16', 'float32' or 'float64', found "
-                             f"{data_dtype!r}")
-        self.data_dtype = None if data_dtype is None else str(data_dtype)
-        self.allow_subpixel_shift = bool(allow_subpixel_shift)
-        self.dynamically_resize_object = dynamically_resize_object
-        self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.checkpoint_every = checkpoint_every
-        self.progress = progress
-        self.verbosity = verbosity if verbosity is not None else (1 if progress else 0)
-        self.seed = int(seed)
+        self._attach_data(data)
+        self._load_settings()
         self.epoch = 0
         self.loss_history: list[float] = []
         self.params: dict[str, Any] | None = None
         self.grid: ReconstructionGrid | None = None
         self.model: PtychographyModel | None = None
         self.context: ModelContext | None = None
-        self._initial_positions_A = None if positions_A is None else np.asarray(
-            positions_A, dtype=float)
-        if self._initial_positions_A is not None and self._initial_positions_A.shape != (n, 2):
-            raise ValueError(f"positions_A: expected shape ({n}, 2), found "
-                             f"{self._initial_positions_A.shape}")
+        self._engine_state: Any = None
         self._term_names = self._unique_term_names()
 
-    # ------------------------------------------------------------------ settings helpers
-    @property
-    def n_measurements(self) -> int:
-        return len(self.dataset) if self.dataset is not None else int(self._signals.shape[0])
+    # ------------------------------------------------------------------ assembly
+    def _specs(self, given: Mapping[str, Any], routed: Mapping[str, dict[str, Any]]
+               ) -> dict[str, Any]:
+        specs = {}
+        for key, cls in SPEC_CLASSES.items():
+            value, flat = given[key], routed[key]
+            if value is not None and flat:
+                raise TypeError(f"{key}: given as a {cls.__name__} and as keywords "
+                                f"{sorted(flat)}; use one")
+            if value is None:
+                value = cls.from_config(flat, self._registry)
+            elif key == "refine" and isinstance(value, Mapping):
+                value = RefineSpec(dict(value))
+            elif isinstance(value, Mapping):
+                value = cls.from_config(value, self._registry)
+            if not isinstance(value, cls):
+                raise TypeError(f"{key}: expected a {cls.__name__}, found "
+                                f"{type(value).__name__}")
+            specs[key] = value
+        return specs
 
-    def _marker(self, name: str, value: Any, base: Path | None) -> ArraySetting | None:
-        setting = load_array_setting(name, value, ndim=(1,), integer=True, base_dir=base)
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from ptyframe.registry.loader import load_registry
+
+            self._registry = load_registry()
+        return self._registry
+
+    def _default(self, kind: str) -> Any:
+        return self.registry.create(kind, DEFAULT_COMPONENTS[kind])
+
+    def _resolve_defaults(self) -> None:
+        """Fill every component left None with the registry's default, so that the
+        specifications (and parameters.json) name what actually runs."""
+        m, s = self.model_spec, self.solver
+        self.model_spec = attrs.evolve(
+            m, propagator=m.propagator or self._default("propagator"),
+            detector=m.detector or self._default("detector"))
+        self.solver = attrs.evolve(s, loss=s.loss or self._default("loss"),
+                                   optimizer=s.optimizer or self._default("optimizer"),
+                                   engine=s.engine or self._default("engine"))
+        for name, kind in INITIALIZER_KINDS.items():
+            plan = self.refine_spec.blocks[name]
+            if plan.initializer is None:
+                plan.initializer = self._default(kind)
+
+    def _attach_data(self, data: Any) -> None:
+        loss = self.solver.loss
+        self.compressed = getattr(loss, "detector_shape", None) is not None
+        self.dataset: Dataset | None = None
+        self._signals: np.ndarray | None = None
+        if isinstance(data, Dataset):
+            if self.compressed:
+                raise ValueError("data: a compressed-data loss expects an array (N, n_masks) "
+                                 "of detector signals, found a Dataset of patterns")
+            self.dataset = data
+        elif self.compressed:
+            signals = np.asarray(data, dtype=np.float32)
+            n_masks = int(getattr(loss, "n_masks", signals.shape[-1]))
+            if signals.ndim != 2 or signals.shape[1] != n_masks:
+                raise ValueError(f"data: expected compressed signals (N, {n_masks}) for the "
+                                 f"loss {loss.name!r}, found shape {signals.shape}")
+            self._signals = signals
+        else:
+            self.dataset = Dataset.from_array(np.asarray(data),
+                                              scan_shape=self.experiment.scan_shape)
+        if self.reading.load_one_by_one and self.dataset is None:
+            raise ValueError("load_one_by_one: needs a Dataset (patterns on disk), found "
+                             "in-memory compressed signals")
+
+    # ------------------------------------------------------------------ settings
+    def _load_settings(self) -> None:
+        """Load every array-valued setting (arrays, lists, .npy paths) and check it against
+        the data before anything long runs."""
+        n, base = self.n_measurements, self.base_dir
+        for row in PARAMETER_BLOCKS:
+            plan = self.refine_spec.blocks[row.name]
+            value = plan.initial
+            if value is None or isinstance(value, ArraySetting):
+                continue
+            if row.name == "static_background" and np.isscalar(value):
+                if float(value) < 0:
+                    raise ValueError(f"static_background: expected an intensity >= 0, found "
+                                     f"{value}")
+                plan.initial = float(value)
+                continue
+            plan.initial = load_array_setting(row.setting, value,
+                                              ndim=_SETTING_NDIM[row.setting], base_dir=base)
+        self._check_starting_values(n)
+        m = self.model_spec
+        m.probe_marker = self._marker("probe_marker", m.probe_marker)
+        m.aberration_marker = self._marker("aberration_marker", m.aberration_marker)
+        ab = self.refine_spec.blocks["aberrations"].initial
+        if m.aberration_marker is not None and ab is not None:
+            n_sets = int(m.aberration_marker.array.max()) + 1
+            if ab.array.shape[0] < n_sets:
+                raise ValueError(f"aberrations_array: aberration_marker uses {n_sets} sets, "
+                                 f"found {ab.array.shape[0]} rows")
+        if not isinstance(m.phase_plates, ArraySetting):
+            m.phase_plates = load_phase_plates(m.phase_plates, base)
+        if m.phase_plates is not None and m.phase_plates.array.shape[0] != n:
+            raise ValueError(f"phase_plates: expected {n} plates (one per measurement), found "
+                             f"{m.phase_plates.array.shape[0]}")
+        seq = self.reading.sequence
+        if seq is not None and not isinstance(seq, Schedule):
+            array = load_array_setting("sequence", seq, ndim=(1,), integer=True,
+                                       base_dir=base).array
+            self._check_sequence(array)
+            self.reading.sequence = Constant(array.tolist())
+
+    def _check_starting_values(self, n: int) -> None:
+        plans = self.refine_spec.blocks
+
+        def array(name: str) -> np.ndarray | None:
+            value = plans[name].initial
+            return value.array if isinstance(value, ArraySetting) else None
+
+        tilts, current = array("tilts"), array("beam_current")
+        if tilts is not None and (tilts.shape[1:] != (6,) or tilts.shape[0] not in (1, n)):
+            raise ValueError(f"tilts: expected shape (1, 6) or ({n}, 6), found {tilts.shape}")
+        if current is not None and current.shape != (n,):
+            raise ValueError(f"beam_current: expected shape ({n},), found {current.shape}")
+        background = array("static_background")
+        if background is not None and np.any(background < 0):
+            raise ValueError("static_background: expected intensities >= 0, found negative "
+                             "values")
+        ab = plans["aberrations"].initial
+        if isinstance(ab, ArraySetting) and ab.array.ndim == 1:
+            ab.array = ab.array[None]
+        positions = array("positions")
+        if positions is not None:
+            plans["positions"].initial.array = positions.astype(float)
+            if positions.shape != (n, 2):
+                raise ValueError(f"positions_A: expected shape ({n}, 2), found "
+                                 f"{positions.shape}")
+
+    def _marker(self, name: str, value: Any) -> ArraySetting | None:
+        if isinstance(value, ArraySetting):
+            return value
+        setting = load_array_setting(name, value, ndim=(1,), integer=True,
+                                     base_dir=self.base_dir)
         if setting is not None:
             if setting.array.shape != (self.n_measurements,):
                 raise ValueError(f"{name}: expected {self.n_measurements} indices (one per "
@@ -383,16 +335,6 @@ class Reconstruction:
         if np.unique(seq).size != seq.size:
             raise ValueError("sequence: expected distinct measurement indices, found repeats")
 
-    def _indices(self, epoch: int) -> np.ndarray | None:
-        if self.sequence is None:
-            return None
-        value = self.sequence(epoch)
-        if value is None:
-            return None
-        seq = np.asarray(value, dtype=np.int64).ravel()
-        self._check_sequence(seq)
-        return seq
-
     def _unique_term_names(self) -> list[str]:
         names: list[str] = []
         for reg in self.regularizers:
@@ -403,17 +345,88 @@ class Reconstruction:
             names.append(name)
         return names
 
-    # ------------------------------------------------------------------ components
+    # ------------------------------------------------------------------ short names
     @property
-    def registry(self) -> Any:
-        if self._registry is None:
-            from ptyframe.registry.loader import load_registry
+    def n_measurements(self) -> int:
+        return len(self.dataset) if self.dataset is not None else int(self._signals.shape[0])
 
-            self._registry = load_registry()
-        return self._registry
+    @property
+    def n_slices(self) -> int:
+        return self.model_spec.n_slices
 
-    def _default(self, kind: str) -> Any:
-        return self.registry.create(kind, DEFAULT_COMPONENTS[kind])
+    @property
+    def n_probe_modes(self) -> int:
+        return self.model_spec.n_probe_modes
+
+    @property
+    def n_object_modes(self) -> int:
+        return self.model_spec.n_object_modes
+
+    @property
+    def object_margin_px(self) -> int:
+        return self.model_spec.object_margin_px
+
+    @property
+    def propagator(self) -> Any:
+        return self.model_spec.propagator
+
+    @property
+    def detector(self) -> Any:
+        return self.model_spec.detector
+
+    @property
+    def loss(self) -> Any:
+        return self.solver.loss
+
+    @property
+    def optimizer(self) -> Any:
+        return self.solver.optimizer
+
+    @property
+    def engine(self) -> Any:
+        return self.solver.engine
+
+    @property
+    def regularizers(self) -> list[Any]:
+        return self.solver.regularizers
+
+    @property
+    def constraints(self) -> list[Any]:
+        return self.solver.constraints
+
+    @property
+    def refine(self) -> dict[str, Schedule]:
+        """Refine schedule of every block, by name."""
+        return self.refine_spec.schedules()
+
+    @property
+    def sequence(self) -> Schedule | None:
+        return self.reading.sequence
+
+    @property
+    def output_dir(self) -> Path | None:
+        return None if self.output.dir is None else Path(self.output.dir)
+
+    # ------------------------------------------------------------------ Problem
+    def indices(self, epoch: int) -> np.ndarray | None:
+        if self.reading.sequence is None:
+            return None
+        value = self.reading.sequence(epoch)
+        if value is None:
+            return None
+        seq = np.asarray(value, dtype=np.int64).ravel()
+        self._check_sequence(seq)
+        return seq
+
+    def loss_weight(self, epoch: int) -> float:
+        return float(self.solver.loss_weight(epoch))
+
+    def reset_history(self, epoch: int) -> bool:
+        return bool(self.solver.reset_history(epoch))
+
+    def active_blocks(self, epoch: int) -> tuple[str, ...]:
+        return tuple(row.name for row in PARAMETER_BLOCKS
+                     if row.name in self.params and self.refine_spec.blocks[row.name].refine(epoch))
 
     # ------------------------------------------------------------------ set-up
     def _measured_shape(self) -> tuple[int, int]:
@@ -453,10 +466,10 @@ class Reconstruction:
 
     def _load_measured(self) -> Any:
         dev = self.device
-        dtype = self.data_dtype or dev.real_dtype
+        dtype = self.reading.data_dtype or dev.real_dtype
         if self.compressed:
             return dev.asarray(self._signals, dtype=dtype)
-        if self.load_one_by_one:
+        if self.reading.load_one_by_one:
             dataset, detector = self.dataset, self.detector
 
             def read_rows(indices: np.ndarray) -> np.ndarray:
@@ -466,123 +479,116 @@ class Reconstruction:
         return dev.asarray(self.detector.to_detector_order(self.dataset.load_all(np.float32)),
                            dtype=dtype)
 
+    def _initial(self, name: str) -> np.ndarray | None:
+        value = self.refine_spec.blocks[name].initial
+        return value.array if isinstance(value, ArraySetting) else None
+
     def initialize(self) -> dict[str, Any]:
-        """Load data, build the grid, the starting guesses and the model (idempotent)."""
+        """Load data, build the grid, the starting values and the model (idempotent)."""
         if self.params is not None:
             return self.params
-        exp, dev = self.experiment, self.device
+        exp, plans = self.experiment, self.refine_spec.blocks
         measured_shape = self._measured_shape()
         window = tuple(int(w) for w in self.detector.model_window(measured_shape))
         if window[0] != window[1]:
             raise ValueError(f"data: expected square patterns, found {measured_shape}")
         pixel = float(self.detector.object_pixel_size_A(exp, measured_shape))
         mean_pattern = self._mean_pattern(window)
-        rng = np.random.default_rng(self.seed)
-        context = InitContext(exp, None, mean_pattern, self.n_measurements, rng)
-        if self._initial_positions_A is not None:
-            positions_A = self._initial_positions_A
-        else:
-            positions_A = np.asarray(self.position_initializer.build(context), dtype=float)
-        covered = positions_A
-        if (self.sequence is not None and not self.use_full_fov
-                and isinstance(self.sequence, Constant)):
-            covered = positions_A[np.asarray(self.sequence.value, dtype=np.int64)]
-        self.grid = ReconstructionGrid.covering(covered, window, 1.0 / (window[0] * pixel),
-                                                margin_px=self.object_margin_px)
+        context = InitContext(exp, None, mean_pattern, self.n_measurements,
+                              np.random.default_rng(self.seed))
+        positions_A = self._initial("positions")
+        if positions_A is None:
+            positions_A = np.asarray(plans["positions"].initializer.build(context), dtype=float)
+        self.grid = self._grid(positions_A, window, pixel)
         context.grid = self.grid
-        if self._initial_probe is not None:
-            probe = self._initial_probe.array
-            if probe.shape != (self.n_probe_modes, *window):
-                raise ValueError(f"initial_probe: expected shape ({self.n_probe_modes}, "
-                                 f"{window[0]}, {window[1]}), found {probe.shape}")
-        else:
-            probe = np.asarray(self.probe_initializer.build(context, self.n_probe_modes))
-        if self._probe_marker is not None:
-            n_probes = int(self._probe_marker.array.max()) + 1
-            probe = np.repeat(probe[None], n_probes, axis=0)
-        if self._initial_object is not None:
-            obj = self._initial_object.array
-            expected = (self.n_slices, self.n_object_modes, *self.grid.object_shape)
-            if obj.shape != expected:
-                raise ValueError(f"initial_object: expected shape {expected} for this grid, "
-                                 f"found {obj.shape}")
-        else:
-            obj = np.asarray(self.object_initializer.build(
-                context, self.grid.object_shape, self.n_slices, self.n_object_modes))
-        corners = self.grid.positions_to_pixels(positions_A)
-        if not self.allow_subpixel_shift:
-            corners = np.round(corners)
-        if self.sequence is not None and not self.use_full_fov:
-            # measurements outside the sequence may fall off the object: clip their windows
-            hi = np.array(self.grid.object_shape) - np.array(window)
-            corners = np.clip(corners, 0, hi)
-        thickness = getattr(self.propagator, "slice_thickness_A", None)
-        self.context = ModelContext(
-            window=window, pixel_size_A=pixel, wavelength_A=exp.wavelength_A,
-            n_measurements=self.n_measurements, device=dev, measured_shape=measured_shape,
-            scan_shape=exp.scan_shape, n_slices=self.n_slices,
-            slice_thickness_A=tuple(thickness) if thickness is not None else None,
-            experiment=exp, grid=self.grid, to_detector_order=self.detector.to_detector_order)
-        plates = None
-        if self._phase_plates is not None:
-            plate = self._phase_plates.array
-            if plate.shape[1:] != window:
-                raise ValueError(f"phase_plates: expected plates of shape {window} (the probe "
-                                 f"window), found {plate.shape[1:]}")
-            factor = plate if np.iscomplexobj(plate) else np.exp(1j * plate)
-            plates = dev.complex(np.fft.ifftshift(factor, axes=(-2, -1)))
-        self.model = PtychographyModel(
-            self.propagator, self.loss, dev, window, pixel, exp.wavelength_A, self.n_slices,
-            self._load_measured(),
-            batch_size=self.batch_size or self._auto_batch_size(window),
-            detector=self.detector, tilt_mode=self.tilt_mode,
-            probe_marker=None if self._probe_marker is None else self._probe_marker.array,
-            aberration_marker=(None if self._aberration_marker is None
-                               else self._aberration_marker.array),
-            phase_plates=plates, n_measurements=self.n_measurements, context=self.context)
-        params = {"object": dev.complex(obj), "probe": dev.complex(probe),
-                  "positions": dev.real(corners)}
-        params.update(self._extra_blocks(measured_shape, mean_pattern))
+        params = {"object": self._starting_object(context),
+                  "probe": self._starting_probe(context, window),
+                  "positions": self._starting_corners(positions_A, window)}
+        params = {k: self.device.complex(v) if block_row(k).dtype == "complex"
+                  else self.device.real(v) for k, v in params.items()}
+        params.update(self._optional_blocks(measured_shape, mean_pattern))
+        self.context = self._model_context(window, pixel, measured_shape)
+        self.model = self._build_model(window, pixel)
         self.params = params
         self.model.check_blocks(self.params)
         for component in (*self.regularizers, *self.constraints):
             component.prepare(self.context)
         return self.params
 
-    def _extra_blocks(self, measured_shape: tuple[int, int], mean_pattern: Any
-                      ) -> dict[str, Any]:
-        dev, n = self.device, self.n_measurements
+    def _grid(self, positions_A: np.ndarray, window: tuple[int, int], pixel: float
+              ) -> ReconstructionGrid:
+        covered = positions_A
+        seq = self.reading.sequence
+        if seq is not None and not self.reading.use_full_fov and isinstance(seq, Constant):
+            covered = positions_A[np.asarray(seq.value, dtype=np.int64)]
+        return ReconstructionGrid.covering(covered, window, 1.0 / (window[0] * pixel),
+                                           margin_px=self.object_margin_px)
+
+    def _starting_probe(self, context: InitContext, window: tuple[int, int]) -> np.ndarray:
+        probe = self._initial("probe")
+        if probe is not None:
+            if probe.shape != (self.n_probe_modes, *window):
+                raise ValueError(f"initial_probe: expected shape ({self.n_probe_modes}, "
+                                 f"{window[0]}, {window[1]}), found {probe.shape}")
+        else:
+            probe = np.asarray(self.refine_spec.blocks["probe"].initializer.build(
+                context, self.n_probe_modes))
+        marker = self.model_spec.probe_marker
+        if marker is not None:
+            probe = np.repeat(probe[None], int(marker.array.max()) + 1, axis=0)
+        return probe
+
+    def _starting_object(self, context: InitContext) -> np.ndarray:
+        obj = self._initial("object")
+        if obj is not None:
+            expected = (self.n_slices, self.n_object_modes, *self.grid.object_shape)
+            if obj.shape != expected:
+                raise ValueError(f"initial_object: expected shape {expected} for this grid, "
+                                 f"found {obj.shape}")
+            return obj
+        return np.asarray(self.refine_spec.blocks["object"].initializer.build(
+            context, self.grid.object_shape, self.n_slices, self.n_object_modes))
+
+    def _starting_corners(self, positions_A: np.ndarray, window: tuple[int, int]
+                          ) -> np.ndarray:
+        corners = self.grid.positions_to_pixels(positions_A)
+        if not self.model_spec.allow_subpixel_shift:
+            corners = np.round(corners)
+        if self.reading.sequence is not None and not self.reading.use_full_fov:
+            # measurements outside the sequence may fall off the object: clip their windows
+            hi = np.array(self.grid.object_shape) - np.array(window)
+            corners = np.clip(corners, 0, hi)
+        return corners
+
+    def _optional_blocks(self, measured_shape: tuple[int, int], mean_pattern: Any
+                         ) -> dict[str, Any]:
+        """Starting values of the optional rows of the block table that are given or
+        refined at some epoch (the table's default when not given)."""
         out: dict[str, Any] = {}
-        if self._tilts is not None or not _never(self.refine["tilts"]):
-            tilts = self._tilts.array if self._tilts is not None else np.zeros((1, 6))
-            out["tilts"] = dev.real(tilts)
-        if self._beam_current is not None or not _never(self.refine["beam_current"]):
-            current = (self._beam_current.array if self._beam_current is not None
-                       else np.ones(n))
-            out["beam_current"] = dev.real(current)
-        if self._background is not None or not _never(self.refine["static_background"]):
-            if isinstance(self._background, ArraySetting):
-                if self._background.array.shape != tuple(measured_shape):
-                    raise ValueError(f"static_background: expected shape {measured_shape} "
-                                     f"(the measured grid), found "
-                                     f"{self._background.array.shape}")
-                level = self.detector.to_detector_order(self._background.array)
+        marker = self.model_spec.aberration_marker
+        n_sets = int(marker.array.max()) + 1 if marker is not None else 1
+        for row in PARAMETER_BLOCKS:
+            plan = self.refine_spec.blocks[row.name]
+            if not row.optional or (plan.initial is None and plan.never):
+                continue
+            value = plan.initial
+            if isinstance(value, ArraySetting):
+                array = value.array
+                if row.measured_grid and array.shape != tuple(measured_shape):
+                    raise ValueError(f"{row.setting}: expected shape {measured_shape} (the "
+                                     f"measured grid), found {array.shape}")
             else:
-                # s = 0 is a stationary point of s**2: start a refined background from the
-                # data when none is given
-                value = self._background
-                if (value is None or value == 0) and not _never(
-                        self.refine["static_background"]):
-                    value = self._background_estimate(mean_pattern)
-                value = 0.0 if value is None else value
-                level = np.full(measured_shape, float(value))
-            out["static_background"] = dev.real(np.sqrt(level))
-        if self._aberrations is not None or not _never(self.refine["aberrations"]):
-            n_sets = (int(self._aberration_marker.array.max()) + 1
-                      if self._aberration_marker is not None else 1)
-            ab = (self._aberrations.array if self._aberrations is not None
-                  else np.zeros((n_sets, 8)))
-            out["aberrations"] = dev.real(ab)
+                level = value
+                if row.name == "static_background" and not level and not plan.never:
+                    # s = 0 is a stationary point of s**2: start from the data
+                    level = self._background_estimate(mean_pattern)
+                array = row.default(BlockDefaults(self.n_measurements, measured_shape, n_sets,
+                                                  level))
+            if row.measured_grid:
+                array = self.detector.to_detector_order(array)
+            array = row.from_setting(array)
+            out[row.name] = (self.device.complex(array) if row.dtype == "complex"
+                             else self.device.real(array))
         return out
 
     def _background_estimate(self, mean_pattern: Any) -> float:
@@ -598,23 +604,57 @@ class Reconstruction:
             lows.append(chunk.reshape(chunk.shape[0], -1).min(axis=1))
         return max(float(np.mean(np.concatenate(lows))), floor)
 
+    def _model_context(self, window: tuple[int, int], pixel: float,
+                       measured_shape: tuple[int, int]) -> ModelContext:
+        thickness = getattr(self.propagator, "slice_thickness_A", None)
+        return ModelContext(
+            window=window, pixel_size_A=pixel, wavelength_A=self.experiment.wavelength_A,
+            n_measurements=self.n_measurements, device=self.device,
+            measured_shape=measured_shape, scan_shape=self.experiment.scan_shape,
+            n_slices=self.n_slices,
+            slice_thickness_A=tuple(thickness) if thickness is not None else None,
+            experiment=self.experiment, grid=self.grid,
+            to_detector_order=self.detector.to_detector_order)
+
+    def _build_model(self, window: tuple[int, int], pixel: float) -> PtychographyModel:
+        m = self.model_spec
+        plates = None
+        if m.phase_plates is not None:
+            plate = m.phase_plates.array
+            if plate.shape[1:] != window:
+                raise ValueError(f"phase_plates: expected plates of shape {window} (the probe "
+                                 f"window), found {plate.shape[1:]}")
+            factor = plate if np.iscomplexobj(plate) else np.exp(1j * plate)
+            plates = self.device.complex(np.fft.ifftshift(factor, axes=(-2, -1)))
+        return PtychographyModel(
+            self.propagator, self.loss, self.device, window, pixel,
+            self.experiment.wavelength_A, self.n_slices, self._load_measured(),
+            batch_size=self.reading.batch_size or self._auto_batch_size(window),
+            detector=self.detector, tilt_mode=m.tilt_mode,
+            probe_marker=None if m.probe_marker is None else m.probe_marker.array,
+            aberration_marker=(None if m.aberration_marker is None
+                               else m.aberration_marker.array),
+            phase_plates=plates, n_measurements=self.n_measurements, context=self.context)
+
     # ------------------------------------------------------------------ objective
     def _in_bounds(self, positions: Any) -> bool:
         return windows_outside_object(self.device.to_host(positions), self.grid.window,
                                       tuple(self.params["object"].shape)) is None
 
     def evaluate(self, params: Mapping[str, Any], blocks: Iterable[str],
-                 epoch: int | None = None) -> tuple[float, dict[str, Any], dict[str, float]]:
+                 epoch: int | None = None, indices: np.ndarray | None = None
+                 ) -> tuple[float, dict[str, Any], dict[str, float]]:
         """Loss, gradients for ``blocks`` and the contribution of each term at ``epoch``
-        (default: the current epoch)."""
+        (default: the current epoch) over ``indices`` (default: the epoch's sequence)."""
         blocks = tuple(blocks)
         epoch = self.epoch if epoch is None else int(epoch)
         xp = self.device.xp
         if "positions" in blocks and not self._in_bounds(params["positions"]):
             return float("inf"), {b: xp.zeros_like(params[b]) for b in blocks}, {}
-        data_loss, grads = self.model.value_and_grad(params, refine=blocks,
-                                                     indices=self._indices(epoch))
-        weight = float(self.loss_weight(epoch))
+        if indices is None:
+            indices = self.indices(epoch)
+        data_loss, grads = self.model.value_and_grad(params, refine=blocks, indices=indices)
+        weight = self.loss_weight(epoch)
         if weight != 1.0:
             data_loss *= weight
             grads = {b: g * weight for b, g in grads.items()}
@@ -633,108 +673,64 @@ class Reconstruction:
         return total, {b: grads[b] for b in blocks}, terms
 
     # ------------------------------------------------------------------ running
-    def _host_state(self) -> dict[str, np.ndarray]:
-        dev = self.device
-        state = {name: dev.to_host(array) for name, array in self.params.items()}
-        if "static_background" in state:
-            state["static_background"] = self.detector.from_detector_order(
-                state["static_background"])
-        return state
-
-    def result(self) -> ReconstructionResult:
-        state = self._host_state()
-        extra = {k: state[k] for k in EXTRA_BLOCKS if k in state}
-        if "static_background" in extra:
-            extra["static_background"] = extra["static_background"] ** 2
-        return ReconstructionResult(
-            object=state["object"], probe=state["probe"],
-            positions_A=self.grid.pixels_to_positions(state["positions"]), grid=self.grid,
-            loss=list(self.loss_history), epochs=self.epoch, output_dir=self.output_dir,
-            extra=extra)
-
-    def active_blocks(self, epoch: int) -> tuple[str, ...]:
-        return tuple(b for b in BLOCKS if b in self.params and self.refine[b](epoch))
-
     def run(self, epochs: int, callbacks: Sequence[Callback] = ()) -> ReconstructionResult:
-        """Run ``epochs`` more epochs (one optimizer step each) and return the result."""
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        """Run ``epochs`` more epochs and return the result. Each epoch: the engine's step,
+        the projections, the report, the checkpoint; a callback returning True stops."""
+        if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, found {epochs!r}")
         self.initialize()
         output = self._open_output()
-        columns = _LOG_COLUMNS + tuple(self._term_names)
-        log = output.loss_log(columns, resume_from_epoch=self.epoch if self.epoch else None
-                              ) if output is not None else None
-        xp = self.device.xp
-        state = self.optimizer.init_state()
-        active: tuple[str, ...] = ()
-        active_indices: Any = None
-        value, grads, terms = 0.0, {}, {}
+        monitor = RunMonitor(self.output.level, int(epochs), output, self._term_names,
+                             resume_from_epoch=self.epoch or None,
+                             write_log=self.output.save_loss_log)
+        if self._engine_state is None:
+            self._engine_state = self.engine.init_state(self)
         start = time.perf_counter()
-        bar = self._progress_bar(epochs)
         try:
             for _ in range(epochs):
                 epoch = self.epoch
-                blocks = self.active_blocks(epoch)
-                if not blocks:
+                if not self.active_blocks(epoch):
                     raise ValueError(f"refine: no block is refined at epoch {epoch}")
-                indices = self._indices(epoch)
-                same_indices = (indices is None and active_indices is None) or (
-                    indices is not None and active_indices is not None
-                    and np.array_equal(indices, active_indices))
-                if blocks != active or not same_indices or bool(self.reset_history(epoch)) \
-                        or float(self.loss_weight(epoch)) != float(
-                            self.loss_weight(max(epoch - 1, 0))):
-                    self.optimizer.reset(state)
-                    active, active_indices = blocks, indices
-                    value, grads, terms = self.evaluate(self.params, active, epoch)
-                seen: list[tuple[float, dict[str, float]]] = []
-
-                def objective(sub: Mapping[str, Any], _blocks=active, _seen=seen,
-                              _epoch=epoch) -> tuple[float, dict[str, Any]]:
-                    full = dict(self.params)
-                    full.update(sub)
-                    v, g, t = self.evaluate(full, _blocks, _epoch)
-                    _seen.append((v, t))
-                    return v, g
-
-                step = self.optimizer.step({b: self.params[b] for b in active}, value, grads,
-                                           objective, state, xp)
-                self.params.update(step.params)
-                value, grads = step.value, dict(step.grads)
-                terms = next((t for v, t in reversed(seen) if v == value), terms)
-                reset = False
-                for constraint in self.constraints:
-                    if constraint.is_active(epoch):
-                        reset |= bool(constraint.apply(self.params, self.device, epoch))
-                reset |= self._maybe_resize_object()
-                if reset:
-                    self.optimizer.reset(state)
-                    value, grads, terms = self.evaluate(self.params, active, epoch)
+                outcome = self.engine.epoch(self, epoch, self._engine_state)
+                if self._project(epoch):
+                    outcome = self.engine.after_projection(self, epoch, self._engine_state,
+                                                           outcome)
                 self.epoch += 1
-                self.loss_history.append(value)
+                self.loss_history.append(outcome.loss)
                 report = EpochReport(
-                    epoch=self.epoch, loss=value, data_loss=terms.get("data_loss", value),
-                    step_size=step.step_size, evaluations=step.evaluations,
-                    accepted=step.accepted, elapsed_s=time.perf_counter() - start,
-                    blocks=active, params=self.params,
-                    info=dict(step.info, terms=terms,
-                              n_measurements=self.n_measurements if indices is None
-                              else int(indices.size)))
-                self._record(report, output, log)
-                self._print(report, bar)
+                    epoch=self.epoch, loss=outcome.loss,
+                    data_loss=outcome.terms.get("data_loss", outcome.loss),
+                    step_size=outcome.step_size, evaluations=outcome.evaluations,
+                    accepted=outcome.accepted, elapsed_s=time.perf_counter() - start,
+                    blocks=outcome.blocks, params=self.params,
+                    info=dict(outcome.info, terms=outcome.terms,
+                              n_measurements=outcome.n_measurements))
+                monitor.report(report, self._memory_mb())
+                if output is not None and (self.epoch % self.output.save_every == 0 or (
+                        self.output.checkpoint_every
+                        and self.epoch % self.output.checkpoint_every == 0)):
+                    self._checkpoint(output)
                 if any(bool(cb(report)) for cb in callbacks):
                     break
         finally:
-            if bar is not None:
-                bar.close()
-        if output is not None and self.epoch % self.save_every:
-            output.save_state(self._host_state(), self.epoch)
+            monitor.close()
+        if output is not None and self.epoch % self.output.save_every:
+            self._checkpoint(output)
         return self.result()
+
+    def _project(self, epoch: int) -> bool:
+        """By-hand changes after the step: constraints and object growth. True when the
+        parameters changed."""
+        changed = False
+        for constraint in self.constraints:
+            if constraint.is_active(epoch):
+                changed |= bool(constraint.apply(self.params, self.device, epoch))
+        return self._maybe_resize_object() or changed
 
     def _maybe_resize_object(self) -> bool:
         """Grow the object with vacuum where a window came within the resize distance of an
         edge; positions and the grid origin follow. Returns True when it grew."""
-        limit = self.dynamically_resize_object
+        limit = self.model_spec.dynamically_resize_object
         if limit is False:
             return False
         limit = 2 if limit is True else int(limit)
@@ -761,52 +757,6 @@ class Reconstruction:
         self.context.grid = self.grid
         return True
 
-    def _progress_bar(self, epochs: int) -> Any:
-        if self.verbosity != 1:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=epochs, desc="ptyframe", unit="epoch", leave=True)
-
-    def _print(self, report: EpochReport, bar: Any) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{report.loss:.5g}", step=f"{report.step_size:.2g}")
-            return
-        if self.verbosity >= 2:
-            line = (f"epoch {report.epoch}: loss {report.loss:.6g} step {report.step_size:.3g} "
-                    f"evaluations {report.evaluations} blocks {'+'.join(report.blocks)} "
-                    f"{report.elapsed_s:.1f} s")
-            if self.verbosity >= 3:
-                line += " | " + ", ".join(f"{k} {v:.4g}" for k, v in
-                                          report.info.get("terms", {}).items())
-            print(line, flush=True)
-
-    def _open_output(self) -> OutputFolder | None:
-        if self.output_dir is None:
-            return None
-        output = OutputFolder(self.output_dir, checkpoint_every=self.checkpoint_every)
-        output.save_parameters(self.to_config())
-        return output
-
-    def _record(self, report: EpochReport, output: OutputFolder | None, log: Any) -> None:
-        if output is None:
-            return
-        regularization = report.loss - report.data_loss
-        terms = report.info.get("terms", {})
-        log.append(epoch=report.epoch, time_s=report.elapsed_s, loss=report.loss,
-                   data_loss=report.data_loss, regularization=regularization,
-                   step_size=report.step_size, evaluations=report.evaluations,
-                   accepted=report.accepted,
-                   line_search=str(report.info.get("line_search", "")),
-                   blocks="+".join(report.blocks),
-                   n_measurements=report.info.get("n_measurements", self.n_measurements),
-                   memory_mb=self._memory_mb(),
-                   **{name: terms.get(name, float("nan")) for name in self._term_names})
-        if report.epoch % self.save_every == 0 or (
-                self.checkpoint_every and report.epoch % self.checkpoint_every == 0):
-            output.save_state(self._host_state(), report.epoch)
-
     def _memory_mb(self) -> float:
         total = sum(int(a.nbytes) for a in self.params.values())
         if self.model is not None:
@@ -815,90 +765,107 @@ class Reconstruction:
                 total += int(self.model.measured.nbytes)
         return total / 2**20
 
+    # ------------------------------------------------------------------ results
+    def _host_state(self) -> dict[str, np.ndarray]:
+        state = {}
+        for name, array in self.params.items():
+            host = self.device.to_host(array)
+            if block_row(name).measured_grid:
+                host = self.detector.from_detector_order(host)
+            state[name] = host
+        return state
+
+    def result(self) -> ReconstructionResult:
+        state = self._host_state()
+        extra = {}
+        for row in PARAMETER_BLOCKS:
+            if row.optional and row.name in state:
+                value = state[row.name]
+                extra[row.name] = row.to_result(value)
+        return ReconstructionResult(
+            object=state["object"], probe=state["probe"],
+            positions_A=self.grid.pixels_to_positions(state["positions"]), grid=self.grid,
+            loss=list(self.loss_history), epochs=self.epoch, output_dir=self.output_dir,
+            extra=extra)
+
+    def _open_output(self) -> OutputFolder | None:
+        if self.output_dir is None:
+            return None
+        output = OutputFolder(self.output_dir, checkpoint_every=self.output.checkpoint_every)
+        output.save_parameters(self.to_config())
+        return output
+
+    def _checkpoint(self, output: OutputFolder) -> None:
+        """Parameters and the engine's state, committed together."""
+        arrays, info = self.engine.export_state(self, self._engine_state)
+        output.save_state(self._host_state(), self.epoch,
+                          resume_arrays={f"engine.{k}": v for k, v in arrays.items()},
+                          info={"engine": self.engine.name, "engine_state": info,
+                                "batch_size": self.model.batch_size,
+                                "grid": self.grid.to_config()})
+
+    def load_checkpoint(self, folder: str | Path | None = None) -> int:
+        """Restore every refinable block, the grid and the engine's state from an output
+        folder; returns the epoch. A run continued from here proceeds exactly as the run that
+        wrote the checkpoint would have."""
+        folder = Path(folder) if folder is not None else self.output_dir
+        if folder is None:
+            raise ValueError("load_checkpoint: no folder given and no output_dir set")
+        from ptyframe.io.results import load_state, load_state_info, read_loss_log
+
+        arrays, epoch = load_state(folder)
+        info = load_state_info(folder)
+        self.initialize()
+        for name in ("object", "probe", "positions"):
+            if name not in arrays:
+                raise ValueError(f"checkpoint in {folder}: missing block {name!r}")
+        for name, array in arrays.items():
+            if name not in self.params:
+                continue
+            if block_row(name).measured_grid:
+                array = self.detector.to_detector_order(array)
+            current = tuple(self.params[name].shape)
+            resized = (name == "object" and array.shape[:2] == current[:2]
+                       and self.model_spec.dynamically_resize_object is not False)
+            if array.shape != current and not resized:
+                raise ValueError(f"checkpoint in {folder}: {name} has shape {array.shape}, "
+                                 f"this reconstruction expects {current}")
+            self.params[name] = self.device.asarray(array, dtype=self.params[name].dtype)
+        if "grid" in info and self.model_spec.dynamically_resize_object is not False:
+            self.grid = attrs.evolve(self.grid, object_shape=tuple(info["grid"]["object_shape"]),
+                                     origin_A=tuple(info["grid"]["origin_A"]))
+            self.context.grid = self.grid
+        if self.reading.batch_size is None and info.get("batch_size"):
+            self.model.batch_size = int(info["batch_size"])  # the same summation order
+        self.epoch = int(epoch)
+        self._engine_state = None
+        if info.get("engine") == self.engine.name:
+            prefix = "engine."
+            self._engine_state = self.engine.import_state(
+                self, {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+                info.get("engine_state", {}))
+        log_path = folder / "loss.csv"
+        if log_path.exists():
+            history = read_loss_log(log_path)
+            keep = history["epoch"] <= epoch
+            self.loss_history = [float(v) for v in history["loss"][keep]]
+        return self.epoch
+
     # ------------------------------------------------------------------ configuration
     def to_config(self) -> dict[str, Any]:
-        """JSON-ready description of this reconstruction (data given by path when known)."""
-        config: dict[str, Any] = {
-            "experiment": self.experiment.to_config(),
-            "n_slices": self.n_slices,
-            "n_probe_modes": self.n_probe_modes,
-            "n_object_modes": self.n_object_modes,
-            "refine": {k: v.to_config() for k, v in self.refine.items()},
-            "regularizers": [r.to_config() for r in self.regularizers],
-            "constraints": [c.to_config() for c in self.constraints],
-            "device": self.device.to_config(),
-            "batch_size": self.batch_size,
-            "object_margin_px": self.object_margin_px,
-            "save_every": self.save_every,
-            "checkpoint_every": self.checkpoint_every,
-            "seed": self.seed,
-            "tilt_mode": self.tilt_mode,
-            "use_full_fov": self.use_full_fov,
-            "loss_weight": self.loss_weight.to_config(),
-            "reset_history": self.reset_history.to_config(),
-            "load_one_by_one": self.load_one_by_one,
-            "data_dtype": self.data_dtype,
-            "allow_subpixel_shift": self.allow_subpixel_shift,
-            "dynamically_resize_object": self.dynamically_resize_object,
-            "verbosity": self.verbosity,
-        }
-        for key, setting in (("tilts", self._tilts), ("beam_current", self._beam_current),
-                             ("aberrations_array", self._aberrations),
-                             ("aberration_marker", self._aberration_marker),
-                             ("probe_marker", self._probe_marker),
-                             ("phase_plates", self._phase_plates),
-                             ("initial_object", self._initial_object),
-                             ("initial_probe", self._initial_probe)):
-            if setting is not None:
-                config[key] = setting.to_config()
-        if isinstance(self._background, ArraySetting):
-            config["static_background"] = self._background.to_config()
-        elif self._background is not None:
-            config["static_background"] = self._background
-        if self.sequence is not None:
-            config["sequence"] = (self.sequence.value if isinstance(self.sequence, Constant)
-                                  else self.sequence.to_config())
-        for kind in DEFAULT_COMPONENTS:
-            config[kind] = getattr(self, kind).to_config()
+        """JSON-ready description of this reconstruction in the configuration-file layout
+        (data given by path when known); ``build_reconstruction`` reads it back."""
+        config: dict[str, Any] = {"experiment": self.experiment.to_config()}
+        for spec in (self.model_spec, self.solver, self.reading):
+            config.update(spec.to_config())
+        config.update(self.refine_spec.to_config())
+        out = self.output.to_config()
+        config["verbosity"], config["progress"] = out.pop("verbosity"), out.pop("progress")
+        config["output"] = {k: v for k, v in out.items() if v is not None}
+        config["device"] = self.device.to_config()
+        config["seed"] = self.seed
         if self.dataset is not None and getattr(self.dataset, "path", None) is not None:
             config["data"] = {"path": str(self.dataset.path)}
         if self.grid is not None:
             config["grid"] = self.grid.to_config()
         return config
-
-    def load_checkpoint(self, folder: str | Path | None = None) -> int:
-        """Restore every refinable block from an output folder; returns the epoch."""
-        folder = Path(folder) if folder is not None else self.output_dir
-        if folder is None:
-            raise ValueError("load_checkpoint: no folder given and no output_dir set")
-        from ptyframe.io.results import load_state
-
-        arrays, epoch = load_state(folder)
-        self.initialize()
-        for block in ("object", "probe", "positions"):
-            if block not in arrays:
-                raise ValueError(f"checkpoint in {folder}: missing block {block!r}")
-        for block, array in arrays.items():
-            if block not in self.params:
-                continue
-            if block == "static_background":
-                array = self.detector.to_detector_order(array)
-            if block == "object" and array.shape != tuple(self.params[block].shape) and (
-                    array.shape[:2] == tuple(self.params[block].shape[:2])
-                    and self.dynamically_resize_object is not False):
-                self.params[block] = self.device.asarray(array, dtype=self.params[block].dtype)
-                continue
-            if array.shape != tuple(self.params[block].shape):
-                raise ValueError(
-                    f"checkpoint in {folder}: {block} has shape {array.shape}, this "
-                    f"reconstruction expects {tuple(self.params[block].shape)}")
-            self.params[block] = self.device.asarray(array, dtype=self.params[block].dtype)
-        self.epoch = int(epoch)
-        log_path = folder / "loss.csv"
-        if log_path.exists():
-            from ptyframe.io.results import read_loss_log
-
-            history = read_loss_log(log_path)
-            keep = history["epoch"] <= epoch
-            self.loss_history = [float(v) for v in history["loss"][keep]]
-        return self.epoch

@@ -38,13 +38,14 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ptyframe.core.blocks import PARAMETER_BLOCKS
 from ptyframe.io import results
 
 __all__ = ["export_nexus", "DEFAULT_NEXUS_NAME"]
 
 DEFAULT_NEXUS_NAME = "reconstruction.nxs"
 
-_UNITS = {"tilts": "rad", "positions": "pixel", "aberrations": "angstrom"}
+_UNITS = {b.name: b.units for b in PARAMETER_BLOCKS if b.units}
 
 
 def _version() -> str:

@@ -64,33 +64,20 @@ from typing import IO, Any
 import attrs
 import numpy as np
 
+from ptyframe.core.blocks import PARAMETER_BLOCKS, from_disk_layout, to_disk_layout
+
 __all__ = [
-    "OutputFolder", "LossLog", "load_state", "read_loss_log", "load_parameters",
+    "OutputFolder", "LossLog", "load_state", "load_state_info", "read_loss_log", "load_parameters",
     "atomic_save_npy", "atomic_write_text", "atomic_write_json", "atomic_write_bytes",
     "to_reference_layout", "from_reference_layout",
     "CHECKPOINT_FILES", "EPOCH_CHECKPOINT_NAMES", "STATE_FILE", "LOSS_FILE", "PARAMETERS_FILE",
 ]
 
-#: Overwritable checkpoint file of each block (unknown blocks: ``<name>.npy``).
-CHECKPOINT_FILES: dict[str, str] = {
-    "object": "co.npy",
-    "probe": "cp.npy",
-    "positions": "cg.npy",
-    "tilts": "ct.npy",
-    "static_background": "cs.npy",
-    "beam_current": "cb.npy",
-    "aberrations": "ca.npy",
-}
+#: Overwritable checkpoint file of each block, from the block table (unknown blocks:
+#: ``<name>.npy``).
+CHECKPOINT_FILES: dict[str, str] = {b.name: b.checkpoint_file for b in PARAMETER_BLOCKS}
 #: Block name in ``checkpoint_<name>_epoch_<N>.npy`` (unknown blocks: their own name).
-EPOCH_CHECKPOINT_NAMES: dict[str, str] = {
-    "object": "obj",
-    "probe": "probe",
-    "positions": "positions",
-    "tilts": "tilts",
-    "static_background": "static_background",
-    "beam_current": "beam_current",
-    "aberrations": "aberrations",
-}
+EPOCH_CHECKPOINT_NAMES: dict[str, str] = {b.name: b.epoch_name for b in PARAMETER_BLOCKS}
 STATE_FILE = "state.json"
 LOSS_FILE = "loss.csv"
 PARAMETERS_FILE = "parameters.json"
@@ -204,51 +191,15 @@ def _write_fsynced_npy(path: Path, array: np.ndarray) -> None:
 # --------------------------------------------------------------------------- layouts
 
 def to_reference_layout(name: str, array: Any) -> np.ndarray:
-    """Internal layout -> the reference tool's layout (object and probe; others unchanged).
-
-    object ``(S, K, Y, X) -> (Y, X, S, K)``; probe ``(K, ny, nx) -> (ny, nx, K)``
-    and ``(P, K, ny, nx) -> (ny, nx, K, P)`` (P sub-scans).
-    """
-    array = _host(array)
-    if name == "object":
-        if array.ndim != 4:
-            raise ValueError(
-                f"object: expected 4 dimensions (n_slices, n_modes, Y, X), found shape "
-                f"{array.shape}"
-            )
-        return np.transpose(array, (2, 3, 0, 1))
-    if name == "probe":
-        if array.ndim == 3:
-            return np.transpose(array, (1, 2, 0))
-        if array.ndim == 4:
-            return np.transpose(array, (2, 3, 1, 0))
-        raise ValueError(
-            f"probe: expected 3 dimensions (n_modes, ny, nx) or 4 (n_subscans, n_modes, ny, "
-            f"nx), found shape {array.shape}"
-        )
-    return array
+    """Internal layout -> the reference tool's layout, as the block table gives it (object
+    ``(S, K, Y, X) -> (Y, X, S, K)``; probe ``(K, ny, nx) -> (ny, nx, K)`` and
+    ``(P, K, ny, nx) -> (ny, nx, K, P)``; other blocks unchanged)."""
+    return to_disk_layout(name, _host(array))
 
 
 def from_reference_layout(name: str, array: Any) -> np.ndarray:
     """Inverse of :func:`to_reference_layout` (returns C-contiguous arrays)."""
-    array = _host(array)
-    if name == "object":
-        if array.ndim != 4:
-            raise ValueError(
-                f"object: expected 4 dimensions (Y, X, n_slices, n_modes) on disk, found "
-                f"shape {array.shape}"
-            )
-        return np.ascontiguousarray(np.transpose(array, (2, 3, 0, 1)))
-    if name == "probe":
-        if array.ndim == 3:
-            return np.ascontiguousarray(np.transpose(array, (2, 0, 1)))
-        if array.ndim == 4:
-            return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
-        raise ValueError(
-            f"probe: expected 3 dimensions (ny, nx, n_modes) or 4 (ny, nx, n_modes, "
-            f"n_subscans) on disk, found shape {array.shape}"
-        )
-    return array
+    return from_disk_layout(name, _host(array))
 
 
 def checkpoint_file_name(name: str) -> str:
@@ -303,18 +254,20 @@ def _roll_forward(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
         if staged_path.exists():
             os.replace(staged_path, folder / final)
     _fsync_dir(folder)
-    committed = _committed_state(pending["epoch"], pending["files"])
+    committed = _committed_state(pending["epoch"], pending["files"], pending.get("info"))
     atomic_write_json(folder / STATE_FILE, committed)
     return committed
 
 
-def _committed_state(epoch: int | None, files: dict[str, Any]) -> dict[str, Any]:
+def _committed_state(epoch: int | None, files: dict[str, Any],
+                     info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format": _STATE_FORMAT,
         "version": _STATE_VERSION,
         "epoch": epoch,
         "layout": "reference",
         "files": files,
+        "info": dict(info) if info else {},
         "pending": None,
     }
 
@@ -360,7 +313,7 @@ def load_state(path: str | os.PathLike, recover: bool = True) -> tuple[dict[str,
                 final: staged for final, staged in pending["staged"].items()
                 if (folder / staged).exists()
             }
-            state = _committed_state(pending["epoch"], pending["files"])
+            state = _committed_state(pending["epoch"], pending["files"], pending.get("info"))
     epoch = state.get("epoch")
     files = state.get("files") or {}
     if epoch is None or not files:
@@ -391,6 +344,16 @@ def load_state(path: str | os.PathLike, recover: bool = True) -> tuple[dict[str,
             array = from_reference_layout(name, array)
         arrays[name] = array
     return arrays, int(epoch)
+
+
+def load_state_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON values committed with the last checkpoint (``info`` of ``save_state``; an
+    empty dict for checkpoints written without). Reads ``state.json`` only."""
+    state = _read_state(Path(path))
+    pending = state.get("pending")
+    if pending:
+        return dict(pending.get("info") or {})
+    return dict(state.get("info") or {})
 
 
 # --------------------------------------------------------------------------- parameters
@@ -616,8 +579,15 @@ class OutputFolder:
             _roll_forward(self.path, state)
         _remove_strays(self.path)
 
-    def save_state(self, arrays: Mapping[str, Any], epoch: int) -> None:
-        """Save a checkpoint of ``arrays`` (internal layout) after ``epoch`` epochs."""
+    def save_state(self, arrays: Mapping[str, Any], epoch: int,
+                   resume_arrays: Mapping[str, Any] | None = None,
+                   info: Mapping[str, Any] | None = None) -> None:
+        """Save a checkpoint of ``arrays`` (internal layout) after ``epoch`` epochs.
+
+        ``resume_arrays`` (e.g. the engine's state) and the JSON-able ``info`` are committed
+        with the same checkpoint (:func:`load_state_info` reads ``info`` back) but are not
+        kept in the per-epoch ``checkpoint_*`` files.
+        """
         if not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"epoch: expected an integer >= 0, found {epoch!r}")
         epoch = int(epoch)
@@ -628,12 +598,17 @@ class OutputFolder:
             _check_block_name(name)
             on_disk[name] = np.ascontiguousarray(to_reference_layout(name, array))
         if self.overwrite_checkpoints:
-            self._commit(on_disk, epoch)
+            extra = {}
+            for name, array in (resume_arrays or {}).items():
+                _check_block_name(name)
+                extra[name] = np.ascontiguousarray(_host(array))
+            self._commit({**on_disk, **extra}, epoch, info)
         if self.checkpoint_every is not None and epoch >= 1 and epoch % self.checkpoint_every == 0:
             for name, array in on_disk.items():
                 atomic_save_npy(self.path / epoch_checkpoint_file_name(name, epoch), array)
 
-    def _commit(self, on_disk: Mapping[str, np.ndarray], epoch: int) -> None:
+    def _commit(self, on_disk: Mapping[str, np.ndarray], epoch: int,
+                info: Mapping[str, Any] | None = None) -> None:
         folder = self.path
         self.recover()
         try:
@@ -654,7 +629,8 @@ class OutputFolder:
         _fsync_dir(folder)
         # 2. commit point: the journal names the staged files
         journal = dict(committed)
-        journal["pending"] = {"epoch": epoch, "files": files, "staged": staged}
+        journal["pending"] = {"epoch": epoch, "files": files, "staged": staged,
+                              "info": dict(info) if info else {}}
         atomic_write_json(folder / STATE_FILE, journal)
         # 3. + 4. rename onto the final names, then record the committed state
         _roll_forward(folder, journal)

@@ -1,0 +1,12 @@
+"""First-party engines of ptyframe: the full-batch engine (one optimizer step per epoch over
+every measurement of the epoch's sequence), registered exactly as a third-party plugin would
+be."""
+
+from ptyframe.registry.hookspecs import hookimpl
+
+
+@hookimpl
+def ptyframe_register_components():
+    from .full_batch import FullBatch
+
+    return [FullBatch]

@@ -1,0 +1,453 @@
+"""Specifications: the few small objects a :class:`Reconstruction` is built from.
+
+* :class:`ModelSpec` — what is modelled (slices, modes, tilt mode, markers, phase plates,
+  propagator, detector, object grid);
+* :class:`RefineSpec` — what is refined and when: one :class:`BlockPlan` per row of the block
+  table (:data:`ptyframe.core.blocks.PARAMETER_BLOCKS`) with its schedule, its starting value
+  and, for object/probe/positions, its initializer;
+* :class:`SolverSpec` — how the loss is minimised (loss, optimizer, engine, regularizers,
+  constraints, loss weight, history resets);
+* :class:`ReadingSpec` — how the data is read (sequence, batching, streaming, dtype);
+* :class:`OutputSpec` — where results go (folder, checkpoint cadence, verbosity).
+
+Each has validated, documented fields and ``to_config``/``from_config`` that round-trip
+through JSON/TOML. :func:`route_settings` maps the flat keywords of the short Python API
+(``n_slices=4, refine_positions=FromEpoch(10), output_dir="out"``) and the top-level keys of a
+configuration file onto these objects; every name it accepts comes from the specifications'
+own fields and the block table, so no list of names is kept twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+import numpy as np
+
+from ptyframe.core.blocks import BLOCK_NAMES, PARAMETER_BLOCKS
+from ptyframe.core.schedules import Constant, Schedule, as_schedule
+
+__all__ = ["ModelSpec", "BlockPlan", "RefineSpec", "SolverSpec", "ReadingSpec", "OutputSpec",
+           "SPEC_CLASSES", "route_settings", "config_value", "TILT_MODES"]
+
+#: tilt_mode -> (before, inside, after), as in the reference
+TILT_MODES = {0: (False, True, False), 1: (False, False, True), 2: (True, False, False),
+              3: (False, True, True), 4: (True, True, True)}
+
+#: the initializer component kind of the blocks built by an initializer
+INITIALIZER_KINDS = {"object": "object_initializer", "probe": "probe_initializer",
+                     "positions": "position_initializer"}
+
+
+# --------------------------------------------------------------------------- validators
+
+def _int_at_least(low: int) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{attribute.name}: expected an integer >= {low}, found {value!r}")
+    return check
+
+
+def _optional_int_at_least(low: int) -> Any:
+    inner = _int_at_least(low)
+
+    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None:
+            inner(inst, attribute, value)
+    return check
+
+
+def _boolean(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{attribute.name}: expected true or false, found {value!r}")
+
+
+def _one_of(choices: tuple[Any, ...]) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices or isinstance(value, bool):
+            raise ValueError(f"{attribute.name}: expected one of {list(choices)}, found "
+                             f"{value!r}")
+    return check
+
+
+def _component_of(kind: str, optional: bool = True) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        if getattr(value, "kind", None) != kind:
+            raise TypeError(f"{attribute.name}: expected a {kind} component, found "
+                            f"{type(value).__name__}")
+    return check
+
+
+def _components_of(kind: str) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        for item in value:
+            if getattr(item, "kind", None) != kind:
+                raise TypeError(f"{attribute.name}: expected {kind} components, found "
+                                f"{type(item).__name__}")
+    return check
+
+
+def _resize(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is False or value is True:
+        return
+    _int_at_least(1)(_inst, attribute, value)
+
+
+# --------------------------------------------------------------------------- serialisation
+
+def config_value(value: Any) -> Any:
+    """JSON-ready form of a specification field (schedules, components, array settings,
+    arrays, nested containers)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating, np.bool_)):
+        return value.item() if hasattr(value, "item") else value
+    if hasattr(value, "to_config"):
+        return value.to_config()
+    if isinstance(value, np.ndarray):
+        if value.size <= 4096 and not np.iscomplexobj(value):
+            return value.tolist()
+        return {"in_memory_array": list(value.shape), "dtype": str(value.dtype)}
+    if isinstance(value, Mapping):
+        return {str(k): config_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [config_value(v) for v in value]
+    return value
+
+
+def _build_field(field: attrs.Attribute, value: Any, registry: Any) -> Any:
+    """A field's value from its configuration form (components through the registry)."""
+    kind = field.metadata.get("component")
+    if kind is not None and isinstance(value, Mapping):
+        return registry.create(kind, value)
+    many = field.metadata.get("components")
+    if many is not None:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{field.name}: expected a list of {{type = name, ...}} tables, "
+                             f"found {type(value).__name__}")
+        return [registry.create(many, v) if isinstance(v, Mapping) else v for v in value]
+    return value
+
+
+class _Spec:
+    """Shared ``to_config``/``from_config`` of the specifications."""
+
+    #: section title in error messages
+    section: ClassVar[str] = ""
+
+    def to_config(self) -> dict[str, Any]:
+        return {f.name: config_value(getattr(self, f.name)) for f in attrs.fields(type(self))}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in attrs.fields(cls))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], registry: Any | None = None) -> Any:
+        """Rebuild from :meth:`to_config` output (component tables need a ``registry``)."""
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{cls.section}: expected a table, found {type(config).__name__}")
+        fields = {f.name: f for f in attrs.fields(cls)}
+        unknown = set(config) - set(fields)
+        if unknown:
+            raise ValueError(f"{cls.section}: unknown keys {sorted(unknown)}; expected some of "
+                             f"{sorted(fields)}")
+        kwargs = {}
+        for name, value in config.items():
+            needs_registry = ("component" in fields[name].metadata
+                              or "components" in fields[name].metadata)
+            if needs_registry and registry is None:
+                from ptyframe.registry.loader import load_registry
+
+                registry = load_registry()
+            kwargs[name] = _build_field(fields[name], value, registry)
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- specifications
+
+@attrs.define
+class ModelSpec(_Spec):
+    """What is modelled.
+
+    ``n_slices``, ``n_probe_modes``, ``n_object_modes``: model size; ``tilt_mode``: which
+    tilts are applied (0 inside; 1 after; 2 before; 3 inside + after; 4 all);
+    ``propagator``, ``detector``: components (None: the registry's ``multislice`` and
+    ``far_field``); ``probe_marker``: (N,) which probe each measurement uses (one probe per
+    sub-scan); ``aberration_marker``: (N,) which row of the aberrations each measurement
+    uses; ``phase_plates``: (N, ny, nx) per-measurement phase plates on the probe spectrum
+    (rad, or complex factors), an .npy path, or an HDF5 path / {path, dataset};
+    ``object_margin_px``: empty border around the scanned area (pixels);
+    ``allow_subpixel_shift``: False rounds the starting positions to whole pixels;
+    ``dynamically_resize_object``: False, or a distance (pixels) from the object's edge at
+    which the object grows by vacuum.
+    """
+
+    section: ClassVar[str] = "model"
+
+    n_slices: int = attrs.field(default=1, validator=_int_at_least(1))
+    n_probe_modes: int = attrs.field(default=1, validator=_int_at_least(1))
+    n_object_modes: int = attrs.field(default=1, validator=_int_at_least(1))
+    tilt_mode: int = attrs.field(default=0, validator=_one_of(tuple(TILT_MODES)))
+    propagator: Any = attrs.field(default=None, validator=_component_of("propagator"),
+                                  metadata={"component": "propagator"})
+    detector: Any = attrs.field(default=None, validator=_component_of("detector"),
+                                metadata={"component": "detector"})
+    probe_marker: Any = None
+    aberration_marker: Any = None
+    phase_plates: Any = None
+    object_margin_px: int = attrs.field(default=8, validator=_int_at_least(0))
+    allow_subpixel_shift: bool = attrs.field(default=True, validator=_boolean)
+    dynamically_resize_object: bool | int = attrs.field(default=False, validator=_resize)
+
+
+def _plan_refine(value: Any) -> Schedule:
+    return as_schedule(value)
+
+
+@attrs.define
+class BlockPlan:
+    """How one parameter block is refined.
+
+    ``refine``: a Schedule of bool (or a bool); ``initial``: its starting value (an array, a
+    nested list or an .npy path; for the object (n_slices, n_object_modes, Y, X), the probe
+    (n_probe_modes, ny, nx), positions (N, 2) in Å, other blocks as in the block table);
+    ``initializer``: for object, probe and positions, the initializer component used when no
+    starting value is given (None: the registry default).
+    """
+
+    refine: Schedule = attrs.field(factory=lambda: Constant(False), converter=_plan_refine)
+    initial: Any = None
+    initializer: Any = None
+
+    @property
+    def never(self) -> bool:
+        """Whether the schedule is a constant False (the block is never refined)."""
+        return isinstance(self.refine, Constant) and not self.refine.value
+
+
+def _default_plans() -> dict[str, BlockPlan]:
+    return {b.name: BlockPlan(refine=b.refined_by_default) for b in PARAMETER_BLOCKS}
+
+
+def _plans(value: Any) -> dict[str, BlockPlan]:
+    plans = _default_plans()
+    if value is None:
+        return plans
+    if not isinstance(value, Mapping):
+        raise ValueError(f"refine: expected a table of blocks, found {type(value).__name__}")
+    for name, plan in value.items():
+        if name not in plans:
+            raise ValueError(f"refine: unknown block {name!r}; expected some of "
+                             f"{', '.join(BLOCK_NAMES)}")
+        plans[name] = plan if isinstance(plan, BlockPlan) else BlockPlan(refine=plan)
+    return plans
+
+
+@attrs.define
+class RefineSpec(_Spec):
+    """What is refined and when: one :class:`BlockPlan` per block of the block table.
+
+    ``RefineSpec({"positions": FromEpoch(10)})`` refines positions from epoch 10 and keeps
+    the table's defaults (object and probe refined, the rest fixed) for the other blocks.
+    """
+
+    section: ClassVar[str] = "refine"
+
+    blocks: dict[str, BlockPlan] = attrs.field(factory=_default_plans, converter=_plans)
+
+    def __getitem__(self, name: str) -> BlockPlan:
+        return self.blocks[name]
+
+    def schedules(self) -> dict[str, Schedule]:
+        return {name: plan.refine for name, plan in self.blocks.items()}
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"refine": {block: schedule}, <table setting>: value, <initializer>: table}``
+        — the layout of a configuration file."""
+        out: dict[str, Any] = {"refine": {n: p.refine.to_config() for n, p in self.blocks.items()}}
+        for row in PARAMETER_BLOCKS:
+            plan = self.blocks[row.name]
+            if plan.initial is not None and row.setting is not None:
+                out[row.setting] = config_value(plan.initial)
+            if plan.initializer is not None:
+                out[INITIALIZER_KINDS[row.name]] = plan.initializer.to_config()
+        return out
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        rows = tuple(b.setting for b in PARAMETER_BLOCKS if b.setting is not None)
+        return ("refine", *rows, *INITIALIZER_KINDS.values())
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], registry: Any | None = None) -> RefineSpec:
+        """From ``{"refine": {...}, "tilts": ..., "probe_initializer": {...}}`` (flat keys of
+        a configuration file; ``refine_<block>`` keywords are accepted too)."""
+        plans = _default_plans()
+        refine = dict(config.get("refine") or {})
+        for key, value in config.items():
+            if key.startswith("refine_"):
+                refine[key[len("refine_"):]] = value
+        unknown = set(refine) - set(plans)
+        if unknown:
+            raise ValueError(f"refine: unknown blocks {sorted(unknown)}; expected some of "
+                             f"{', '.join(BLOCK_NAMES)}")
+        by_setting = {b.setting: b.name for b in PARAMETER_BLOCKS if b.setting is not None}
+        by_initializer = {kind: name for name, kind in INITIALIZER_KINDS.items()}
+        allowed = {"refine", *by_setting, *by_initializer} | {f"refine_{b}" for b in plans}
+        unknown = set(config) - allowed
+        if unknown:
+            raise ValueError(f"refine: unknown keys {sorted(unknown)}")
+        for name in plans:
+            plans[name] = BlockPlan(refine=refine.get(name, plans[name].refine))
+        for setting, name in by_setting.items():
+            if setting in config:
+                plans[name].initial = config[setting]
+        for kind, name in by_initializer.items():
+            value = config.get(kind)
+            if isinstance(value, Mapping):
+                if registry is None:
+                    from ptyframe.registry.loader import load_registry
+
+                    registry = load_registry()
+                value = registry.create(kind, value)
+            if value is not None and getattr(value, "kind", None) != kind:
+                raise TypeError(f"{kind}: expected a {kind} component, found "
+                                f"{type(value).__name__}")
+            plans[name].initializer = value
+        return cls(plans)
+
+
+@attrs.define
+class SolverSpec(_Spec):
+    """How the loss is minimised.
+
+    ``loss``, ``optimizer``, ``engine``: components (None: the registry's ``lsq_sqrt``,
+    ``quasi_newton`` and ``full_batch``); ``regularizers``: extra loss terms;
+    ``constraints``: by-hand projections; ``loss_weight``: factor (or Schedule) on the data
+    term; ``reset_history``: Schedule of bool, True at an epoch forgets the optimizer's
+    history.
+    """
+
+    section: ClassVar[str] = "solver"
+
+    loss: Any = attrs.field(default=None, validator=_component_of("loss"),
+                            metadata={"component": "loss"})
+    optimizer: Any = attrs.field(default=None, validator=_component_of("optimizer"),
+                                 metadata={"component": "optimizer"})
+    engine: Any = attrs.field(default=None, validator=_component_of("engine"),
+                              metadata={"component": "engine"})
+    regularizers: list[Any] = attrs.field(factory=list, converter=list,
+                                          validator=_components_of("regularizer"),
+                                          metadata={"components": "regularizer"})
+    constraints: list[Any] = attrs.field(factory=list, converter=list,
+                                         validator=_components_of("constraint"),
+                                         metadata={"components": "constraint"})
+    loss_weight: Schedule = attrs.field(default=1.0, converter=as_schedule)
+    reset_history: Schedule = attrs.field(default=False, converter=as_schedule)
+
+
+def _sequence(value: Any) -> Any:
+    if value is None or isinstance(value, Schedule):
+        return value
+    if isinstance(value, Mapping):
+        return as_schedule(value)
+    return value  # indices: checked against the data by the Reconstruction
+
+
+@attrs.define
+class ReadingSpec(_Spec):
+    """How the data is read.
+
+    ``sequence``: measurements used (a list of indices, an .npy path, or a Schedule of
+    lists; None: all); ``use_full_fov``: with a fixed sequence, whether the object still
+    covers every measurement; ``batch_size``: measurements per vectorised batch (None: from
+    free memory); ``load_one_by_one``: stream measurements from the dataset every evaluation
+    instead of keeping them on the device; ``data_dtype``: storage type of the measurements
+    on the device ("float16", "float32", "float64"; None: the device's real type).
+    """
+
+    section: ClassVar[str] = "reading"
+
+    sequence: Any = attrs.field(default=None, converter=_sequence)
+    use_full_fov: bool = attrs.field(default=True, validator=_boolean)
+    batch_size: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
+    load_one_by_one: bool = attrs.field(default=False, validator=_boolean)
+    data_dtype: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(
+            _one_of(("float16", "float32", "float64"))))
+
+
+@attrs.define
+class OutputSpec(_Spec):
+    """Where results go.
+
+    ``dir``: folder for checkpoints, loss.csv and parameters.json (None: nothing written);
+    ``save_every``: epochs between overwritable checkpoints; ``checkpoint_every``: epochs
+    between kept per-epoch checkpoints (None: none); ``verbosity``: 0 silent, 1 a progress
+    bar, 2 one line per epoch, 3 also every loss term (None: 1 when ``progress`` else 0);
+    ``progress``: see ``verbosity``; ``save_loss_log``: write loss.csv.
+    """
+
+    section: ClassVar[str] = "output"
+
+    dir: Any = attrs.field(default=None)
+    save_every: int = attrs.field(default=1, validator=_int_at_least(1))
+    checkpoint_every: int | None = attrs.field(default=None,
+                                               validator=_optional_int_at_least(1))
+    verbosity: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        _one_of((0, 1, 2, 3))))
+    progress: bool = attrs.field(default=True, validator=_boolean)
+    save_loss_log: bool = attrs.field(default=True, validator=_boolean)
+
+    @property
+    def level(self) -> int:
+        return self.verbosity if self.verbosity is not None else (1 if self.progress else 0)
+
+    def to_config(self) -> dict[str, Any]:
+        out = super().to_config()
+        out["dir"] = None if self.dir is None else str(self.dir)
+        return out
+
+
+#: specification classes by the keyword a Reconstruction takes them as
+SPEC_CLASSES: dict[str, type] = {"model": ModelSpec, "refine": RefineSpec, "solver": SolverSpec,
+                                 "reading": ReadingSpec, "output": OutputSpec}
+
+#: the one flat keyword that is not a field name (``dir`` reads badly outside [output])
+_FLAT_ALIASES = {"output_dir": ("output", "dir")}
+
+
+def route_settings(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat keywords -> ``{spec keyword: {field: value}}``.
+
+    Accepted: every field of :class:`ModelSpec`, :class:`SolverSpec`, :class:`ReadingSpec`,
+    :class:`OutputSpec` (``output_dir`` for ``dir``), ``refine_<block>``, ``refine`` (a table
+    of blocks), the block table's starting-value settings and the initializers. An unknown
+    keyword is one error listing what is accepted.
+    """
+    owner: dict[str, tuple[str, str]] = dict(_FLAT_ALIASES)
+    for key, cls in SPEC_CLASSES.items():
+        if key == "refine":
+            continue
+        for name in cls.field_names():
+            if name != "dir":
+                owner[name] = (key, name)
+    refine_keys = set(RefineSpec.field_names()) | {f"refine_{b}" for b in BLOCK_NAMES}
+    routed: dict[str, dict[str, Any]] = {key: {} for key in SPEC_CLASSES}
+    unknown = []
+    for name, value in settings.items():
+        if name in refine_keys:
+            routed["refine"][name] = value
+        elif name in owner:
+            key, field_name = owner[name]
+            routed[key][field_name] = value
+        else:
+            unknown.append(name)
+    if unknown:
+        raise TypeError(f"Reconstruction: unknown settings {sorted(unknown)}; expected some of "
+                        f"{sorted(set(owner) | refine_keys)}")
+    return routed
