@@ -1,7 +1,8 @@
 """Focal-series (near-field) reconstruction: defocused images of one area.
 
 A plane wave passes a thin specimen; each image is recorded at its own defocus (the
-``near_field`` detector, with flux-preserving partial-coherence damping ``alpha``). The object
+``near_field`` detector, with flux-preserving partial-coherence damping ``alpha``). Defocus in
+Å = -C10, positive = underfocus, as in abTEM and in the probe's aberrations. The object
 phase is retrieved from the series by the same gradient machinery as ptychography.
 
     python examples/focal_series.py --output focal-series-out [--quick]
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--quick", action="store_true", help="small and fast (tests)")
     args = parser.parse_args(argv)
     window, pixel = (32, 0.25) if args.quick else (64, 0.2)
-    defoci = np.array([-600.0, -300.0, -100.0, 100.0, 300.0, 600.0])
+    defoci = np.array([-600.0, -300.0, -100.0, 100.0, 300.0, 600.0])  # Å, underfocus > 0
     registry = load_registry()
     detector = registry.create("detector", {"type": "near_field", "pixel_size_A": pixel,
                                             "defocus_A": defoci.tolist(), "alpha": 1e-4})

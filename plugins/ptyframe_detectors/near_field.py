@@ -58,11 +58,15 @@ def _defocus(value: Any) -> float | tuple[float, ...]:
 class NearFieldDetector(Detector):
     """Focal series: each measurement is a real-space image of the exit wave at a defocus.
 
-    Field of measurement n: psi_n = IFFT[FFT(exit) H_n], with
-    H_n(q) = exp(-i pi lambda df_n q^2) exp(-i pi Cs lambda^3 q^4 / 2) (q in 1/Å, no band
-    limit, |H| = 1): a free-space propagation over df_n, the same kernel as a slice step of
-    the multislice propagator (C10 = df_n in chi = pi lambda C10 q^2 + ...). Positive df is
-    underfocus (the imaged plane lies df downstream of the exit surface).
+    Defocus convention (the project's one, shared with the probe and abTEM/Kirkland):
+    df = -C10, positive = underfocus. Field of measurement n: psi_n = IFFT[FFT(exit) H_n],
+    H_n(q) = exp(-i chi_n(q)), chi_n = 2 pi / lambda (C10 a^2 / 2 + Cs a^4 / 4), a = lambda q,
+    C10 = -df_n (q in 1/Å, no band limit, |H| = 1), i.e.
+    H_n(q) = exp(+i pi lambda df_n q^2) exp(-i pi Cs lambda^3 q^4 / 2).
+    Without Cs this is a free-space propagation over dz = -df_n with the multislice kernel
+    exp(-i pi lambda dz q^2): an underfocused image (df > 0) shows the wave a distance df
+    *upstream* of the exit surface. (The reference tool's ``defocus_array`` is that distance
+    dz = +C10; the migration flips its sign.)
     Image: I_n = D_n * [(1/K) sum_k sum_m |psi_n,k,m|^2], where the partial-coherence envelope
     D_n(q) = exp(-q^2 (pi alpha df_n)^2) multiplies the intensity spectrum (a real, even
     filter: the image stays real and its total, the flux, is kept since D_n(0) = 1).
@@ -70,8 +74,9 @@ class NearFieldDetector(Detector):
 
     * ``pixel_size_A``: pixel size of the images (= the object pixel), Å; required
       [pixel_size_x_A]
-    * ``defocus_A``: defocus df_n, Å, positive = underfocus: one value for every measurement
-      or a list with one per measurement; required [defocus_array]
+    * ``defocus_A``: defocus df_n = -C10, Å, positive = underfocus: one value for every
+      measurement or a list with one per measurement (the reference's defocus_array with its
+      sign flipped); required [defocus_array]
     * ``cs_A``: spherical aberration Cs of the imaging, Å [Cs]
     * ``alpha``: illumination semi-angle of the partial-coherence envelope, radians (>= 0, 0 =
       coherent) [alpha_near_field]
@@ -129,18 +134,20 @@ class NearFieldDetector(Detector):
         q2 = qy**2 + qx**2
         lam = self._wavelength_A
         self._q2 = dev.real(q2)
+        # exp(-i chi) of the Cs term: chi = 2 pi / lambda Cs a^4 / 4 = pi Cs lambda^3 q^4 / 2
         self._aberration = dev.complex(np.exp(-0.5j * np.pi * self.cs_A * lam**3 * q2**2))
         self._transfer = self._damping = None
         if self._unique_defocus.size * ny * nx <= _MAX_PRECOMPUTED_PIXELS:
             self._transfer, self._damping = self._filters(xp.asarray(self._unique_defocus))
 
     def _filters(self, defocus: Any) -> tuple[Any, Any]:
-        """Transfer functions H (U, ny, nx) and dampings D (U, ny, nx) (None when alpha = 0)
-        for the defocus values ``defocus`` (U,), on the device."""
+        """Transfer functions H = exp(-i chi) (U, ny, nx) and dampings D (U, ny, nx) (None
+        when alpha = 0) for the defocus values ``defocus`` (U,) Å, on the device."""
         dev = self._device
         xp = dev.xp
         df = defocus.astype(dev.real_dtype)[:, None, None]
-        phase = (-np.pi * self._wavelength_A) * df * self._q2
+        # -chi of the defocus term: -pi lambda C10 q^2 = +pi lambda df q^2 (C10 = -df)
+        phase = (np.pi * self._wavelength_A) * df * self._q2
         transfer = xp.empty(phase.shape, dtype=dev.complex_dtype)
         xp.cos(phase, out=transfer.real)
         xp.sin(phase, out=transfer.imag)

@@ -17,7 +17,8 @@ Conventions converted on the way:
 * object (y, x, z, modes) -> (slices, modes, Y, X) placed on ptyframe's object grid;
   probe (y, x, modes) -> (modes, y, x);
 * ``extra_probe_defocus`` (a propagation distance, i.e. +C10) -> the aperture initializer's
-  ``extra_defocus_A`` (positive = underfocus = -C10);
+  ``extra_defocus_A`` (positive = underfocus = -C10); likewise the near-field
+  ``defocus_array`` (propagation distances, +C10) -> ``near_field.defocus_A`` = -value;
 * string lambdas -> :class:`~ptyframe.core.schedules.Schedule` via :mod:`ptyframe.core.safe_lambda`
   (never evaluated); Python function objects are refused.
 
@@ -646,7 +647,8 @@ def _near_field(field: str, convert: Callable[[str, Any], Any]
 
 
 def _defocus_array(key: str, value: Any) -> Any:
-    values = [float(v) for v in np.asarray(value, dtype=float).ravel()]
+    """The reference's near-field distances dz (Å, = +C10) -> defocus_A = -dz (underfocus > 0)."""
+    values = [-float(v) + 0.0 for v in np.asarray(value, dtype=float).ravel()]
     return values[0] if len(values) == 1 else values
 
 
@@ -1188,7 +1190,9 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
     _row("alpha_near_field", "detector.near_field.alpha", "near field only",
          _near_field("alpha", _as_float)),
     _row("defocus_array", "detector.near_field.defocus_A", "near field only; one value or "
-         "one per measurement", _near_field("defocus_A", _defocus_array), always=True),
+         "one per measurement; sign flipped: the reference propagates by +d (C10 = d), "
+         "defocus_A is an underfocus (C10 = -defocus_A)",
+         _near_field("defocus_A", _defocus_array), always=True),
     _row("Cs", "detector.near_field.cs_A", "near field only", _near_field("cs_A", _as_float)),
     _row("slice_distances", "propagator.*.slice_thickness_A", "one value or one per gap",
          _plain("propagator.*.slice_thickness_A", _slice_distances), always=True),

@@ -1,6 +1,9 @@
 """Focal-series (near-field) data: simulation with the project's own model, for tests and
 examples. A plane wave (or any illumination) passes the object once; each measurement is an
-image at its own defocus, formed by the ``near_field`` detector."""
+image at its own defocus, formed by the ``near_field`` detector.
+
+Defocus convention: df = -C10, positive = underfocus (the image of the wave df upstream of the
+exit surface), as everywhere in ptyframe and in abTEM."""
 
 from __future__ import annotations
 
@@ -39,9 +42,9 @@ def simulate_focal_series(propagator: Propagator, detector: Detector, *, window:
                           absorption: float = 0.05, seed: int = 0) -> FocalSeries:
     """Images of random Gaussian atoms under plane-wave illumination, one per defocus.
 
-    ``detector`` is a near-field detector configured with the same ``defocus_A`` and
-    ``pixel_size_A``; ``counts_per_pixel``: mean dose (Poisson noise), None for noise-free
-    expected intensities (in units of the incident intensity).
+    ``detector`` is a near-field detector configured with the same ``defocus_A`` (Å, = -C10,
+    positive = underfocus) and ``pixel_size_A``; ``counts_per_pixel``: mean dose (Poisson
+    noise), None for noise-free expected intensities (in units of the incident intensity).
     """
     rng = np.random.default_rng(seed)
     device = Device("cpu", "double")

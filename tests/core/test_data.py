@@ -11,6 +11,9 @@ import pytest
 
 from ptyframe.io.data import DataError, Dataset, Preprocessing
 
+#: the project's shared validation data (optional), a sibling of the repository
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
 SY, SX, K = 3, 4, 16
 N = SY * SX
 
@@ -198,7 +201,7 @@ def test_centered_to_fft_order():
 
 
 def test_real_dataset_if_present():
-    path = Path("/work/shared/data/sto_thin.h5")
+    path = SHARED_DATA / "sto_thin.h5"
     if not path.is_file():
         pytest.skip("shared validation data not present")
     ds = Dataset.from_file(path, scan_shape=(24, 24))

@@ -22,10 +22,13 @@ from ptyframe.io.metadata import (
     sidecar_path,
 )
 
+#: the project's shared validation data (optional), a sibling of the repository
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
 DK = 0.05487470276202671  # 1/Å at 200 kV, consistent with MRAD below
 MRAD = 1.3762213453811123
 
-#: The keys (and units) of /work/shared/data/*.json, with the values of sto_thin.
+#: The keys (and units) of ../shared/data/*.json, with the values of sto_thin.
 STO_LIKE = {
     "name": "sto_thin",
     "acc_voltage_kV": 200.0,
@@ -138,7 +141,7 @@ def test_sidecar_of_npy(tmp_path):
 
 
 def test_real_sidecar_if_present():
-    path = Path("/work/shared/data/sto_thin.json")
+    path = SHARED_DATA / "sto_thin.json"
     if not path.is_file():
         pytest.skip("shared validation data not present")
     check_sto(experiment_from_metadata(read_metadata(path)))

@@ -19,7 +19,8 @@ from ptyframe.apps.migrate import (
     migrate_file,
     migrate_reference_parameters,
 )
-from ptyframe.components import InitContext
+from ptyframe.components import InitContext, ModelContext
+from ptyframe.core.device import Device
 from ptyframe.core.experiment import ReconstructionGrid
 from ptyframe.core.schedules import EveryN, FromEpoch, Piecewise, Schedule
 from ptyframe.testing.simulate import simulate_dataset
@@ -241,9 +242,30 @@ def test_near_field_settings(sim, data_file, tmp_path):
                                           experiment=converged_angle(sim)).config
     detector = config["detector"]
     assert detector["type"] == "near_field"
-    assert detector["defocus_A"] == list(np.linspace(100, 400, 25))
+    # the reference's values are propagation distances (+C10): defocus_A = -value
+    assert detector["defocus_A"] == list(-np.linspace(100, 400, 25))
     assert detector["cs_A"] == 1e4 and detector["alpha"] == 1e-4
     assert detector["pixel_size_A"] == sim.grid.pixel_size_A
+
+
+def test_near_field_defocus_keeps_the_reference_physics(sim, data_file, tmp_path, registry):
+    """The migrated detector applies the reference's near-field transfer function
+    exp(-i pi [lambda q^2 dz + Cs lambda^3 q^4 / 2]) for its defocus_array value dz."""
+    dz, cs = 250.0, 1e5
+    params = reference_params(sim, data_file, recon_type="near_field",
+                              defocus_array=np.array([dz]), Cs=cs)
+    config = migrate_reference_parameters(params, tmp_path,
+                                          experiment=converged_angle(sim)).config
+    detector = registry.create("detector", config["detector"])
+    n, px, lam = 16, config["detector"]["pixel_size_A"], sim.experiment.wavelength_A
+    detector.prepare(ModelContext(window=(n, n), pixel_size_A=px, wavelength_A=lam,
+                                  n_measurements=1, device=Device("cpu", "double")))
+    wave = np.random.default_rng(0).normal(size=(1, 1, 1, n, n)) + 0j
+    q = np.fft.fftfreq(n, px)
+    q2 = q[:, None] ** 2 + q[None, :] ** 2
+    reference = np.exp(-1j * np.pi * (lam * q2 * dz + cs * lam**3 * q2**2 / 2))
+    np.testing.assert_allclose(detector.propagate(wave, np.array([0])),
+                               np.fft.ifft2(np.fft.fft2(wave) * reference), atol=1e-12)
 
 
 # ------------------------------------------------------------------ refusals

@@ -99,10 +99,11 @@ def test_adjoint_of_the_propagation():
 
 
 def test_same_kernel_as_the_slice_propagator():
-    """Defocus df = free propagation over df with the multislice kernel (sign convention)."""
+    """Defocus df (= -C10, underfocus > 0) = free propagation over dz = -df with the
+    multislice kernel (sign convention)."""
     det = prepared()
     wave, _ = random_waves((1, 1, 1, N, N))
-    kern = fresnel_kernel((N, N), PIXEL_A, LAMBDA_A, DEFOCUS[3])
+    kern = fresnel_kernel((N, N), PIXEL_A, LAMBDA_A, -DEFOCUS[3])
     expected = np.fft.ifft2(np.fft.fft2(wave) * kern)
     np.testing.assert_allclose(det.propagate(wave, np.array([3])), expected, atol=1e-13)
 
@@ -154,8 +155,9 @@ def test_phase_object_in_focus_has_no_contrast():
 
 
 def test_weak_phase_contrast_transfer():
-    """Weak phase object: I - 1 = IFFT[2 Phi(q) sin(pi lambda df q^2)] to first order, so a
-    positive phase gives bright contrast in underfocus (df > 0) at low q."""
+    """Weak phase object: I - 1 = IFFT[2 Phi(q) sin chi] = -IFFT[2 Phi(q) sin(pi lambda df
+    q^2)] to first order (chi = pi lambda C10 q^2, C10 = -df), so a positive phase (an atom)
+    gives dark contrast in underfocus (df > 0) at low q, as at Scherzer defocus."""
     phi = phase_object(1e-3)
     wave = np.exp(1j * phi)[None, None, None]
     det = prepared()
@@ -163,11 +165,11 @@ def test_weak_phase_contrast_transfer():
     q2 = q[:, None] ** 2 + q[None, :] ** 2
     for n, df in enumerate(DEFOCUS):
         image, _ = det.forward(wave, np.array([n]), keep=False)
-        linear = np.fft.ifft2(2 * np.fft.fft2(phi) * np.sin(np.pi * LAMBDA_A * df * q2)).real
+        linear = np.fft.ifft2(-2 * np.fft.fft2(phi) * np.sin(np.pi * LAMBDA_A * df * q2)).real
         scale = max(np.abs(linear).max(), 1e-12)
         assert np.abs(image[0] - 1 - linear).max() < 5e-3 * scale + 1e-12
     assert (prepared().forward(wave, np.array([3]), keep=False)[0][0] - 1)[
-        np.unravel_index(np.argmax(phi), phi.shape)] > 0
+        np.unravel_index(np.argmax(phi), phi.shape)] < 0
 
 
 def test_batch_paths_agree(monkeypatch):
