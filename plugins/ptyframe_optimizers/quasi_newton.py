@@ -298,7 +298,8 @@ class QuasiNewton(Optimizer):
 
     # ----------------------------------------------------------------- step
     def step(self, params: Mapping[str, Any], value: float, grads: Mapping[str, Any],
-             objective: Objective, state: QuasiNewtonState, xp: Any) -> StepResult:
+             objective: Objective, state: QuasiNewtonState) -> StepResult:
+        xp = self.device.xp
         f0 = float(value)
         if not math.isfinite(f0):
             raise ValueError(f"value: expected a finite objective value at the current point, "

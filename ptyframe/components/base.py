@@ -1,13 +1,16 @@
-"""The root of every pluggable component."""
+"""The root of every pluggable component, and the device contract of the model families."""
 
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-__all__ = ["Component", "component_config"]
+if TYPE_CHECKING:
+    from ptyframe.core.device import Device
+
+__all__ = ["Component", "ModelComponent", "component_config"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,3 +49,31 @@ class Component(abc.ABC):  # noqa: B024 - families add the abstract methods
     def to_config(self) -> dict[str, Any]:
         """Serialisable configuration that rebuilds this component through the registry."""
         return component_config(self)
+
+
+class ModelComponent(Component):  # noqa: B024 - families add the abstract methods
+    """A component that computes on the reconstruction's arrays (propagator, detector, loss,
+    regularizer, constraint, optimizer).
+
+    The device contract, the same for every such family: :meth:`prepare` is called once with
+    a context (a :class:`~ptyframe.components.ModelContext`; propagators get its subset
+    :class:`~ptyframe.components.PropagationGeometry`) whose ``device`` is the
+    :class:`~ptyframe.core.device.Device` holding every array; per-call methods take no
+    ``xp`` or ``device`` argument and use :attr:`device` (``self.device.xp``,
+    ``self.device.fft2`` ...). An override of :meth:`prepare` calls ``super().prepare(context)``
+    first.
+    """
+
+    def prepare(self, context: Any) -> None:
+        """Bind ``context.device``; overrides precompute masks and kernels after calling this."""
+        self._device = context.device
+
+    @property
+    def device(self) -> Device:
+        """The Device given to :meth:`prepare`."""
+        device = getattr(self, "_device", None)
+        if device is None:
+            raise RuntimeError(
+                f"{type(self).__name__} ({self.kind} {self.name!r}) was used before "
+                "prepare(context); an override of prepare must call super().prepare(context)")
+        return device

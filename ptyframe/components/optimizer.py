@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from .base import Component
+from .base import ModelComponent
 
 __all__ = ["Optimizer", "Objective", "StepResult"]
 
@@ -35,7 +35,7 @@ class StepResult:
     info: dict[str, Any] = attrs.field(factory=dict)
 
 
-class Optimizer(Component):
+class Optimizer(ModelComponent):
     """Descent on blocks of complex or real arrays.
 
     Gradient convention: g = dL/d conj(p) (for real blocks 1/2 dL/dp), so that
@@ -55,5 +55,6 @@ class Optimizer(Component):
 
     @abc.abstractmethod
     def step(self, params: Mapping[str, Any], value: float, grads: Mapping[str, Any],
-             objective: Objective, state: Any, xp: Any) -> StepResult:
+             objective: Objective, state: Any) -> StepResult:
         """One iteration from ``params`` where the objective is ``value`` with ``grads``."""
+

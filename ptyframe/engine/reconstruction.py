@@ -545,7 +545,7 @@ class Reconstruction:
         params.update(self._extra_blocks(measured_shape, mean_pattern))
         self.params = params
         self.model.check_blocks(self.params)
-        for component in (*self.regularizers, *self.constraints):
+        for component in (*self.regularizers, *self.constraints, self.optimizer):
             component.prepare(self.context)
         return self.params
 
@@ -621,7 +621,7 @@ class Reconstruction:
         terms = {"data_loss": data_loss}
         total = data_loss
         for name, reg in zip(self._term_names, self.regularizers, strict=True):
-            value, reg_grads = reg.value_and_grad(params, self.device, epoch=epoch)
+            value, reg_grads = reg.value_and_grad(params, epoch=epoch)
             terms[name] = float(value)
             total += float(value)
             for block, g in reg_grads.items():
@@ -629,7 +629,7 @@ class Reconstruction:
                     grads[block] = grads[block] + g
         for constraint in self.constraints:
             if constraint.is_active(epoch):
-                grads = constraint.project_gradient(grads, params, self.device, epoch)
+                grads = constraint.project_gradient(grads, params, epoch)
         return total, {b: grads[b] for b in blocks}, terms
 
     # ------------------------------------------------------------------ running
@@ -664,7 +664,6 @@ class Reconstruction:
         columns = _LOG_COLUMNS + tuple(self._term_names)
         log = output.loss_log(columns, resume_from_epoch=self.epoch if self.epoch else None
                               ) if output is not None else None
-        xp = self.device.xp
         state = self.optimizer.init_state()
         active: tuple[str, ...] = ()
         active_indices: Any = None
@@ -698,14 +697,14 @@ class Reconstruction:
                     return v, g
 
                 step = self.optimizer.step({b: self.params[b] for b in active}, value, grads,
-                                           objective, state, xp)
+                                           objective, state)
                 self.params.update(step.params)
                 value, grads = step.value, dict(step.grads)
                 terms = next((t for v, t in reversed(seen) if v == value), terms)
                 reset = False
                 for constraint in self.constraints:
                     if constraint.is_active(epoch):
-                        reset |= bool(constraint.apply(self.params, self.device, epoch))
+                        reset |= bool(constraint.apply(self.params, epoch))
                 reset |= self._maybe_resize_object()
                 if reset:
                     self.optimizer.reset(state)

@@ -25,6 +25,7 @@ from ptyframe.registry.registry import (
     RegisteredComponent,
     Registry,
 )
+from ptyframe.testing import prepared
 
 #: a private entry-point group, so that most tests never see the first-party plugins
 GROUP = "ptyframe_tests_private"
@@ -40,9 +41,9 @@ class TinyLsq(LossMetric):
     name = {name!r}
     weight: float = 1.0
 
-    def value_and_grad(self, intensity, measured, xp):
+    def value_and_grad(self, intensity, measured):
         r = intensity - measured
-        return float(self.weight * xp.sum(r * r)), 2.0 * self.weight * r
+        return float(self.weight * (r * r).sum()), 2.0 * self.weight * r
 
 
 @hookimpl
@@ -111,9 +112,9 @@ class LocalLoss(LossMetric):
         if value <= 0:
             raise ValueError(f"scale: expected > 0, found {value}")
 
-    def value_and_grad(self, intensity, measured, xp):
+    def value_and_grad(self, intensity, measured):
         r = intensity - measured
-        return float(self.scale * xp.sum(r * r)), 2.0 * self.scale * r
+        return float(self.scale * (r * r).sum()), 2.0 * self.scale * r
 
 
 class AbstractLoss(LossMetric):
@@ -129,7 +130,7 @@ class UnknownKind(LossMetric):
     kind = "no_such_kind"
     name = "unknown_kind"
 
-    def value_and_grad(self, intensity, measured, xp):
+    def value_and_grad(self, intensity, measured):
         return 0.0, intensity
 
 
@@ -144,7 +145,7 @@ def test_registry_register_get_create():
     assert reg.kinds() == ["loss"] and reg.entries() == [entry] and len(reg) == 1
     loss = reg.create("loss", {"type": "local_loss", "scale": 2})
     assert isinstance(loss, LocalLoss) and loss.scale == 2.0
-    value, grad = loss.value_and_grad(np.ones(3), np.zeros(3), np)
+    value, grad = prepared(loss).value_and_grad(np.ones(3), np.zeros(3))
     assert value == 6.0 and np.allclose(grad, 4.0)
     assert reg.register(LocalLoss) == entry  # same class from the same provider: no-op
 
@@ -212,7 +213,7 @@ def test_third_party_plugin_is_found(site):
     entry = reg.entry("loss", name)
     assert (entry.plugin, entry.distribution, entry.version) == ("fakeplug", "fakepkg", "1.3")
     loss = reg.create("loss", {"type": name, "weight": 0.5})
-    value, grad = loss.value_and_grad(np.full(4, 2.0), np.ones(4), np)
+    value, grad = prepared(loss).value_and_grad(np.full(4, 2.0), np.ones(4))
     assert value == 2.0 and np.allclose(grad, 1.0)
     with pytest.raises(ComponentConfigError, match=f"{name}.*fakeplug.*fakepkg"):
         reg.create("loss", {"type": name, "weihgt": 0.5})
@@ -309,7 +310,7 @@ def test_abstract_and_unknown_kind_name_the_plugin(site):
         class Good(LossMetric):
             name = "good_{module}"
 
-            def value_and_grad(self, intensity, measured, xp):
+            def value_and_grad(self, intensity, measured):
                 return 0.0, 0 * intensity
 
         @hookimpl

@@ -13,14 +13,16 @@ from ptyframe_optimizers.quasi_newton import (
 )
 
 from ptyframe.components import Optimizer, StepResult
+from ptyframe.testing import prepared
 
 
 def run(opt, objective, params, steps, tol=None, solution=None):
     """Iterate ``steps`` times (or until the relative error to ``solution`` is below tol)."""
+    opt = prepared(opt)
     state = opt.init_state()
     value, grads = objective(params)
     for i in range(steps):
-        res = opt.step(params, value, grads, objective, state, np)
+        res = opt.step(params, value, grads, objective, state)
         params, value, grads = res.params, res.value, res.grads
         if tol is not None and rel_error(params, solution) < tol:
             return params, i + 1, state
@@ -102,10 +104,10 @@ def test_single_precision_blocks_keep_dtype():
 def test_rosenbrock():
     start = {"xy": np.array([-1.2, 1.0])}
     state = QuasiNewton(history_length=10).init_state()
-    opt = QuasiNewton(history_length=10)
+    opt = prepared(QuasiNewton(history_length=10))
     params, (value, grads) = start, rosenbrock(start)
     for _ in range(100):
-        res = opt.step(params, value, grads, rosenbrock, state, np)
+        res = opt.step(params, value, grads, rosenbrock, state)
         params, value, grads = res.params, res.value, res.grads
         if value < 1e-14:
             break
@@ -116,12 +118,12 @@ def test_rosenbrock():
 @pytest.mark.parametrize("bad", ["increasing", "nan"])
 def test_rejected_step_resets_history(bad):
     objective, start, _ = quadratic_problem()
-    opt = QuasiNewton(max_count=6)
+    opt = prepared(QuasiNewton(max_count=6))
     state = opt.init_state()
     value, grads = objective(start)
     params = start
     for _ in range(3):  # build some history
-        res = opt.step(params, value, grads, objective, state, np)
+        res = opt.step(params, value, grads, objective, state)
         params, value, grads = res.params, res.value, res.grads
     assert len(state.history) == 3
 
@@ -131,27 +133,27 @@ def test_rejected_step_resets_history(bad):
             return float("nan"), g
         return value + 1.0, {k: -v for k, v in g.items()}  # always worse, wrong gradient
 
-    res = opt.step(params, value, grads, broken, state, np)
+    res = opt.step(params, value, grads, broken, state)
     assert not res.accepted and res.step_size == 0.0
     assert res.info["line_search"] == "rejected"
     assert res.evaluations == 6
     assert res.params["z"] is params["z"] and res.value == value
     assert len(state.history) == 0 and state.rejections == 1
     # the next step with the sound objective goes on (steepest descent restart)
-    res = opt.step(params, value, grads, objective, state, np)
+    res = opt.step(params, value, grads, objective, state)
     assert res.accepted and res.value < value
 
 
 def test_inputs_not_mutated():
     objective, start, _ = quadratic_problem()
-    opt = QuasiNewton()
+    opt = prepared(QuasiNewton())
     state = opt.init_state()
     value, grads = objective(start)
     params = {k: v + 0.1 for k, v in start.items()}
     for _ in range(4):
         p_copy = {k: v.copy() for k, v in params.items()}
         g_copy = {k: v.copy() for k, v in grads.items()}
-        res = opt.step(params, value, grads, objective, state, np)
+        res = opt.step(params, value, grads, objective, state)
         for k in params:
             np.testing.assert_array_equal(params[k], p_copy[k])
             np.testing.assert_array_equal(grads[k], g_copy[k])
@@ -162,10 +164,11 @@ def test_inputs_not_mutated():
 @pytest.mark.parametrize("opt", [GradientDescent(), QuasiNewton(history_length=0)])
 def test_history_zero_never_stores_pairs(opt):
     objective, start, _ = quadratic_problem()
+    opt = prepared(opt)
     state = opt.init_state()
     params, (value, grads) = start, objective(start)
     for _ in range(10):
-        res = opt.step(params, value, grads, objective, state, np)
+        res = opt.step(params, value, grads, objective, state)
         assert res.accepted and res.value <= value
         params, value, grads = res.params, res.value, res.grads
         assert len(state.history) == 0 and state.scales is None
@@ -206,14 +209,15 @@ def test_badly_scaled_blocks_converge_with_block_scaling():
 
 
 def test_step_result_and_zero_gradient():
-    opt = QuasiNewton()
+    opt = prepared(QuasiNewton())
     state = opt.init_state()
 
     def flat(p):
         return 1.0, {"a": np.zeros(3)}
 
-    res = opt.step({"a": np.ones(3)}, 1.0, {"a": np.zeros(3)}, flat, state, np)
+    res = opt.step({"a": np.ones(3)}, 1.0, {"a": np.zeros(3)}, flat, state)
     assert isinstance(res, StepResult) and not res.accepted
     assert res.info["line_search"] == "converged" and res.evaluations == 0
     with pytest.raises(ValueError, match="value"):
-        opt.step({"a": np.ones(3)}, float("nan"), {"a": np.zeros(3)}, flat, state, np)
+        opt.step({"a": np.ones(3)}, float("nan"), {"a": np.zeros(3)}, flat, state)
+
