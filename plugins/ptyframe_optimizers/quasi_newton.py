@@ -52,7 +52,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ptyframe.components import Objective, Optimizer, StepResult
+from ptyframe.components import Alias, Objective, Optimizer, StepResult
 from ptyframe.core.device import Device
 
 __all__ = [
@@ -215,6 +215,7 @@ class QuasiNewton(Optimizer):
     """
 
     name = "quasi_newton"
+    aliases = (Alias("lbfgs", {"history_length": 10}), Alias("l-bfgs", {"history_length": 10}))
 
     history_length: int | str = attrs.field(
         default=10, converter=_history_converter, validator=_history_validator)

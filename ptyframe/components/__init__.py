@@ -1,6 +1,6 @@
 """Abstract component families. Concrete classes live in plugins and are found via the registry."""
 
-from .base import Component, ModelComponent, component_config
+from .base import Alias, Component, ModelComponent, component_config
 from .constraint import Constraint
 from .context import PARAMETER_BLOCKS, ModelContext
 from .detector import Detector
@@ -19,7 +19,7 @@ COMPONENT_KINDS = {
 }
 
 __all__ = [
-    "COMPONENT_KINDS", "Component", "ModelComponent", "component_config",
+    "Alias", "COMPONENT_KINDS", "Component", "ModelComponent", "component_config",
     "Constraint", "Detector", "DirectMethod", "DirectResult", "InitContext", "ModelContext",
     "PARAMETER_BLOCKS", "LossMetric", "Objective", "ObjectInitializer", "Optimizer",
     "PositionInitializer", "ProbeInitializer", "PropagationGeometry", "Propagator",

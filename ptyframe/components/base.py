@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -10,7 +12,7 @@ import attrs
 if TYPE_CHECKING:
     from ptyframe.core.device import Device
 
-__all__ = ["Component", "ModelComponent", "component_config"]
+__all__ = ["Alias", "Component", "ModelComponent", "component_config"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -35,16 +37,38 @@ def component_config(obj: Any) -> dict[str, Any]:
     return out
 
 
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@attrs.frozen
+class Alias:
+    """Another registry name of a component, optionally with its own default settings.
+
+    ``Alias("lbfgs", {"history_length": 10})``: ``{"type": "lbfgs"}`` builds the component with
+    ``history_length=10`` unless the configuration sets it; the built component reports its
+    canonical name in :meth:`Component.to_config`.
+    """
+
+    name: str
+    defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping,
+                                              hash=False)
+
+
 class Component(abc.ABC):  # noqa: B024 - families add the abstract methods
     """Base class of every component.
 
     Concrete components are ``attrs`` classes whose fields are their validated settings and set
-    two class attributes: ``kind`` (the abstract family, fixed by the family's base class) and
-    ``name`` (the registry name used in configuration files).
+    class attributes: ``kind`` (the abstract family, fixed by the family's base class),
+    ``name`` (the registry name used in configuration files), optionally ``aliases`` (other
+    names: strings or :class:`Alias` records carrying default settings) and ``summary`` (one
+    line for listings; default: the first line of the class docstring).
     """
 
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str | Alias, ...]] = ()
+    summary: ClassVar[str] = ""
 
     def to_config(self) -> dict[str, Any]:
         """Serialisable configuration that rebuilds this component through the registry."""
