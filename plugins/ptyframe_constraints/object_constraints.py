@@ -124,7 +124,8 @@ class GaussianFilter(Constraint):
     def is_active(self, epoch: int) -> bool:
         return _schedule_active(self.when, epoch)
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         xp = device.xp
         obj = params["object"]
         shape = obj.shape[-2:]
@@ -187,7 +188,8 @@ class ChargeFlip(Constraint):
     def _new_absorption(self, absorption: Any, device: Any) -> Any:
         return flip_below(absorption, self.delta_abs, self.beta_abs, device.xp)
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         xp = device.xp
         obj = params["object"]
         phase, absorption = _phase_and_absorption(obj, xp)
@@ -343,6 +345,7 @@ class BandLimit(Constraint):
         return _schedule_active(self.when, epoch)
 
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         self._masks.clear()
 
     def _mask(self, array: Any, cutoff: float, device: Any) -> Any:
@@ -364,7 +367,8 @@ class BandLimit(Constraint):
                         else self.probe_cutoff))
         return out
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         changed = False
         for block, cutoff in self._blocks():
             old = params[block]
@@ -374,8 +378,9 @@ class BandLimit(Constraint):
             params[block] = new
         return changed
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
                          epoch: int) -> dict[str, Any]:
+        device = self.device
         out = dict(grads)
         for block, cutoff in self._blocks():
             if block in out:
@@ -418,7 +423,8 @@ class RestartFromVacuum(Constraint):
     def is_active(self, epoch: int) -> bool:
         return epoch in self.epochs or _schedule_active(self.when, epoch)
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         params["object"] = device.xp.ones_like(params["object"])
         return True
 
@@ -457,7 +463,8 @@ class PhaseOnlyObject(Constraint):
     def is_active(self, epoch: int) -> bool:
         return _schedule_active(self.when, epoch)
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         xp = device.xp
         obj = params["object"]
         mag = xp.abs(obj)
@@ -467,8 +474,9 @@ class PhaseOnlyObject(Constraint):
         params["object"] = new
         return changed
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
                          epoch: int) -> dict[str, Any]:
+        device = self.device
         if "object" not in grads:
             return grads
         xp = device.xp

@@ -84,7 +84,8 @@ class OrthogonalProbeModes(Constraint):
     def is_active(self, epoch: int) -> bool:
         return bool(self.when(epoch))
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         xp = device.xp
         probe = params["probe"]
         n_modes = probe.shape[-3]
@@ -192,6 +193,7 @@ class ProbeFourierProjection(Constraint):
         return np.fft.ifftshift(mask != 0).astype(float)
 
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         self._mask = None
         self._device_mask = None
         window = tuple(int(n) for n in context.window)
@@ -235,14 +237,16 @@ class ProbeFourierProjection(Constraint):
         mask = self._mask_for(probe, device)
         return device.ifft2(device.fft2(array) * mask).astype(array.dtype, copy=False)
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         probe = params["probe"]
         new = self._project(probe, device, probe)
         params["probe"] = new
         return relative_change(probe, new, device.xp) > self.reset_tolerance
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
                          epoch: int) -> dict[str, Any]:
+        device = self.device
         if "probe" not in grads:
             return grads
         out = dict(grads)
@@ -269,6 +273,7 @@ class _SpectrumConstraint(Constraint):
         return bool(self.when(epoch))
 
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         self._reference = None
 
     def reference_spectrum(self, probe: Any, device: Any) -> Any:
@@ -287,7 +292,8 @@ class _SpectrumConstraint(Constraint):
     def _retract(self, spectrum: Any, ref: Any, device: Any) -> Any:
         ...
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
         probe = params["probe"]
         ref = self.reference_spectrum(probe, device)
         new = probe_from_spectrum(self._retract(probe_spectrum(probe, device), ref, device),
@@ -295,8 +301,9 @@ class _SpectrumConstraint(Constraint):
         params["probe"] = new
         return relative_change(probe, new, device.xp) > self.reset_tolerance
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
                          epoch: int) -> dict[str, Any]:
+        device = self.device
         if "probe" not in grads:
             return grads
         probe, g = params["probe"], grads["probe"]

@@ -84,6 +84,7 @@ class NearFieldDetector(Detector):
 
     name = "near_field"
     measurement_space: ClassVar[str] = "image"
+    uses_workspace: ClassVar[bool] = True
 
     pixel_size_A: float = attrs.field(converter=float, validator=_positive)
     defocus_A: float | tuple[float, ...] = attrs.field(converter=_defocus)
@@ -118,6 +119,7 @@ class NearFieldDetector(Detector):
 
     # ------------------------------------------------------------------ setup
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         dev = context.device
         xp = dev.xp
         ny, nx = (int(s) for s in context.window)

@@ -26,6 +26,7 @@ class OrthoFarField(Detector):
     """
 
     measurement_space = "diffraction"
+    uses_workspace = True
 
     def object_pixel_size_A(self, experiment: Any, measured_shape: tuple[int, int]) -> float:
         return 1.0 / (int(measured_shape[-1]) * float(experiment.dk_inv_A))
@@ -37,7 +38,7 @@ class OrthoFarField(Detector):
         return np.fft.fftshift(arrays, axes=(-2, -1))
 
     def prepare(self, context: ModelContext) -> None:
-        self._device = context.device
+        super().prepare(context)
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _far_field_intensity(self, waves: Any, workspace: Any | None) -> tuple[Any, Any]:

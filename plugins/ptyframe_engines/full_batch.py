@@ -73,8 +73,7 @@ class FullBatch(Engine):
             return value, grads
 
         step = problem.optimizer.step({b: problem.params[b] for b in blocks}, state.value,
-                                      state.grads, objective, state.optimizer,
-                                      problem.device.xp)
+                                      state.grads, objective, state.optimizer)
         problem.params.update(step.params)
         state.value, state.grads = step.value, dict(step.grads)
         # the terms of the point the optimizer ended on: the evaluation whose gradient arrays

@@ -18,8 +18,9 @@ then writes a placeholder string in ``masks`` that refuses to rebuild (save the 
 
 ``prepare(context)`` maps the masks to the pixel order of the modelled intensities
 (``context.to_detector_order``) and moves them to ``context.device``; they are kept on the
-instance, so **one instance serves one reconstruction**. Without ``prepare`` the masks are used
-in the order given (that of the intensities passed in).
+instance, so **one instance serves one reconstruction**. With a context whose
+``to_detector_order`` is None the masks are used in the order given (that of the intensities
+passed in).
 
 Measured data given to :meth:`prepare_measured` may be compressed, (N, K), or full patterns
 (N, my, mx) in the order of the intensities, which are then compressed with the (prepared)
@@ -94,6 +95,7 @@ class _CompressedLoss(LossMetric):
 
     #: the loss needs c >= 0 (square root, logarithm): masks must be non-negative
     needs_non_negative: ClassVar[bool] = False
+    can_overwrite = True
 
     masks_path: str | None = attrs.field(default=None, converter=_optional_path)
     _masks: Any = attrs.field(default=None, alias="masks", repr=False, eq=False)
@@ -154,6 +156,7 @@ class _CompressedLoss(LossMetric):
         """Masks in the intensities' pixel order (``context.to_detector_order``), on
         ``context.device``, in its real precision; checks them against
         ``context.measured_shape`` ((K,) for compressed data, (my, mx) for patterns)."""
+        super().prepare(context)
         if self._host_masks is None:
             self._weights = None
             return
@@ -166,22 +169,18 @@ class _CompressedLoss(LossMetric):
         ordered = self._host_masks
         if context.to_detector_order is not None:
             ordered = np.asarray(context.to_detector_order(ordered))
-        device = context.device
-        self._weights = device.real(np.ascontiguousarray(ordered.reshape(K, my * mx)))
+        self._weights = self.device.real(np.ascontiguousarray(ordered.reshape(K, my * mx)))
 
-    def _weights_for(self, dtype: Any, xp: Any) -> Any:
-        """(K, px) masks in ``dtype`` on ``xp``'s device (None: pixel-wise)."""
+    def _weights_for(self, dtype: Any) -> Any:
+        """(K, px) masks in ``dtype`` on the device (None: pixel-wise)."""
         if self._host_masks is None:
             return None
         w = self._weights
-        if w is None or not isinstance(w, xp.ndarray):
-            w = xp.asarray(self._host_masks.reshape(self._host_masks.shape[0], -1), dtype=dtype)
-            self._weights = w
         if w.dtype != dtype:
             w = w.astype(dtype)
         return w
 
-    def compress_measured(self, measured: Any, xp: Any) -> Any:
+    def compress_measured(self, measured: Any) -> Any:
         """(N, K) compressed data from compressed data (returned as is) or patterns."""
         n_px = None if self._host_masks is None else (self._host_masks.shape[1]
                                                       * self._host_masks.shape[2])
@@ -189,8 +188,8 @@ class _CompressedLoss(LossMetric):
         if measured.ndim == 3 and (self.detector_shape is None
                                    or tuple(measured.shape[1:]) == self.detector_shape):
             flat = measured.reshape(measured.shape[0], -1)
-            w = self._weights_for(measured.dtype, xp)
-            return flat if w is None else xp.matmul(flat, w.T)
+            w = self._weights_for(measured.dtype)
+            return flat if w is None else self.device.xp.matmul(flat, w.T)
         if measured.ndim == 2 and (K is None or measured.shape[1] == K):
             return measured
         expected = ("(N, n_pixels) or (N, my, mx)" if K is None
@@ -198,29 +197,30 @@ class _CompressedLoss(LossMetric):
         raise ValueError(f"measured: expected shape {expected}, found {measured.shape}"
                          + ("" if n_px is None else f" (masks {self._host_masks.shape})"))
 
-    def prepare_measured(self, measured: Any, xp: Any) -> Any:
-        return self.prepare_compressed(self.compress_measured(measured, xp), xp)
+    def prepare_measured(self, measured: Any) -> Any:
+        return self.prepare_compressed(self.compress_measured(measured))
 
-    def prepare_compressed(self, compressed: Any, xp: Any) -> Any:
+    def prepare_compressed(self, compressed: Any) -> Any:
         """Hook on the compressed data (N, K) once; default: unchanged."""
         return compressed
 
-    def _check_non_negative(self, compressed: Any, xp: Any) -> None:
+    def _check_non_negative(self, compressed: Any) -> None:
         if compressed.size and float(compressed.min()) < 0:
             raise ValueError(f"measured: {self.name} needs compressed signals >= 0, found a "
                              f"minimum of {float(compressed.min()):.3g}")
 
     # ------------------------------------------------------------------ evaluation
     @abc.abstractmethod
-    def compressed_value_and_grad(self, c: Any, prepared: Any, xp: Any) -> tuple[float, Any]:
+    def compressed_value_and_grad(self, c: Any, prepared: Any) -> tuple[float, Any]:
         """L and dL/dc (B, K), a new array; ``c`` must not be modified."""
         ...
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+    def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
+        xp = self.device.xp
         B = intensity.shape[0]
         flat = intensity.reshape(B, -1)
-        w = self._weights_for(intensity.dtype, xp)
+        w = self._weights_for(intensity.dtype)
         if w is not None and flat.shape[1] != w.shape[1]:
             raise ValueError(f"intensity: expected patterns of {self.detector_shape} pixels "
                              f"(the masks), found shape {intensity.shape[1:]}")
@@ -228,7 +228,7 @@ class _CompressedLoss(LossMetric):
         if measured.shape != c.shape:
             raise ValueError(f"measured: expected compressed data of shape {c.shape}, found "
                              f"{measured.shape}")
-        value, dldc = self.compressed_value_and_grad(c, measured, xp)
+        value, dldc = self.compressed_value_and_grad(c, measured)
         if w is None:
             return value, dldc.reshape(intensity.shape)
         # a C-contiguous intensity reshapes to a view: the gradient may take its memory
@@ -252,7 +252,8 @@ class CompressedLeastSquares(_CompressedLoss):
 
     name = "lsq_compressed"
 
-    def compressed_value_and_grad(self, c: Any, prepared: Any, xp: Any) -> tuple[float, Any]:
+    def compressed_value_and_grad(self, c: Any, prepared: Any) -> tuple[float, Any]:
+        xp = self.device.xp
         diff = c - prepared
         value = float(xp.sum(diff * diff, dtype=xp.float64))
         diff *= 2.0
@@ -274,11 +275,12 @@ class CompressedGaussian(_CompressedLoss):
     needs_non_negative: ClassVar[bool] = True
     epsilon: float = attrs.field(default=1e-6, converter=float, validator=_positive)
 
-    def prepare_compressed(self, compressed: Any, xp: Any) -> Any:
-        self._check_non_negative(compressed, xp)
-        return xp.sqrt(compressed)
+    def prepare_compressed(self, compressed: Any) -> Any:
+        self._check_non_negative(compressed)
+        return self.device.xp.sqrt(compressed)
 
-    def compressed_value_and_grad(self, c: Any, prepared: Any, xp: Any) -> tuple[float, Any]:
+    def compressed_value_and_grad(self, c: Any, prepared: Any) -> tuple[float, Any]:
+        xp = self.device.xp
         # ``prepared`` holds sqrt(m)
         amp = xp.sqrt(c + self.epsilon)
         diff = amp - prepared
@@ -303,11 +305,12 @@ class CompressedPoisson(_CompressedLoss):
     needs_non_negative: ClassVar[bool] = True
     epsilon: float = attrs.field(default=1e-2, converter=float, validator=_positive)
 
-    def prepare_compressed(self, compressed: Any, xp: Any) -> Any:
-        self._check_non_negative(compressed, xp)
+    def prepare_compressed(self, compressed: Any) -> Any:
+        self._check_non_negative(compressed)
         return compressed
 
-    def compressed_value_and_grad(self, c: Any, prepared: Any, xp: Any) -> tuple[float, Any]:
+    def compressed_value_and_grad(self, c: Any, prepared: Any) -> tuple[float, Any]:
+        xp = self.device.xp
         m = prepared
         floored = c + self.epsilon
         log_m = xp.log(xp.where(m > 0, m, 1))  # m log m -> 0 at m = 0

@@ -42,13 +42,15 @@ class LeastSquaresSqrt(LossMetric):
     """
 
     name = "lsq_sqrt"
+    can_overwrite = True
     epsilon: float = attrs.field(default=1e-6, converter=float, validator=_non_negative)
 
-    def prepare_measured(self, measured: Any, xp: Any) -> Any:
-        return xp.sqrt(measured)
+    def prepare_measured(self, measured: Any) -> Any:
+        return self.device.xp.sqrt(measured)
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+    def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
+        xp = self.device.xp
         # ``measured`` holds sqrt(M) (prepare_measured)
         amp = intensity if overwrite else intensity.copy()
         if self.epsilon:
@@ -71,10 +73,12 @@ class PoissonML(LossMetric):
     """
 
     name = "ml"
+    can_overwrite = True
     epsilon: float = attrs.field(default=1e-2, converter=float, validator=_positive)
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+    def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
+        xp = self.device.xp
         floored = xp.add(intensity, self.epsilon, out=intensity if overwrite else None)
         value = float(floored.sum(dtype=xp.float64))
         log = xp.log(floored)
@@ -90,9 +94,11 @@ class LeastSquares(LossMetric):
     """Intensity least squares: L = sum (I - M)^2, dL/dI = 2 (I - M)."""
 
     name = "lsq"
+    can_overwrite = True
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+    def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
+        xp = self.device.xp
         diff = xp.subtract(intensity, measured, out=intensity if overwrite else None)
         value = float(xp.vdot(diff, diff)) if diff.dtype == xp.float64 else float(
             (diff * diff).sum(dtype=xp.float64))
@@ -112,10 +118,12 @@ class ModifiedGaussian(LossMetric):
     """
 
     name = "lsq_sqrt_2"
+    can_overwrite = True
     dark_threshold: float = attrs.field(default=0.5, converter=float, validator=_positive)
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any,
+    def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
+        xp = self.device.xp
         t = self.dark_threshold
         bright = measured > t
         # 1/M on bright pixels, 0 on dark ones (max() keeps the division finite)

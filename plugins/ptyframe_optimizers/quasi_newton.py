@@ -50,8 +50,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import numpy as np
 
-from ptyframe.components import Objective, Optimizer, StepResult
+from ptyframe.components import Alias, Objective, Optimizer, StepResult
+from ptyframe.core.device import Device
 
 __all__ = [
     "ConjugateGradient", "CurvaturePair", "GradientDescent", "QuasiNewton", "QuasiNewtonState",
@@ -180,6 +182,11 @@ class QuasiNewtonState:
     skipped_pairs: int = 0
 
 
+#: scalar fields of QuasiNewtonState (step sizes, then counters), saved as JSON numbers
+_FLOAT_STATE = ("step_size", "gd_step")
+_INT_STATE = ("iterations", "evaluations", "rejections", "resets", "skipped_pairs")
+
+
 # --------------------------------------------------------------------------- optimizer
 
 @attrs.define(kw_only=True)
@@ -208,6 +215,7 @@ class QuasiNewton(Optimizer):
     """
 
     name = "quasi_newton"
+    aliases = (Alias("lbfgs", {"history_length": 10}), Alias("l-bfgs", {"history_length": 10}))
 
     history_length: int | str = attrs.field(
         default=10, converter=_history_converter, validator=_history_validator)
@@ -237,6 +245,56 @@ class QuasiNewton(Optimizer):
         """Forget the curvature pairs; the per-block scaling factors are kept."""
         state.history.clear()
         state.resets += 1
+
+    def export_state(self, state: QuasiNewtonState
+                     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Host copies of the curvature pairs (``history.<i>.s.<block>``,
+        ``history.<i>.y.<block>``) and the JSON-able rest: ``rho`` per pair, the block order,
+        scaling factors, layout, step sizes and counters."""
+        arrays: dict[str, np.ndarray] = {}
+        for i, pair in enumerate(state.history):
+            for part, blocks in (("s", pair.s), ("y", pair.y)):
+                for block, array in blocks.items():
+                    host = self.device.to_host(array)
+                    arrays[f"history.{i}.{part}.{block}"] = host.copy() if host is array else host
+        info: dict[str, Any] = {
+            "history": [{"rho": pair.rho, "blocks": list(pair.s)} for pair in state.history],
+            "scales": None if state.scales is None else dict(state.scales),
+            "layout": None if state.layout is None else {
+                k: [list(shape), dtype] for k, (shape, dtype) in state.layout.items()},
+            **{field: float(getattr(state, field)) for field in _FLOAT_STATE},
+            **{field: int(getattr(state, field)) for field in _INT_STATE},
+        }
+        return arrays, info
+
+    def import_state(self, arrays: Mapping[str, np.ndarray], info: Mapping[str, Any],
+                     device: Device) -> QuasiNewtonState:
+        """The state :meth:`export_state` described, its arrays on ``device`` with their
+        original dtype; a missing array is a ValueError naming it."""
+        history: deque = deque()
+        for i, pair in enumerate(info.get("history", ())):
+            parts = {}
+            for part in ("s", "y"):
+                blocks = {}
+                for block in pair["blocks"]:
+                    key = f"history.{i}.{part}.{block}"
+                    if key not in arrays:
+                        raise ValueError(f"optimizer state: expected array {key!r}, found only "
+                                         f"{sorted(arrays)}")
+                    host = np.asarray(arrays[key])
+                    blocks[block] = device.asarray(host, dtype=host.dtype)
+                parts[part] = blocks
+            history.append(CurvaturePair(s=parts["s"], y=parts["y"], rho=float(pair["rho"])))
+        scales = info.get("scales")
+        layout = info.get("layout")
+        return QuasiNewtonState(
+            history=history,
+            scales=None if scales is None else {k: float(v) for k, v in scales.items()},
+            layout=None if layout is None else {
+                k: (tuple(int(n) for n in shape), str(dtype)) for k, (shape, dtype) in
+                layout.items()},
+            **{field: float(info[field]) for field in _FLOAT_STATE if field in info},
+            **{field: int(info[field]) for field in _INT_STATE if field in info})
 
     def _forget(self, state: QuasiNewtonState) -> None:
         """Forget everything learned about the objective (after a rejected step)."""
@@ -298,7 +356,8 @@ class QuasiNewton(Optimizer):
 
     # ----------------------------------------------------------------- step
     def step(self, params: Mapping[str, Any], value: float, grads: Mapping[str, Any],
-             objective: Objective, state: QuasiNewtonState, xp: Any) -> StepResult:
+             objective: Objective, state: QuasiNewtonState) -> StepResult:
+        xp = self.device.xp
         f0 = float(value)
         if not math.isfinite(f0):
             raise ValueError(f"value: expected a finite objective value at the current point, "

@@ -32,7 +32,6 @@ import attrs
 import numpy as np
 
 from ptyframe.components import PropagationGeometry
-from ptyframe.core.device import Workspace
 
 from .multislice import Multislice, check_tilts, reduce_to_shape, tilt_gradient, tilted_kernel
 
@@ -63,6 +62,8 @@ class SplitStepScheme(Multislice):
     """
 
     name = ""
+    #: the schemes keep their intermediate waves in arrays of their own
+    uses_workspace: ClassVar[bool] = False
     chains: ClassVar[tuple[Chain, ...]] = ()
     _distance_kernels: dict[float, Any] = attrs.field(factory=dict, init=False, repr=False)
 
@@ -107,15 +108,13 @@ class SplitStepScheme(Multislice):
         return powers
 
     # ------------------------------------------------------------------ forward
-    def forward(self, wave: Any, transmission: Any, keep: bool = True, *, tilts: Any = None,
-                workspace: Workspace | None = None) -> tuple[Any, Any]:
+    def forward(self, wave: Any, transmission: Any, keep: bool = True, *, tilts: Any = None
+                ) -> tuple[Any, Any]:
         """Exit wave of the slab-by-slab scheme and a cache for :meth:`vjp`.
 
-        ``tilts``: optional (B, 2) radians (see :class:`~.multislice.Multislice`).
-        ``workspace`` is accepted for interface compatibility and not used: these schemes keep
-        their intermediate waves in arrays of their own; nothing passed in is modified.
+        ``tilts``: optional (B, 2) radians (see :class:`~.multislice.Multislice`). Nothing
+        passed in is modified.
         """
-        del workspace
         n_slices = self._check_slices(transmission)
         dev = self._geometry.device
         xp = dev.xp

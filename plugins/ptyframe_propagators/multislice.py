@@ -137,6 +137,7 @@ class Multislice(Propagator):
 
     name = "multislice"
     supports_tilts: ClassVar[bool] = True
+    uses_workspace: ClassVar[bool] = True
 
     slice_thickness_A: tuple[float, ...] = attrs.field(default=(1.0,),
                                                        converter=_slice_distances)
@@ -149,6 +150,7 @@ class Multislice(Propagator):
     _q: tuple[Any, Any] | None = attrs.field(default=None, init=False, repr=False)
 
     def prepare(self, geometry: PropagationGeometry) -> None:
+        super().prepare(geometry)
         gaps = geometry.n_slices - 1
         if len(self.slice_thickness_A) not in (1, gaps) and gaps > 0:
             raise ValueError(

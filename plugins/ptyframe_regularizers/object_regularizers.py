@@ -75,8 +75,9 @@ class AdaptiveTotalVariation(Regularizer):
     q: float = attrs.field(default=1.0, converter=as_float, validator=positive)
     eps: float = attrs.field(default=1e-6, converter=as_float, validator=positive)
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "object", self.weight, epoch)
         if active is None:
             return 0.0, {}
@@ -142,8 +143,9 @@ class L1Phase(Regularizer):
     weight: Any = weight_field(1.0)
     eps_rad: float = attrs.field(default=1e-3, converter=as_float, validator=positive)
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "object", self.weight, epoch)
         if active is None:
             return 0.0, {}
@@ -176,8 +178,9 @@ class L1Absorption(Regularizer):
     weight: Any = weight_field(1.0)
     eps: float = attrs.field(default=1e-3, converter=as_float, validator=positive)
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "object", self.weight, epoch)
         if active is None:
             return 0.0, {}
@@ -229,8 +232,9 @@ class MixedVariance(Regularizer):
             self._transfer = (key, device.real(h))
         return self._transfer[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "object", self.weight, epoch)
         if active is None:
             return 0.0, {}
@@ -288,6 +292,7 @@ class MissingWedge(Regularizer):
     _weights: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         self._pixel_size_A = float(context.pixel_size_A)
         self._weights = None
         thickness = context.slice_thickness_A
@@ -320,8 +325,9 @@ class MissingWedge(Regularizer):
             self._weights = (key, device.real((2.0 / math.pi) * np.arctan(ratio)))
         return self._weights[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "object", self.weight, epoch)
         if active is None:
             return 0.0, {}

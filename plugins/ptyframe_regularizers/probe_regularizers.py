@@ -126,6 +126,7 @@ class ProbeFourierMask(Regularizer):
                              float(radius), self.edge_margin_px)
 
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         self._outside_host = 1.0 - self.mask(context)
         self._outside = None
 
@@ -139,8 +140,9 @@ class ProbeFourierMask(Regularizer):
             self._outside = (key, device.real(self._outside_host))
         return self._outside[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "probe", self.weight, epoch)
         if active is None:
             return 0.0, {}
@@ -227,11 +229,13 @@ class ProbeWindow(Regularizer):
 
     def prepare(self, context: ModelContext) -> None:
         """Builds (and checks) the window for the model's probe window."""
+        super().prepare(context)
         self._damping = None
         self.damping(tuple(int(n) for n in context.window), context.device)
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "probe", self.weight, epoch)
         if active is None:
             return 0.0, {}

@@ -94,10 +94,12 @@ class PositionSmoothness(Regularizer):
     _scan: tuple[int, int] | None = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         self._scan = _scan_shape(self.name, context)
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         x = params.get(self.block)
         if x is None:
             return 0.0, {}
@@ -206,6 +208,7 @@ class AffineDeformation(Regularizer):
     _basis: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def prepare(self, context: ModelContext) -> None:
+        super().prepare(context)
         rows, cols = _scan_shape(self.name, context)
         iy, ix = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
         design = np.stack([iy.ravel(), ix.ravel(), np.ones(rows * cols)], axis=1).astype(float)
@@ -225,8 +228,9 @@ class AffineDeformation(Regularizer):
             self._basis = (key, device.real(self._basis_host))
         return self._basis[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
+        device = self.device
         active = block_and_weight(params, "positions", self.weight, epoch)
         if active is None:
             return 0.0, {}

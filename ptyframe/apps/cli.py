@@ -12,7 +12,7 @@ from ptyframe.registry.registry import ComponentNotFound, PluginError
 
 __all__ = ["build_parser", "main"]
 
-_TABLE_HEADER = ("kind", "name", "plugin", "distribution", "version")
+_TABLE_HEADER = ("kind", "name", "aliases", "plugin", "distribution", "version", "summary")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,9 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     rows = [_TABLE_HEADER] + [
-        (e.kind, e.name, e.plugin, e.distribution, e.version) for e in registry.entries()
+        (e.kind, e.name, ", ".join(e.describe_alias(a) for a in e.aliases) or "-", e.plugin,
+         e.distribution, e.version, e.summary)
+        for e in registry.entries()
     ]
     print(_format_table(rows))
     if len(rows) == 1:

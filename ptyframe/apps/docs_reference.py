@@ -195,6 +195,9 @@ def _component_section(entry: Any) -> list[str]:
     if summary:
         lines += [summary, ""]
     lines += [f"Class `{cls.__module__}.{cls.__qualname__}` (plugin `{entry.plugin}`).", ""]
+    aliases = [f"`{entry.describe_alias(a)}`" for a in entry.aliases]
+    if aliases:
+        lines += [f"Also named: {', '.join(aliases)}.", ""]
     fields = [f for f in attrs.fields(cls) if f.init and not f.name.startswith("_")] \
         if attrs.has(cls) else []
     if not fields:

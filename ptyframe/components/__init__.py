@@ -1,6 +1,6 @@
 """Abstract component families. Concrete classes live in plugins and are found via the registry."""
 
-from .base import Component, component_config
+from .base import Alias, Component, ModelComponent, component_config
 from .constraint import Constraint
 from .context import PARAMETER_BLOCKS, ModelContext
 from .detector import Detector
@@ -20,7 +20,8 @@ COMPONENT_KINDS = {
 }
 
 __all__ = [
-    "COMPONENT_KINDS", "Component", "component_config", "Constraint", "Detector",
+    "Alias", "COMPONENT_KINDS", "Component", "ModelComponent", "component_config",
+    "Constraint", "Detector",
     "DirectMethod", "DirectResult", "Engine", "EpochOutcome", "InitContext", "ModelContext",
     "PARAMETER_BLOCKS", "LossMetric", "Objective", "ObjectInitializer", "Optimizer",
     "PositionInitializer", "Problem", "ProbeInitializer", "PropagationGeometry", "Propagator",

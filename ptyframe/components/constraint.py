@@ -6,13 +6,13 @@ import abc
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from .base import Component
+from .base import ModelComponent
 from .context import ModelContext
 
 __all__ = ["Constraint"]
 
 
-class Constraint(Component):
+class Constraint(ModelComponent):
     """Modifies parameters in place after an optimizer step.
 
     Applying a constraint invalidates the optimizer's curvature history; the Reconstruction
@@ -24,18 +24,20 @@ class Constraint(Component):
 
     kind = "constraint"
 
-    def prepare(self, context: ModelContext) -> None:  # noqa: B027 - optional hook
-        """Precompute what depends on the grid (masks, kernels); called once before use."""
+    def prepare(self, context: ModelContext) -> None:
+        """Bind the device and precompute what depends on the grid (masks, kernels); called
+        once before use."""
+        super().prepare(context)
 
     @abc.abstractmethod
     def is_active(self, epoch: int) -> bool:
         """Whether to apply at this epoch (normally a Schedule evaluated at ``epoch``)."""
 
     @abc.abstractmethod
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
         """Project ``params`` in place; return True when the optimizer history must reset."""
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
                          epoch: int) -> dict[str, Any]:
         """Restrict the gradients to the allowed directions (default: unchanged)."""
         return grads

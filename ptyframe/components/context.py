@@ -1,4 +1,5 @@
-"""What regularizers, constraints and detectors may know about the reconstruction."""
+"""What the model components (detector, loss, regularizers, constraints, optimizer) may know
+about the reconstruction, handed to their ``prepare``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ PARAMETER_BLOCKS = BLOCK_NAMES
 @attrs.define
 class ModelContext:
     """Read-only facts about one reconstruction, handed to components' ``prepare``.
+
+    ``device`` is the one way a component receives its :class:`~ptyframe.core.device.Device`
+    (see :class:`~ptyframe.components.ModelComponent`).
 
     ``window``: (ny, nx) model wave window in pixels; ``measured_shape``: shape of one
     measurement as compared by the loss; ``pixel_size_A``: object pixel (Å);

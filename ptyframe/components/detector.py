@@ -7,13 +7,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Component
+from .base import ModelComponent
 from .context import ModelContext
 
 __all__ = ["Detector"]
 
 
-class Detector(Component):
+class Detector(ModelComponent):
     """Propagation from the exit surface to the detector plane, and intensity formation.
 
     Shapes: ``waves`` (K, M, B, ny, nx) exit waves of K object modes, M probe modes and a
@@ -26,11 +26,16 @@ class Detector(Component):
     Measurements are handed over centred (zero frequency at N//2 for diffraction patterns);
     :meth:`to_detector_order` maps them (host arrays, trailing two axes) to the pixel order
     :meth:`forward` produces, once, before the run.
+
+    Detectors with ``uses_workspace = True`` accept ``workspace=`` (a
+    :class:`ptyframe.core.device.Workspace` owned by the caller) in :meth:`forward`.
     """
 
     kind = "detector"
     #: "diffraction" (far-field patterns) or "image" (real-space images, e.g. focal series)
     measurement_space: ClassVar[str] = "diffraction"
+    #: forward accepts ``workspace=`` (work buffers lent by the caller)
+    uses_workspace: ClassVar[bool] = False
 
     def model_window(self, measured_shape: tuple[int, int]) -> tuple[int, int]:
         """Model wave window (ny, nx) for measurements of ``measured_shape``."""
@@ -55,7 +60,9 @@ class Detector(Component):
 
     @abc.abstractmethod
     def prepare(self, context: ModelContext) -> None:
-        """Precompute kernels on ``context.device`` for ``context.window``."""
+        """Bind ``context.device`` and precompute kernels on it for ``context.window``.
+        Implementations call ``super().prepare(context)`` first."""
+        super().prepare(context)
 
     @abc.abstractmethod
     def forward(self, waves: Any, indices: np.ndarray, keep: bool = True) -> tuple[Any, Any]:

@@ -3,31 +3,38 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
-from .base import Component
+from .base import ModelComponent
 
 __all__ = ["LossMetric"]
 
 
-class LossMetric(Component):
+class LossMetric(ModelComponent):
     """Data-fidelity term L(I, M) summed over pixels and patterns.
 
-    ``value_and_grad(intensity, measured, xp)`` returns the loss of this batch (a float) and
-    dL/dI (real, same shape as ``intensity``). ``intensity`` and ``measured`` are on the same
-    device and in the same (FFT) pixel order; ``xp`` is the array namespace.
+    ``value_and_grad(intensity, measured)`` returns the loss of this batch (a float) and
+    dL/dI (real, same shape as ``intensity``). ``intensity`` and ``measured`` are on
+    :attr:`device` and in the same (FFT) pixel order.
+
+    Losses with ``can_overwrite = True`` also accept ``overwrite=True`` in
+    :meth:`value_and_grad`: the returned gradient may then reuse the memory of ``intensity``.
     """
 
     kind = "loss"
+    #: value_and_grad accepts ``overwrite=True`` (the gradient may reuse ``intensity``)
+    can_overwrite: ClassVar[bool] = False
 
-    def prepare(self, context: Any) -> None:  # noqa: B027 - optional hook
-        """Precompute from the :class:`ModelContext` (e.g. detector masks in the pixel order of
-        the modelled intensities, ``context.to_detector_order``); called once before use."""
+    def prepare(self, context: Any) -> None:
+        """Bind the device and precompute from the :class:`ModelContext` (e.g. detector masks in
+        the pixel order of the modelled intensities, ``context.to_detector_order``); called
+        once before use."""
+        super().prepare(context)
 
     @abc.abstractmethod
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any) -> tuple[float, Any]:
+    def value_and_grad(self, intensity: Any, measured: Any) -> tuple[float, Any]:
         ...
 
-    def prepare_measured(self, measured: Any, xp: Any) -> Any:
+    def prepare_measured(self, measured: Any) -> Any:
         """Hook to precompute from the data once (e.g. sqrt(M)); default: unchanged."""
         return measured

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+import numpy as np
 
-from .base import Component
+from .base import ModelComponent
+
+if TYPE_CHECKING:
+    from ptyframe.core.device import Device
 
 __all__ = ["Optimizer", "Objective", "StepResult"]
 
@@ -35,12 +39,14 @@ class StepResult:
     info: dict[str, Any] = attrs.field(factory=dict)
 
 
-class Optimizer(Component):
+class Optimizer(ModelComponent):
     """Descent on blocks of complex or real arrays.
 
     Gradient convention: g = dL/d conj(p) (for real blocks 1/2 dL/dp), so that
     dL = 2 Re <g, dp> and -g is a descent direction. The optimizer keeps its state in an
-    explicit object returned by :meth:`init_state`, never in the component.
+    explicit object returned by :meth:`init_state`, never in the component; the state
+    round-trips through :meth:`export_state` / :meth:`import_state` (host arrays + JSON-able
+    values) so that a resumed run continues bit for bit.
     """
 
     kind = "optimizer"
@@ -55,5 +61,16 @@ class Optimizer(Component):
 
     @abc.abstractmethod
     def step(self, params: Mapping[str, Any], value: float, grads: Mapping[str, Any],
-             objective: Objective, state: Any, xp: Any) -> StepResult:
+             objective: Objective, state: Any) -> StepResult:
         """One iteration from ``params`` where the objective is ``value`` with ``grads``."""
+
+    @abc.abstractmethod
+    def export_state(self, state: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, info)``: host copies of the state's arrays (e.g. curvature history),
+        keyed by flat names, and the JSON-able rest (step sizes, counters, layout)."""
+
+    @abc.abstractmethod
+    def import_state(self, arrays: Mapping[str, np.ndarray], info: Mapping[str, Any],
+                     device: Device) -> Any:
+        """The state :meth:`export_state` described, its arrays on ``device`` with their
+        original dtype."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
-from .base import Component
+from .base import ModelComponent
 
 __all__ = ["Propagator", "PropagationGeometry"]
 
 
 class PropagationGeometry:
-    """What a propagator needs to know about the grid, fixed for one reconstruction.
+    """What a propagator needs to know about the grid, fixed for one reconstruction: the
+    subset of :class:`~ptyframe.components.ModelContext` a propagator may depend on.
 
     Attributes: ``shape`` (ny, nx) window in pixels, ``pixel_size_A``, ``wavelength_A``,
     ``n_slices``, ``device``.
@@ -26,7 +27,7 @@ class PropagationGeometry:
         self.device = device
 
 
-class Propagator(Component):
+class Propagator(ModelComponent):
     """Multiple-scattering model from an incident wave and per-slice transmission windows.
 
     Shapes (leading batch axes are free and broadcast):
@@ -42,15 +43,22 @@ class Propagator(Component):
     (axis -3 of ``wave``): each propagation step uses the kernel
     exp(-i pi dz (lambda q^2 + 2 (q_y t_y + q_x t_x))). When ``forward`` was given tilts,
     ``vjp`` returns a third item, dL/dt with the real-block convention (1/2 dL/dt), (B, 2).
-    Optional keyword ``workspace`` (a :class:`ptyframe.core.device.Workspace`) lends work buffers.
+    Propagators with ``uses_workspace = True`` accept ``workspace=`` (a
+    :class:`ptyframe.core.device.Workspace` owned by the caller) in :meth:`forward` and take
+    their work buffers from it.
     """
 
     kind = "propagator"
+    #: forward accepts ``tilts=`` (see above)
     supports_tilts: ClassVar[bool] = False
+    #: forward accepts ``workspace=`` (work buffers lent by the caller)
+    uses_workspace: ClassVar[bool] = False
 
     @abc.abstractmethod
     def prepare(self, geometry: PropagationGeometry) -> None:
-        """Precompute kernels on ``geometry.device``; called once before use."""
+        """Bind ``geometry.device`` and precompute kernels on it; called once before use.
+        Implementations call ``super().prepare(geometry)`` first."""
+        super().prepare(geometry)
 
     @abc.abstractmethod
     def forward(self, wave: Any, transmission: Any, keep: bool = True) -> tuple[Any, Any]:

@@ -29,7 +29,6 @@ detector pixel order), ``aberrations`` (n_sets, n_coefficients) Å.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -55,15 +54,6 @@ BLOCKS = PARAMETER_BLOCKS
 
 #: reads measured rows (host int indices) already in detector order, host or device arrays
 MeasuredReader = Callable[[np.ndarray], Any]
-
-
-def _accepts(method: Any, keyword: str) -> bool:
-    """Whether a component method takes the optional keyword ``keyword`` (work buffers and
-    in-place operation are opt-in extensions of the component interfaces)."""
-    try:
-        return keyword in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _default_detector() -> Detector:
@@ -149,7 +139,7 @@ class PtychographyModel:
         self.detector.prepare(context)
         if loss is not None:
             loss.prepare(context)
-        self._measured_prepared = (loss.prepare_measured(self.measured, xp)
+        self._measured_prepared = (loss.prepare_measured(self.measured)
                                    if (loss is not None and self.measured is not None) else None)
         self.probe_marker = self._marker("probe_marker", probe_marker)
         self.aberration_marker = self._marker("aberration_marker", aberration_marker)
@@ -161,9 +151,9 @@ class PtychographyModel:
         # Per-batch work buffers, allocated on first use and reused by every later batch and
         # evaluation (no allocation, hence no page faults, inside an epoch).
         self._ws = device.workspace()
-        self._propagator_ws = _accepts(propagator.forward, "workspace")
-        self._detector_ws = _accepts(self.detector.forward, "workspace")
-        self._loss_overwrite = loss is not None and _accepts(loss.value_and_grad, "overwrite")
+        self._propagator_ws = propagator.uses_workspace
+        self._detector_ws = self.detector.uses_workspace
+        self._loss_overwrite = loss is not None and loss.can_overwrite
         self._basis_cache: dict[int, Any] = {}
 
     def _marker(self, name: str, marker: Any) -> np.ndarray | None:
@@ -399,7 +389,7 @@ class PtychographyModel:
     def _measured_rows(self, sel: Any, idx: np.ndarray) -> Any:
         if self._reader is not None:
             rows = self.device.asarray(self._reader(idx), dtype=self.device.real_dtype)
-            return self.loss.prepare_measured(rows, self.device.xp)
+            return self.loss.prepare_measured(rows)
         return self._take_rows("measured", self._measured_prepared, sel)
 
     def value_and_grad(self, params: Mapping[str, Any], refine: tuple[str, ...] | set[str]
@@ -462,9 +452,9 @@ class PtychographyModel:
             inten += params["static_background"] ** 2
         measured = self._measured_rows(sel, idx)
         if self._loss_overwrite:
-            value, dldi = self.loss.value_and_grad(inten, measured, xp, overwrite=True)
+            value, dldi = self.loss.value_and_grad(inten, measured, overwrite=True)
         else:
-            value, dldi = self.loss.value_and_grad(inten, measured, xp)
+            value, dldi = self.loss.value_and_grad(inten, measured)
         if "static_background" in grads:
             grads["static_background"] += params["static_background"] * dldi.sum(axis=0)
         if raw is not None:

@@ -511,7 +511,7 @@ class Reconstruction(Problem):
         self.model = self._build_model(window, pixel)
         self.params = params
         self.model.check_blocks(self.params)
-        for component in (*self.regularizers, *self.constraints):
+        for component in (*self.regularizers, *self.constraints, self.optimizer):
             component.prepare(self.context)
         return self.params
 
@@ -661,7 +661,7 @@ class Reconstruction(Problem):
         terms = {"data_loss": data_loss}
         total = data_loss
         for name, reg in zip(self._term_names, self.regularizers, strict=True):
-            value, reg_grads = reg.value_and_grad(params, self.device, epoch=epoch)
+            value, reg_grads = reg.value_and_grad(params, epoch=epoch)
             terms[name] = float(value)
             total += float(value)
             for block, g in reg_grads.items():
@@ -669,7 +669,7 @@ class Reconstruction(Problem):
                     grads[block] = grads[block] + g
         for constraint in self.constraints:
             if constraint.is_active(epoch):
-                grads = constraint.project_gradient(grads, params, self.device, epoch)
+                grads = constraint.project_gradient(grads, params, epoch)
         return total, {b: grads[b] for b in blocks}, terms
 
     # ------------------------------------------------------------------ running
@@ -724,7 +724,7 @@ class Reconstruction(Problem):
         changed = False
         for constraint in self.constraints:
             if constraint.is_active(epoch):
-                changed |= bool(constraint.apply(self.params, self.device, epoch))
+                changed |= bool(constraint.apply(self.params, epoch))
         return self._maybe_resize_object() or changed
 
     def _maybe_resize_object(self) -> bool:

@@ -6,6 +6,10 @@ fails to import, whose hook fails, or that provides a bad or conflicting compone
 with a :class:`PluginLoadWarning` naming the plugin and its distribution; the rest still loads.
 With ``strict=True`` (or ``PTYFRAME_STRICT_PLUGINS=1``) each of these is a :class:`PluginError`.
 
+The built-in plugins (distribution ``ptyframe``) are registered first, whatever the order of
+``sys.path``: a third-party component reusing a built-in name or alias is refused (a warning,
+or an error in strict mode), never a replacement.
+
 Environment: ``PTYFRAME_BLOCK_PLUGINS`` (comma-separated entry-point names, ``dist:name`` or
 distribution names) skips plugins without importing them.
 """
@@ -27,6 +31,7 @@ from ptyframe.registry.registry import LOCAL, PluginError, Registry
 
 __all__ = [
     "BLOCK_ENV",
+    "CORE_DISTRIBUTION",
     "ENTRY_POINT_GROUP",
     "STRICT_ENV",
     "PluginError",
@@ -37,6 +42,8 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "ptyframe"
+#: the distribution of the built-in plugins, registered before any other
+CORE_DISTRIBUTION = "ptyframe"
 BLOCK_ENV = "PTYFRAME_BLOCK_PLUGINS"
 STRICT_ENV = "PTYFRAME_STRICT_PLUGINS"
 
@@ -90,7 +97,10 @@ def _load_entry_points(pm: pluggy.PluginManager, group: str, blocked: set[str],
                        report: _Reporter, order: list[str],
                        infos: dict[str, _PluginInfo]) -> None:
     seen: set[tuple[str, str]] = set()
-    for ep in importlib.metadata.entry_points(group=group):
+    entry_points = sorted(  # stable: the built-in distribution first, then sys.path order
+        importlib.metadata.entry_points(group=group),
+        key=lambda ep: ep.dist is None or _normalize(ep.dist.name) != CORE_DISTRIBUTION)
+    for ep in entry_points:
         dist = ep.dist.name if ep.dist is not None else "<unknown>"
         version = ep.dist.version if ep.dist is not None else ""
         key = (_normalize(dist), ep.name)
@@ -156,7 +166,8 @@ def load_registry(strict: bool = False, blocked: Iterable[str] = (), group: str 
     ``blocked`` holds entry-point names, ``"dist:name"`` or distribution names to skip; the
     ``PTYFRAME_BLOCK_PLUGINS`` variable adds to it and ``PTYFRAME_STRICT_PLUGINS=1`` sets
     ``strict``. Non-strict: a failing plugin or a bad/duplicate component gives a
-    :class:`PluginLoadWarning` and is skipped (the first provider of a name is kept).
+    :class:`PluginLoadWarning` and is skipped (the first provider of a name is kept, the
+    built-in distribution being loaded first).
     Strict: the same raise :class:`PluginError`.
     """
     strict = strict or _env_flag(STRICT_ENV)

@@ -1,27 +1,34 @@
 """Component registry: ``(kind, name) -> class``, with the plugin that provided each class.
 
+Each registration is a :class:`ComponentRecord`: kind, name, class, aliases (with the default
+settings each alias carries), a one-line summary and the plugin / distribution / version that
+provided it. Names and aliases share one namespace per kind: a second provider of a name, or an
+alias that collides with a name or alias, is a :class:`PluginError` naming both providers.
+
 The registry is a plain object (no global state). :func:`~ptyframe.registry.loader.load_registry`
- fills
-one from the installed plugins; tests and scripts may build their own.
+fills one from the installed plugins; tests and scripts may build their own.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
 
-from ptyframe.components import COMPONENT_KINDS
+from ptyframe.components import COMPONENT_KINDS, Alias
 
 __all__ = [
     "LOCAL",
     "ComponentConfigError",
     "ComponentNotFound",
+    "ComponentRecord",
     "PluginError",
-    "RegisteredComponent",
     "Registry",
+    "class_aliases",
+    "class_summary",
 ]
 
 #: plugin / distribution name of components registered directly (not via an entry point)
@@ -52,21 +59,70 @@ def _qualname(cls: Any) -> str:
     return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', repr(cls))}"
 
 
-@attrs.frozen(order=True)
-class RegisteredComponent:
-    """A registered component class and where it came from."""
+def class_summary(cls: type) -> str:
+    """One line describing ``cls``: its own ``summary`` attribute, else the first line of its
+    own docstring (not an inherited one), else ""."""
+    summary = cls.__dict__.get("summary") or ""
+    if not summary:
+        doc = cls.__dict__.get("__doc__") or ""
+        summary = next((line.strip() for line in doc.splitlines() if line.strip()), "")
+    return " ".join(str(summary).split())
+
+
+def class_aliases(cls: type) -> tuple[Alias, ...]:
+    """The aliases ``cls`` declares itself (``aliases`` is not inherited: a subclass with other
+    settings is another component), as :class:`Alias` records."""
+    declared = cls.__dict__.get("aliases", ())
+    if isinstance(declared, (str, Alias)):
+        declared = (declared,)
+    return tuple(a if isinstance(a, Alias) else Alias(a) for a in declared)
+
+
+def _frozen_defaults(value: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Mapping[str, Any]]:
+    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in dict(value).items()})
+
+
+@attrs.frozen(order=True, kw_only=True)
+class ComponentRecord:
+    """A registered component class and where it came from.
+
+    ``aliases``: other names resolving to this component; ``alias_defaults``: settings an
+    alias implies (``{"lbfgs": {"history_length": 10}}``), overridden by explicit ones;
+    ``summary``: one line for listings (:func:`class_summary`); ``plugin`` / ``distribution``
+    / ``version``: the provider.
+    """
 
     kind: str
     name: str
     cls: type = attrs.field(order=False, repr=_qualname)
+    aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    summary: str = ""
     plugin: str = LOCAL
     distribution: str = LOCAL
     version: str = ""
+    alias_defaults: Mapping[str, Mapping[str, Any]] = attrs.field(
+        factory=dict, converter=_frozen_defaults, eq=False, order=False, repr=False)
+
+    @classmethod
+    def from_class(cls, kind: str, name: str, component: type, plugin: str = LOCAL,
+                   distribution: str = LOCAL, version: str = "") -> ComponentRecord:
+        """The record of ``component`` with the aliases and summary it declares."""
+        aliases = class_aliases(component)
+        return cls(kind=kind, name=name, cls=component, aliases=[a.name for a in aliases],
+                   summary=class_summary(component), plugin=plugin,
+                   distribution=distribution, version=version,
+                   alias_defaults={a.name: a.defaults for a in aliases if a.defaults})
 
     @property
     def provider(self) -> str:
         """Human-readable provenance, e.g. ``plugin 'losses' (distribution ptyframe 0.1.0)``."""
         return _provider(self.plugin, self.distribution, self.version)
+
+    def describe_alias(self, alias: str) -> str:
+        """``alias`` with the settings it implies, e.g. ``lbfgs (history_length=10)``."""
+        defaults = self.alias_defaults.get(alias, {})
+        settings = ", ".join(f"{k}={v!r}" for k, v in defaults.items())
+        return f"{alias} ({settings})" if settings else alias
 
 
 class Registry:
@@ -74,13 +130,17 @@ class Registry:
     :data:`ptyframe.components.COMPONENT_KINDS`."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], RegisteredComponent] = {}
+        self._entries: dict[tuple[str, str], ComponentRecord] = {}
+        #: (kind, alias) -> the record the alias belongs to
+        self._aliases: dict[tuple[str, str], ComponentRecord] = {}
 
     # -- registration -----------------------------------------------------------------------
     def register(self, cls: type, plugin: str = LOCAL, distribution: str = LOCAL,
-                 version: str = "") -> RegisteredComponent:
-        """Register a concrete component class; raises :class:`PluginError` when it is invalid
-        or when its ``(kind, name)`` is already taken by another class."""
+                 version: str = "") -> ComponentRecord:
+        """Register a concrete component class with the aliases it declares; raises
+        :class:`PluginError` when it is invalid, when its ``(kind, name)`` is already taken by
+        another class or when a name or alias collides with another one (nothing is
+        registered then)."""
         who = _provider(plugin, distribution, version)
         if not isinstance(cls, type):
             raise PluginError(f"{who} registered {cls!r}, which is not a class")
@@ -104,7 +164,11 @@ class Registry:
                 f"{who} registered {_qualname(cls)} without a name: set the class attribute "
                 f"`name` to a non-empty string (found {name!r})"
             )
-        entry = RegisteredComponent(kind, name, cls, plugin, distribution, version)
+        try:
+            entry = ComponentRecord.from_class(kind, name, cls, plugin, distribution, version)
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"{who} registered {_qualname(cls)} with invalid aliases: "
+                              f"{exc}") from exc
         old = self._entries.get((kind, name))
         if old is not None:
             if old.cls is cls and (old.plugin, old.distribution) == (plugin, distribution):
@@ -114,20 +178,52 @@ class Registry:
                 f"{_qualname(old.cls)} from {old.provider}; block one of the two plugins "
                 "(e.g. PTYFRAME_BLOCK_PLUGINS) or rename the component"
             )
+        self._check_aliases(entry, who)
         self._entries[(kind, name)] = entry
+        for alias in entry.aliases:
+            self._aliases[(kind, alias)] = entry
         return entry
 
+    def _check_aliases(self, entry: ComponentRecord, who: str) -> None:
+        """PluginError when the name or an alias of ``entry`` is taken by another record."""
+        kind, what = entry.kind, _qualname(entry.cls)
+        owner = self._aliases.get((kind, entry.name))
+        if owner is not None:
+            raise PluginError(
+                f"duplicate {kind} {entry.name!r}: {what} from {who} takes a name that is an "
+                f"alias of {owner.name!r} ({_qualname(owner.cls)}) from {owner.provider}")
+        seen: set[str] = set()
+        for alias in entry.aliases:
+            if not isinstance(alias, str) or not alias.strip():
+                raise PluginError(f"{who} registered {what} with an invalid alias {alias!r}: "
+                                  "expected a non-empty string")
+            if alias == entry.name or alias in seen:
+                raise PluginError(f"{who} registered {what} with alias {alias!r} twice (or "
+                                  "equal to its name)")
+            seen.add(alias)
+            other = self._entries.get((kind, alias)) or self._aliases.get((kind, alias))
+            if other is not None:
+                role = "name" if other.name == alias else f"alias of {other.name!r}"
+                raise PluginError(
+                    f"duplicate {kind} {alias!r}: alias of {entry.name!r} ({what}) from {who} "
+                    f"collides with the {role} ({_qualname(other.cls)}) from {other.provider}; "
+                    "block one of the two plugins (e.g. PTYFRAME_BLOCK_PLUGINS) or rename")
+
     # -- lookup -------------------------------------------------------------------------------
-    def entry(self, kind: str, name: str) -> RegisteredComponent:
-        """The registration record of ``(kind, name)``; :class:`ComponentNotFound` if absent."""
+    def entry(self, kind: str, name: str) -> ComponentRecord:
+        """The registration record of ``(kind, name)``, ``name`` a name or an alias;
+        :class:`ComponentNotFound` if absent."""
         try:
-            return self._entries[(kind, name)]
-        except (KeyError, TypeError):
-            pass
+            found = self._entries.get((kind, name)) or self._aliases.get((kind, name))
+        except TypeError:  # unhashable name
+            found = None
+        if found is not None:
+            return found
         if kind not in COMPONENT_KINDS:
             known = ", ".join(sorted(COMPONENT_KINDS))
             raise ComponentNotFound(f"unknown component kind {kind!r}; known kinds: {known}")
-        available = ", ".join(repr(n) for n in self.names(kind)) or "none registered"
+        available = ", ".join(repr(n) for n in self.names(kind, aliases=True)) or (
+            "none registered")
         raise ComponentNotFound(f"no {kind} named {name!r}; available: {available}")
 
     def get(self, kind: str, name: str) -> type:
@@ -154,6 +250,7 @@ class Registry:
                 f"(available: {available}), found {config.get('type')!r}"
             )
         entry = self.entry(kind, name)
+        settings = {**entry.alias_defaults.get(name, {}), **settings}
         cls = entry.cls
         if attrs.has(cls):
             valid = [f.alias for f in attrs.fields(cls) if f.init]
@@ -172,25 +269,30 @@ class Registry:
             ) from exc
 
     # -- listing ------------------------------------------------------------------------------
-    def names(self, kind: str) -> list[str]:
-        """Sorted names registered for ``kind`` (empty for an unknown kind)."""
-        return sorted(name for (k, name) in self._entries if k == kind)
+    def names(self, kind: str, aliases: bool = False) -> list[str]:
+        """Sorted names registered for ``kind`` (empty for an unknown kind); with ``aliases``
+        the aliases too."""
+        names = [name for (k, name) in self._entries if k == kind]
+        if aliases:
+            names += [alias for (k, alias) in self._aliases if k == kind]
+        return sorted(names)
 
     def kinds(self) -> list[str]:
         """Sorted kinds that have at least one registered component."""
         return sorted({k for (k, _) in self._entries})
 
-    def entries(self) -> list[RegisteredComponent]:
+    def entries(self) -> list[ComponentRecord]:
         """All registrations, sorted by (kind, name)."""
         return sorted(self._entries.values())
 
     def __contains__(self, key: object) -> bool:
+        """Whether ``(kind, name)`` is registered, ``name`` a name or an alias."""
         try:
-            return key in self._entries
+            return key in self._entries or key in self._aliases
         except TypeError:  # unhashable key
             return False
 
-    def __iter__(self) -> Iterator[RegisteredComponent]:
+    def __iter__(self) -> Iterator[ComponentRecord]:
         return iter(self.entries())
 
     def __len__(self) -> int:

@@ -10,10 +10,14 @@ docstring -- and for what its family promises numerically, with the checks of
 * propagator: dot-product test of the (linear) map wave -> exit wave against ``vjp``, and
   finite-difference gradients of a weighted least-squares objective of the exit wave with
   respect to wave and transmission;
-* optimizer: converges on a small quadratic in a complex and a real block;
+* optimizer: converges on a small quadratic in a complex and a real block; its state exported,
+  saved (.npy + JSON), loaded and imported continues the run bit for bit;
 * regularizer: finite-difference gradient of every block it returns;
 * constraint: keeps the blocks' shapes, dtypes and finiteness;
-* initializers: shapes, dtypes, finite values; a probe carries the mean pattern's intensity.
+* initializers: shapes, dtypes, finite values; a probe carries the mean pattern's intensity;
+* the device contract: per-call methods take no ``xp``/``device`` (the Device comes from
+  ``prepare(context)``), and the declared abilities (``can_overwrite``, ``uses_workspace``)
+  match the methods.
 
 Components that need settings without defaults get them from :data:`SETTINGS`. Numerical
 checks run in double precision on the CPU, and on the GPU where CuPy and a CUDA device exist.
@@ -33,7 +37,19 @@ import attrs
 import numpy as np
 import pytest
 
-from ptyframe.components import COMPONENT_KINDS, InitContext, ModelContext, PropagationGeometry
+from ptyframe.components import (
+    COMPONENT_KINDS,
+    Constraint,
+    Detector,
+    InitContext,
+    LossMetric,
+    ModelComponent,
+    ModelContext,
+    Optimizer,
+    PropagationGeometry,
+    Propagator,
+    Regularizer,
+)
 from ptyframe.core.device import Device, cupy_available
 from ptyframe.core.experiment import Experiment, ReconstructionGrid
 from ptyframe.core.physics import wavelength_A
@@ -207,6 +223,51 @@ def test_config_round_trips_through_the_registry(kind, name, cls, tmp_path):
     assert rebuilt.to_config() == config
 
 
+# ================================================================================ device contract
+#: per-call methods of each model family: they never take the array namespace or the device
+PER_CALL_METHODS = {
+    LossMetric: ("value_and_grad", "prepare_measured"),
+    Regularizer: ("value_and_grad",),
+    Constraint: ("apply", "project_gradient", "is_active"),
+    Optimizer: ("step", "init_state", "reset", "export_state"),
+    Propagator: ("forward", "vjp"),
+    Detector: ("forward", "vjp"),
+}
+
+
+def _parameters(method: Any) -> set[str]:
+    return set(inspect.signature(method).parameters)
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries())
+def test_follows_the_device_contract(kind, name, cls):
+    """The Device comes from prepare(context); optional abilities are declared, not guessed."""
+    family = COMPONENT_KINDS[kind]
+    if not issubclass(family, ModelComponent):
+        return
+    for method in PER_CALL_METHODS[family]:
+        found = _parameters(getattr(cls, method)) & {"xp", "device"}
+        assert not found, (f"{cls.__qualname__}.{method} takes {sorted(found)}: use "
+                           "self.device (bound by prepare(context)) instead")
+    if issubclass(cls, LossMetric):
+        takes = "overwrite" in _parameters(cls.value_and_grad)
+        assert takes == cls.can_overwrite, (
+            f"{cls.__qualname__}: can_overwrite = {cls.can_overwrite} but value_and_grad "
+            f"{'takes' if takes else 'does not take'} overwrite=")
+    if issubclass(cls, (Propagator, Detector)):
+        takes = "workspace" in _parameters(cls.forward)
+        assert takes == cls.uses_workspace, (
+            f"{cls.__qualname__}: uses_workspace = {cls.uses_workspace} but forward "
+            f"{'takes' if takes else 'does not take'} workspace=")
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("loss", "regularizer", "optimizer"))
+def test_use_before_prepare_names_the_component(kind, name, cls, tmp_path):
+    component = build(kind, name, tmp_path)
+    with pytest.raises(RuntimeError, match=f"{name}.*prepare"):
+        _ = component.device
+
+
 # =================================================================================== losses
 def _loss_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Model intensity I in [1, 50] and counts M >= 0 (some zero), double precision."""
@@ -217,18 +278,18 @@ def _loss_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return intensity, measured
 
 
-def _loss_value(loss, intensity, prepared, xp) -> float:
-    return float(loss.value_and_grad(intensity.copy(), prepared, xp)[0])
+def _loss_value(loss, intensity, prepared) -> float:
+    return float(loss.value_and_grad(intensity.copy(), prepared)[0])
 
 
 @pytest.mark.parametrize(("kind", "name", "cls"), entries("loss"))
 def test_loss_gradient(kind, name, cls, tmp_path, device):
-    xp = device.xp
     loss = build(kind, name, tmp_path)
+    loss.prepare(model_context(device))
     intensity_h, measured_h = _loss_data()
     intensity, measured = device.real(intensity_h), device.real(measured_h)
-    prepared = loss.prepare_measured(measured, xp)
-    value, dldi = loss.value_and_grad(intensity.copy(), prepared, xp)
+    prepared = loss.prepare_measured(measured)
+    value, dldi = loss.value_and_grad(intensity.copy(), prepared)
     assert isinstance(value, float) and math.isfinite(value)
     assert dldi.shape == intensity.shape and dldi.dtype == intensity.dtype
     assert np.all(np.isfinite(host(dldi)))
@@ -236,36 +297,43 @@ def test_loss_gradient(kind, name, cls, tmp_path, device):
     np.testing.assert_array_equal(host(measured), measured_h)
     # value_and_grad returns dL/dI; for a real block the convention is g = 1/2 dL/dI
     for seed in range(3):
-        check_gradient(lambda p: _loss_value(loss, p["I"], prepared, xp), {"I": intensity},
-                       {"I": dldi / 2}, "I", rng=np.random.default_rng(seed), rtol=1e-5, xp=xp)
+        check_gradient(lambda p: _loss_value(loss, p["I"], prepared), {"I": intensity},
+                       {"I": dldi / 2}, "I", rng=np.random.default_rng(seed), rtol=1e-5,
+                       device=device)
+    if loss.can_overwrite:  # in place: same numbers, the intensity's memory may be reused
+        value_in_place, dldi_in_place = loss.value_and_grad(intensity.copy(), prepared,
+                                                            overwrite=True)
+        assert value_in_place == value
+        np.testing.assert_array_equal(host(dldi_in_place), host(dldi))
 
 
 @pytest.mark.parametrize(("kind", "name", "cls"), entries("loss"))
 def test_loss_minimum_at_the_measurement(kind, name, cls, tmp_path, device):
-    xp = device.xp
     loss = build(kind, name, tmp_path)
+    loss.prepare(model_context(device))
     _, measured_h = _loss_data(1)
     measured = device.real(measured_h)
-    prepared = loss.prepare_measured(measured, xp)
-    at_measured = _loss_value(loss, measured, prepared, xp)
+    prepared = loss.prepare_measured(measured)
+    at_measured = _loss_value(loss, measured, prepared)
     assert math.isfinite(at_measured)
     rng = np.random.default_rng(1)
     for _ in range(3):
         perturbed = device.real(measured_h * (1.0 + 0.2 * rng.uniform(-1, 1, measured_h.shape))
                                 + rng.uniform(0.0, 2.0, measured_h.shape))
-        assert _loss_value(loss, perturbed, prepared, xp) > at_measured
+        assert _loss_value(loss, perturbed, prepared) > at_measured
     if name not in LIKELIHOOD_LOSSES:
         assert at_measured >= 0
         intensity, _ = _loss_data(2)
-        assert _loss_value(loss, device.real(intensity), prepared, xp) >= 0
+        assert _loss_value(loss, device.real(intensity), prepared) >= 0
 
 
 @pytest.mark.parametrize(("kind", "name", "cls"), entries("loss"))
 def test_loss_keeps_single_precision(kind, name, cls, tmp_path):
     loss = build(kind, name, tmp_path)
+    loss.prepare(model_context(Device("cpu", "single")))
     intensity, measured = _loss_data(3)
-    prepared = loss.prepare_measured(measured.astype(np.float32), np)
-    value, dldi = loss.value_and_grad(intensity.astype(np.float32), prepared, np)
+    prepared = loss.prepare_measured(measured.astype(np.float32))
+    value, dldi = loss.value_and_grad(intensity.astype(np.float32), prepared)
     assert math.isfinite(value)
     assert dldi.dtype == np.float32, "float32 in, float32 out (no silent upcast on the GPU)"
 
@@ -313,8 +381,8 @@ def test_propagator_adjoint_in_the_wave(kind, name, cls, tmp_path, device):
     _, cache = propagator.forward(wave, transmission)
     xp = device.xp
     for _ in range(2):
-        x = random_like(wave, rng, xp)
-        y = random_like(xp.empty(EXIT_SHAPE, dtype=device.complex_dtype), rng, xp)
+        x = random_like(wave, rng, device)
+        y = random_like(xp.empty(EXIT_SHAPE, dtype=device.complex_dtype), rng, device)
         check_adjoint(lambda v: propagator.forward(v, transmission, keep=False)[0],
                       lambda g: propagator.vjp(g, cache)[0], x, y, rtol=1e-10)
 
@@ -325,7 +393,7 @@ def test_propagator_gradient(kind, name, cls, tmp_path, device):
     propagator, wave, transmission, rng = _prepared_propagator(kind, name, tmp_path, device)
     xp = device.xp
     weights = device.real(rng.uniform(0.5, 2.0, EXIT_SHAPE))
-    target = random_like(xp.empty(EXIT_SHAPE, dtype=device.complex_dtype), rng, xp)
+    target = random_like(xp.empty(EXIT_SHAPE, dtype=device.complex_dtype), rng, device)
 
     def objective(p):
         exit_wave, _ = propagator.forward(p["wave"], p["transmission"], keep=False)
@@ -339,7 +407,7 @@ def test_propagator_gradient(kind, name, cls, tmp_path, device):
     for block in params:
         for seed in range(2):
             check_gradient(objective, params, grads, block, rng=np.random.default_rng(seed),
-                           rtol=1e-5, xp=xp)
+                           rtol=1e-5, device=device)
 
 
 # =================================================================================== optimizers
@@ -373,6 +441,7 @@ def _quadratic(xp, seed: int = 0):
 def test_optimizer_minimizes_a_quadratic(kind, name, cls, tmp_path, device):
     xp = device.xp
     optimizer = build(kind, name, tmp_path)
+    optimizer.prepare(model_context(device))
     objective, params, solution = _quadratic(xp)
     state = optimizer.init_state()
     value, grads = objective(params)
@@ -380,7 +449,7 @@ def test_optimizer_minimizes_a_quadratic(kind, name, cls, tmp_path, device):
     for iteration in range(300):
         if iteration == 20:
             optimizer.reset(state)  # a constraint was applied: history forgotten, still works
-        result = optimizer.step(params, value, grads, objective, state, xp)
+        result = optimizer.step(params, value, grads, objective, state)
         assert set(result.params) == set(params)
         for block, array in result.params.items():
             assert array.shape == params[block].shape and array.dtype == params[block].dtype
@@ -393,6 +462,47 @@ def test_optimizer_minimizes_a_quadratic(kind, name, cls, tmp_path, device):
     scale = math.sqrt(sum(float(xp.sum(xp.abs(solution[b]) ** 2)) for b in solution))
     assert error < 1e-6 * scale, f"{name}: relative error {error / scale:.3g} after " \
                                  f"{iteration + 1} steps, loss {first:.3g} -> {value:.3g}"
+
+
+
+
+@pytest.mark.parametrize(("kind", "name", "cls"), entries("optimizer"))
+def test_optimizer_state_round_trip_continues_bit_for_bit(kind, name, cls, tmp_path, device):
+    """k steps, export -> .npy/JSON files -> import, n more steps == k + n uninterrupted."""
+    k, n = 4, 3
+    xp = device.xp
+    optimizer = build(kind, name, tmp_path)
+    optimizer.prepare(model_context(device))
+    objective, start, _ = _quadratic(xp)
+
+    def advance(params, value, grads, state, steps):
+        for _ in range(steps):
+            result = optimizer.step(params, value, grads, objective, state)
+            params, value, grads = result.params, result.value, result.grads
+        return params, value, grads
+
+    value0, grads0 = objective(start)
+    reference = advance(start, value0, grads0, optimizer.init_state(), k + n)
+
+    state = optimizer.init_state()
+    params, value, grads = advance(start, value0, grads0, state, k)
+    arrays, info = optimizer.export_state(state)
+    assert all(isinstance(a, np.ndarray) for a in arrays.values())
+    for key, array in arrays.items():
+        np.save(tmp_path / f"{key}.npy", array, allow_pickle=False)
+    (tmp_path / "state.json").write_text(json.dumps(info, allow_nan=False))
+    loaded = {key: np.load(tmp_path / f"{key}.npy", allow_pickle=False) for key in arrays}
+    restored = optimizer.import_state(loaded, json.loads((tmp_path / "state.json").read_text()),
+                                      device)
+    for key, array in loaded.items():
+        assert array.dtype == arrays[key].dtype
+    resumed = advance(params, value, grads, restored, n)
+
+    assert resumed[1] == reference[1]
+    for block in start:
+        assert resumed[0][block].dtype == reference[0][block].dtype
+        assert np.array_equal(host(resumed[0][block]), host(reference[0][block])), block
+        assert np.array_equal(host(resumed[2][block]), host(reference[2][block])), block
 
 
 # =================================================================================== regularizers
@@ -431,13 +541,13 @@ def test_regularizer_gradient(kind, name, cls, tmp_path, device):
     regularizer = build(kind, name, tmp_path)
     regularizer.prepare(model_context(device))
     params = _model_params(device)
-    value, grads = regularizer.value_and_grad(params, device, epoch=0)
+    value, grads = regularizer.value_and_grad(params, epoch=0)
     assert math.isfinite(float(value))
     assert set(grads) <= set(params), f"gradients for unknown blocks {set(grads) - set(params)}"
     for block, grad in grads.items():
         assert grad.shape == params[block].shape and grad.dtype == params[block].dtype
-        check_gradient(lambda p: float(regularizer.value_and_grad(p, device, epoch=0)[0]),
-                       params, grads, block, rtol=1e-4, xp=device.xp)
+        check_gradient(lambda p: float(regularizer.value_and_grad(p, epoch=0)[0]),
+                       params, grads, block, rtol=1e-4, device=device)
 
 
 # =================================================================================== constraints
@@ -450,13 +560,13 @@ def test_constraint_keeps_the_blocks(kind, name, cls, tmp_path, device):
     for epoch in range(3):
         active = constraint.is_active(epoch)
         assert isinstance(active, (bool, np.bool_))
-        changed = constraint.apply(params, device, epoch)
+        changed = constraint.apply(params, epoch)
         assert isinstance(changed, (bool, np.bool_))
         assert {k: (v.shape, v.dtype) for k, v in params.items()} == before
         for block, array in params.items():
             assert np.all(np.isfinite(host(array))), f"{block} not finite after apply"
         grads = {b: device.xp.ones_like(params[b]) for b in ("object", "probe")}
-        projected = constraint.project_gradient(dict(grads), params, device, epoch)
+        projected = constraint.project_gradient(dict(grads), params, epoch)
         for block, g in projected.items():
             assert g.shape == params[block].shape, f"project_gradient changed {block}'s shape"
 
@@ -487,7 +597,7 @@ def test_detector_gradient(kind, name, cls, tmp_path, device):
                                                              keep=False)[0]))
 
     check_gradient(objective, {"waves": waves}, {"waves": grad}, "waves", rtol=1e-5,
-                   xp=device.xp)
+                   device=device)
 
 
 # =================================================================================== initializers

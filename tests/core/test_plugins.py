@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 
 from ptyframe.apps.cli import main
-from ptyframe.components import LossMetric
+from ptyframe.components import Alias, LossMetric
 from ptyframe.registry.hookspecs import hookimpl
 from ptyframe.registry.loader import PluginLoadWarning, default_registry, load_registry
 from ptyframe.registry.registry import (
     ComponentConfigError,
     ComponentNotFound,
+    ComponentRecord,
     PluginError,
-    RegisteredComponent,
     Registry,
 )
+from ptyframe.testing import prepared
 
 #: a private entry-point group, so that most tests never see the first-party plugins
 GROUP = "ptyframe_tests_private"
@@ -37,12 +38,17 @@ from ptyframe.registry.loader import hookimpl
 
 @attrs.define
 class TinyLsq(LossMetric):
+    """Tiny least squares.
+
+    More text.
+    """
+
     name = {name!r}
     weight: float = 1.0
 
-    def value_and_grad(self, intensity, measured, xp):
+    def value_and_grad(self, intensity, measured):
         r = intensity - measured
-        return float(self.weight * xp.sum(r * r)), 2.0 * self.weight * r
+        return float(self.weight * (r * r).sum()), 2.0 * self.weight * r
 
 
 @hookimpl
@@ -111,9 +117,9 @@ class LocalLoss(LossMetric):
         if value <= 0:
             raise ValueError(f"scale: expected > 0, found {value}")
 
-    def value_and_grad(self, intensity, measured, xp):
+    def value_and_grad(self, intensity, measured):
         r = intensity - measured
-        return float(self.scale * xp.sum(r * r)), 2.0 * self.scale * r
+        return float(self.scale * (r * r).sum()), 2.0 * self.scale * r
 
 
 class AbstractLoss(LossMetric):
@@ -129,7 +135,7 @@ class UnknownKind(LossMetric):
     kind = "no_such_kind"
     name = "unknown_kind"
 
-    def value_and_grad(self, intensity, measured, xp):
+    def value_and_grad(self, intensity, measured):
         return 0.0, intensity
 
 
@@ -137,14 +143,15 @@ class UnknownKind(LossMetric):
 def test_registry_register_get_create():
     reg = Registry()
     entry = reg.register(LocalLoss)
-    assert entry == RegisteredComponent("loss", "local_loss", LocalLoss, "<local>", "<local>", "")
+    assert entry == ComponentRecord(kind="loss", name="local_loss", cls=LocalLoss)
+    assert entry.aliases == () and entry.plugin == entry.distribution == "<local>"
     assert reg.get("loss", "local_loss") is LocalLoss
     assert ("loss", "local_loss") in reg and ("loss", "other") not in reg
     assert reg.names("loss") == ["local_loss"] and reg.names("propagator") == []
     assert reg.kinds() == ["loss"] and reg.entries() == [entry] and len(reg) == 1
     loss = reg.create("loss", {"type": "local_loss", "scale": 2})
     assert isinstance(loss, LocalLoss) and loss.scale == 2.0
-    value, grad = loss.value_and_grad(np.ones(3), np.zeros(3), np)
+    value, grad = prepared(loss).value_and_grad(np.ones(3), np.zeros(3))
     assert value == 6.0 and np.allclose(grad, 4.0)
     assert reg.register(LocalLoss) == entry  # same class from the same provider: no-op
 
@@ -212,7 +219,7 @@ def test_third_party_plugin_is_found(site):
     entry = reg.entry("loss", name)
     assert (entry.plugin, entry.distribution, entry.version) == ("fakeplug", "fakepkg", "1.3")
     loss = reg.create("loss", {"type": name, "weight": 0.5})
-    value, grad = loss.value_and_grad(np.full(4, 2.0), np.ones(4), np)
+    value, grad = prepared(loss).value_and_grad(np.full(4, 2.0), np.ones(4))
     assert value == 2.0 and np.allclose(grad, 1.0)
     with pytest.raises(ComponentConfigError, match=f"{name}.*fakeplug.*fakepkg"):
         reg.create("loss", {"type": name, "weihgt": 0.5})
@@ -309,7 +316,7 @@ def test_abstract_and_unknown_kind_name_the_plugin(site):
         class Good(LossMetric):
             name = "good_{module}"
 
-            def value_and_grad(self, intensity, measured, xp):
+            def value_and_grad(self, intensity, measured):
                 return 0.0, 0 * intensity
 
         @hookimpl
@@ -375,9 +382,14 @@ def test_cli_plugins_lists_fake_plugin(site, capsys):
     loss_plugin(site, "fakepkg-cli", "cliplug", name, group="ptyframe", version="4.5.6")
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["kind", "name", "plugin", "distribution", "version"]
+    assert out.splitlines()[0].split() == ["kind", "name", "aliases", "plugin", "distribution",
+                                           "version", "summary"]
     row = next(line for line in out.splitlines() if name in line)
-    assert row.split() == ["loss", name, "cliplug", "fakepkg-cli", "4.5.6"]
+    assert row.split() == ["loss", name, "-", "cliplug", "fakepkg-cli", "4.5.6", "Tiny", "least",
+                           "squares."]
+    lbfgs = next(line for line in out.splitlines() if line.startswith("optimizer ")
+                 and " quasi_newton " in line)
+    assert "lbfgs (history_length=10)" in lbfgs and "l-bfgs" in lbfgs and "L-BFGS" in lbfgs
 
     assert main(["plugins", "--block", "fakepkg-cli"]) == 0
     assert name not in capsys.readouterr().out
@@ -439,3 +451,113 @@ def test_python_dash_m_ptyframe():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "plugins" in result.stdout and "demo" in result.stdout
+
+
+# -- records, aliases, summaries -----------------------------------------------------------------
+@attrs.define
+class AliasedLoss(LocalLoss):
+    """Aliased loss: first line.
+
+    Details that the summary leaves out.
+    """
+
+    name = "aliased_loss"
+    aliases = ("al", Alias("al_strong", {"scale": 4.0}))
+
+
+def test_record_carries_aliases_summary_and_provider():
+    reg = Registry()
+    record = reg.register(AliasedLoss, plugin="p", distribution="d", version="2")
+    assert record.aliases == ("al", "al_strong")
+    assert record.summary == "Aliased loss: first line."
+    assert dict(record.alias_defaults) == {"al_strong": {"scale": 4.0}}
+    assert (record.plugin, record.distribution, record.version) == ("p", "d", "2")
+    assert reg.names("loss") == ["aliased_loss"]
+    assert reg.names("loss", aliases=True) == ["al", "al_strong", "aliased_loss"]
+    assert reg.entry("loss", "al") is record and ("loss", "al_strong") in reg
+
+
+def test_alias_defaults_apply_and_explicit_settings_win():
+    reg = Registry()
+    reg.register(AliasedLoss)
+    assert reg.create("loss", {"type": "al"}).scale == 1.0
+    strong = reg.create("loss", {"type": "al_strong"})
+    assert isinstance(strong, AliasedLoss) and strong.scale == 4.0
+    assert strong.to_config() == {"type": "aliased_loss", "scale": 4.0}  # canonical name
+    assert reg.create("loss", {"type": "al_strong", "scale": 2}).scale == 2.0
+
+
+def test_aliases_and_summary_are_not_inherited():
+    child = attrs.define(type("ChildLoss", (AliasedLoss,), {"name": "child_loss"}))
+    reg = Registry()
+    reg.register(AliasedLoss)
+    record = reg.register(child)  # would collide if the parent's aliases were inherited
+    assert record.aliases == () and record.summary == ""
+    summarised = attrs.define(type("Summarised", (LocalLoss,), {
+        "name": "summarised", "summary": "Set   explicitly\n over lines."}))
+    assert reg.register(summarised).summary == "Set explicitly over lines."
+
+
+@pytest.mark.parametrize("clash", ["name_is_alias", "alias_is_name", "alias_is_alias"])
+def test_alias_collisions_name_both_providers(clash):
+    attributes = {
+        "name_is_alias": {"name": "al"},
+        "alias_is_name": {"name": "newcomer", "aliases": ("aliased_loss",)},
+        "alias_is_alias": {"name": "newcomer", "aliases": ("x", Alias("al_strong"))},
+    }[clash]
+    newcomer = attrs.define(type("Newcomer", (LocalLoss,), attributes))
+    reg = Registry()
+    reg.register(AliasedLoss, plugin="first", distribution="dist-a")
+    with pytest.raises(PluginError) as info:
+        reg.register(newcomer, plugin="second", distribution="dist-b")
+    message = str(info.value)
+    assert "'first'" in message and "dist-a" in message and "AliasedLoss" in message
+    assert "'second'" in message and "dist-b" in message and "Newcomer" in message
+    assert len(reg) == 1 and ("loss", "x") not in reg  # nothing of the newcomer registered
+
+
+@pytest.mark.parametrize("aliases", [("",), ("self_named",), ("a", "a"), (3,)])
+def test_bad_aliases_are_refused(aliases):
+    bad = attrs.define(type("BadAliases", (LocalLoss,), {"name": "self_named",
+                                                         "aliases": aliases}))
+    with pytest.raises(PluginError, match="alias"):
+        Registry().register(bad, plugin="p", distribution="d")
+
+
+IMPOSTOR_OPTIMIZER = '''
+import attrs
+from ptyframe_optimizers.quasi_newton import QuasiNewton
+from ptyframe.registry.loader import hookimpl
+
+
+@attrs.define(kw_only=True)
+class Impostor(QuasiNewton):
+    name = {name!r}
+
+
+@hookimpl
+def ptyframe_register_components():
+    return [Impostor]
+'''
+
+
+@pytest.mark.parametrize(("kind", "taken"), [("loss", "lsq"), ("optimizer", "lbfgs")])
+def test_third_party_cannot_take_a_builtin_name_or_alias(site, kind, taken):
+    """The fake distribution comes first on sys.path; the built-ins still register first."""
+    module = unique("fake_mod")
+    source = (LOSS_SOURCE if kind == "loss" else IMPOSTOR_OPTIMIZER).format(name=taken)
+    make_dist(site, "fakepkg-impostor", {"impostor": module}, {module: source},
+              group="ptyframe")
+    reg, messages = load_quietly()
+    assert reg.entry(kind, taken).distribution == "ptyframe"
+    assert any("fakepkg-impostor" in m and "'impostor'" in m and "distribution ptyframe" in m
+               for m in messages), messages
+
+
+def test_lbfgs_aliases_resolve_to_finite_history_quasi_newton():
+    reg = load_registry()
+    for alias in ("lbfgs", "l-bfgs"):
+        opt = reg.create("optimizer", {"type": alias})
+        assert type(opt) is reg.get("optimizer", "quasi_newton")
+        assert opt.history_length == 10 and opt.to_config()["type"] == "quasi_newton"
+    assert reg.create("optimizer", {"type": "lbfgs", "history_length": 3}).history_length == 3

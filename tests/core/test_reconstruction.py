@@ -203,8 +203,9 @@ def test_maximum_likelihood_on_poisson_data():
 # --------------------------------------------------------------------------- (f) subclasses
 
 class CountingMultislice(Multislice):
-    """Shipped propagator with ``forward`` overridden (old signature, no workspace)."""
+    """Shipped propagator with ``forward`` overridden without ``workspace=``: it says so."""
 
+    uses_workspace = False  # declared, so the model passes no workspace
     calls = 0  # per instance once incremented
 
     def forward(self, wave, transmission, keep=True):
@@ -217,9 +218,9 @@ class ScaledLoss(LeastSquaresSqrt):
 
     calls = 0
 
-    def value_and_grad(self, intensity, measured, xp):
+    def value_and_grad(self, intensity, measured, overwrite=False):
         self.calls += 1
-        value, grad = super().value_and_grad(intensity, measured, xp)
+        value, grad = super().value_and_grad(intensity, measured, overwrite=overwrite)
         return 3.0 * value, 3.0 * grad
 
 

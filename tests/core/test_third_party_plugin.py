@@ -25,7 +25,7 @@ from ptyframe import Device, Reconstruction
 from ptyframe.apps.cli import main
 from ptyframe.components import LossMetric
 from ptyframe.registry.loader import load_registry
-from ptyframe.testing import check_gradient
+from ptyframe.testing import check_gradient, prepared
 from ptyframe.testing.simulate import simulate_dataset
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "third_party_plugin"
@@ -172,20 +172,24 @@ def test_cli_plugins_lists_it(plugin_on_path, capsys):
     assert main(["plugins", "--strict"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines()]
-    assert ["loss", "huber_sqrt", "example", DIST, "0.1.0"] in rows, out
+    row = next((r for r in rows if r[:2] == ["loss", "huber_sqrt"]), None)
+    assert row is not None, out
+    # kind, name, aliases ("-": none), plugin, distribution, version, summary
+    assert row[2:6] == ["-", "example", DIST, "0.1.0"], out
+    assert " ".join(row[6:]).startswith("Huber penalty on the amplitude residual"), out
 
 
 def test_gradient_of_the_installed_loss(plugin_on_path):
-    loss = load_registry().create("loss", {"type": "huber_sqrt", "delta": 1.0})
+    loss = prepared(load_registry().create("loss", {"type": "huber_sqrt", "delta": 1.0}))
     rng = np.random.default_rng(3)
     measured = rng.poisson(20.0, size=(3, 16, 16)).astype(float)
     intensity = rng.uniform(1.0, 60.0, size=measured.shape)
-    sqrt_m = loss.prepare_measured(measured, np)
-    value, dldi = loss.value_and_grad(intensity.copy(), sqrt_m, np)
+    sqrt_m = loss.prepare_measured(measured)
+    value, dldi = loss.value_and_grad(intensity.copy(), sqrt_m)
     assert np.isfinite(value) and value > 0
     residual = np.sqrt(intensity + loss.epsilon) - sqrt_m
     assert np.any(np.abs(residual) > loss.delta) and np.any(np.abs(residual) < loss.delta)
-    check_gradient(lambda p: loss.value_and_grad(p["I"].copy(), sqrt_m, np)[0],
+    check_gradient(lambda p: loss.value_and_grad(p["I"].copy(), sqrt_m)[0],
                    {"I": intensity}, {"I": dldi / 2}, "I", rtol=1e-6)
 
 

@@ -14,7 +14,7 @@ from ptyframe_constraints.object_constraints import (
     RestartFromVacuum,
 )
 
-from ptyframe.testing import check_gradient
+from ptyframe.testing import check_gradient, prepared
 
 SHAPE = (32, 32)
 
@@ -58,7 +58,7 @@ def test_gaussian_filter_smooths_the_unwrapped_phase(device):
     obj = amplitude * np.exp(1j * phi)
     params = {"object": device.complex(obj)}
     sigma = 1.5
-    assert GaussianFilter(sigma_phase_px=sigma).apply(params, device, 0) is True
+    assert prepared(GaussianFilter(sigma_phase_px=sigma), device).apply(params, 0) is True
     new = host(params["object"])
     g = gaussian(sigma)
     expected_phi = np.fft.ifft2(np.fft.fft2(phi) * g).real
@@ -80,7 +80,7 @@ def test_gaussian_filter_of_a_wrapping_ramp_keeps_it():
     x = np.arange(SHAPE[1])
     ramp = np.exp(2j * np.pi * 6 * x / SHAPE[1])[None, None, None, :] * np.ones((1, 1, *SHAPE))
     params = {"object": ramp.copy()}
-    GaussianFilter(sigma_phase_px=2.0).apply(params, device, 0)
+    prepared(GaussianFilter(sigma_phase_px=2.0), device).apply(params, 0)
     np.testing.assert_allclose(params["object"], ramp, atol=1e-12)
 
 
@@ -90,7 +90,8 @@ def test_gaussian_filter_of_the_amplitude(device):
     amplitude = 1.0 + smooth_field(rng, 0.2, width=0.3)[None, None]
     obj = amplitude * np.exp(1j * phi)
     params = {"object": device.complex(obj)}
-    GaussianFilter(sigma_phase_px=0.0, sigma_amplitude_px=1.0).apply(params, device, 0)
+    constraint = GaussianFilter(sigma_phase_px=0.0, sigma_amplitude_px=1.0)
+    prepared(constraint, device).apply(params, 0)
     new = host(params["object"])
     expected = np.fft.ifft2(np.fft.fft2(amplitude) * gaussian(1.0)).real
     np.testing.assert_allclose(np.abs(new), np.broadcast_to(expected, new.shape), atol=1e-12)
@@ -105,8 +106,9 @@ def test_charge_flip_rule(device):
     obj = random_object(rng, absorption=(-0.02, 0.1))
     obj[1, 0] *= np.exp(0.8j)  # planes with different maxima -> different thresholds
     params = {"object": device.complex(obj)}
-    flip = ChargeFlip(delta_phase=0.2, beta_phase=-0.9, delta_abs=0.3, beta_abs=-0.5)
-    assert flip.apply(params, device, 0) is True
+    flip = prepared(ChargeFlip(delta_phase=0.2, beta_phase=-0.9, delta_abs=0.3, beta_abs=-0.5),
+                    device)
+    assert flip.apply(params, 0) is True
     new = host(params["object"])
     phase, absorption = np.angle(obj), -np.log(np.abs(obj))
     low_p = phase < 0.2 * phase.max(axis=(-2, -1), keepdims=True)
@@ -123,7 +125,7 @@ def test_charge_flip_rule(device):
 def test_charge_flip_with_beta_one_does_nothing(cpu):
     obj = random_object(np.random.default_rng(3))
     params = {"object": obj.copy()}
-    ChargeFlip(beta_phase=1.0, beta_abs=1.0).apply(params, cpu, 0)
+    prepared(ChargeFlip(beta_phase=1.0, beta_abs=1.0), cpu).apply(params, 0)
     assert np.array_equal(params["object"], obj)
 
 
@@ -132,8 +134,9 @@ def test_fancy_sigma_without_flip_is_the_identity(device):
     """Deconvolution and reconvolution by the same Gaussian cancel (tiny Wiener epsilon)."""
     obj = random_object(np.random.default_rng(4))
     params = {"object": device.complex(obj)}
-    FancySigma(sigma_px=0.8, beta_phase=1.0, beta_abs=1.0, sigma_abs_px=0.8,
-               wiener_epsilon=1e-14).apply(params, device, 0)
+    constraint = FancySigma(sigma_px=0.8, beta_phase=1.0, beta_abs=1.0, sigma_abs_px=0.8,
+                            wiener_epsilon=1e-14)
+    prepared(constraint, device).apply(params, 0)
     np.testing.assert_allclose(host(params["object"]), obj, atol=1e-7)
 
 
@@ -152,8 +155,9 @@ def test_fancy_sigma_flips_the_deconvolved_potential(cpu):
     phase = blurred + 0.05
     obj = np.exp(1j * phase)[None, None]
     params = {"object": obj.copy()}
-    FancySigma(sigma_px=sigma, delta_phase=0.1, beta_phase=-0.95, beta_abs=1.0,
-               wiener_epsilon=1e-14).apply(params, cpu, 0)
+    constraint = FancySigma(sigma_px=sigma, delta_phase=0.1, beta_phase=-0.95, beta_abs=1.0,
+                            wiener_epsilon=1e-14)
+    prepared(constraint, cpu).apply(params, 0)
     deconvolved = s - blurred.min()  # = IFFT[FFT(phase - min(phase)) / G]
     flipped = np.where(deconvolved < 0.1 * deconvolved.max(), -0.95 * deconvolved,
                        deconvolved)
@@ -171,8 +175,8 @@ def test_band_limit_zeroes_high_frequencies_and_keeps_the_rest(device):
     rng = np.random.default_rng(6)
     obj = random_object(rng)
     params = {"object": device.complex(obj)}
-    constraint = BandLimit(cutoff=0.6, extra_cut=0.05)
-    assert constraint.apply(params, device, 0) is True  # a random object is not band-limited
+    constraint = prepared(BandLimit(cutoff=0.6, extra_cut=0.05), device)
+    assert constraint.apply(params, 0) is True  # a random object is not band-limited
     new = host(params["object"])
     fy, fx = freqs()
     r = np.hypot(fy, fx) / 0.5
@@ -181,20 +185,20 @@ def test_band_limit_zeroes_high_frequencies_and_keeps_the_rest(device):
     np.testing.assert_allclose(after[keep], before[keep], rtol=1e-12, atol=1e-9)
     assert np.abs(after[~keep]).max() < 1e-9 * np.abs(before).max()
     # already band-limited: nothing left to do, no history reset
-    assert constraint.apply(params, device, 1) is False
+    assert constraint.apply(params, 1) is False
     np.testing.assert_allclose(host(params["object"]), new, atol=1e-12)
 
 
 def test_band_limit_keeps_vacuum_and_projects_gradients(cpu):
     obj = np.ones((1, 1, *SHAPE), dtype=complex)
     params = {"object": obj.copy(), "probe": np.ones((1, 16, 16), dtype=complex)}
-    constraint = BandLimit()
-    assert constraint.apply(params, cpu, 0) is False
+    constraint = prepared(BandLimit(), cpu)
+    assert constraint.apply(params, 0) is False
     np.testing.assert_allclose(params["object"], obj, atol=1e-14)
     rng = np.random.default_rng(7)
     grads = {"object": rng.standard_normal(obj.shape) + 1j * rng.standard_normal(obj.shape)}
-    once = constraint.project_gradient(grads, params, cpu, 0)
-    twice = constraint.project_gradient(once, params, cpu, 0)
+    once = constraint.project_gradient(grads, params, 0)
+    twice = constraint.project_gradient(once, params, 0)
     np.testing.assert_allclose(twice["object"], once["object"], atol=1e-12)
     # the projection is orthogonal: the removed part is orthogonal to what is kept
     removed = grads["object"] - once["object"]
@@ -206,7 +210,7 @@ def test_band_limit_of_the_probe(cpu):
     rng = np.random.default_rng(8)
     probe = rng.standard_normal((2, 16, 16)) + 1j * rng.standard_normal((2, 16, 16))
     params = {"object": np.ones((1, 1, *SHAPE), dtype=complex), "probe": probe.copy()}
-    BandLimit(object=False, probe=True, probe_cutoff=0.5).apply(params, cpu, 0)
+    prepared(BandLimit(object=False, probe=True, probe_cutoff=0.5), cpu).apply(params, 0)
     spectrum = np.fft.fft2(params["probe"])
     fy, fx = freqs((16, 16))
     outside = np.broadcast_to(np.hypot(fy, fx) / 0.5 > 0.5, spectrum.shape)
@@ -221,7 +225,7 @@ def test_restart_from_vacuum(device):
     obj = random_object(rng)
     probe = rng.standard_normal((2, 16, 16)) + 0j
     params = {"object": device.complex(obj), "probe": device.complex(probe)}
-    assert RestartFromVacuum(epochs=[3]).apply(params, device, 3) is True
+    assert prepared(RestartFromVacuum(epochs=[3]), device).apply(params, 3) is True
     new = host(params["object"])
     assert new.shape == obj.shape and new.dtype == obj.dtype
     assert np.array_equal(new, np.ones_like(obj))
@@ -238,11 +242,11 @@ def _phase_only_case(seed=10):
 
 def test_phase_only_gradient_is_the_projection_on_the_phase_direction(device):
     obj, grad = _phase_only_case()
-    constraint = PhaseOnlyObject()
+    constraint = prepared(PhaseOnlyObject(), device)
     params = {"object": device.complex(obj)}
-    once = host(constraint.project_gradient({"object": device.complex(grad)}, params, device,
+    once = host(constraint.project_gradient({"object": device.complex(grad)}, params,
                                             0)["object"])
-    twice = host(constraint.project_gradient({"object": device.complex(once)}, params, device,
+    twice = host(constraint.project_gradient({"object": device.complex(once)}, params,
                                              0)["object"])
     np.testing.assert_allclose(twice, once, atol=1e-12)  # a projection
     np.testing.assert_allclose(once, 1j * obj * np.imag(np.conj(obj) * grad) / np.abs(obj) ** 2,
@@ -255,9 +259,9 @@ def test_phase_only_gradient_is_the_projection_on_the_phase_direction(device):
     # other blocks pass through; no object gradient (object not refined): nothing to do
     probe_grad = device.complex(grad[0])
     out = constraint.project_gradient({"object": device.complex(grad), "probe": probe_grad},
-                                      params, device, 0)
+                                      params, 0)
     assert out["probe"] is probe_grad
-    assert constraint.project_gradient({"probe": probe_grad}, params, device, 0) == {
+    assert constraint.project_gradient({"probe": probe_grad}, params, 0) == {
         "probe": probe_grad}
 
 
@@ -270,8 +274,8 @@ def test_phase_only_gradient_is_exact_along_phase_directions(cpu):
     def loss(p):
         return float(np.sum(np.abs(p["object"] - target) ** 2))
 
-    projected = PhaseOnlyObject().project_gradient({"object": obj - target}, {"object": obj},
-                                                   cpu, 0)
+    projected = prepared(PhaseOnlyObject(), cpu).project_gradient({"object": obj - target},
+                                                                  {"object": obj}, 0)
     dphi = np.random.default_rng(12).standard_normal(obj.shape)
     check_gradient(loss, {"object": obj}, projected, "object", direction=1j * obj * dphi,
                    rtol=1e-6)
@@ -279,19 +283,19 @@ def test_phase_only_gradient_is_exact_along_phase_directions(cpu):
 
 def test_phase_only_retraction(device):
     obj, grad = _phase_only_case(13)
-    constraint = PhaseOnlyObject()
+    constraint = prepared(PhaseOnlyObject(), device)
     params = {"object": device.complex(obj)}
-    assert constraint.apply(params, device, 0) is True  # |O| up to 20 % off: a real change
+    assert constraint.apply(params, 0) is True  # |O| up to 20 % off: a real change
     unit = host(params["object"])
     np.testing.assert_allclose(np.abs(unit), 1.0, atol=1e-14)
     np.testing.assert_allclose(np.angle(unit), np.angle(obj), atol=1e-14)
     # after a small projected step only the second-order retraction is left: no reset
-    g = constraint.project_gradient({"object": device.complex(grad)}, params, device, 0)
+    g = constraint.project_gradient({"object": device.complex(grad)}, params, 0)
     params["object"] = params["object"] - 0.01 * g["object"]
-    assert constraint.apply(params, device, 1) is False
+    assert constraint.apply(params, 1) is False
     np.testing.assert_allclose(np.abs(host(params["object"])), 1.0, atol=1e-14)
     zero = {"object": device.complex(np.zeros((1, 1, 4, 4)))}
-    constraint.apply(zero, device, 2)
+    constraint.apply(zero, 2)
     assert np.array_equal(host(zero["object"]), np.ones((1, 1, 4, 4)))
 
 
@@ -303,6 +307,6 @@ def test_single_precision_is_kept(cls):
     device = Device("cpu", "single")
     obj = random_object(np.random.default_rng(14)).astype(np.complex64)
     params = {"object": obj.copy(), "probe": np.ones((1, 16, 16), dtype=np.complex64)}
-    cls().apply(params, device, 0)
+    prepared(cls(), device).apply(params, 0)
     assert params["object"].dtype == np.complex64
     assert np.all(np.isfinite(params["object"]))

@@ -17,6 +17,7 @@ from ptyframe_constraints.probe_constraints import (
 from ptyframe.components import ModelContext
 from ptyframe.core.device import Device
 from ptyframe.core.physics import wavelength_A
+from ptyframe.testing import prepared
 
 WINDOW = 16
 PIXEL_SIZE_A = 0.25
@@ -47,7 +48,7 @@ def test_orthogonal_modes_keep_the_total_intensity(device):
     probe = random_probe(0)
     probe[1] += 0.8 * probe[0]  # strongly overlapping modes
     params = {"probe": device.complex(probe)}
-    assert OrthogonalProbeModes().apply(params, device, 0) is True
+    assert prepared(OrthogonalProbeModes(), device).apply(params, 0) is True
     new = host(params["probe"])
     s = overlap(new)
     power = np.diag(s).real
@@ -62,7 +63,7 @@ def test_orthogonal_modes_keep_the_total_intensity(device):
                  for p in (probe, new)]
     np.testing.assert_allclose(intensity[1], intensity[0], rtol=1e-10)
     # idempotent: orthogonal sorted modes are left alone, without a history reset
-    assert OrthogonalProbeModes().apply(params, device, 1) is False
+    assert prepared(OrthogonalProbeModes(), device).apply(params, 1) is False
     np.testing.assert_allclose(host(params["probe"]), new, atol=1e-12)
 
 
@@ -70,7 +71,7 @@ def test_orthogonal_modes_per_probe_and_single_mode(cpu):
     shape = (2, WINDOW, WINDOW)
     probes = np.stack([random_probe(2, shape, (1.0, 0.5)), random_probe(3, shape, (1.0, 0.5))])
     params = {"probe": probes.copy()}
-    OrthogonalProbeModes().apply(params, cpu, 0)  # (n_probes, modes, ny, nx)
+    prepared(OrthogonalProbeModes(), cpu).apply(params, 0)  # (n_probes, modes, ny, nx)
     for p in range(2):
         s = overlap(params["probe"][p])
         assert abs(s[0, 1]) < 1e-12 * abs(s[0, 0])
@@ -78,7 +79,7 @@ def test_orthogonal_modes_per_probe_and_single_mode(cpu):
                                    np.sum(np.abs(probes[p]) ** 2, axis=0), rtol=1e-12)
     single = {"probe": random_probe(4, shape=(1, WINDOW, WINDOW), scales=(1.0,))}
     before = single["probe"].copy()
-    assert OrthogonalProbeModes().apply(single, cpu, 0) is False
+    assert prepared(OrthogonalProbeModes(), cpu).apply(single, 0) is False
     assert np.array_equal(single["probe"], before)
 
 
@@ -88,7 +89,7 @@ def test_fourier_projection_on_a_disk(device):
     constraint.prepare(context(device))
     probe = random_probe(5)
     params = {"probe": device.complex(probe)}
-    assert constraint.apply(params, device, 0) is True
+    assert constraint.apply(params, 0) is True
     q = np.hypot(np.fft.fftfreq(WINDOW, PIXEL_SIZE_A)[:, None],
                  np.fft.fftfreq(WINDOW, PIXEL_SIZE_A)[None, :])
     inside = np.broadcast_to(wavelength_A(200.0) * q * 1e3 <= 40.0, probe.shape)
@@ -97,17 +98,17 @@ def test_fourier_projection_on_a_disk(device):
     assert np.abs(spectrum[~inside]).max() < 1e-12
     np.testing.assert_allclose(spectrum[inside], np.fft.fft2(probe)[inside], atol=1e-12)
     # idempotent, no reset the second time; gradients projected the same way
-    assert constraint.apply(params, device, 1) is False
+    assert constraint.apply(params, 1) is False
     g = device.complex(random_probe(6))
-    once = constraint.project_gradient({"probe": g}, params, device, 0)["probe"]
-    twice = constraint.project_gradient({"probe": once}, params, device, 0)["probe"]
+    once = constraint.project_gradient({"probe": g}, params, 0)["probe"]
+    twice = constraint.project_gradient({"probe": once}, params, 0)["probe"]
     np.testing.assert_allclose(host(twice), host(once), atol=1e-12)
     assert np.abs(np.fft.fft2(host(once))[~inside]).max() < 1e-12
 
 
 def test_fourier_projection_needs_prepare_for_a_radius(cpu):
     with pytest.raises(RuntimeError, match="prepare"):
-        ProbeFourierProjection(radius_mrad=20.0).apply({"probe": random_probe(7)}, cpu, 0)
+        ProbeFourierProjection(radius_mrad=20.0).apply({"probe": random_probe(7)}, 0)
 
 
 def test_fourier_projection_with_a_centred_mask_file(tmp_path, cpu):
@@ -118,7 +119,7 @@ def test_fourier_projection_with_a_centred_mask_file(tmp_path, cpu):
     constraint = ProbeFourierProjection(mask_path=str(path))
     constraint.prepare(context(cpu))
     params = {"probe": random_probe(8)}
-    constraint.apply(params, cpu, 0)
+    constraint.apply(params, 0)
     centred_spectrum = np.fft.fftshift(np.fft.fft2(params["probe"]), axes=(-2, -1))
     assert np.abs(centred_spectrum[:, mask == 0]).max() < 1e-12
     assert np.abs(centred_spectrum[:, mask == 1]).min() > 0
@@ -138,11 +139,11 @@ def test_fourier_projection_default_keeps_the_first_support(cpu):
     constraint = ProbeFourierProjection()
     constraint.prepare(context(cpu))
     params = {"probe": probe.copy()}
-    assert constraint.apply(params, cpu, 0) is False  # captured; nothing to remove
+    assert constraint.apply(params, 0) is False  # captured; nothing to remove
     assert np.array_equal(constraint.mask.astype(bool), aperture)
     params["probe"] = params["probe"] + 0.1 * random_probe(10, shape=(2, WINDOW, WINDOW),
                                                            scales=(1.0, 1.0))
-    assert constraint.apply(params, cpu, 1) is True
+    assert constraint.apply(params, 1) is True
     assert np.abs(np.fft.fft2(params["probe"])[:, ~aperture]).max() < 1e-12
 
 
@@ -165,10 +166,10 @@ def test_probe_spectrum_round_trip(device):
 @pytest.mark.parametrize("cls", [ProbePhaseOnly, ProbeAmplitudeOnly])
 def test_spectrum_gradient_projection(cls, device):
     probe, grad = _spectrum_case(12)
-    constraint = cls()
+    constraint = prepared(cls(), device)
     params = {"probe": device.complex(probe)}
-    once = constraint.project_gradient({"probe": device.complex(grad)}, params, device, 0)
-    twice = constraint.project_gradient(once, params, device, 0)
+    once = constraint.project_gradient({"probe": device.complex(grad)}, params, 0)
+    twice = constraint.project_gradient(once, params, 0)
     np.testing.assert_allclose(host(twice["probe"]), host(once["probe"]), atol=1e-12)
     g1 = host(once["probe"])
     # orthogonal projection: what is removed is orthogonal (real inner product) to what is kept
@@ -187,44 +188,44 @@ def test_spectrum_gradient_projection(cls, device):
 
 def test_probe_phase_only_restores_the_reference_modulus(device):
     probe, grad = _spectrum_case(13)
-    constraint = ProbePhaseOnly()
+    constraint = prepared(ProbePhaseOnly(), device)
     params = {"probe": device.complex(probe)}
-    assert constraint.apply(params, device, 0) is False  # captures S0; nothing to do
+    assert constraint.apply(params, 0) is False  # captures S0; nothing to do
     s0 = host(probe_spectrum(device.complex(probe), device))
     params["probe"] = device.complex(probe + 0.3 * grad)  # an unconstrained change
-    assert constraint.apply(params, device, 1) is True
+    assert constraint.apply(params, 1) is True
     s = host(probe_spectrum(params["probe"], device))
     np.testing.assert_allclose(np.abs(s), np.abs(s0), rtol=1e-12, atol=1e-12)
     moved = host(probe_spectrum(device.complex(probe + 0.3 * grad), device))
     np.testing.assert_allclose(s / np.abs(s), moved / np.abs(moved), atol=1e-12)  # phase kept
-    assert constraint.apply(params, device, 2) is False  # idempotent
+    assert constraint.apply(params, 2) is False  # idempotent
     constraint.prepare(context(device))  # forgets S0: the current probe becomes the reference
     params["probe"] = device.complex(probe + 0.3 * grad)
-    assert constraint.apply(params, device, 3) is False
+    assert constraint.apply(params, 3) is False
 
 
 def test_probe_amplitude_only_restores_the_reference_phase(device):
     probe, grad = _spectrum_case(14)
-    constraint = ProbeAmplitudeOnly()
+    constraint = prepared(ProbeAmplitudeOnly(), device)
     params = {"probe": device.complex(probe)}
-    assert constraint.apply(params, device, 0) is False
+    assert constraint.apply(params, 0) is False
     s0 = host(probe_spectrum(device.complex(probe), device))
     params["probe"] = device.complex(probe + 0.05 * grad)
-    assert constraint.apply(params, device, 1) is True
+    assert constraint.apply(params, 1) is True
     s = host(probe_spectrum(params["probe"], device))
     assert np.abs(np.imag(s * np.conj(s0))).max() < 1e-12 * np.abs(s0).max() ** 2
     moved = host(probe_spectrum(device.complex(probe + 0.05 * grad), device))
     unit = s0 / np.abs(s0)
     np.testing.assert_allclose(s, unit * np.real(np.conj(unit) * moved), atol=1e-12)
-    assert constraint.apply(params, device, 2) is False
+    assert constraint.apply(params, 2) is False
 
 
 def test_spectrum_constraints_need_no_device_specific_state():
     """The captured reference follows the probe's shape (a new reconstruction re-captures)."""
     device = Device("cpu", "double")
-    constraint = ProbePhaseOnly()
-    constraint.apply({"probe": random_probe(15, shape=(1, 8, 8), scales=(1.0,))}, device, 0)
+    constraint = prepared(ProbePhaseOnly(), device)
+    constraint.apply({"probe": random_probe(15, shape=(1, 8, 8), scales=(1.0,))}, 0)
     params = {"probe": random_probe(16)}
     before = params["probe"].copy()
-    assert constraint.apply(params, device, 0) is False
+    assert constraint.apply(params, 0) is False
     np.testing.assert_allclose(params["probe"], before, atol=1e-12)

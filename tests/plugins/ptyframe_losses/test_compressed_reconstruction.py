@@ -22,6 +22,7 @@ from ptyframe.components import ModelContext
 from ptyframe.engine.model import FarFieldModel
 from ptyframe.io.compression import annular_masks, compress
 from ptyframe.registry.loader import load_registry
+from ptyframe.testing import prepared
 from ptyframe.testing.simulate import simulate_dataset
 from ptyframe.testing.validation import phase_correlation, scanned_region_mask
 
@@ -68,12 +69,12 @@ def reconstruct_object(sim, loss, measured, iterations: int) -> float:
     def objective(p):
         return model.value_and_grad({**fixed, **p}, refine=("object",))
 
-    optimizer = REGISTRY.create("optimizer", {"type": "quasi_newton"})
+    optimizer = prepared(REGISTRY.create("optimizer", {"type": "quasi_newton"}))
     state = optimizer.init_state()
     value, grads = objective(params)
     first = value
     for _ in range(iterations):
-        step = optimizer.step(params, value, grads, objective, state, np)
+        step = optimizer.step(params, value, grads, objective, state)
         params, value, grads = step.params, step.value, step.grads
     assert value < first
     phase = np.angle(params["object"][0, 0])

@@ -24,6 +24,7 @@ from ptyframe.components import ModelContext
 from ptyframe.io.compression import annular_masks, pixel_masks
 from ptyframe.registry.loader import load_registry
 from ptyframe.testing import GradientCheckError, check_gradient
+from ptyframe.testing import prepared as on_cpu
 
 REGISTRY = load_registry()
 DEVICE = Device("cpu", "double")
@@ -45,12 +46,12 @@ def masks(n_sectors: int = 4) -> np.ndarray:
 
 
 def value(loss, intensity, prepared) -> float:
-    return loss.value_and_grad(intensity.copy(), prepared, np)[0]
+    return loss.value_and_grad(intensity.copy(), prepared)[0]
 
 
 def gradient_check(loss, intensity, measured, seeds=range(3)) -> float:
-    prepared = loss.prepare_measured(measured, np)
-    _, dldi = loss.value_and_grad(intensity.copy(), prepared, np)
+    prepared = loss.prepare_measured(measured)
+    _, dldi = loss.value_and_grad(intensity.copy(), prepared)
     worst = 0.0
     for seed in seeds:
         worst = max(worst, check_gradient(lambda p: value(loss, p["I"], prepared), {"I": intensity},
@@ -65,25 +66,25 @@ def test_lsq_sqrt_2_definition_by_hand():
     bright = measured > 0.5
     expected = 0.5 * np.sum(((measured - intensity) ** 2 / np.where(bright, measured, 1))[bright])
     expected += np.sum(intensity[~bright])
-    loss = ModifiedGaussian()
-    val, grad = loss.value_and_grad(intensity.copy(), loss.prepare_measured(measured, np), np)
+    loss = on_cpu(ModifiedGaussian())
+    val, grad = loss.value_and_grad(intensity.copy(), loss.prepare_measured(measured))
     np.testing.assert_allclose(val, expected, rtol=1e-12)
     np.testing.assert_allclose(grad, np.where(bright, intensity / np.where(bright, measured, 1)
                                               - 1, 1.0), rtol=1e-12)
     # overwrite=True gives the same result in the intensity's memory
     work = intensity.copy()
-    val2, grad2 = loss.value_and_grad(work, measured, np, overwrite=True)
+    val2, grad2 = loss.value_and_grad(work, measured, overwrite=True)
     assert val2 == pytest.approx(val, rel=1e-14) and np.shares_memory(grad2, work)
     np.testing.assert_allclose(grad2, grad, rtol=1e-14)
 
 
 def test_lsq_sqrt_2_gradient_and_minimum():
     intensity, measured = data(1)
-    assert gradient_check(ModifiedGaussian(), intensity, measured) < 1e-6
-    loss = ModifiedGaussian()
+    assert gradient_check(on_cpu(ModifiedGaussian()), intensity, measured) < 1e-6
+    loss = on_cpu(ModifiedGaussian())
     # minimum at I = M on bright pixels (dark pixels: at I = 0), value 0 there
     best = np.where(measured > 0.5, measured, 0.0)
-    at_best, grad = loss.value_and_grad(best.copy(), measured, np)
+    at_best, grad = loss.value_and_grad(best.copy(), measured)
     assert at_best == 0.0
     np.testing.assert_allclose(grad[measured > 0.5], 0.0, atol=1e-14)
     rng = np.random.default_rng(0)
@@ -116,12 +117,12 @@ def compressed_by_hand(name: str, intensity: np.ndarray, measured: np.ndarray,
 def test_compressed_loss_definition_by_hand(cls):
     intensity, measured = data(2)
     stack = masks()
-    loss = cls(masks=stack)
+    loss = on_cpu(cls(masks=stack))
     eps = getattr(loss, "epsilon", 0.0)
     expected = compressed_by_hand(cls.name, intensity, measured, stack, eps)
     # from full patterns (compressed by prepare_measured) and from compressed data alike
     for given in (measured, np.einsum("byx,kyx->bk", measured, stack)):
-        prepared = loss.prepare_measured(given, np)
+        prepared = loss.prepare_measured(given)
         np.testing.assert_allclose(value(loss, intensity, prepared), expected, rtol=1e-12)
     assert loss.detector_shape == SHAPE and loss.n_masks == stack.shape[0]
 
@@ -130,7 +131,7 @@ def test_compressed_loss_definition_by_hand(cls):
 def test_compressed_loss_gradient(cls):
     intensity, measured = data(3)
     for stack in (masks(), masks(3) * np.random.default_rng(0).uniform(0.2, 1.0, SHAPE)):
-        assert gradient_check(cls(masks=stack), intensity, measured) < 1e-6
+        assert gradient_check(on_cpu(cls(masks=stack)), intensity, measured) < 1e-6
 
 
 def test_signed_masks_for_lsq_compressed_only():
@@ -139,7 +140,7 @@ def test_signed_masks_for_lsq_compressed_only():
     x = np.arange(SHAPE[1]) - SHAPE[1] // 2
     signed = np.stack([np.broadcast_to(np.sign(x), SHAPE), np.ones(SHAPE)]).astype(float)
     intensity, measured = data(4)
-    assert gradient_check(CompressedLeastSquares(masks=signed), intensity, measured) < 1e-6
+    assert gradient_check(on_cpu(CompressedLeastSquares(masks=signed)), intensity, measured) < 1e-6
     for cls in (CompressedGaussian, CompressedPoisson):
         with pytest.raises(ValueError, match="masks: .*non-negative"):
             cls(masks=signed)
@@ -152,13 +153,13 @@ def test_identity_masks_give_the_pixelwise_losses(cls, pixelwise):
     """With one mask per pixel (or no masks at all) the compressed losses are lsq, lsq_sqrt and
     ml (the Poisson one up to a constant of the data), with the same gradients."""
     intensity, measured = data(5)
-    reference = pixelwise()
+    reference = on_cpu(pixelwise())
     ref_value, ref_grad = reference.value_and_grad(
-        intensity.copy(), reference.prepare_measured(measured, np), np)
+        intensity.copy(), reference.prepare_measured(measured))
     values = []
-    for loss in (cls(masks=pixel_masks(SHAPE)), cls()):
+    for loss in (on_cpu(cls(masks=pixel_masks(SHAPE))), on_cpu(cls())):
         assert getattr(loss, "epsilon", None) == getattr(reference, "epsilon", None)
-        val, grad = loss.value_and_grad(intensity.copy(), loss.prepare_measured(measured, np), np)
+        val, grad = loss.value_and_grad(intensity.copy(), loss.prepare_measured(measured))
         np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12)
         values.append(val)
     np.testing.assert_allclose(values[0], values[1], rtol=1e-12)
@@ -174,8 +175,8 @@ def test_identity_masks_give_the_pixelwise_losses(cls, pixelwise):
 @pytest.mark.parametrize("cls", COMPRESSED)
 def test_compressed_minimum_at_the_measurement(cls):
     _, measured = data(6)
-    loss = cls(masks=masks())
-    prepared = loss.prepare_measured(measured, np)
+    loss = on_cpu(cls(masks=masks()))
+    prepared = loss.prepare_measured(measured)
     at_measured = value(loss, measured, prepared)
     assert 0.0 <= at_measured < 1e-3
     rng = np.random.default_rng(1)
@@ -202,13 +203,13 @@ def test_prepare_maps_masks_to_detector_order_on_the_device(cls):
     intensity, measured = data(7)
     compressed = np.einsum("byx,kyx->bk", measured, stack).astype(np.float32)
     fft_order = np.fft.ifftshift(intensity, axes=(-2, -1)).astype(np.float32)
-    val, grad = loss.value_and_grad(fft_order, loss.prepare_measured(compressed, np), np)
+    val, grad = loss.value_and_grad(fft_order, loss.prepare_measured(compressed))
     assert grad.dtype == np.float32
     np.testing.assert_allclose(val, compressed_by_hand(cls.name, intensity, measured, stack,
                                                        getattr(loss, "epsilon", 0.0)), rtol=1e-4)
     # full FFT-order patterns are compressed with the prepared (FFT-order) masks
     full = np.fft.ifftshift(measured, axes=(-2, -1)).astype(np.float32)
-    np.testing.assert_allclose(loss.compress_measured(full, np), compressed, rtol=1e-6)
+    np.testing.assert_allclose(loss.compress_measured(full), compressed, rtol=1e-6)
     with pytest.raises(ValueError, match="masks: expected measurements of shape"):
         loss.prepare(ModelContext(window=SHAPE, pixel_size_A=0.25, wavelength_A=0.025,
                                   n_measurements=3, device=single, measured_shape=(5,)))
@@ -226,15 +227,15 @@ def test_compressed_loss_rejects_bad_input(tmp_path):
         CompressedLeastSquares(masks=np.ones(SHAPE))
     with pytest.raises(ValueError, match="masks: contains NaN"):
         CompressedLeastSquares(masks=np.full((2, *SHAPE), np.nan))
-    loss = CompressedLeastSquares(masks=stack)
+    loss = on_cpu(CompressedLeastSquares(masks=stack))
     with pytest.raises(ValueError, match="measured: expected shape"):
-        loss.prepare_measured(np.ones((3, 5)), np)
+        loss.prepare_measured(np.ones((3, 5)))
     with pytest.raises(ValueError, match="measured: expected compressed data"):
-        loss.value_and_grad(np.ones((3, *SHAPE)), np.ones((2, stack.shape[0])), np)
+        loss.value_and_grad(np.ones((3, *SHAPE)), np.ones((2, stack.shape[0])))
     with pytest.raises(ValueError, match="intensity: expected patterns"):
-        loss.value_and_grad(np.ones((3, 10, 10)), np.ones((3, stack.shape[0])), np)
+        loss.value_and_grad(np.ones((3, 10, 10)), np.ones((3, stack.shape[0])))
     with pytest.raises(ValueError, match="measured: gaussian_compressed needs"):
-        CompressedGaussian(masks=stack).prepare_measured(-np.ones((3, stack.shape[0])), np)
+        on_cpu(CompressedGaussian(masks=stack)).prepare_measured(-np.ones((3, stack.shape[0])))
 
 
 @pytest.mark.parametrize("cls", COMPRESSED)
@@ -260,9 +261,9 @@ def test_gradient_check_would_catch_a_wrong_chain_rule():
     masks in a different pixel order than its forward pass."""
     intensity, measured = data(8)
     stack = masks()
-    loss = CompressedLeastSquares(masks=stack)
-    prepared = loss.prepare_measured(measured, np)
-    _, grad = loss.value_and_grad(intensity.copy(), prepared, np)
+    loss = on_cpu(CompressedLeastSquares(masks=stack))
+    prepared = loss.prepare_measured(measured)
+    _, grad = loss.value_and_grad(intensity.copy(), prepared)
     wrong = np.fft.ifftshift(grad, axes=(-2, -1))
     with pytest.raises(GradientCheckError):
         check_gradient(lambda p: value(loss, p["I"], prepared), {"I": intensity},

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from ptyframe.components import ModelContext
+from ptyframe.core.device import Device
 from ptyframe.registry.loader import load_registry
 
 REGISTRY = load_registry()
@@ -17,11 +19,14 @@ def evaluate(settings: dict, intensity: list, measured: list, overwrite: bool = 
              dtype: type = np.float64) -> tuple[float, np.ndarray]:
     """Loss value and dL/dI as the model calls them (prepare_measured once, then per batch)."""
     loss = REGISTRY.create("loss", settings)
-    prepared = loss.prepare_measured(np.asarray(measured, dtype=dtype), np)
+    device = Device("cpu", "double" if dtype == np.float64 else "single")
+    loss.prepare(ModelContext(window=(2, 2), pixel_size_A=1.0, wavelength_A=0.025,
+                              n_measurements=1, device=device, measured_shape=(2, 2)))
+    prepared = loss.prepare_measured(np.asarray(measured, dtype=dtype))
     intensity = np.asarray(intensity, dtype=dtype)
     if overwrite:
-        return loss.value_and_grad(intensity, prepared, np, overwrite=True)
-    return loss.value_and_grad(intensity, prepared, np)
+        return loss.value_and_grad(intensity, prepared, overwrite=True)
+    return loss.value_and_grad(intensity, prepared)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

@@ -74,7 +74,7 @@ def random_params(seed: int = 0, n_slices: int = 2, n_modes: int = 2, n_probe_mo
 
 
 def value(reg, params, epoch: int = 0) -> float:
-    return reg.value_and_grad(params, DEVICE, epoch=epoch)[0]
+    return reg.value_and_grad(params, epoch=epoch)[0]
 
 
 # ============================================================================ gradients
@@ -112,7 +112,7 @@ def test_gradient(name, settings):
     params = random_params()
     before = {k: v.copy() for k, v in params.items()}
     reg = make(name, **settings)
-    val, grads = reg.value_and_grad(params, DEVICE)
+    val, grads = reg.value_and_grad(params)
     assert math.isfinite(val) and val > 0
     assert set(grads) == {BLOCK[name] if "block" not in settings else settings["block"]}
     for block, grad in grads.items():
@@ -146,8 +146,8 @@ def test_single_precision_stays_single(name):
               "tilts": params["tilts"].astype(np.float32)}
     device = Device("cpu", "single")
     reg = make(name, context(device=device))
-    val, grads = reg.value_and_grad(single, device)
-    ref_val, ref_grads = make(name).value_and_grad(params, DEVICE)
+    val, grads = reg.value_and_grad(single)
+    ref_val, ref_grads = make(name).value_and_grad(params)
     assert val == pytest.approx(ref_val, rel=1e-4)
     for block, grad in grads.items():
         assert grad.dtype == single[block].dtype, block
@@ -161,9 +161,9 @@ def test_weight_zero_at_an_epoch_costs_nothing(name):
     params = random_params()
     off_until_3 = {field: FromEpoch(3, on=1.0, off=0.0) for field in WEIGHTS[name]}
     reg = make(name, **off_until_3)
-    assert reg.value_and_grad(params, DEVICE, epoch=0) == (0.0, {})
-    assert reg.value_and_grad(params, DEVICE, epoch=2) == (0.0, {})
-    val, grads = reg.value_and_grad(params, DEVICE, epoch=3)
+    assert reg.value_and_grad(params, epoch=0) == (0.0, {})
+    assert reg.value_and_grad(params, epoch=2) == (0.0, {})
+    val, grads = reg.value_and_grad(params, epoch=3)
     assert val > 0 and set(grads) == {BLOCK[name]}
     # a ramped weight scales the value
     ramp = make(name, **{f: Piecewise([[0, 1.0], [5, 2.5]]) for f in WEIGHTS[name]})
@@ -174,17 +174,17 @@ def test_weight_zero_at_an_epoch_costs_nothing(name):
 def test_absent_block_is_skipped(name):
     params = random_params()
     del params[BLOCK[name]]
-    assert make(name).value_and_grad(params, DEVICE) == (0.0, {})
+    assert make(name).value_and_grad(params) == (0.0, {})
 
 
 def test_nothing_to_penalise():
     one_mode = random_params(n_modes=1)
-    assert make("mixed_variance").value_and_grad(one_mode, DEVICE) == (0.0, {})
+    assert make("mixed_variance").value_and_grad(one_mode) == (0.0, {})
     one_slice = random_params(n_slices=1)
     reg = make("missing_wedge", context(n_slices=1, slice_thickness_A=None))
-    assert reg.value_and_grad(one_slice, DEVICE) == (0.0, {})
+    assert reg.value_and_grad(one_slice) == (0.0, {})
     common_tilt = dict(random_params(), tilts=np.full((1, 6), 1e-3))
-    assert make("tilt_smoothness").value_and_grad(common_tilt, DEVICE) == (0.0, {})
+    assert make("tilt_smoothness").value_and_grad(common_tilt) == (0.0, {})
 
 
 def test_schedule_going_negative_is_reported():
@@ -261,7 +261,7 @@ def test_scan_shape_is_required_and_checked(name):
     params["positions"] = params["positions"][:12]
     params["tilts"] = params["tilts"][:12]
     with pytest.raises(ValueError, match=r"expected 20 rows.*\(12, "):
-        reg.value_and_grad(params, DEVICE)
+        reg.value_and_grad(params)
 
 
 def test_array_files_are_checked_in_prepare(tmp_path):
@@ -289,13 +289,13 @@ def test_probe_window_shape_must_match_the_mask():
     reg = make("probe_fourier_mask")
     params = {"probe": np.ones((1, 8, 8), dtype=complex)}
     with pytest.raises(ValueError, match=r"probe.*\(16, 16\).*\(8, 8\)"):
-        reg.value_and_grad(params, DEVICE)
+        reg.value_and_grad(params)
 
 
 def test_unprepared_use_says_what_to_do():
     reg = REGISTRY.create("regularizer", {"type": "deformation"})
     with pytest.raises(RuntimeError, match="prepare"):
-        reg.value_and_grad(random_params(), DEVICE)
+        reg.value_and_grad(random_params())
 
 
 # ============================================================================ known values
@@ -404,7 +404,7 @@ def test_probe_window_values_and_no_mutation(tmp_path):
     reg = make("probe_window", weight=2.0, window=[0.5, 1.0])
     expected = 2.0 * np.sum(np.abs(probe) ** 2 * (1 - window) ** 2)
     for _ in range(3):  # the reference's window penalty rescaled its window on every call
-        val, grads = reg.value_and_grad({"probe": probe}, DEVICE)
+        val, grads = reg.value_and_grad({"probe": probe})
         assert val == pytest.approx(expected, rel=1e-12)
     np.testing.assert_array_equal(probe, keep)
     np.testing.assert_allclose(grads["probe"], 2.0 * (1 - window) ** 2 * probe, rtol=1e-12)
@@ -434,7 +434,7 @@ def test_position_smoothness_values():
 def test_deformation_values():
     reg = make("deformation", weight=3.0)
     affine = grid_positions() @ np.array([[1.1, 0.3], [-0.2, 0.95]]) - 2.0
-    val, grads = reg.value_and_grad({"positions": affine}, DEVICE)
+    val, grads = reg.value_and_grad({"positions": affine})
     assert val == pytest.approx(0.0, abs=1e-20) and np.abs(grads["positions"]).max() < 1e-12
     rng = np.random.default_rng(4)
     bumped = affine + rng.normal(0, 0.2, affine.shape)
@@ -442,6 +442,6 @@ def test_deformation_values():
     design = np.stack([iy.ravel(), ix.ravel(), np.ones(N)], 1)
     coef, *_ = np.linalg.lstsq(design, bumped, rcond=None)
     residual = bumped - design @ coef
-    val, grads = reg.value_and_grad({"positions": bumped}, DEVICE)
+    val, grads = reg.value_and_grad({"positions": bumped})
     assert val == pytest.approx(3.0 * np.sum(residual**2), rel=1e-10)
     np.testing.assert_allclose(grads["positions"], 3.0 * residual, atol=1e-12)

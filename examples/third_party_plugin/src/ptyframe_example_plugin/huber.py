@@ -56,13 +56,15 @@ class HuberSqrt(LossMetric):
     delta: float = attrs.field(default=1.5, converter=float, validator=_positive_finite)
     epsilon: float = attrs.field(default=1e-6, converter=float, validator=_non_negative)
 
-    def prepare_measured(self, measured: Any, xp: Any) -> Any:
+    def prepare_measured(self, measured: Any) -> Any:
         """sqrt(M), computed once per dataset instead of at every evaluation."""
-        return xp.sqrt(measured)
+        return self.device.xp.sqrt(measured)
 
-    def value_and_grad(self, intensity: Any, measured: Any, xp: Any) -> tuple[float, Any]:
-        # ``measured`` is what prepare_measured returned: sqrt(M). Work arrays are reused in
-        # place to keep the memory of a batch at two intensity-sized arrays.
+    def value_and_grad(self, intensity: Any, measured: Any) -> tuple[float, Any]:
+        # ``measured`` is what prepare_measured returned: sqrt(M). ``self.device`` is the
+        # Device given to prepare(context). Work arrays are reused in place to keep the memory
+        # of a batch at two intensity-sized arrays.
+        xp = self.device.xp
         amp = intensity + self.epsilon if self.epsilon else intensity.copy()
         xp.sqrt(amp, out=amp)
         residual = amp - measured
