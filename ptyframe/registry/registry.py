@@ -82,6 +82,11 @@ def _frozen_defaults(value: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Map
     return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in dict(value).items()})
 
 
+def _settings(cls: type) -> set[str]:
+    """The settings (init arguments) of an attrs component class."""
+    return {f.alias for f in attrs.fields(cls) if f.init} if attrs.has(cls) else set()
+
+
 @attrs.frozen(order=True, kw_only=True)
 class ComponentRecord:
     """A registered component class and where it came from.
@@ -201,6 +206,10 @@ class Registry:
                 raise PluginError(f"{who} registered {what} with alias {alias!r} twice (or "
                                   "equal to its name)")
             seen.add(alias)
+            unknown = sorted(set(entry.alias_defaults.get(alias, {})) - _settings(entry.cls))
+            if attrs.has(entry.cls) and unknown:
+                raise PluginError(f"{who} registered {what} with alias {alias!r} implying "
+                                  f"unknown setting(s) {', '.join(map(repr, unknown))}")
             other = self._entries.get((kind, alias)) or self._aliases.get((kind, alias))
             if other is not None:
                 role = "name" if other.name == alias else f"alias of {other.name!r}"

@@ -516,7 +516,8 @@ def test_alias_collisions_name_both_providers(clash):
     assert len(reg) == 1 and ("loss", "x") not in reg  # nothing of the newcomer registered
 
 
-@pytest.mark.parametrize("aliases", [("",), ("self_named",), ("a", "a"), (3,)])
+@pytest.mark.parametrize("aliases", [("",), ("self_named",), ("a", "a"), (3,),
+                                     (Alias("typo", {"sclae": 2.0}),)])
 def test_bad_aliases_are_refused(aliases):
     bad = attrs.define(type("BadAliases", (LocalLoss,), {"name": "self_named",
                                                          "aliases": aliases}))
