@@ -14,11 +14,12 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ptyframe.core.physics import spatial_frequencies
 from ptyframe.core.schedules import Schedule, as_schedule
 
 __all__ = [
     "when_field", "number", "non_negative", "positive", "in_range", "relative_change",
-    "nyquist_radius", "band_limit_mask", "gaussian_transfer", "fourier_filter",
+    "gaussian_transfer", "fourier_filter",
     "to_device_mask",
 ]
 
@@ -82,31 +83,10 @@ def relative_change(old: Any, new: Any, xp: Any) -> float:
     return math.sqrt(diff / ref) if ref > 0 else math.sqrt(diff)
 
 
-def nyquist_radius(shape: tuple[int, int]) -> np.ndarray:
-    """|f| / f_Nyquist on an FFT-ordered grid of ``shape`` (1 = Nyquist along an axis)."""
-    fy = np.fft.fftfreq(shape[0])[:, None] / 0.5
-    fx = np.fft.fftfreq(shape[1])[None, :] / 0.5
-    return np.sqrt(fy**2 + fx**2)
-
-
-def band_limit_mask(shape: tuple[int, int], cutoff: float, rolloff: float = 0.0) -> np.ndarray:
-    """Radial mask in FFT order: 1 for r <= ``cutoff`` (fraction of Nyquist), 0 above.
-
-    ``rolloff`` > 0 replaces the hard edge by a sin^2 taper of that width (fraction of
-    Nyquist) ending at the cutoff (the same shape as the multislice propagator's mask).
-    """
-    r = nyquist_radius(shape)
-    if rolloff <= 0:
-        return (r <= cutoff).astype(float)
-    t = np.clip((cutoff - r) / rolloff, 0.0, 1.0)
-    return np.sin(0.5 * np.pi * t) ** 2
-
-
 def gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
     """Fourier transform (FFT order, value 1 at f = 0) of a normalised Gaussian of standard
     deviation ``sigma_px`` pixels: exp(-2 pi^2 sigma^2 |f|^2), f in cycles per pixel."""
-    fy = np.fft.fftfreq(shape[0])[:, None]
-    fx = np.fft.fftfreq(shape[1])[None, :]
+    fy, fx = spatial_frequencies(shape, sparse=True)
     return np.exp(-2.0 * np.pi**2 * sigma_px**2 * (fy**2 + fx**2))
 
 

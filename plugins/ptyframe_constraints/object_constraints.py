@@ -14,10 +14,10 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
+from ptyframe.core.physics import band_limit_mask
 from ptyframe.core.schedules import Schedule
 
 from ._common import (
-    band_limit_mask,
     gaussian_transfer,
     in_range,
     non_negative,

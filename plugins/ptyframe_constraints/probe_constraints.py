@@ -17,6 +17,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
+from ptyframe.core.physics import spatial_frequencies
 from ptyframe.core.schedules import Schedule
 
 from ._common import (
@@ -196,8 +197,7 @@ class ProbeFourierProjection(Constraint):
         self._device_mask = None
         window = tuple(int(n) for n in context.window)
         if self.radius_mrad is not None:
-            qy = np.fft.fftfreq(window[0], context.pixel_size_A)[:, None]
-            qx = np.fft.fftfreq(window[1], context.pixel_size_A)[None, :]
+            qy, qx = spatial_frequencies(window, context.pixel_size_A, sparse=True)
             angle_mrad = context.wavelength_A * np.hypot(qy, qx) * 1e3
             self._mask = (angle_mrad <= self.radius_mrad).astype(float)
         elif self.mask_path is not None:

@@ -46,6 +46,7 @@ import numpy as np
 from ptyframe.components import DirectMethod, DirectResult
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
+from ptyframe.core.physics import spatial_frequencies
 
 from ._common import (
     as_dataset,
@@ -55,14 +56,12 @@ from ._common import (
     check_optional_bool,
     check_positive,
     curl_fraction,
-    detector_frequencies,
     fit_rotation_by_curl,
     float_or_raw,
     fourier_integrate,
     iter_scan_rows,
     scan_geometry,
     skewness,
-    spectral_gradient_kernels,
     to_scan_frame,
 )
 
@@ -159,8 +158,8 @@ class DPC(DirectMethod):
         dataset = as_dataset(dataset, experiment)
         scan, _step = scan_geometry(dataset, experiment)
         xp = device.xp
-        ky, kx = detector_frequencies(dataset.pattern_shape, experiment.dk_inv_A, xp,
-                                      device.real_dtype)
+        ky, kx = spatial_frequencies(dataset.pattern_shape, spacing_inv_A=experiment.dk_inv_A,
+                                     centered=True, xp=xp, dtype=device.real_dtype)
         weight = None
         if self.max_angle_mrad is not None:
             k_max = self.max_angle_mrad * 1e-3 / experiment.wavelength_A
@@ -285,9 +284,10 @@ def spectral_gradient_ops(shape: tuple[int, int], step: tuple[float, float], dev
                           ) -> tuple[Any, Any]:
     """The spectral gradient D: phi (Y, X) -> (d phi/dy, d phi/dx) (rad/Å for phi in rad) of
     real fields on a periodic scan-sampled grid, and its adjoint D^T (vy, vx) -> -div v.
-    Nyquist frequencies are dropped (:func:`spectral_gradient_kernels`), so both map real
+    Nyquist frequencies are dropped (``nyquist_zero``), so both map real
     arrays to real arrays and <D phi, v> = <phi, D^T v> exactly."""
-    ky, kx = spectral_gradient_kernels(shape, step, device.xp, device.real_dtype)
+    ky, kx = spatial_frequencies(shape, step, nyquist_zero=True, xp=device.xp,
+                                 dtype=device.real_dtype)
     dy_k = 2j * np.pi * ky
     dx_k = 2j * np.pi * kx
 
@@ -326,7 +326,7 @@ def integrate_gradient_lsq(grad_y: np.ndarray, grad_x: np.ndarray, step: tuple[f
     shape = tuple(int(s) for s in np.shape(grad_y))
     padded = tuple(max(s, int(math.ceil(pad_factor * s))) for s in shape)
     grad, div_adjoint = spectral_gradient_ops(padded, step, device)
-    ky, kx = spectral_gradient_kernels(padded, step, xp, device.real_dtype)
+    ky, kx = spatial_frequencies(padded, step, nyquist_zero=True, xp=xp, dtype=device.real_dtype)
     lap_k = -4 * np.pi**2 * (ky * ky + kx * kx)
     h = 4 * np.pi**2 * high_pass
     lw = low_pass / (4 * np.pi**2)

@@ -55,13 +55,17 @@ import numpy as np
 from ptyframe.components import DirectMethod, DirectResult
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
-from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array
+from ptyframe.core.physics import (
+    ABERRATION_NAMES,
+    aberration_coefficients_array,
+    frequency_axis,
+    spatial_frequencies,
+)
 
 from ._common import (
     as_dataset,
     check_optional_angle,
     check_positive,
-    detector_frequencies,
     float_or_raw,
     iter_scan_rows,
     probe_spectrum,
@@ -202,7 +206,7 @@ class WDD(DirectMethod):
         t1 = time.perf_counter()
         rot = experiment.scan_rotation_deg if self.rotation_deg is None else self.rotation_deg
         theta = math.radians(rot)
-        fy = np.fft.fftfreq(sy, step[0])
+        fy = frequency_axis(sy, step[0])
         fx = kept / (sx * step[1])
         iy_grid, j_grid = np.meshgrid(np.arange(sy), np.arange(kept.size), indexing="ij")
         q_scan_y = fy[iy_grid]
@@ -212,8 +216,8 @@ class WDD(DirectMethod):
         qy_det = math.sin(theta) * q_scan_x[use] + math.cos(theta) * q_scan_y[use]
         qx_det = math.cos(theta) * q_scan_x[use] - math.sin(theta) * q_scan_y[use]
 
-        qy, qx = detector_frequencies((ny, nx), experiment.dk_inv_A, xp, device.real_dtype,
-                                      order="fft")
+        qy, qx = spatial_frequencies((ny, nx), spacing_inv_A=experiment.dk_inv_A, xp=xp,
+                                     dtype=device.real_dtype)
         p0 = self._probe(qy, qx, experiment, xp).astype(device.complex_dtype)
         p0_power = p0.real ** 2 + p0.imag ** 2
         item = np.dtype(device.complex_dtype).itemsize

@@ -16,6 +16,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
+from ptyframe.core.physics import soft_aperture, spatial_frequencies
 
 from ._common import (
     as_float,
@@ -42,10 +43,9 @@ def aperture_disk(window: tuple[int, int], pixel_size_A: float, wavelength_A: fl
     """1 inside the disk of scattering semi-angle ``radius_mrad`` (plus ``margin_px``
     reciprocal pixels), 0 outside, (ny, nx) in FFT order (zero frequency at [0, 0]).
     Reciprocal pixel: 1 / (n * pixel_size_A) per axis (1/Å); angle = wavelength_A * |k|."""
-    ky = np.fft.fftfreq(window[0], pixel_size_A)[:, None]
-    kx = np.fft.fftfreq(window[1], pixel_size_A)[None, :]
+    ky, kx = spatial_frequencies(window, pixel_size_A, sparse=True)
     k_max = radius_mrad * 1e-3 / wavelength_A + margin_px / (max(window) * pixel_size_A)
-    return (np.hypot(ky, kx) <= k_max * (1 + 1e-12)).astype(float)
+    return soft_aperture(np.hypot(ky, kx), k_max * (1 + 1e-12))
 
 
 def _check_radius(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
