@@ -8,7 +8,6 @@ FFT's periodic boundary conditions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -18,7 +17,7 @@ from ptyframe.core.physics import spatial_frequencies
 from ptyframe.core.schedules import Schedule, as_schedule
 
 __all__ = [
-    "when_field", "number", "non_negative", "positive", "in_range", "relative_change",
+    "when_field", "relative_change",
     "gaussian_transfer", "fourier_filter",
     "to_device_mask",
 ]
@@ -32,48 +31,6 @@ def when_field(default: Any = True) -> Any:
 def _schedule_validator(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, Schedule):
         raise ValueError(f"{attribute.name}: expected a bool or a schedule, found {value!r}")
-
-
-def number(name: str, optional: bool = False) -> Callable[[Any], Any]:
-    """attrs converter: a finite real number (int or float, not bool) -> float.
-
-    ``optional``: None passes through. The error names the setting ``name``.
-    """
-
-    def convert(value: Any) -> float | None:
-        if optional and value is None:
-            return None
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-            raise ValueError(f"{name}: expected a number, found {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number, found {value!r}")
-        return value
-
-    return convert
-
-
-def non_negative(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{attribute.name}: expected a number >= 0, found {value!r}")
-
-
-def positive(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name}: expected a number > 0, found {value!r}")
-
-
-def in_range(low: float, high: float, low_open: bool = False) -> Callable[..., None]:
-    """Validator: ``low <= value <= high`` (``low < value`` with ``low_open``)."""
-
-    def check(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-        ok = (value > low if low_open else value >= low) and value <= high
-        if not ok:
-            bracket = "(" if low_open else "["
-            raise ValueError(f"{attribute.name}: expected a number in {bracket}{low:g}, "
-                             f"{high:g}], found {value!r}")
-
-    return check
 
 
 def relative_change(old: Any, new: Any, xp: Any) -> float:

@@ -16,13 +16,17 @@ import numpy as np
 from ptyframe.components import Constraint, ModelContext
 from ptyframe.core.physics import band_limit_mask
 from ptyframe.core.schedules import Schedule
+from ptyframe.core.validators import (
+    boolean,
+    finite,
+    in_range,
+    non_negative,
+    positive,
+    to_float,
+)
 
 from ._common import (
     gaussian_transfer,
-    in_range,
-    non_negative,
-    number,
-    positive,
     relative_change,
     to_device_mask,
     when_field,
@@ -30,14 +34,6 @@ from ._common import (
 
 __all__ = ["GaussianFilter", "ChargeFlip", "FancySigma", "BandLimit", "RestartFromVacuum",
            "PhaseOnlyObject", "unwrapped_phase_spectrum", "flip_below"]
-
-
-def _bool(name: str):
-    def check(_inst: Any, _attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name}: expected true or false, found {value!r}")
-
-    return check
 
 
 def _schedule_active(schedule: Schedule, epoch: int) -> bool:
@@ -109,11 +105,11 @@ class GaussianFilter(Constraint):
 
     name = "gaussian_filter"
 
-    sigma_phase_px: float = attrs.field(default=1.0, converter=number("sigma_phase_px"),
-                                        validator=non_negative)
+    sigma_phase_px: float = attrs.field(default=1.0, converter=to_float,
+                                        validator=non_negative())
     sigma_amplitude_px: float = attrs.field(default=0.0,
-                                            converter=number("sigma_amplitude_px"),
-                                            validator=non_negative)
+                                            converter=to_float,
+                                            validator=non_negative())
     when: Schedule = when_field(True)
 
     def __attrs_post_init__(self) -> None:
@@ -170,11 +166,11 @@ class ChargeFlip(Constraint):
 
     name = "charge_flip"
 
-    delta_phase: float = attrs.field(default=0.1, converter=number("delta_phase"))
-    beta_phase: float = attrs.field(default=-0.95, converter=number("beta_phase"),
+    delta_phase: float = attrs.field(default=0.1, converter=to_float, validator=finite())
+    beta_phase: float = attrs.field(default=-0.95, converter=to_float,
                                     validator=in_range(-1.0, 1.0))
-    delta_abs: float = attrs.field(default=0.01, converter=number("delta_abs"))
-    beta_abs: float = attrs.field(default=-0.95, converter=number("beta_abs"),
+    delta_abs: float = attrs.field(default=0.01, converter=to_float, validator=finite())
+    beta_abs: float = attrs.field(default=-0.95, converter=to_float,
                                   validator=in_range(-1.0, 1.0))
     when: Schedule = when_field(True)
 
@@ -237,13 +233,13 @@ class FancySigma(ChargeFlip):
 
     name = "fancy_sigma"
 
-    sigma_px: float = attrs.field(default=1.0, converter=number("sigma_px"), validator=positive)
-    sigma_abs_px: float = attrs.field(default=0.0, converter=number("sigma_abs_px"),
-                                      validator=non_negative)
-    reconvolve_ratio: float = attrs.field(default=1.0, converter=number("reconvolve_ratio"),
-                                          validator=non_negative)
-    wiener_epsilon: float = attrs.field(default=1e-2, converter=number("wiener_epsilon"),
-                                        validator=positive)
+    sigma_px: float = attrs.field(default=1.0, converter=to_float, validator=positive())
+    sigma_abs_px: float = attrs.field(default=0.0, converter=to_float,
+                                      validator=non_negative())
+    reconvolve_ratio: float = attrs.field(default=1.0, converter=to_float,
+                                          validator=non_negative())
+    wiener_epsilon: float = attrs.field(default=1e-2, converter=to_float,
+                                        validator=positive())
 
     def _deconvolve_flip_reconvolve(self, x: Any, sigma: float, delta: float, beta: float,
                                     device: Any) -> Any:
@@ -308,19 +304,19 @@ class BandLimit(Constraint):
 
     name = "band_limit"
 
-    cutoff: float = attrs.field(default=2.0 / 3.0, converter=number("cutoff"),
+    cutoff: float = attrs.field(default=2.0 / 3.0, converter=to_float,
                                 validator=in_range(0.0, 1.5, low_open=True))
-    extra_cut: float = attrs.field(default=0.005, converter=number("extra_cut"),
-                                   validator=non_negative)
-    rolloff: float = attrs.field(default=0.0, converter=number("rolloff"),
-                                 validator=non_negative)
-    object: bool = attrs.field(default=True, validator=_bool("object"))
-    probe: bool = attrs.field(default=False, validator=_bool("probe"))
+    extra_cut: float = attrs.field(default=0.005, converter=to_float,
+                                   validator=non_negative())
+    rolloff: float = attrs.field(default=0.0, converter=to_float,
+                                 validator=non_negative())
+    object: bool = attrs.field(default=True, validator=boolean())
+    probe: bool = attrs.field(default=False, validator=boolean())
     probe_cutoff: float | None = attrs.field(
-        default=None, converter=number("probe_cutoff", optional=True),
-        validator=attrs.validators.optional(in_range(0.0, 1.5, low_open=True)))
-    reset_tolerance: float = attrs.field(default=1e-6, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+        default=None, converter=to_float,
+        validator=in_range(0.0, 1.5, low_open=True, optional=True))
+    reset_tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
     _masks: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
@@ -450,8 +446,8 @@ class PhaseOnlyObject(Constraint):
 
     name = "phase_only_object"
 
-    reset_tolerance: float = attrs.field(default=1e-2, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-2, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
 
     def is_active(self, epoch: int) -> bool:

@@ -19,12 +19,9 @@ import numpy as np
 from ptyframe.components import Constraint, ModelContext
 from ptyframe.core.physics import spatial_frequencies
 from ptyframe.core.schedules import Schedule
+from ptyframe.core.validators import in_range, non_negative, positive, to_float
 
 from ._common import (
-    in_range,
-    non_negative,
-    number,
-    positive,
     relative_change,
     to_device_mask,
     when_field,
@@ -78,8 +75,8 @@ class OrthogonalProbeModes(Constraint):
 
     name = "orthogonal_probe_modes"
 
-    reset_tolerance: float = attrs.field(default=0.05, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=0.05, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
 
     def is_active(self, epoch: int) -> bool:
@@ -156,14 +153,14 @@ class ProbeFourierProjection(Constraint):
     name = "probe_fourier_projection"
 
     radius_mrad: float | None = attrs.field(default=None,
-                                            converter=number("radius_mrad", optional=True),
-                                            validator=positive)
+                                            converter=to_float,
+                                            validator=positive(optional=True))
     mask_path: str | None = attrs.field(default=None, converter=_optional_path)
     support_threshold: float = attrs.field(default=1e-6,
-                                           converter=number("support_threshold"),
+                                           converter=to_float,
                                            validator=in_range(0.0, 1.0, low_open=True))
-    reset_tolerance: float = attrs.field(default=1e-6, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
     _mask: Any = attrs.field(default=None, init=False, repr=False, eq=False)
     _device_mask: Any = attrs.field(default=None, init=False, repr=False, eq=False)
@@ -260,8 +257,8 @@ class _SpectrumConstraint(Constraint):
     starting probe); it is the only state kept, and :meth:`prepare` forgets it.
     """
 
-    reset_tolerance: float = attrs.field(default=1e-2, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-2, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
     _reference: Any = attrs.field(default=None, init=False, repr=False, eq=False)
 
@@ -374,8 +371,8 @@ class ProbeAmplitudeOnly(_SpectrumConstraint):
 
     name = "probe_amplitude_only"
 
-    reset_tolerance: float = attrs.field(default=1e-6, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                         validator=non_negative())
 
     def _direction(self, ref: Any, xp: Any) -> Any:
         unit, nonzero = _unit(ref, xp)

@@ -43,59 +43,7 @@ __all__ = [
     "fourier_integrate",
     "probe_spectrum",
     "skewness",
-    "check_positive",
-    "check_non_negative",
-    "check_optional_angle",
-    "check_optional_bool",
 ]
-
-
-# ---------------------------------------------------------------------------- validators
-def float_or_raw(value: Any) -> Any:
-    """attrs converter: a number becomes a float; anything else (and booleans) is passed on
-    unchanged for the validator to name."""
-    if isinstance(value, bool):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def check_positive(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: a positive finite number."""
-    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-          and math.isfinite(value) and value > 0)
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a positive finite "
-                         f"number, found {value!r}")
-
-
-def check_non_negative(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: a finite number >= 0."""
-    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-          and math.isfinite(value) and value >= 0)
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a finite number "
-                         f">= 0, found {value!r}")
-
-
-def check_optional_angle(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: None or a finite angle in degrees."""
-    if value is None:
-        return
-    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-          and math.isfinite(value))
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected None or a finite "
-                         f"angle in degrees, found {value!r}")
-
-
-def check_optional_bool(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: None, True or False."""
-    if value is not None and not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected None, True or "
-                         f"False, found {value!r}")
 
 
 # ---------------------------------------------------------------------------- data access

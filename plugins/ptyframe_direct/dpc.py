@@ -47,17 +47,22 @@ from ptyframe.components import DirectMethod, DirectResult
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
 from ptyframe.core.physics import spatial_frequencies
+from ptyframe.core.validators import (
+    at_least,
+    boolean,
+    finite,
+    non_negative,
+    one_of,
+    positive,
+    positive_int,
+    to_float,
+)
 
 from ._common import (
     as_dataset,
     center_of_mass,
-    check_non_negative,
-    check_optional_angle,
-    check_optional_bool,
-    check_positive,
     curl_fraction,
     fit_rotation_by_curl,
-    float_or_raw,
     fourier_integrate,
     iter_scan_rows,
     scan_geometry,
@@ -66,33 +71,6 @@ from ._common import (
 )
 
 __all__ = ["DPC", "IterativeDPC", "integrate_gradient_lsq", "spectral_gradient_ops"]
-
-
-def _pad_factor(inst: Any, attribute: Any, value: Any) -> None:
-    check_positive(inst, attribute, value)
-    if value < 1:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a number >= 1, "
-                         f"found {value!r}")
-
-
-def _optional_positive(inst: Any, attribute: Any, value: Any) -> None:
-    if value is not None:
-        check_positive(inst, attribute, value)
-
-
-def _optional_float(value: Any) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value  # the validator names the parameter
-
-
-def _resolve_180(inst: Any, attribute: Any, value: Any) -> None:
-    if value not in ("prior", "skewness"):
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected 'prior' or "
-                         f"'skewness', found {value!r}")
 
 
 def _angle_diff(a: float, b: float) -> float:
@@ -134,21 +112,21 @@ class DPC(DirectMethod):
     """
 
     name = "dpc"
-    high_pass: float = attrs.field(default=0.0, converter=float_or_raw,
-                                   validator=check_non_negative)
-    low_pass: float = attrs.field(default=0.0, converter=float_or_raw,
-                                  validator=check_non_negative)
-    rotation_deg: float | None = attrs.field(default=None, converter=_optional_float,
-                                             validator=check_optional_angle)
-    transpose: bool | None = attrs.field(default=None, validator=check_optional_bool)
-    pad_factor: float = attrs.field(default=2.0, converter=float_or_raw, validator=_pad_factor)
-    max_angle_mrad: float | None = attrs.field(default=None, converter=_optional_float,
-                                               validator=_optional_positive)
-    resolve_180: str = attrs.field(default="prior", validator=_resolve_180)
-    rotation_guess_deg: float | None = attrs.field(default=None, converter=_optional_float,
-                                                   validator=check_optional_angle)
-    chunk_mb: float = attrs.field(default=64.0, converter=float_or_raw,
-                                  validator=check_positive)
+    high_pass: float = attrs.field(default=0.0, converter=to_float,
+                                   validator=non_negative())
+    low_pass: float = attrs.field(default=0.0, converter=to_float,
+                                  validator=non_negative())
+    rotation_deg: float | None = attrs.field(default=None, converter=to_float,
+                                             validator=finite(unit="degrees", optional=True))
+    transpose: bool | None = attrs.field(default=None, validator=boolean(optional=True))
+    pad_factor: float = attrs.field(default=2.0, converter=to_float, validator=at_least(1))
+    max_angle_mrad: float | None = attrs.field(default=None, converter=to_float,
+                                               validator=positive(optional=True))
+    resolve_180: str = attrs.field(default="prior", validator=one_of(("prior", "skewness")))
+    rotation_guess_deg: float | None = attrs.field(default=None, converter=to_float,
+                                                   validator=finite(unit="degrees", optional=True))
+    chunk_mb: float = attrs.field(default=64.0, converter=to_float,
+                                  validator=positive())
 
     # ------------------------------------------------------------------ stages
     def measure_com(self, dataset: Any, experiment: Experiment, device: Device
@@ -386,12 +364,6 @@ def integrate_gradient_lsq(grad_y: np.ndarray, grad_x: np.ndarray, step: tuple[f
     return out - out.mean(), info
 
 
-def _positive_int(inst: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected an integer >= 1, "
-                         f"found {value!r}")
-
-
 @attrs.define(kw_only=True)
 class IterativeDPC(DPC):
     """Iterative DPC: least-squares fit of grad(phi) to the COM field, started from iDPC.
@@ -410,9 +382,9 @@ class IterativeDPC(DPC):
     """
 
     name = "dpc_iterative"
-    n_iterations: int = attrs.field(default=100, validator=_positive_int)
-    tolerance: float = attrs.field(default=1e-6, converter=float_or_raw,
-                                   validator=check_positive)
+    n_iterations: int = attrs.field(default=100, validator=positive_int())
+    tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                   validator=positive())
 
     def _refine(self, phase: np.ndarray, cy: np.ndarray, cx: np.ndarray,
                 step: tuple[float, float], device: Device, timings: dict[str, float]

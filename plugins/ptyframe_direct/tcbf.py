@@ -62,6 +62,16 @@ from ptyframe.core.physics import (
     soft_aperture,
     spatial_frequencies,
 )
+from ptyframe.core.validators import (
+    boolean,
+    finite,
+    in_range,
+    one_of,
+    positive,
+    positive_int,
+    to_float,
+    to_int,
+)
 from ptyframe.io.data import Dataset
 
 __all__ = [
@@ -253,69 +263,6 @@ def _names(value: Any) -> tuple[str, ...]:
     return out
 
 
-def _choice(options: tuple[str, ...]):
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in options:
-            raise ValueError(f"{attribute.name}: expected one of {options}, found {value!r}")
-    return check
-
-
-def _positive_int(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{attribute.name}: expected an integer >= 1, found {value!r}")
-
-
-def _in_range(lo: float, hi: float, lo_open: bool = False):
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        ok = np.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
-        if not ok:
-            bound = "(" if lo_open else "["
-            raise ValueError(f"{attribute.name}: expected a number in {bound}{lo}, {hi}], "
-                             f"found {value!r}")
-    return check
-
-
-def _optional_bool(value: Any) -> bool | None:
-    if value is None or isinstance(value, (bool, np.bool_)):
-        return None if value is None else bool(value)
-    raise ValueError(f"transpose: expected True, False or None (try both), found {value!r}")
-
-
-def _optional_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = float("nan")
-    if not np.isfinite(out):
-        raise ValueError(f"rotation_guess_deg: expected a finite angle in degrees or None, "
-                         f"found {value!r}")
-    return out
-
-
-def _optional_positive(name: str):
-    def convert(value: Any) -> float | None:
-        if value is None:
-            return None
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            out = float("nan")
-        if not (np.isfinite(out) and out > 0):
-            raise ValueError(f"{name}: expected a positive number or None, found {value!r}")
-        return out
-    return convert
-
-
-def _optional_positive_int(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"chunk_patterns: expected an integer >= 1 or None, found {value!r}")
-    return int(value)
-
-
 # ---------------------------------------------------------------------------- the method
 @attrs.define(kw_only=True)
 class TiltCorrectedBF(DirectMethod):
@@ -402,39 +349,41 @@ class TiltCorrectedBF(DirectMethod):
 
     name = "tcbf"
     binning: tuple[int, ...] = attrs.field(default=(4, 2, 1), converter=_int_tuple)
-    iterations_per_level: int = attrs.field(default=3, validator=_positive_int)
+    iterations_per_level: int = attrs.field(default=3, validator=positive_int())
     fit_aberrations: tuple[str, ...] = attrs.field(
         default=("C10", "C12a", "C12b", "C21a", "C21b", "C23a", "C23b"), converter=_names)
-    fit_rotation: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    transpose: bool | None = attrs.field(default=False, converter=_optional_bool)
-    rotation_guess_deg: float | None = attrs.field(default=None, converter=_optional_float)
+    fit_rotation: bool = attrs.field(default=True, validator=boolean())
+    transpose: bool | None = attrs.field(default=False, validator=boolean(optional=True))
+    rotation_guess_deg: float | None = attrs.field(
+        default=None, converter=to_float, validator=finite(unit="degrees", optional=True))
     use_experiment_aberrations: bool = attrs.field(
-        default=True, validator=attrs.validators.instance_of(bool))
-    bf_mask: str = attrs.field(default="threshold", validator=_choice(_BF_MASKS))
-    bf_threshold: float = attrs.field(default=0.5, converter=float,
-                                      validator=_in_range(0.0, 1.0, lo_open=True))
-    bf_radius_fraction: float = attrs.field(default=1.0, converter=float,
-                                            validator=_in_range(0.0, 2.0, lo_open=True))
-    upsample: int = attrs.field(default=2, validator=_positive_int)
-    subpixel_upsample: int = attrs.field(default=8, validator=_positive_int)
-    correlation_sigma_px: float = attrs.field(default=0.5, converter=float,
-                                              validator=_in_range(0.0, 1e3))
-    edge_taper: float = attrs.field(default=0.0, converter=float,
-                                    validator=_in_range(0.0, 0.5))
-    min_overlap: float = attrs.field(default=0.5, converter=float,
-                                     validator=_in_range(0.0, 1.0, lo_open=True))
-    search_radius_px: float | None = attrs.field(default=2.0,
-                                                 converter=_optional_positive("search_radius_px"))
+        default=True, validator=boolean())
+    bf_mask: str = attrs.field(default="threshold", validator=one_of(_BF_MASKS))
+    bf_threshold: float = attrs.field(default=0.5, converter=to_float,
+                                      validator=in_range(0.0, 1.0, low_open=True))
+    bf_radius_fraction: float = attrs.field(default=1.0, converter=to_float,
+                                            validator=in_range(0.0, 2.0, low_open=True))
+    upsample: int = attrs.field(default=2, validator=positive_int())
+    subpixel_upsample: int = attrs.field(default=8, validator=positive_int())
+    correlation_sigma_px: float = attrs.field(default=0.5, converter=to_float,
+                                              validator=in_range(0.0, 1e3))
+    edge_taper: float = attrs.field(default=0.0, converter=to_float,
+                                    validator=in_range(0.0, 0.5))
+    min_overlap: float = attrs.field(default=0.5, converter=to_float,
+                                     validator=in_range(0.0, 1.0, low_open=True))
+    search_radius_px: float | None = attrs.field(default=2.0, converter=to_float,
+                                                 validator=positive(optional=True))
     refine_defocus: bool = attrs.field(default=True,
-                                       validator=attrs.validators.instance_of(bool))
+                                       validator=boolean())
     defocus_search: bool = attrs.field(default=True,
-                                       validator=attrs.validators.instance_of(bool))
-    loss: str = attrs.field(default="soft_l1", validator=_choice(_LOSSES))
-    outlier_scale_px: float = attrs.field(default=1.0, converter=float,
-                                          validator=_in_range(0.0, 1e6, lo_open=True))
-    wiener_epsilon: float = attrs.field(default=0.05, converter=float,
-                                        validator=_in_range(0.0, 1e6, lo_open=True))
-    chunk_patterns: int | None = attrs.field(default=None, converter=_optional_positive_int)
+                                       validator=boolean())
+    loss: str = attrs.field(default="soft_l1", validator=one_of(_LOSSES))
+    outlier_scale_px: float = attrs.field(default=1.0, converter=to_float,
+                                          validator=in_range(0.0, 1e6, low_open=True))
+    wiener_epsilon: float = attrs.field(default=0.05, converter=to_float,
+                                        validator=in_range(0.0, 1e6, low_open=True))
+    chunk_patterns: int | None = attrs.field(default=None, converter=to_int,
+                                             validator=positive_int(optional=True))
 
     # ------------------------------------------------------------------ entry point
     def run(self, dataset: Any, experiment: Experiment, device: Any) -> DirectResult:

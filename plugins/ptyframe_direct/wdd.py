@@ -61,12 +61,10 @@ from ptyframe.core.physics import (
     frequency_axis,
     spatial_frequencies,
 )
+from ptyframe.core.validators import boolean, finite, non_negative, one_of, positive, to_float
 
 from ._common import (
     as_dataset,
-    check_optional_angle,
-    check_positive,
-    float_or_raw,
     iter_scan_rows,
     probe_spectrum,
     scan_geometry,
@@ -75,18 +73,6 @@ from ._common import (
 __all__ = ["WDD"]
 
 _MODES = ("wdd", "ssb")
-
-
-def _mode(inst: Any, attribute: Any, value: Any) -> None:
-    if value not in _MODES:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected one of "
-                         f"{', '.join(repr(m) for m in _MODES)}, found {value!r}")
-
-
-def _bool(inst: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected True or False, "
-                         f"found {value!r}")
 
 
 def _aberrations(value: Any) -> dict[str, float] | None:
@@ -103,13 +89,6 @@ def _aberrations(value: Any) -> dict[str, float] | None:
         raise ValueError(f"WDD.aberrations: expected finite values in Å, found {dict(value)}")
     return {name: float(v) for name, v in zip(ABERRATION_NAMES, arr, strict=True)
             if name in value}
-
-
-def _non_negative_edge(inst: Any, attribute: Any, value: Any) -> None:
-    ok = isinstance(value, float) and math.isfinite(value) and value >= 0
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a number >= 0 "
-                         f"(detector pixels), found {value!r}")
 
 
 @attrs.define(kw_only=True)
@@ -138,15 +117,16 @@ class WDD(DirectMethod):
     """
 
     name = "wdd"
-    mode: str = attrs.field(default="wdd", validator=_mode)
-    epsilon: float = attrs.field(default=1e-2, converter=float_or_raw, validator=check_positive)
+    mode: str = attrs.field(default="wdd", validator=one_of(_MODES))
+    epsilon: float = attrs.field(default=1e-2, converter=to_float, validator=positive())
     aberrations: dict[str, float] | None = attrs.field(default=None, converter=_aberrations)
-    rotation_deg: float | None = attrs.field(default=None, validator=check_optional_angle)
-    transpose: bool = attrs.field(default=False, validator=_bool)
-    edge_width_px: float = attrs.field(default=1.0, converter=float_or_raw,
-                                       validator=_non_negative_edge)
-    chunk_mb: float = attrs.field(default=64.0, converter=float_or_raw,
-                                  validator=check_positive)
+    rotation_deg: float | None = attrs.field(default=None,
+                                             validator=finite(unit="degrees", optional=True))
+    transpose: bool = attrs.field(default=False, validator=boolean())
+    edge_width_px: float = attrs.field(default=1.0, converter=to_float,
+                                       validator=non_negative(unit="detector pixels"))
+    chunk_mb: float = attrs.field(default=64.0, converter=to_float,
+                                  validator=positive())
 
     # ------------------------------------------------------------------ helpers
     def _probe(self, qy: Any, qx: Any, experiment: Experiment, xp: Any) -> Any:

@@ -31,6 +31,7 @@ from ptyframe.core.physics import (
     aperture,
     spatial_frequencies,
 )
+from ptyframe.core.validators import fraction, positive, to_float
 
 __all__ = ["ApertureProbe", "MeanPatternProbe", "BinaryApertureProbe", "ProbeFromFile",
            "add_probe_modes", "extra_orthogonal_modes", "hermite_probe_modes",
@@ -38,16 +39,6 @@ __all__ = ["ApertureProbe", "MeanPatternProbe", "BinaryApertureProbe", "ProbeFro
 
 
 # --------------------------------------------------------------------------- validators
-def _fraction(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"{attribute.name}: expected a fraction in [0, 1), found {value!r}")
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name}: expected a number > 0, found {value!r}")
-
-
 def _hermite_orders(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -304,7 +295,7 @@ class ApertureProbe(ProbeInitializer):
     name = "aperture"
     extra_defocus_A: float = attrs.field(default=0.0, converter=float)
     edge_width_px: float = attrs.field(default=1.0, converter=float)
-    extra_mode_power: float = attrs.field(default=0.1, converter=float, validator=_fraction)
+    extra_mode_power: float = attrs.field(default=0.1, converter=to_float, validator=fraction())
     aberrations: dict[str, float] | None = attrs.field(default=None,
                                                        converter=_aberration_override)
     hermite_modes: tuple[int, int] | None = attrs.field(default=None, converter=_hermite_orders)
@@ -410,7 +401,7 @@ class BinaryApertureProbe(ApertureProbe):
     """
 
     name = "binary_aperture"
-    threshold: float = attrs.field(default=1.0, converter=float, validator=_positive)
+    threshold: float = attrs.field(default=1.0, converter=to_float, validator=positive())
 
     def aperture_mask(self, context: InitContext) -> np.ndarray:
         """Boolean (ny, nx) aperture, centred (the mean pattern's order)."""
@@ -446,7 +437,7 @@ class ProbeFromFile(ProbeInitializer):
     name = "probe_from_file"
     path: str = attrs.field(converter=str)
     layout: str = attrs.field(default="auto")
-    extra_mode_power: float = attrs.field(default=0.1, converter=float, validator=_fraction)
+    extra_mode_power: float = attrs.field(default=0.1, converter=to_float, validator=fraction())
     rescale: bool = attrs.field(default=True)
     _probe: Any = attrs.field(default=None, init=False, repr=False, eq=False)
 

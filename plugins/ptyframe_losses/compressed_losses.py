@@ -37,16 +37,12 @@ import attrs
 import numpy as np
 
 from ptyframe.components import LossMetric
+from ptyframe.core.validators import positive, to_float
 
 __all__ = ["CompressedLeastSquares", "CompressedGaussian", "CompressedPoisson"]
 
 _IN_MEMORY = ("<in-memory masks {shape}: not serialised; save them with numpy.save and give "
               "masks_path>")
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name}: expected a number > 0, found {value!r}")
 
 
 def _optional_path(value: Any) -> str | None:
@@ -272,7 +268,7 @@ class CompressedGaussian(_CompressedLoss):
 
     name = "gaussian_compressed"
     needs_non_negative: ClassVar[bool] = True
-    epsilon: float = attrs.field(default=1e-6, converter=float, validator=_positive)
+    epsilon: float = attrs.field(default=1e-6, converter=to_float, validator=positive())
 
     def prepare_compressed(self, compressed: Any, xp: Any) -> Any:
         self._check_non_negative(compressed, xp)
@@ -301,7 +297,7 @@ class CompressedPoisson(_CompressedLoss):
 
     name = "poisson_compressed"
     needs_non_negative: ClassVar[bool] = True
-    epsilon: float = attrs.field(default=1e-2, converter=float, validator=_positive)
+    epsilon: float = attrs.field(default=1e-2, converter=to_float, validator=positive())
 
     def prepare_compressed(self, compressed: Any, xp: Any) -> Any:
         self._check_non_negative(compressed, xp)

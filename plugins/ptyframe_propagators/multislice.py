@@ -10,6 +10,7 @@ import numpy as np
 from ptyframe.components import PropagationGeometry, Propagator
 from ptyframe.core.device import Workspace
 from ptyframe.core.physics import band_limit_mask, frequency_axis, spatial_frequencies
+from ptyframe.core.validators import in_range
 
 __all__ = ["Multislice", "fresnel_kernel", "reduce_to_shape",
            "tilted_kernel", "tilt_gradient", "check_tilts"]
@@ -95,12 +96,6 @@ def _slice_distances(value: Any) -> tuple[float, ...]:
     return values
 
 
-def _unit_interval(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 < value <= 1.5:
-        raise ValueError(f"{attribute.name}: expected a fraction of Nyquist in (0, 1.5], "
-                         f"found {value!r}")
-
-
 @attrs.define(kw_only=True)
 class Multislice(Propagator):
     """Split-step multislice: transmit by each slice, Fresnel-propagate across each gap.
@@ -126,7 +121,8 @@ class Multislice(Propagator):
     slice_thickness_A: tuple[float, ...] = attrs.field(default=(1.0,),
                                                        converter=_slice_distances)
     damping_cutoff: float = attrs.field(default=2.0 / 3.0, converter=float,
-                                        validator=_unit_interval)
+                                        validator=in_range(0.0, 1.5, low_open=True,
+                                                           unit="fraction of Nyquist"))
     rolloff: float = attrs.field(default=0.0, converter=float)
     _kernels: list[Any] = attrs.field(factory=list, init=False, repr=False)
     _kernels_conj: list[Any] = attrs.field(factory=list, init=False, repr=False)

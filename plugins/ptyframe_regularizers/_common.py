@@ -10,20 +10,15 @@ import attrs
 import numpy as np
 
 from ptyframe.core.schedules import Constant, Schedule, as_schedule
+from ptyframe.core.validators import is_number
 
 __all__ = [
-    "weight_field", "weight_at", "block_and_weight", "positive", "non_negative", "at_least_one",
-    "optional_npy_path", "load_npy", "as_float",
+    "weight_field", "weight_at", "block_and_weight", "optional_npy_path", "load_npy",
 ]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_))
-
-
 def _check_weight(name: str, value: Any, where: str = "") -> float:
-    if not _is_number(value) or not math.isfinite(float(value)) or float(value) < 0:
+    if not is_number(value) or not math.isfinite(float(value)) or float(value) < 0:
         raise ValueError(f"{name}: expected a finite number >= 0{where}, found {value!r}")
     return float(value)
 
@@ -54,27 +49,6 @@ def block_and_weight(params: Any, block: str, weight: Schedule, epoch: int
         return None
     w = weight_at(weight, epoch, "weight")
     return None if w == 0 else (array, w)
-
-
-def positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (_is_number(value) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name}: expected a finite number > 0, found {value!r}")
-
-
-def non_negative(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (_is_number(value) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name}: expected a finite number >= 0, found {value!r}")
-
-
-def at_least_one(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (_is_number(value) and math.isfinite(value) and value >= 1):
-        raise ValueError(f"{attribute.name}: expected a finite number >= 1, found {value!r}")
-
-
-def as_float(value: Any) -> Any:
-    """attrs converter: numbers become floats; anything else is left for the validator to
-    reject with the field's name."""
-    return float(value) if _is_number(value) else value
 
 
 def optional_npy_path(_inst: Any, attribute: attrs.Attribute, value: str | None) -> None:

@@ -18,13 +18,10 @@ import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
+from ptyframe.core.validators import at_least, non_negative, positive, to_float
 
 from ._common import (
-    as_float,
-    at_least_one,
     block_and_weight,
-    non_negative,
-    positive,
     weight_field,
 )
 
@@ -71,9 +68,9 @@ class AdaptiveTotalVariation(Regularizer):
 
     name = "atv"
     weight: Any = weight_field(1.0)
-    p: float = attrs.field(default=2.0, converter=as_float, validator=at_least_one)
-    q: float = attrs.field(default=1.0, converter=as_float, validator=positive)
-    eps: float = attrs.field(default=1e-6, converter=as_float, validator=positive)
+    p: float = attrs.field(default=2.0, converter=to_float, validator=at_least(1))
+    q: float = attrs.field(default=1.0, converter=to_float, validator=positive())
+    eps: float = attrs.field(default=1e-6, converter=to_float, validator=positive())
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
@@ -140,7 +137,7 @@ class L1Phase(Regularizer):
 
     name = "l1_phase"
     weight: Any = weight_field(1.0)
-    eps_rad: float = attrs.field(default=1e-3, converter=as_float, validator=positive)
+    eps_rad: float = attrs.field(default=1e-3, converter=to_float, validator=positive())
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
@@ -174,7 +171,7 @@ class L1Absorption(Regularizer):
 
     name = "l1_absorption"
     weight: Any = weight_field(1.0)
-    eps: float = attrs.field(default=1e-3, converter=as_float, validator=positive)
+    eps: float = attrs.field(default=1e-3, converter=to_float, validator=positive())
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
@@ -216,7 +213,7 @@ class MixedVariance(Regularizer):
 
     name = "mixed_variance"
     weight: Any = weight_field(1.0)
-    sigma_px: float = attrs.field(default=0.45, converter=as_float, validator=non_negative)
+    sigma_px: float = attrs.field(default=0.45, converter=to_float, validator=non_negative())
     _transfer: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def transfer(self, shape: tuple[int, int], device: Any) -> Any:
@@ -282,7 +279,7 @@ class MissingWedge(Regularizer):
 
     name = "missing_wedge"
     weight: Any = weight_field(1.0)
-    beta: float = attrs.field(default=1.0, converter=as_float, validator=positive)
+    beta: float = attrs.field(default=1.0, converter=to_float, validator=positive())
     _pixel_size_A: float | None = attrs.field(init=False, default=None, repr=False, eq=False)
     _dz_A: float | None = attrs.field(init=False, default=None, repr=False, eq=False)
     _weights: Any = attrs.field(init=False, default=None, repr=False, eq=False)

@@ -17,12 +17,11 @@ import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
 from ptyframe.core.physics import soft_aperture, spatial_frequencies
+from ptyframe.core.validators import non_negative, positive, to_float
 
 from ._common import (
-    as_float,
     block_and_weight,
     load_npy,
-    non_negative,
     optional_npy_path,
     weight_field,
 )
@@ -46,18 +45,6 @@ def aperture_disk(window: tuple[int, int], pixel_size_A: float, wavelength_A: fl
     ky, kx = spatial_frequencies(window, pixel_size_A, sparse=True)
     k_max = radius_mrad * 1e-3 / wavelength_A + margin_px / (max(window) * pixel_size_A)
     return soft_aperture(np.hypot(ky, kx), k_max * (1 + 1e-12))
-
-
-def _check_radius(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is None:
-        return
-    if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name}: expected a semi-angle > 0 in mrad or None, found "
-                         f"{value!r}")
-
-
-def _optional_float(value: Any) -> Any:
-    return None if value is None else as_float(value)
 
 
 @attrs.define(kw_only=True)
@@ -95,10 +82,10 @@ class ProbeFourierMask(Regularizer):
 
     name = "probe_fourier_mask"
     weight: Any = weight_field(1.0)
-    radius_mrad: float | None = attrs.field(default=None, converter=_optional_float,
-                                            validator=_check_radius)
-    edge_margin_px: float = attrs.field(default=1.0, converter=as_float,
-                                        validator=non_negative)
+    radius_mrad: float | None = attrs.field(default=None, converter=to_float,
+                                            validator=positive(unit="mrad", optional=True))
+    edge_margin_px: float = attrs.field(default=1.0, converter=to_float,
+                                        validator=non_negative())
     mask_path: str | None = attrs.field(default=None, validator=optional_npy_path)
     _outside_host: Any = attrs.field(init=False, default=None, repr=False, eq=False)
     _outside: Any = attrs.field(init=False, default=None, repr=False, eq=False)
