@@ -9,7 +9,6 @@ projections done on spectra are orthogonal projections of real-space gradients.
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -19,7 +18,8 @@ import numpy as np
 from ptyframe.components import Constraint, ModelContext
 from ptyframe.core.physics import spatial_frequencies
 from ptyframe.core.schedules import Schedule
-from ptyframe.core.validators import in_range, non_negative, positive, to_float
+from ptyframe.core.validators import in_range, non_negative, npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 from ._common import (
     relative_change,
@@ -106,16 +106,6 @@ class OrthogonalProbeModes(Constraint):
 
 
 # ============================================================================ Fourier projection
-def _optional_path(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value.endswith(".npy"):
-        raise ValueError(f"mask_path: expected the path of a .npy file, found {value!r}")
-    return value
-
-
 @attrs.define(kw_only=True)
 class ProbeFourierProjection(Constraint):
     """Hard projection of the probe's spectrum onto a mask (the infinite-weight limit of a
@@ -155,7 +145,7 @@ class ProbeFourierProjection(Constraint):
     radius_mrad: float | None = attrs.field(default=None,
                                             converter=to_float,
                                             validator=positive(optional=True))
-    mask_path: str | None = attrs.field(default=None, converter=_optional_path)
+    mask_path: str | None = attrs.field(default=None, converter=npy_path())
     support_threshold: float = attrs.field(default=1e-6,
                                            converter=to_float,
                                            validator=in_range(0.0, 1.0, low_open=True))
@@ -175,16 +165,7 @@ class ProbeFourierProjection(Constraint):
 
     # ------------------------------------------------------------------ the mask
     def _load_mask(self, window: tuple[int, int]) -> np.ndarray:
-        try:
-            mask = np.load(self.mask_path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"mask_path: cannot read a .npy array from {self.mask_path!r}: "
-                             f"{exc}") from None
-        if mask.shape != tuple(window) or not np.isrealobj(mask) or not np.all(
-                np.isfinite(mask)):
-            raise ValueError(f"mask_path: expected a finite real array of shape "
-                             f"{tuple(window)} (the probe window), found {mask.dtype} "
-                             f"{mask.shape} in {self.mask_path!r}")
+        mask = load_npy("mask_path", self.mask_path, shape=tuple(window), real=True)
         if not np.any(mask):
             raise ValueError(f"mask_path: the mask in {self.mask_path!r} is all zero")
         return np.fft.ifftshift(mask != 0).astype(float)

@@ -16,7 +16,6 @@ sharing the rest. Options of :class:`ApertureProbe` (and its subclasses): ``herm
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,7 +30,8 @@ from ptyframe.core.physics import (
     aperture,
     spatial_frequencies,
 )
-from ptyframe.core.validators import fraction, positive, to_float
+from ptyframe.core.validators import fraction, npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 __all__ = ["ApertureProbe", "MeanPatternProbe", "BinaryApertureProbe", "ProbeFromFile",
            "add_probe_modes", "extra_orthogonal_modes", "hermite_probe_modes",
@@ -82,35 +82,6 @@ def _aberration_override(value: Any) -> dict[str, float] | None:
     if not np.all(np.isfinite(coeffs)):
         raise ValueError(f"aberrations: expected finite coefficients, found {list(coeffs)}")
     return {ABERRATION_NAMES[k]: float(c) for k, c in enumerate(coeffs)}
-
-
-def _load_npy(path_text: str, setting: str) -> np.ndarray:
-    path = Path(path_text)
-    if path.suffix != ".npy":
-        raise ValueError(f"{setting}: expected a .npy file, found {path_text!r}")
-    if not path.is_file():
-        raise ValueError(f"{setting}: file not found: {path_text!r}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{setting}: cannot read {path_text!r} as a numeric .npy array: "
-                         f"{exc}") from exc
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{setting}: expected numbers in {path_text!r}, found dtype "
-                         f"{array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{setting}: {path_text!r} contains NaN or infinite values")
-    return array
-
-
-def _optional_path(setting: str):
-    def convert(value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, (str, Path)) and str(value):
-            return str(value)
-        raise ValueError(f"{setting}: expected the path of a .npy file or None, found {value!r}")
-    return convert
 
 
 # --------------------------------------------------------------------------- mode builders
@@ -301,7 +272,7 @@ class ApertureProbe(ProbeInitializer):
     hermite_modes: tuple[int, int] | None = attrs.field(default=None, converter=_hermite_orders)
     defocus_spread_A: tuple[float, ...] | None = attrs.field(default=None,
                                                              converter=_defocus_list)
-    beam_ctf: str | None = attrs.field(default=None, converter=_optional_path("beam_ctf"))
+    beam_ctf: str | None = attrs.field(default=None, converter=npy_path())
     _ctf: Any = attrs.field(default=None, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -312,7 +283,7 @@ class ApertureProbe(ProbeInitializer):
             raise ValueError("hermite_modes: expected either hermite_modes or "
                              "defocus_spread_A, found both")
         if self.beam_ctf is not None:
-            ctf = _load_npy(self.beam_ctf, "beam_ctf")
+            ctf = load_npy("beam_ctf", self.beam_ctf)
             if ctf.ndim != 2:
                 raise ValueError(f"beam_ctf: expected a 2-D (ny, nx) array, found shape "
                                  f"{ctf.shape}")
@@ -453,7 +424,7 @@ class ProbeFromFile(ProbeInitializer):
             raise ValueError(f"rescale: expected true or false, found {value!r}")
 
     def __attrs_post_init__(self) -> None:
-        probe = _load_npy(self.path, "path")
+        probe = load_npy("path", self.path)
         if probe.ndim not in (2, 3):
             raise ValueError(f"path: expected a probe (ny, nx), (modes, ny, nx) or (ny, nx, "
                              f"modes) in {self.path!r}, found shape {probe.shape}")

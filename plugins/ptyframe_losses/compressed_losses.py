@@ -30,27 +30,19 @@ data.
 from __future__ import annotations
 
 import abc
-from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from ptyframe.components import LossMetric
-from ptyframe.core.validators import positive, to_float
+from ptyframe.core.validators import npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 __all__ = ["CompressedLeastSquares", "CompressedGaussian", "CompressedPoisson"]
 
 _IN_MEMORY = ("<in-memory masks {shape}: not serialised; save them with numpy.save and give "
               "masks_path>")
-
-
-def _optional_path(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, Path)) and str(value):
-        return str(value)
-    raise ValueError(f"masks_path: expected the path of a .npy file or None, found {value!r}")
 
 
 def _masks_array(value: Any, source: str) -> np.ndarray:
@@ -91,7 +83,7 @@ class _CompressedLoss(LossMetric):
     #: the loss needs c >= 0 (square root, logarithm): masks must be non-negative
     needs_non_negative: ClassVar[bool] = False
 
-    masks_path: str | None = attrs.field(default=None, converter=_optional_path)
+    masks_path: str | None = attrs.field(default=None, converter=npy_path())
     _masks: Any = attrs.field(default=None, alias="masks", repr=False, eq=False)
     #: host masks (K, my, mx) float64, centred
     _host_masks: Any = attrs.field(default=None, init=False, repr=False, eq=False)
@@ -102,16 +94,7 @@ class _CompressedLoss(LossMetric):
         if self._masks is not None and self.masks_path is not None:
             raise ValueError("masks: expected either masks (an array) or masks_path, found both")
         if self.masks_path is not None:
-            path = Path(self.masks_path)
-            if path.suffix != ".npy":
-                raise ValueError(f"masks_path: expected a .npy file, found {str(path)!r}")
-            if not path.is_file():
-                raise ValueError(f"masks_path: file not found: {str(path)!r}")
-            try:
-                loaded = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise ValueError(f"masks_path: cannot read {str(path)!r} as a numeric .npy "
-                                 f"array: {exc}") from exc
+            loaded = load_npy("masks_path", self.masks_path, finite=False)
             self._host_masks = _masks_array(loaded, "masks_path")
         elif self._masks is not None:
             self._host_masks = _masks_array(self._masks, "masks")

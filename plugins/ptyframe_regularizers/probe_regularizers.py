@@ -17,12 +17,11 @@ import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
 from ptyframe.core.physics import soft_aperture, spatial_frequencies
-from ptyframe.core.validators import non_negative, positive, to_float
+from ptyframe.core.validators import non_negative, npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 from ._common import (
     block_and_weight,
-    load_npy,
-    optional_npy_path,
     weight_field,
 )
 
@@ -86,7 +85,7 @@ class ProbeFourierMask(Regularizer):
                                             validator=positive(unit="mrad", optional=True))
     edge_margin_px: float = attrs.field(default=1.0, converter=to_float,
                                         validator=non_negative())
-    mask_path: str | None = attrs.field(default=None, validator=optional_npy_path)
+    mask_path: str | None = attrs.field(default=None, converter=npy_path(must_exist=True))
     _outside_host: Any = attrs.field(init=False, default=None, repr=False, eq=False)
     _outside: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
@@ -100,7 +99,8 @@ class ProbeFourierMask(Regularizer):
         """The allowed region (ny, nx) in FFT order, host array in [0, 1]."""
         window = tuple(int(n) for n in context.window)
         if self.mask_path is not None:
-            centred = load_npy("mask_path", self.mask_path, window)
+            centred = load_npy("mask_path", self.mask_path, shape=window, low=0.0,
+                               high=1.0).astype(float)
             return np.fft.ifftshift(centred)
         radius = self.radius_mrad
         if radius is None:
@@ -198,7 +198,7 @@ class ProbeWindow(Regularizer):
     weight: Any = weight_field(1.0)
     window: tuple[float, float] = attrs.field(default=(0.8, 1.0), converter=_window_pair,
                                               validator=_check_window)
-    window_path: str | None = attrs.field(default=None, validator=optional_npy_path)
+    window_path: str | None = attrs.field(default=None, converter=npy_path(must_exist=True))
     _damping: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def damping(self, shape: tuple[int, int], device: Any) -> Any:
@@ -206,7 +206,8 @@ class ProbeWindow(Regularizer):
         key = (tuple(shape), device.kind, np.dtype(device.real_dtype).name)
         if self._damping is None or self._damping[0] != key:
             if self.window_path is not None:
-                window = load_npy("window_path", self.window_path, tuple(shape))
+                window = load_npy("window_path", self.window_path, shape=tuple(shape), low=0.0,
+                                  high=1.0).astype(float)
             else:
                 window = cosine_window(tuple(shape), *self.window)
             self._damping = (key, device.real((1.0 - window) ** 2))

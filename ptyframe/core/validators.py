@@ -16,7 +16,9 @@ Usage::
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -43,6 +45,7 @@ __all__ = [
     "boolean",
     "one_of",
     "int_pair",
+    "npy_path",
 ]
 
 #: an attrs validator: (instance, attribute, value) -> None, raising on a bad value
@@ -227,5 +230,26 @@ def int_pair(*, low: int | None = None, what: str = "(y, x)", integral_floats: b
         if not ok:
             raise error(f"{field_label(inst, field)}: expected {expected}, found {value!r}")
         return int(items[0]), int(items[1])
+
+    return attrs.Converter(convert, takes_self=True, takes_field=True)
+
+
+def npy_path(*, must_exist: bool = False, optional: bool = True, error: ErrorType = ValueError
+             ) -> attrs.Converter:
+    """attrs converter: the path (str or path-like) of a ``.npy`` file -> str; None passes
+    when ``optional``. ``must_exist``: the file must exist now (otherwise it is checked when
+    it is read)."""
+    expected = "a .npy file path or None" if optional else "a .npy file path"
+
+    def convert(value: Any, inst: Any, field: attrs.Attribute) -> str | None:
+        if optional and value is None:
+            return None
+        text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+        if not isinstance(text, str) or not text.endswith(".npy"):
+            raise error(f"{field_label(inst, field)}: expected {expected}, found {value!r}")
+        if must_exist and not Path(text).is_file():
+            raise error(f"{field_label(inst, field)}: expected an existing .npy file, found no "
+                        f"file at {text!r}")
+        return text
 
     return attrs.Converter(convert, takes_self=True, takes_field=True)

@@ -18,6 +18,7 @@ from ptyframe.core.validators import (
     int_pair,
     non_negative,
     non_negative_int,
+    npy_path,
     one_of,
     positive,
     positive_int,
@@ -25,6 +26,7 @@ from ptyframe.core.validators import (
     to_float,
     to_int,
 )
+from ptyframe.io.array_settings import load_npy
 from ptyframe.io.data import DataError, Preprocessing
 
 
@@ -117,3 +119,36 @@ def test_core_settings_use_the_shared_messages() -> None:
                                          r"positive integers \(ny, nx\), found \(0, 4\)"):
         Experiment(voltage_kV=200, convergence_angle_mrad=20, detector_pixel_size_mrad=1.0,
                    scan_shape=(0, 4))
+
+
+@attrs.define
+class Files:
+    path: str | None = attrs.field(default=None, converter=npy_path())
+    existing: str | None = attrs.field(default=None, converter=npy_path(must_exist=True))
+
+
+def test_npy_paths(tmp_path) -> None:
+    assert Files(path=tmp_path / "a.npy").path == str(tmp_path / "a.npy")
+    with pytest.raises(ValueError, match=r"^Files\.path: expected a \.npy file path or None, "
+                                         r"found 'a\.txt'$"):
+        Files(path="a.txt")
+    with pytest.raises(ValueError, match=r"Files\.existing: expected an existing \.npy file"):
+        Files(existing=str(tmp_path / "missing.npy"))
+
+
+def test_load_npy_names_the_setting(tmp_path) -> None:
+    path = tmp_path / "m.npy"
+    np.save(path, np.array([[0.0, 0.5], [1.0, 2.0]]))
+    np.testing.assert_array_equal(load_npy("mask", path, shape=(2, 2)),
+                                  [[0.0, 0.5], [1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"mask: expected an array of shape \(3, 3\) in .*, "
+                                         r"found \(2, 2\)"):
+        load_npy("mask", path, shape=(3, 3))
+    with pytest.raises(ValueError, match=r"mask: expected finite values in \[0.0, 1.0\]"):
+        load_npy("mask", path, low=0.0, high=1.0)
+    with pytest.raises(ValueError, match="mask: file not found"):
+        load_npy("mask", tmp_path / "missing.npy")
+    np.save(path, np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="mask: .* contains NaN or infinite values"):
+        load_npy("mask", path)
+    assert np.isnan(load_npy("mask", path, finite=False)[1])
