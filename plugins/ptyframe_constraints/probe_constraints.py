@@ -16,7 +16,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
-from ptyframe.core.physics import spatial_frequencies
+from ptyframe.core.physics import frequency_to_angle, spatial_frequencies
 from ptyframe.core.schedules import Schedule
 from ptyframe.core.validators import in_range, non_negative, npy_path, positive, to_float
 from ptyframe.io.array_settings import load_npy
@@ -176,7 +176,7 @@ class ProbeFourierProjection(Constraint):
         window = tuple(int(n) for n in context.window)
         if self.radius_mrad is not None:
             qy, qx = spatial_frequencies(window, context.pixel_size_A, sparse=True)
-            angle_mrad = context.wavelength_A * np.hypot(qy, qx) * 1e3
+            angle_mrad = frequency_to_angle(np.hypot(qy, qx), context.wavelength_A)
             self._mask = (angle_mrad <= self.radius_mrad).astype(float)
         elif self.mask_path is not None:
             self._mask = self._load_mask(window)

@@ -46,7 +46,7 @@ import numpy as np
 from ptyframe.components import DirectMethod, DirectResult
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
-from ptyframe.core.physics import spatial_frequencies
+from ptyframe.core.physics import angle_to_frequency, spatial_frequencies
 from ptyframe.core.validators import (
     at_least,
     boolean,
@@ -140,7 +140,7 @@ class DPC(DirectMethod):
                                      centered=True, xp=xp, dtype=device.real_dtype)
         weight = None
         if self.max_angle_mrad is not None:
-            k_max = self.max_angle_mrad * 1e-3 / experiment.wavelength_A
+            k_max = angle_to_frequency(self.max_angle_mrad, experiment.wavelength_A)
             weight = ((ky * ky + kx * kx) <= k_max**2).astype(device.real_dtype)
         n = scan[0] * scan[1]
         cy = np.empty(n)

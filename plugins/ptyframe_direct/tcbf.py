@@ -59,6 +59,7 @@ from ptyframe.core.physics import (
     aberration_function,
     aberration_gradient,
     aberration_gradient_basis,
+    angle_to_frequency,
     soft_aperture,
     spatial_frequencies,
 )
@@ -551,7 +552,7 @@ class TiltCorrectedBF(DirectMethod):
         disk = mean >= 0.5 * peak
         w = disk.astype(float)
         center = np.array([(iy * w).sum() / w.sum(), (ix * w).sum() / w.sum()])
-        r_px = experiment.convergence_angle_mrad * 1e-3 / experiment.wavelength_A \
+        r_px = angle_to_frequency(experiment.convergence_angle_mrad, experiment.wavelength_A) \
             / experiment.dk_inv_A
         radius = np.hypot(iy - center[0], ix - center[1])
         inside = radius <= self.bf_radius_fraction * r_px

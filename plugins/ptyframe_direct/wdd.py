@@ -58,6 +58,7 @@ from ptyframe.core.experiment import Experiment
 from ptyframe.core.physics import (
     ABERRATION_NAMES,
     aberration_coefficients_array,
+    angle_to_frequency,
     frequency_axis,
     spatial_frequencies,
 )
@@ -133,7 +134,7 @@ class WDD(DirectMethod):
         return probe_spectrum(qy, qx, experiment, self.aberrations, xp, self.edge_width_px)
 
     def _q_max(self, experiment: Experiment) -> float:
-        q_cut = experiment.convergence_angle_mrad * 1e-3 / experiment.wavelength_A
+        q_cut = angle_to_frequency(experiment.convergence_angle_mrad, experiment.wavelength_A)
         return 2.0 * (q_cut + 0.5 * self.edge_width_px * experiment.dk_inv_A) * (1 + 1e-9)
 
     def scan_spectrum(self, dataset: Any, scan: tuple[int, int], step: tuple[float, float],

@@ -16,7 +16,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
-from ptyframe.core.physics import soft_aperture, spatial_frequencies
+from ptyframe.core.physics import angle_to_frequency, soft_aperture, spatial_frequencies
 from ptyframe.core.validators import non_negative, npy_path, positive, to_float
 from ptyframe.io.array_settings import load_npy
 
@@ -42,7 +42,7 @@ def aperture_disk(window: tuple[int, int], pixel_size_A: float, wavelength_A: fl
     reciprocal pixels), 0 outside, (ny, nx) in FFT order (zero frequency at [0, 0]).
     Reciprocal pixel: 1 / (n * pixel_size_A) per axis (1/Å); angle = wavelength_A * |k|."""
     ky, kx = spatial_frequencies(window, pixel_size_A, sparse=True)
-    k_max = radius_mrad * 1e-3 / wavelength_A + margin_px / (max(window) * pixel_size_A)
+    k_max = angle_to_frequency(radius_mrad, wavelength_A) + margin_px / (max(window) * pixel_size_A)
     return soft_aperture(np.hypot(ky, kx), k_max * (1 + 1e-12))
 
 

@@ -11,7 +11,12 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array, wavelength_A
+from ptyframe.core.physics import (
+    ABERRATION_NAMES,
+    aberration_coefficients_array,
+    angle_to_frequency,
+    wavelength_A,
+)
 from ptyframe.core.validators import int_pair, positive
 
 __all__ = ["Experiment", "ReconstructionGrid", "windows_outside_object"]
@@ -60,7 +65,7 @@ class Experiment:
                 "detector_pixel_size_mrad, found neither"
             )
         if inv is not None and mrad is not None:
-            implied = mrad * 1e-3 / self.wavelength_A
+            implied = angle_to_frequency(mrad, self.wavelength_A)
             if abs(implied - inv) > 0.01 * inv:
                 raise ValueError(
                     "inconsistent calibration: detector_pixel_size_mrad="
@@ -84,7 +89,7 @@ class Experiment:
         """Detector pixel size in 1/Å."""
         if self.detector_pixel_size_inv_A is not None:
             return float(self.detector_pixel_size_inv_A)
-        return float(self.detector_pixel_size_mrad) * 1e-3 / self.wavelength_A
+        return angle_to_frequency(float(self.detector_pixel_size_mrad), self.wavelength_A)
 
     @property
     def defocus_A(self) -> float:

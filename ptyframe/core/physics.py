@@ -27,6 +27,8 @@ __all__ = [
     "aberration_order",
     "wavelength_A",
     "interaction_constant",
+    "angle_to_frequency",
+    "frequency_to_angle",
     "frequency_axis",
     "spatial_frequencies",
     "nyquist_radius",
@@ -101,6 +103,16 @@ def interaction_constant(voltage_kV: float) -> float:
     v = float(voltage_kV)
     # sigma = 2 pi m e lambda / h^2 = (2 pi / (lambda V)) * (E0 + eV) / (2 E0 + eV)
     return 2 * np.pi / (lam * v * 1e3) * (e0 + v) / (2 * e0 + v)
+
+
+def angle_to_frequency(angle_mrad: Any, wavelength_A: float) -> Any:
+    """Spatial frequency (1/Å) of a scattering angle in mrad: q = angle / lambda."""
+    return angle_mrad * 1e-3 / wavelength_A
+
+
+def frequency_to_angle(q_inv_A: Any, wavelength_A: float) -> Any:
+    """Scattering angle (mrad) of a spatial frequency in 1/Å: angle = lambda q."""
+    return wavelength_A * q_inv_A * 1e3
 
 
 # ---------------------------------------------------------------------------- frequencies
@@ -300,6 +312,6 @@ def aperture(q: ArrayLike, wavelength: float, convergence_angle_mrad: float,
         raise ValueError(
             f"convergence_angle_mrad: expected a positive angle, found {convergence_angle_mrad}"
         )
-    q_cut = convergence_angle_mrad * 1e-3 / wavelength
+    q_cut = angle_to_frequency(convergence_angle_mrad, wavelength)
     width = 0.0 if dq is None or edge_width_px <= 0 else edge_width_px * dq
     return soft_aperture(q, q_cut, width, xp)

@@ -17,9 +17,11 @@ from ptyframe.core.physics import (
     aberration_gradient,
     aberration_gradient_basis,
     aberration_order,
+    angle_to_frequency,
     aperture,
     band_limit_mask,
     frequency_axis,
+    frequency_to_angle,
     interaction_constant,
     nyquist_radius,
     soft_aperture,
@@ -47,6 +49,12 @@ def test_interaction_constant_at_200_kV() -> None:
 def test_wavelength_rejects_non_positive_voltage() -> None:
     with pytest.raises(ValueError, match="voltage_kV: expected a positive voltage, found 0"):
         wavelength_A(0.0)
+
+
+def test_angle_and_frequency_conversions() -> None:
+    lam = wavelength_A(200.0)
+    assert angle_to_frequency(20.0, lam) == pytest.approx(0.79747, rel=1e-5)
+    assert frequency_to_angle(angle_to_frequency(20.0, lam), lam) == pytest.approx(20.0)
 
 
 # ---------------------------------------------------------------------------- names
