@@ -1,4 +1,5 @@
-"""Shared pieces of the first-party constraints: validated settings, Fourier grids, filters.
+"""Shared pieces of the first-party constraints: the retraction/projection base class,
+settings, Fourier filters.
 
 Fourier conventions: frequencies f are in cycles per pixel (``fftfreq``), so Nyquist is 0.5;
 "fraction of Nyquist" r = 2 |f|. Arrays are filtered over their last two axes (Y, X), with the
@@ -7,20 +8,68 @@ FFT's periodic boundary conditions.
 
 from __future__ import annotations
 
+import abc
 import math
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import attrs
 import numpy as np
 
+from ptyframe.components import Constraint
 from ptyframe.core.physics import spatial_frequencies
 from ptyframe.core.schedules import Schedule, as_schedule
 
 __all__ = [
-    "when_field", "relative_change",
+    "BlockProjection", "when_field", "relative_change",
     "gaussian_transfer", "fourier_filter",
     "to_device_mask",
 ]
+
+
+class BlockProjection(Constraint):
+    """Base of constraints that map parameter blocks onto a constraint set and restrict the
+    gradients to it.
+
+    Subclasses name the blocks (:meth:`blocks`), the retraction onto the set
+    (:meth:`retract`, used by :meth:`apply`) and the gradient projection (:meth:`project`,
+    used by :meth:`project_gradient`), and define a ``reset_tolerance`` field: :meth:`apply`
+    returns True (reset the optimizer history) when it changed any block by a relative L2
+    norm ||new - old|| / ||old|| above it.
+    """
+
+    reset_tolerance: float
+
+    @abc.abstractmethod
+    def blocks(self) -> Iterable[str]:
+        """Names of the constrained parameter blocks."""
+
+    @abc.abstractmethod
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """``value`` (block ``block``) mapped onto the constraint set, same dtype."""
+
+    @abc.abstractmethod
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """Gradient ``grad`` of block ``block`` restricted to the allowed directions."""
+
+    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+        changed = False
+        for block in self.blocks():
+            old = params[block]
+            new = self.retract(block, old, params, device)
+            changed |= relative_change(old, new, device.xp) > self.reset_tolerance
+            params[block] = new
+        return changed
+
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
+                         epoch: int) -> dict[str, Any]:
+        present = [block for block in self.blocks() if block in grads]
+        if not present:
+            return grads
+        out = dict(grads)
+        for block in present:
+            out[block] = self.project(block, grads[block], params, device)
+        return out
 
 
 def when_field(default: Any = True) -> Any:

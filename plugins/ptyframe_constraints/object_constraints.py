@@ -26,8 +26,8 @@ from ptyframe.core.validators import (
 )
 
 from ._common import (
+    BlockProjection,
     gaussian_transfer,
-    relative_change,
     to_device_mask,
     when_field,
 )
@@ -270,7 +270,7 @@ class FancySigma(ChargeFlip):
 
 # ============================================================================ band limit
 @attrs.define(kw_only=True)
-class BandLimit(Constraint):
+class BandLimit(BlockProjection):
     """Band-limit cleaning of the full object (and optionally the probe) every step
     (reference: ``update_extra_cut`` with ``lazy_clean`` = False, and the probe's
     ``fourier_clean`` with ``damping_cutoff_multislice``).
@@ -360,25 +360,17 @@ class BandLimit(Constraint):
                         else self.probe_cutoff))
         return out
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
-        changed = False
-        for block, cutoff in self._blocks():
-            old = params[block]
-            new = device.ifft2(device.fft2(old) * self._mask(old, cutoff, device))
-            new = new.astype(old.dtype, copy=False)
-            changed |= relative_change(old, new, device.xp) > self.reset_tolerance
-            params[block] = new
-        return changed
+    def blocks(self) -> list[str]:
+        return [block for block, _ in self._blocks()]
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
-                         epoch: int) -> dict[str, Any]:
-        out = dict(grads)
-        for block, cutoff in self._blocks():
-            if block in out:
-                g = out[block]
-                out[block] = device.ifft2(device.fft2(g) * self._mask(g, cutoff, device)
-                                          ).astype(g.dtype, copy=False)
-        return out
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """IFFT[mask FFT(grad)] with the block's cutoff (linear: values and gradients alike)."""
+        cutoff = dict(self._blocks())[block]
+        return device.ifft2(device.fft2(grad) * self._mask(grad, cutoff, device)
+                            ).astype(grad.dtype, copy=False)
+
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        return self.project(block, value, params, device)
 
 
 # ============================================================================ restart
@@ -421,7 +413,7 @@ class RestartFromVacuum(Constraint):
 
 # ============================================================================ phase only
 @attrs.define(kw_only=True)
-class PhaseOnlyObject(Constraint):
+class PhaseOnlyObject(BlockProjection):
     """Restrict the object to a pure phase, O = exp(i phi) (reference: ``phase_only_obj``).
 
     * ``reset_tolerance``: relative L2 change made by the retraction O <- O / |O| above which
@@ -453,25 +445,21 @@ class PhaseOnlyObject(Constraint):
     def is_active(self, epoch: int) -> bool:
         return _schedule_active(self.when, epoch)
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def blocks(self) -> tuple[str, ...]:
+        return ("object",)
+
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """O / |O| (O = 0 -> 1)."""
+        xp = device.xp
+        mag = xp.abs(value)
+        return xp.where(mag > 0, value / xp.where(mag > 0, mag, 1), 1).astype(value.dtype,
+                                                                              copy=False)
+
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """i O Im(conj(O) g) / |O|^2 (0 where O = 0)."""
         xp = device.xp
         obj = params["object"]
-        mag = xp.abs(obj)
-        new = xp.where(mag > 0, obj / xp.where(mag > 0, mag, 1), 1).astype(obj.dtype,
-                                                                          copy=False)
-        changed = relative_change(obj, new, xp) > self.reset_tolerance
-        params["object"] = new
-        return changed
-
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
-                         epoch: int) -> dict[str, Any]:
-        if "object" not in grads:
-            return grads
-        xp = device.xp
-        obj, g = params["object"], grads["object"]
         power = obj.real**2 + obj.imag**2
-        tangential = (obj.real * g.imag - obj.imag * g.real)  # Im(conj(O) g)
+        tangential = (obj.real * grad.imag - obj.imag * grad.real)  # Im(conj(O) g)
         coeff = xp.where(power > 0, tangential / xp.where(power > 0, power, 1), 0)
-        out = dict(grads)
-        out["object"] = (1j * obj * coeff).astype(g.dtype, copy=False)
-        return out
+        return (1j * obj * coeff).astype(grad.dtype, copy=False)

@@ -22,6 +22,7 @@ from ptyframe.core.validators import in_range, non_negative, npy_path, positive,
 from ptyframe.io.array_settings import load_npy
 
 from ._common import (
+    BlockProjection,
     relative_change,
     to_device_mask,
     when_field,
@@ -107,7 +108,7 @@ class OrthogonalProbeModes(Constraint):
 
 # ============================================================================ Fourier projection
 @attrs.define(kw_only=True)
-class ProbeFourierProjection(Constraint):
+class ProbeFourierProjection(BlockProjection):
     """Hard projection of the probe's spectrum onto a mask (the infinite-weight limit of a
     reciprocal-space probe mask penalty; reference: ``probe_reg_constraint_weight`` = inf with
     ``probe_constraint_mask`` / ``aperture_mask``).
@@ -209,28 +210,22 @@ class ProbeFourierProjection(Constraint):
         return None if self._mask is None else self._mask.copy()
 
     # ------------------------------------------------------------------ constraint
-    def _project(self, array: Any, device: Any, probe: Any) -> Any:
-        mask = self._mask_for(probe, device)
-        return device.ifft2(device.fft2(array) * mask).astype(array.dtype, copy=False)
+    def blocks(self) -> tuple[str, ...]:
+        return ("probe",)
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
-        probe = params["probe"]
-        new = self._project(probe, device, probe)
-        params["probe"] = new
-        return relative_change(probe, new, device.xp) > self.reset_tolerance
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """IFFT[M FFT(grad)] (the projection is linear: the same map for values and
+        gradients)."""
+        mask = self._mask_for(params["probe"], device)
+        return device.ifft2(device.fft2(grad) * mask).astype(grad.dtype, copy=False)
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
-                         epoch: int) -> dict[str, Any]:
-        if "probe" not in grads:
-            return grads
-        out = dict(grads)
-        out["probe"] = self._project(grads["probe"], device, params["probe"])
-        return out
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        return self.project(block, value, params, device)
 
 
 # ==================================================================== spectrum phase / modulus
 @attrs.define(kw_only=True)
-class _SpectrumConstraint(Constraint):
+class _SpectrumConstraint(BlockProjection):
     """Common part of probe_phase_only and probe_amplitude_only: the reference spectrum.
 
     The reference spectrum S0 = FFT_ortho(ifftshift(P)) is captured the first time the
@@ -265,25 +260,20 @@ class _SpectrumConstraint(Constraint):
     def _retract(self, spectrum: Any, ref: Any, device: Any) -> Any:
         ...
 
-    def apply(self, params: MutableMapping[str, Any], device: Any, epoch: int) -> bool:
+    def blocks(self) -> tuple[str, ...]:
+        return ("probe",)
+
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        ref = self.reference_spectrum(value, device)
+        return probe_from_spectrum(self._retract(probe_spectrum(value, device), ref, device),
+                                   device).astype(value.dtype, copy=False)
+
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
         probe = params["probe"]
         ref = self.reference_spectrum(probe, device)
-        new = probe_from_spectrum(self._retract(probe_spectrum(probe, device), ref, device),
-                                  device).astype(probe.dtype, copy=False)
-        params["probe"] = new
-        return relative_change(probe, new, device.xp) > self.reset_tolerance
-
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any], device: Any,
-                         epoch: int) -> dict[str, Any]:
-        if "probe" not in grads:
-            return grads
-        probe, g = params["probe"], grads["probe"]
-        ref = self.reference_spectrum(probe, device)
         projected = self._project_spectrum(probe_spectrum(probe, device),
-                                           probe_spectrum(g, device), ref, device)
-        out = dict(grads)
-        out["probe"] = probe_from_spectrum(projected, device).astype(g.dtype, copy=False)
-        return out
+                                           probe_spectrum(grad, device), ref, device)
+        return probe_from_spectrum(projected, device).astype(grad.dtype, copy=False)
 
 
 def _unit(spectrum: Any, xp: Any) -> tuple[Any, Any]:
