@@ -10,9 +10,10 @@ units of the data loss per pixel (counts for ``lsq``-type losses) and is tuned a
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -118,8 +119,36 @@ def _smooth_abs(xp: Any, t: Any, eps: float) -> tuple[Any, Any]:
     return root - eps, t / root
 
 
+class _SmoothL1OfObject(Regularizer):
+    """weight * sum (sqrt(f^2 + eps^2) - eps) of a real field f(O) of the object whose
+    derivative is df / d conj(O) = chain * O / |O|^2 (``chain`` a class constant); subclasses
+    give f (:meth:`field`) and eps (:meth:`smoothing`)."""
+
+    chain: ClassVar[complex]
+
+    @abc.abstractmethod
+    def field(self, obj: Any, mag2: Any, xp: Any) -> Any:
+        """f(O) from the object and |O|^2 (floored at a tiny value)."""
+
+    @abc.abstractmethod
+    def smoothing(self) -> float:
+        """eps, in the unit of f."""
+
+    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
+                       ) -> tuple[float, dict[str, Any]]:
+        active = block_and_weight(params, "object", self.weight, epoch)
+        if active is None:
+            return 0.0, {}
+        obj, w = active
+        xp = device.xp
+        mag2 = xp.maximum(_abs2(obj), _TINY)
+        penalty, slope = _smooth_abs(xp, self.field(obj, mag2, xp), self.smoothing())
+        grad = (self.chain * w) * (slope / mag2) * obj
+        return w * _sum(xp, penalty), {"object": grad.astype(obj.dtype, copy=False)}
+
+
 @attrs.define(kw_only=True)
-class L1Phase(Regularizer):
+class L1Phase(_SmoothL1OfObject):
     """L1 norm of the object's phase: promotes a sparse phase (atoms on empty background).
 
     R = weight * sum_{s, k, y, x} (sqrt(phi^2 + eps_rad^2) - eps_rad),  phi = angle(O) in
@@ -136,25 +165,20 @@ class L1Phase(Regularizer):
     """
 
     name = "l1_phase"
+    #: d phi / d conj(O) = i / (2 conj(O)) = i O / (2 |O|^2)
+    chain: ClassVar[complex] = 0.5j
     weight: Any = weight_field(1.0)
     eps_rad: float = attrs.field(default=1e-3, converter=to_float, validator=positive())
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
-        xp = device.xp
-        phase = xp.angle(obj)
-        penalty, slope = _smooth_abs(xp, phase, self.eps_rad)
-        # d phi / d conj(O) = i / (2 conj(O)) = i O / (2 |O|^2)
-        grad = (0.5j * w) * (slope / xp.maximum(_abs2(obj), _TINY)) * obj
-        return w * _sum(xp, penalty), {"object": grad.astype(obj.dtype, copy=False)}
+    def field(self, obj: Any, mag2: Any, xp: Any) -> Any:
+        return xp.angle(obj)
+
+    def smoothing(self) -> float:
+        return self.eps_rad
 
 
 @attrs.define(kw_only=True)
-class L1Absorption(Regularizer):
+class L1Absorption(_SmoothL1OfObject):
     """L1 norm of the absorptive potential a = -log|O| (dimensionless, 0 for a pure phase).
 
     R = weight * sum_{s, k, y, x} (sqrt(a^2 + eps^2) - eps),  a = -log|O|.
@@ -170,22 +194,16 @@ class L1Absorption(Regularizer):
     """
 
     name = "l1_absorption"
+    #: d a / d conj(O) = -1 / (2 conj(O)) = -O / (2 |O|^2)
+    chain: ClassVar[complex] = -0.5
     weight: Any = weight_field(1.0)
     eps: float = attrs.field(default=1e-3, converter=to_float, validator=positive())
 
-    def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
-        xp = device.xp
-        mag2 = xp.maximum(_abs2(obj), _TINY)
-        absorption = -0.5 * xp.log(mag2)
-        penalty, slope = _smooth_abs(xp, absorption, self.eps)
-        # d a / d conj(O) = -1 / (2 conj(O)) = -O / (2 |O|^2)
-        grad = (-0.5 * w) * (slope / mag2) * obj
-        return w * _sum(xp, penalty), {"object": grad.astype(obj.dtype, copy=False)}
+    def field(self, obj: Any, mag2: Any, xp: Any) -> Any:
+        return -0.5 * xp.log(mag2)
+
+    def smoothing(self) -> float:
+        return self.eps
 
 
 # ============================================================================ mixed variance
