@@ -17,12 +17,11 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint
-from ptyframe.core.physics import spatial_frequencies
 from ptyframe.core.schedules import Schedule, as_schedule
 
 __all__ = [
     "BlockProjection", "when_field", "relative_change",
-    "gaussian_transfer", "fourier_filter",
+    "fourier_filter",
     "to_device_mask",
 ]
 
@@ -87,13 +86,6 @@ def relative_change(old: Any, new: Any, xp: Any) -> float:
     diff = float(xp.sum(xp.abs(new - old) ** 2, dtype=xp.float64))
     ref = float(xp.sum(xp.abs(old) ** 2, dtype=xp.float64))
     return math.sqrt(diff / ref) if ref > 0 else math.sqrt(diff)
-
-
-def gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Fourier transform (FFT order, value 1 at f = 0) of a normalised Gaussian of standard
-    deviation ``sigma_px`` pixels: exp(-2 pi^2 sigma^2 |f|^2), f in cycles per pixel."""
-    fy, fx = spatial_frequencies(shape, sparse=True)
-    return np.exp(-2.0 * np.pi**2 * sigma_px**2 * (fy**2 + fx**2))
 
 
 def to_device_mask(mask: np.ndarray, like: Any, device: Any) -> Any:

@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
-from ptyframe.core.physics import band_limit_mask
+from ptyframe.core.physics import band_limit_mask, gaussian_transfer
 from ptyframe.core.schedules import Schedule
 from ptyframe.core.validators import (
     boolean,
@@ -27,7 +27,6 @@ from ptyframe.core.validators import (
 
 from ._common import (
     BlockProjection,
-    gaussian_transfer,
     to_device_mask,
     when_field,
 )

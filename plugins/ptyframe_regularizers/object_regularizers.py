@@ -19,6 +19,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
+from ptyframe.core.physics import gaussian_transfer
 from ptyframe.core.validators import at_least, non_negative, positive, to_float
 
 from ._common import (
@@ -238,10 +239,7 @@ class MixedVariance(Regularizer):
         """The blur's transfer function (Y, X) in FFT order, real, on the device (cached)."""
         key = (tuple(shape), device.kind, np.dtype(device.real_dtype).name)
         if self._transfer is None or self._transfer[0] != key:
-            fy = np.fft.fftfreq(shape[0])[:, None]
-            fx = np.fft.fftfreq(shape[1])[None, :]
-            h = np.exp(-2.0 * math.pi**2 * self.sigma_px**2 * (fy**2 + fx**2))
-            self._transfer = (key, device.real(h))
+            self._transfer = (key, device.real(gaussian_transfer(shape, self.sigma_px)))
         return self._transfer[1]
 
     def value_and_grad(self, params: Mapping[str, Any], device: Any, epoch: int = 0

@@ -45,7 +45,12 @@ import numpy as np
 
 from ptyframe.apps.config import load_config
 from ptyframe.core.experiment import Experiment, ReconstructionGrid
-from ptyframe.core.physics import ABERRATION_NAMES, frequency_to_angle, wavelength_A
+from ptyframe.core.physics import (
+    ABERRATION_NAMES,
+    frequency_to_angle,
+    shift_ramp,
+    wavelength_A,
+)
 from ptyframe.core.safe_lambda import map_schedule_values, to_schedule
 from ptyframe.core.schedules import Constant, Schedule
 from ptyframe.io.data import Dataset
@@ -1442,9 +1447,7 @@ def _place_initial_object(m: _Migration) -> None:
     k_int = np.floor(k + 1e-9)
     frac = k - k_int
     if np.any(np.abs(frac) > 1e-9):
-        qy = np.fft.fftfreq(obj.shape[2])[:, None]
-        qx = np.fft.fftfreq(obj.shape[3])[None, :]
-        ramp = np.exp(2j * np.pi * (qy * frac[0] + qx * frac[1]))
+        ramp = shift_ramp(obj.shape[2:], (-frac[0], -frac[1]))
         obj = 1 + np.fft.ifft2(np.fft.fft2(obj - 1) * ramp)
         m.note(f"obj: resampled by a sub-pixel shift of ({frac[0]:.3g}, {frac[1]:.3g}) px to "
                "ptyframe's object grid (the smallest window corner sits on a whole pixel)")

@@ -33,6 +33,8 @@ __all__ = [
     "spatial_frequencies",
     "nyquist_radius",
     "band_limit_mask",
+    "gaussian_transfer",
+    "shift_ramp",
     "aberration_coefficients_array",
     "aberration_basis",
     "aberration_function",
@@ -180,6 +182,20 @@ def band_limit_mask(shape: tuple[int, int], cutoff: float, rolloff: float = 0.0)
         return (r <= cutoff).astype(float)
     t = np.clip((cutoff - r) / rolloff, 0.0, 1.0)
     return np.sin(0.5 * np.pi * t) ** 2
+
+
+def gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
+    """Fourier transform (host, FFT order, 1 at f = 0) of a normalised Gaussian of standard
+    deviation ``sigma_px`` pixels: exp(-2 pi^2 sigma^2 |f|^2), f in cycles per pixel."""
+    fy, fx = spatial_frequencies(shape, sparse=True)
+    return np.exp(-2.0 * np.pi**2 * sigma_px**2 * (fy**2 + fx**2))
+
+
+def shift_ramp(shape: tuple[int, int], shift_yx: tuple[float, float]) -> np.ndarray:
+    """Phase ramp exp(-2 pi i f.s) (host, FFT order, f in cycles per pixel): multiplying a
+    spectrum by it moves the (periodic) image by ``shift_yx`` pixels towards higher indices."""
+    fy, fx = spatial_frequencies(shape, sparse=True)
+    return np.exp(-2j * np.pi * (fy * shift_yx[0] + fx * shift_yx[1]))
 
 
 # ---------------------------------------------------------------------------- aberrations

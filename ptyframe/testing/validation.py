@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ptyframe.core.experiment import ReconstructionGrid
+from ptyframe.core.physics import shift_ramp
 
 __all__ = [
     "align_images",
@@ -61,10 +62,7 @@ def fourier_shift(image: np.ndarray, shift_yx: tuple[float, float] | np.ndarray)
     """
     image = _as_image("image", image)
     sy, sx = (float(v) for v in np.asarray(shift_yx, dtype=float).reshape(2))
-    qy = np.fft.fftfreq(image.shape[0])[:, None]
-    qx = np.fft.fftfreq(image.shape[1])[None, :]
-    ramp = np.exp(-2j * np.pi * (qy * sy + qx * sx))
-    return np.fft.ifft2(np.fft.fft2(image) * ramp).real
+    return np.fft.ifft2(np.fft.fft2(image) * shift_ramp(image.shape, (sy, sx))).real
 
 
 def _upsampled_correlation(product: np.ndarray, centre: np.ndarray, upsample: int,

@@ -22,8 +22,10 @@ from ptyframe.core.physics import (
     band_limit_mask,
     frequency_axis,
     frequency_to_angle,
+    gaussian_transfer,
     interaction_constant,
     nyquist_radius,
+    shift_ramp,
     soft_aperture,
     spatial_frequencies,
     wavelength_A,
@@ -166,6 +168,18 @@ def test_band_limit_mask() -> None:
     np.testing.assert_array_equal(band_limit_mask((8, 8), 2 / 3), (r <= 2 / 3).astype(float))
     soft = band_limit_mask((8, 8), 0.8, 0.2)
     assert soft[0, 0] == 1.0 and soft[4, 4] == 0.0 and np.all((soft >= 0) & (soft <= 1))
+
+
+def test_gaussian_transfer_and_shift_ramp() -> None:
+    fy = np.fft.fftfreq(8)[:, None]
+    fx = np.fft.fftfreq(6)[None, :]
+    np.testing.assert_allclose(gaussian_transfer((8, 6), 0.7),
+                               np.exp(-2 * np.pi**2 * 0.49 * (fy**2 + fx**2)), rtol=1e-15)
+    image = np.zeros((8, 6))
+    image[1, 2] = 1.0
+    moved = np.fft.ifft2(np.fft.fft2(image) * shift_ramp(image.shape, (2, -1))).real
+    np.testing.assert_allclose(moved[3, 1], 1.0, atol=1e-12)
+    np.testing.assert_allclose(moved.sum(), 1.0, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------- apertures
