@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ptyframe.core.experiment import ReconstructionGrid
-from ptyframe.core.physics import shift_ramp
+from ptyframe.core.physics import frequency_axis, shift_ramp
 
 __all__ = [
     "align_images",
@@ -75,8 +75,8 @@ def _upsampled_correlation(product: np.ndarray, centre: np.ndarray, upsample: in
     ny, nx = product.shape
     n = int(np.ceil(half_width * upsample))
     offsets = np.arange(-n, n + 1) / upsample
-    qy = np.fft.fftfreq(ny)
-    qx = np.fft.fftfreq(nx)
+    qy = frequency_axis(ny)
+    qx = frequency_axis(nx)
     ky = np.exp(2j * np.pi * np.outer(centre[0] + offsets, qy))  # (K, ny)
     kx = np.exp(2j * np.pi * np.outer(qx, centre[1] + offsets))  # (nx, K)
     return (ky @ product @ kx).real
