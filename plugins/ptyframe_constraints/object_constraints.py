@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
-from ptyframe.core.physics import band_limit_mask, gaussian_transfer
+from ptyframe.core.physics import band_limit_mask, frequency_axis, gaussian_transfer
 from ptyframe.core.schedules import Schedule
 from ptyframe.core.validators import (
     boolean,
@@ -52,8 +52,8 @@ def unwrapped_phase_spectrum(obj: Any, device: Any) -> Any:
     ny, nx = obj.shape[-2:]
     dy = xp.angle(xp.roll(obj, -1, axis=-2) * xp.conj(obj))
     dx = xp.angle(xp.roll(obj, -1, axis=-1) * xp.conj(obj))
-    ey = np.exp(2j * np.pi * np.fft.fftfreq(ny))[:, None] - 1.0
-    ex = np.exp(2j * np.pi * np.fft.fftfreq(nx))[None, :] - 1.0
+    ey = np.exp(2j * np.pi * frequency_axis(ny))[:, None] - 1.0
+    ex = np.exp(2j * np.pi * frequency_axis(nx))[None, :] - 1.0
     den = np.abs(ey) ** 2 + np.abs(ex) ** 2
     den[0, 0] = 1.0  # the mean is undetermined; the numerator is 0 there
     cdtype = obj.dtype

@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
-from ptyframe.core.physics import gaussian_transfer
+from ptyframe.core.physics import frequency_axis, gaussian_transfer
 from ptyframe.core.validators import at_least, non_negative, positive, to_float
 
 from ._common import (
@@ -321,9 +321,9 @@ class MissingWedge(Regularizer):
                                "(the slice distance and pixel size come from the context)")
         key = (tuple(shape), device.kind, np.dtype(device.real_dtype).name)
         if self._weights is None or self._weights[0] != key:
-            kz = np.fft.fftfreq(shape[0], self._dz_A)[:, None, None]
-            ky = np.fft.fftfreq(shape[1], self._pixel_size_A)[None, :, None]
-            kx = np.fft.fftfreq(shape[2], self._pixel_size_A)[None, None, :]
+            kz = frequency_axis(shape[0], self._dz_A)[:, None, None]
+            ky = frequency_axis(shape[1], self._pixel_size_A)[None, :, None]
+            kx = frequency_axis(shape[2], self._pixel_size_A)[None, None, :]
             kperp2 = np.broadcast_to(ky**2 + kx**2, shape)
             kz2 = np.broadcast_to(kz**2, shape)
             with np.errstate(divide="ignore", invalid="ignore"):
