@@ -1,4 +1,5 @@
-"""Shared pieces of the first-party constraints: validated settings, Fourier grids, filters.
+"""Shared pieces of the first-party constraints: the retraction/projection base class,
+settings, Fourier filters.
 
 Fourier conventions: frequencies f are in cycles per pixel (``fftfreq``), so Nyquist is 0.5;
 "fraction of Nyquist" r = 2 |f|. Arrays are filtered over their last two axes (Y, X), with the
@@ -7,20 +8,69 @@ FFT's periodic boundary conditions.
 
 from __future__ import annotations
 
+import abc
 import math
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import attrs
 import numpy as np
 
+from ptyframe.components import Constraint
 from ptyframe.core.schedules import Schedule, as_schedule
 
 __all__ = [
-    "when_field", "number", "non_negative", "positive", "in_range", "relative_change",
-    "nyquist_radius", "band_limit_mask", "gaussian_transfer", "fourier_filter",
+    "BlockProjection", "when_field", "relative_change",
+    "fourier_filter",
     "to_device_mask",
 ]
+
+
+class BlockProjection(Constraint):
+    """Base of constraints that map parameter blocks onto a constraint set and restrict the
+    gradients to it.
+
+    Subclasses name the blocks (:meth:`blocks`), the retraction onto the set
+    (:meth:`retract`, used by :meth:`apply`) and the gradient projection (:meth:`project`,
+    used by :meth:`project_gradient`), and define a ``reset_tolerance`` field: :meth:`apply`
+    returns True (reset the optimizer history) when it changed any block by a relative L2
+    norm ||new - old|| / ||old|| above it.
+    """
+
+    reset_tolerance: float
+
+    @abc.abstractmethod
+    def blocks(self) -> Iterable[str]:
+        """Names of the constrained parameter blocks."""
+
+    @abc.abstractmethod
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """``value`` (block ``block``) mapped onto the constraint set, same dtype."""
+
+    @abc.abstractmethod
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """Gradient ``grad`` of block ``block`` restricted to the allowed directions."""
+
+    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
+        device = self.device
+        changed = False
+        for block in self.blocks():
+            old = params[block]
+            new = self.retract(block, old, params, device)
+            changed |= relative_change(old, new, device.xp) > self.reset_tolerance
+            params[block] = new
+        return changed
+
+    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
+                         epoch: int) -> dict[str, Any]:
+        device = self.device
+        present = [block for block in self.blocks() if block in grads]
+        if not present:
+            return grads
+        out = dict(grads)
+        for block in present:
+            out[block] = self.project(block, grads[block], params, device)
+        return out
 
 
 def when_field(default: Any = True) -> Any:
@@ -33,81 +83,11 @@ def _schedule_validator(_inst: Any, attribute: attrs.Attribute, value: Any) -> N
         raise ValueError(f"{attribute.name}: expected a bool or a schedule, found {value!r}")
 
 
-def number(name: str, optional: bool = False) -> Callable[[Any], Any]:
-    """attrs converter: a finite real number (int or float, not bool) -> float.
-
-    ``optional``: None passes through. The error names the setting ``name``.
-    """
-
-    def convert(value: Any) -> float | None:
-        if optional and value is None:
-            return None
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-            raise ValueError(f"{name}: expected a number, found {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number, found {value!r}")
-        return value
-
-    return convert
-
-
-def non_negative(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not value >= 0:
-        raise ValueError(f"{attribute.name}: expected a number >= 0, found {value!r}")
-
-
-def positive(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name}: expected a number > 0, found {value!r}")
-
-
-def in_range(low: float, high: float, low_open: bool = False) -> Callable[..., None]:
-    """Validator: ``low <= value <= high`` (``low < value`` with ``low_open``)."""
-
-    def check(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-        ok = (value > low if low_open else value >= low) and value <= high
-        if not ok:
-            bracket = "(" if low_open else "["
-            raise ValueError(f"{attribute.name}: expected a number in {bracket}{low:g}, "
-                             f"{high:g}], found {value!r}")
-
-    return check
-
-
 def relative_change(old: Any, new: Any, xp: Any) -> float:
     """||new - old|| / ||old|| (L2 over the whole array, accumulated in double precision)."""
     diff = float(xp.sum(xp.abs(new - old) ** 2, dtype=xp.float64))
     ref = float(xp.sum(xp.abs(old) ** 2, dtype=xp.float64))
     return math.sqrt(diff / ref) if ref > 0 else math.sqrt(diff)
-
-
-def nyquist_radius(shape: tuple[int, int]) -> np.ndarray:
-    """|f| / f_Nyquist on an FFT-ordered grid of ``shape`` (1 = Nyquist along an axis)."""
-    fy = np.fft.fftfreq(shape[0])[:, None] / 0.5
-    fx = np.fft.fftfreq(shape[1])[None, :] / 0.5
-    return np.sqrt(fy**2 + fx**2)
-
-
-def band_limit_mask(shape: tuple[int, int], cutoff: float, rolloff: float = 0.0) -> np.ndarray:
-    """Radial mask in FFT order: 1 for r <= ``cutoff`` (fraction of Nyquist), 0 above.
-
-    ``rolloff`` > 0 replaces the hard edge by a sin^2 taper of that width (fraction of
-    Nyquist) ending at the cutoff (the same shape as the multislice propagator's mask).
-    """
-    r = nyquist_radius(shape)
-    if rolloff <= 0:
-        return (r <= cutoff).astype(float)
-    t = np.clip((cutoff - r) / rolloff, 0.0, 1.0)
-    return np.sin(0.5 * np.pi * t) ** 2
-
-
-def gaussian_transfer(shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Fourier transform (FFT order, value 1 at f = 0) of a normalised Gaussian of standard
-    deviation ``sigma_px`` pixels: exp(-2 pi^2 sigma^2 |f|^2), f in cycles per pixel."""
-    fy = np.fft.fftfreq(shape[0])[:, None]
-    fx = np.fft.fftfreq(shape[1])[None, :]
-    return np.exp(-2.0 * np.pi**2 * sigma_px**2 * (fy**2 + fx**2))
 
 
 def to_device_mask(mask: np.ndarray, like: Any, device: Any) -> Any:

@@ -14,30 +14,25 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
+from ptyframe.core.physics import band_limit_mask, frequency_axis, gaussian_transfer
 from ptyframe.core.schedules import Schedule
-
-from ._common import (
-    band_limit_mask,
-    gaussian_transfer,
+from ptyframe.core.validators import (
+    boolean,
+    finite,
     in_range,
     non_negative,
-    number,
     positive,
-    relative_change,
+    to_float,
+)
+
+from ._common import (
+    BlockProjection,
     to_device_mask,
     when_field,
 )
 
 __all__ = ["GaussianFilter", "ChargeFlip", "FancySigma", "BandLimit", "RestartFromVacuum",
            "PhaseOnlyObject", "unwrapped_phase_spectrum", "flip_below"]
-
-
-def _bool(name: str):
-    def check(_inst: Any, _attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name}: expected true or false, found {value!r}")
-
-    return check
 
 
 def _schedule_active(schedule: Schedule, epoch: int) -> bool:
@@ -57,8 +52,8 @@ def unwrapped_phase_spectrum(obj: Any, device: Any) -> Any:
     ny, nx = obj.shape[-2:]
     dy = xp.angle(xp.roll(obj, -1, axis=-2) * xp.conj(obj))
     dx = xp.angle(xp.roll(obj, -1, axis=-1) * xp.conj(obj))
-    ey = np.exp(2j * np.pi * np.fft.fftfreq(ny))[:, None] - 1.0
-    ex = np.exp(2j * np.pi * np.fft.fftfreq(nx))[None, :] - 1.0
+    ey = np.exp(2j * np.pi * frequency_axis(ny))[:, None] - 1.0
+    ex = np.exp(2j * np.pi * frequency_axis(nx))[None, :] - 1.0
     den = np.abs(ey) ** 2 + np.abs(ex) ** 2
     den[0, 0] = 1.0  # the mean is undetermined; the numerator is 0 there
     cdtype = obj.dtype
@@ -109,11 +104,11 @@ class GaussianFilter(Constraint):
 
     name = "gaussian_filter"
 
-    sigma_phase_px: float = attrs.field(default=1.0, converter=number("sigma_phase_px"),
-                                        validator=non_negative)
+    sigma_phase_px: float = attrs.field(default=1.0, converter=to_float,
+                                        validator=non_negative())
     sigma_amplitude_px: float = attrs.field(default=0.0,
-                                            converter=number("sigma_amplitude_px"),
-                                            validator=non_negative)
+                                            converter=to_float,
+                                            validator=non_negative())
     when: Schedule = when_field(True)
 
     def __attrs_post_init__(self) -> None:
@@ -171,11 +166,11 @@ class ChargeFlip(Constraint):
 
     name = "charge_flip"
 
-    delta_phase: float = attrs.field(default=0.1, converter=number("delta_phase"))
-    beta_phase: float = attrs.field(default=-0.95, converter=number("beta_phase"),
+    delta_phase: float = attrs.field(default=0.1, converter=to_float, validator=finite())
+    beta_phase: float = attrs.field(default=-0.95, converter=to_float,
                                     validator=in_range(-1.0, 1.0))
-    delta_abs: float = attrs.field(default=0.01, converter=number("delta_abs"))
-    beta_abs: float = attrs.field(default=-0.95, converter=number("beta_abs"),
+    delta_abs: float = attrs.field(default=0.01, converter=to_float, validator=finite())
+    beta_abs: float = attrs.field(default=-0.95, converter=to_float,
                                   validator=in_range(-1.0, 1.0))
     when: Schedule = when_field(True)
 
@@ -239,13 +234,13 @@ class FancySigma(ChargeFlip):
 
     name = "fancy_sigma"
 
-    sigma_px: float = attrs.field(default=1.0, converter=number("sigma_px"), validator=positive)
-    sigma_abs_px: float = attrs.field(default=0.0, converter=number("sigma_abs_px"),
-                                      validator=non_negative)
-    reconvolve_ratio: float = attrs.field(default=1.0, converter=number("reconvolve_ratio"),
-                                          validator=non_negative)
-    wiener_epsilon: float = attrs.field(default=1e-2, converter=number("wiener_epsilon"),
-                                        validator=positive)
+    sigma_px: float = attrs.field(default=1.0, converter=to_float, validator=positive())
+    sigma_abs_px: float = attrs.field(default=0.0, converter=to_float,
+                                      validator=non_negative())
+    reconvolve_ratio: float = attrs.field(default=1.0, converter=to_float,
+                                          validator=non_negative())
+    wiener_epsilon: float = attrs.field(default=1e-2, converter=to_float,
+                                        validator=positive())
 
     def _deconvolve_flip_reconvolve(self, x: Any, sigma: float, delta: float, beta: float,
                                     device: Any) -> Any:
@@ -276,7 +271,7 @@ class FancySigma(ChargeFlip):
 
 # ============================================================================ band limit
 @attrs.define(kw_only=True)
-class BandLimit(Constraint):
+class BandLimit(BlockProjection):
     """Band-limit cleaning of the full object (and optionally the probe) every step
     (reference: ``update_extra_cut`` with ``lazy_clean`` = False, and the probe's
     ``fourier_clean`` with ``damping_cutoff_multislice``).
@@ -310,19 +305,19 @@ class BandLimit(Constraint):
 
     name = "band_limit"
 
-    cutoff: float = attrs.field(default=2.0 / 3.0, converter=number("cutoff"),
+    cutoff: float = attrs.field(default=2.0 / 3.0, converter=to_float,
                                 validator=in_range(0.0, 1.5, low_open=True))
-    extra_cut: float = attrs.field(default=0.005, converter=number("extra_cut"),
-                                   validator=non_negative)
-    rolloff: float = attrs.field(default=0.0, converter=number("rolloff"),
-                                 validator=non_negative)
-    object: bool = attrs.field(default=True, validator=_bool("object"))
-    probe: bool = attrs.field(default=False, validator=_bool("probe"))
+    extra_cut: float = attrs.field(default=0.005, converter=to_float,
+                                   validator=non_negative())
+    rolloff: float = attrs.field(default=0.0, converter=to_float,
+                                 validator=non_negative())
+    object: bool = attrs.field(default=True, validator=boolean())
+    probe: bool = attrs.field(default=False, validator=boolean())
     probe_cutoff: float | None = attrs.field(
-        default=None, converter=number("probe_cutoff", optional=True),
-        validator=attrs.validators.optional(in_range(0.0, 1.5, low_open=True)))
-    reset_tolerance: float = attrs.field(default=1e-6, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+        default=None, converter=to_float,
+        validator=in_range(0.0, 1.5, low_open=True, optional=True))
+    reset_tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
     _masks: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
@@ -367,27 +362,17 @@ class BandLimit(Constraint):
                         else self.probe_cutoff))
         return out
 
-    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
-        device = self.device
-        changed = False
-        for block, cutoff in self._blocks():
-            old = params[block]
-            new = device.ifft2(device.fft2(old) * self._mask(old, cutoff, device))
-            new = new.astype(old.dtype, copy=False)
-            changed |= relative_change(old, new, device.xp) > self.reset_tolerance
-            params[block] = new
-        return changed
+    def blocks(self) -> list[str]:
+        return [block for block, _ in self._blocks()]
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
-                         epoch: int) -> dict[str, Any]:
-        device = self.device
-        out = dict(grads)
-        for block, cutoff in self._blocks():
-            if block in out:
-                g = out[block]
-                out[block] = device.ifft2(device.fft2(g) * self._mask(g, cutoff, device)
-                                          ).astype(g.dtype, copy=False)
-        return out
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """IFFT[mask FFT(grad)] with the block's cutoff (linear: values and gradients alike)."""
+        cutoff = dict(self._blocks())[block]
+        return device.ifft2(device.fft2(grad) * self._mask(grad, cutoff, device)
+                            ).astype(grad.dtype, copy=False)
+
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        return self.project(block, value, params, device)
 
 
 # ============================================================================ restart
@@ -431,7 +416,7 @@ class RestartFromVacuum(Constraint):
 
 # ============================================================================ phase only
 @attrs.define(kw_only=True)
-class PhaseOnlyObject(Constraint):
+class PhaseOnlyObject(BlockProjection):
     """Restrict the object to a pure phase, O = exp(i phi) (reference: ``phase_only_obj``).
 
     * ``reset_tolerance``: relative L2 change made by the retraction O <- O / |O| above which
@@ -456,34 +441,28 @@ class PhaseOnlyObject(Constraint):
 
     name = "phase_only_object"
 
-    reset_tolerance: float = attrs.field(default=1e-2, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-2, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
 
     def is_active(self, epoch: int) -> bool:
         return _schedule_active(self.when, epoch)
 
-    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
-        device = self.device
+    def blocks(self) -> tuple[str, ...]:
+        return ("object",)
+
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """O / |O| (O = 0 -> 1)."""
+        xp = device.xp
+        mag = xp.abs(value)
+        return xp.where(mag > 0, value / xp.where(mag > 0, mag, 1), 1).astype(value.dtype,
+                                                                              copy=False)
+
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """i O Im(conj(O) g) / |O|^2 (0 where O = 0)."""
         xp = device.xp
         obj = params["object"]
-        mag = xp.abs(obj)
-        new = xp.where(mag > 0, obj / xp.where(mag > 0, mag, 1), 1).astype(obj.dtype,
-                                                                          copy=False)
-        changed = relative_change(obj, new, xp) > self.reset_tolerance
-        params["object"] = new
-        return changed
-
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
-                         epoch: int) -> dict[str, Any]:
-        device = self.device
-        if "object" not in grads:
-            return grads
-        xp = device.xp
-        obj, g = params["object"], grads["object"]
         power = obj.real**2 + obj.imag**2
-        tangential = (obj.real * g.imag - obj.imag * g.real)  # Im(conj(O) g)
+        tangential = (obj.real * grad.imag - obj.imag * grad.real)  # Im(conj(O) g)
         coeff = xp.where(power > 0, tangential / xp.where(power > 0, power, 1), 0)
-        out = dict(grads)
-        out["object"] = (1j * obj * coeff).astype(g.dtype, copy=False)
-        return out
+        return (1j * obj * coeff).astype(grad.dtype, copy=False)

@@ -9,7 +9,6 @@ projections done on spectra are orthogonal projections of real-space gradients.
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -17,13 +16,13 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Constraint, ModelContext
+from ptyframe.core.physics import frequency_to_angle, spatial_frequencies
 from ptyframe.core.schedules import Schedule
+from ptyframe.core.validators import in_range, non_negative, npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 from ._common import (
-    in_range,
-    non_negative,
-    number,
-    positive,
+    BlockProjection,
     relative_change,
     to_device_mask,
     when_field,
@@ -77,8 +76,8 @@ class OrthogonalProbeModes(Constraint):
 
     name = "orthogonal_probe_modes"
 
-    reset_tolerance: float = attrs.field(default=0.05, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=0.05, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
 
     def is_active(self, epoch: int) -> bool:
@@ -109,18 +108,8 @@ class OrthogonalProbeModes(Constraint):
 
 
 # ============================================================================ Fourier projection
-def _optional_path(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value.endswith(".npy"):
-        raise ValueError(f"mask_path: expected the path of a .npy file, found {value!r}")
-    return value
-
-
 @attrs.define(kw_only=True)
-class ProbeFourierProjection(Constraint):
+class ProbeFourierProjection(BlockProjection):
     """Hard projection of the probe's spectrum onto a mask (the infinite-weight limit of a
     reciprocal-space probe mask penalty; reference: ``probe_reg_constraint_weight`` = inf with
     ``probe_constraint_mask`` / ``aperture_mask``).
@@ -156,14 +145,14 @@ class ProbeFourierProjection(Constraint):
     name = "probe_fourier_projection"
 
     radius_mrad: float | None = attrs.field(default=None,
-                                            converter=number("radius_mrad", optional=True),
-                                            validator=positive)
-    mask_path: str | None = attrs.field(default=None, converter=_optional_path)
+                                            converter=to_float,
+                                            validator=positive(optional=True))
+    mask_path: str | None = attrs.field(default=None, converter=npy_path())
     support_threshold: float = attrs.field(default=1e-6,
-                                           converter=number("support_threshold"),
+                                           converter=to_float,
                                            validator=in_range(0.0, 1.0, low_open=True))
-    reset_tolerance: float = attrs.field(default=1e-6, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
     _mask: Any = attrs.field(default=None, init=False, repr=False, eq=False)
     _device_mask: Any = attrs.field(default=None, init=False, repr=False, eq=False)
@@ -178,16 +167,7 @@ class ProbeFourierProjection(Constraint):
 
     # ------------------------------------------------------------------ the mask
     def _load_mask(self, window: tuple[int, int]) -> np.ndarray:
-        try:
-            mask = np.load(self.mask_path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"mask_path: cannot read a .npy array from {self.mask_path!r}: "
-                             f"{exc}") from None
-        if mask.shape != tuple(window) or not np.isrealobj(mask) or not np.all(
-                np.isfinite(mask)):
-            raise ValueError(f"mask_path: expected a finite real array of shape "
-                             f"{tuple(window)} (the probe window), found {mask.dtype} "
-                             f"{mask.shape} in {self.mask_path!r}")
+        mask = load_npy("mask_path", self.mask_path, shape=tuple(window), real=True)
         if not np.any(mask):
             raise ValueError(f"mask_path: the mask in {self.mask_path!r} is all zero")
         return np.fft.ifftshift(mask != 0).astype(float)
@@ -198,9 +178,8 @@ class ProbeFourierProjection(Constraint):
         self._device_mask = None
         window = tuple(int(n) for n in context.window)
         if self.radius_mrad is not None:
-            qy = np.fft.fftfreq(window[0], context.pixel_size_A)[:, None]
-            qx = np.fft.fftfreq(window[1], context.pixel_size_A)[None, :]
-            angle_mrad = context.wavelength_A * np.hypot(qy, qx) * 1e3
+            qy, qx = spatial_frequencies(window, context.pixel_size_A, sparse=True)
+            angle_mrad = frequency_to_angle(np.hypot(qy, qx), context.wavelength_A)
             self._mask = (angle_mrad <= self.radius_mrad).astype(float)
         elif self.mask_path is not None:
             self._mask = self._load_mask(window)
@@ -233,30 +212,22 @@ class ProbeFourierProjection(Constraint):
         return None if self._mask is None else self._mask.copy()
 
     # ------------------------------------------------------------------ constraint
-    def _project(self, array: Any, device: Any, probe: Any) -> Any:
-        mask = self._mask_for(probe, device)
-        return device.ifft2(device.fft2(array) * mask).astype(array.dtype, copy=False)
+    def blocks(self) -> tuple[str, ...]:
+        return ("probe",)
 
-    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
-        device = self.device
-        probe = params["probe"]
-        new = self._project(probe, device, probe)
-        params["probe"] = new
-        return relative_change(probe, new, device.xp) > self.reset_tolerance
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
+        """IFFT[M FFT(grad)] (the projection is linear: the same map for values and
+        gradients)."""
+        mask = self._mask_for(params["probe"], device)
+        return device.ifft2(device.fft2(grad) * mask).astype(grad.dtype, copy=False)
 
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
-                         epoch: int) -> dict[str, Any]:
-        device = self.device
-        if "probe" not in grads:
-            return grads
-        out = dict(grads)
-        out["probe"] = self._project(grads["probe"], device, params["probe"])
-        return out
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        return self.project(block, value, params, device)
 
 
 # ==================================================================== spectrum phase / modulus
 @attrs.define(kw_only=True)
-class _SpectrumConstraint(Constraint):
+class _SpectrumConstraint(BlockProjection):
     """Common part of probe_phase_only and probe_amplitude_only: the reference spectrum.
 
     The reference spectrum S0 = FFT_ortho(ifftshift(P)) is captured the first time the
@@ -264,8 +235,8 @@ class _SpectrumConstraint(Constraint):
     starting probe); it is the only state kept, and :meth:`prepare` forgets it.
     """
 
-    reset_tolerance: float = attrs.field(default=1e-2, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-2, converter=to_float,
+                                         validator=non_negative())
     when: Schedule = when_field(True)
     _reference: Any = attrs.field(default=None, init=False, repr=False, eq=False)
 
@@ -292,27 +263,20 @@ class _SpectrumConstraint(Constraint):
     def _retract(self, spectrum: Any, ref: Any, device: Any) -> Any:
         ...
 
-    def apply(self, params: MutableMapping[str, Any], epoch: int) -> bool:
-        device = self.device
+    def blocks(self) -> tuple[str, ...]:
+        return ("probe",)
+
+    def retract(self, block: str, value: Any, params: Mapping[str, Any], device: Any) -> Any:
+        ref = self.reference_spectrum(value, device)
+        return probe_from_spectrum(self._retract(probe_spectrum(value, device), ref, device),
+                                   device).astype(value.dtype, copy=False)
+
+    def project(self, block: str, grad: Any, params: Mapping[str, Any], device: Any) -> Any:
         probe = params["probe"]
         ref = self.reference_spectrum(probe, device)
-        new = probe_from_spectrum(self._retract(probe_spectrum(probe, device), ref, device),
-                                  device).astype(probe.dtype, copy=False)
-        params["probe"] = new
-        return relative_change(probe, new, device.xp) > self.reset_tolerance
-
-    def project_gradient(self, grads: dict[str, Any], params: Mapping[str, Any],
-                         epoch: int) -> dict[str, Any]:
-        device = self.device
-        if "probe" not in grads:
-            return grads
-        probe, g = params["probe"], grads["probe"]
-        ref = self.reference_spectrum(probe, device)
         projected = self._project_spectrum(probe_spectrum(probe, device),
-                                           probe_spectrum(g, device), ref, device)
-        out = dict(grads)
-        out["probe"] = probe_from_spectrum(projected, device).astype(g.dtype, copy=False)
-        return out
+                                           probe_spectrum(grad, device), ref, device)
+        return probe_from_spectrum(projected, device).astype(grad.dtype, copy=False)
 
 
 def _unit(spectrum: Any, xp: Any) -> tuple[Any, Any]:
@@ -381,8 +345,8 @@ class ProbeAmplitudeOnly(_SpectrumConstraint):
 
     name = "probe_amplitude_only"
 
-    reset_tolerance: float = attrs.field(default=1e-6, converter=number("reset_tolerance"),
-                                         validator=non_negative)
+    reset_tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                         validator=non_negative())
 
     def _direction(self, ref: Any, xp: Any) -> Any:
         unit, nonzero = _unit(ref, xp)

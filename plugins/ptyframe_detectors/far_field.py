@@ -7,19 +7,11 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ptyframe.core.validators import non_negative_int, positive_int
+
 from .ortho_far_field import OrthoFarField
 
 __all__ = ["FarFieldDetector"]
-
-
-def _non_negative_int(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{attribute.name}: expected an integer >= 0, found {value!r}")
-
-
-def _positive_int(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{attribute.name}: expected an integer >= 1, found {value!r}")
 
 
 @attrs.define
@@ -43,8 +35,8 @@ class FarFieldDetector(OrthoFarField):
 
     name = "far_field"
 
-    pad_px: int = attrs.field(default=0, validator=_non_negative_int)
-    upsample: int = attrs.field(default=1, validator=_positive_int)
+    pad_px: int = attrs.field(default=0, validator=non_negative_int())
+    upsample: int = attrs.field(default=1, validator=positive_int())
 
     @property
     def _plain(self) -> bool:

@@ -9,6 +9,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import Detector, ModelContext
+from ptyframe.core.physics import aberration_function, spatial_frequencies
 
 __all__ = ["NearFieldDetector"]
 
@@ -131,13 +132,13 @@ class NearFieldDetector(Detector):
         self._window = (ny, nx)
         self._wavelength_A = float(context.wavelength_A)
         self._unique_defocus, self._lookup = np.unique(defocus, return_inverse=True)
-        qy = np.fft.fftfreq(ny, context.pixel_size_A)[:, None]
-        qx = np.fft.fftfreq(nx, context.pixel_size_A)[None, :]
+        qy, qx = spatial_frequencies((ny, nx), context.pixel_size_A, sparse=True)
         q2 = qy**2 + qx**2
         lam = self._wavelength_A
         self._q2 = dev.real(q2)
-        # exp(-i chi) of the Cs term: chi = 2 pi / lambda Cs a^4 / 4 = pi Cs lambda^3 q^4 / 2
-        self._aberration = dev.complex(np.exp(-0.5j * np.pi * self.cs_A * lam**3 * q2**2))
+        # exp(-i pi Cs lambda^3 q^4 / 2) = exp(-i chi) with C30 = Cs
+        self._aberration = dev.complex(np.exp(-1j * aberration_function(qy, qx, lam,
+                                                                         {"C30": self.cs_A})))
         self._transfer = self._damping = None
         if self._unique_defocus.size * ny * nx <= _MAX_PRECOMPUTED_PIXELS:
             self._transfer, self._damping = self._filters(xp.asarray(self._unique_defocus))

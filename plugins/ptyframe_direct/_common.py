@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ptyframe.core.experiment import Experiment
-from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array
+from ptyframe.core.physics import aberration_function, aperture, spatial_frequencies
 from ptyframe.io.data import Dataset
 
 __all__ = [
@@ -36,70 +36,14 @@ __all__ = [
     "scan_geometry",
     "iter_scan_rows",
     "rows_per_chunk",
-    "detector_frequencies",
     "center_of_mass",
     "to_scan_frame",
     "fit_rotation_by_curl",
     "curl_fraction",
     "fourier_integrate",
-    "spectral_gradient_kernels",
-    "aberration_phase",
-    "aperture_function",
     "probe_spectrum",
     "skewness",
-    "check_positive",
-    "check_non_negative",
-    "check_optional_angle",
-    "check_optional_bool",
 ]
-
-
-# ---------------------------------------------------------------------------- validators
-def float_or_raw(value: Any) -> Any:
-    """attrs converter: a number becomes a float; anything else (and booleans) is passed on
-    unchanged for the validator to name."""
-    if isinstance(value, bool):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def check_positive(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: a positive finite number."""
-    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-          and math.isfinite(value) and value > 0)
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a positive finite "
-                         f"number, found {value!r}")
-
-
-def check_non_negative(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: a finite number >= 0."""
-    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-          and math.isfinite(value) and value >= 0)
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a finite number "
-                         f">= 0, found {value!r}")
-
-
-def check_optional_angle(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: None or a finite angle in degrees."""
-    if value is None:
-        return
-    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-          and math.isfinite(value))
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected None or a finite "
-                         f"angle in degrees, found {value!r}")
-
-
-def check_optional_bool(inst: Any, attribute: Any, value: Any) -> None:
-    """attrs validator: None, True or False."""
-    if value is not None and not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected None, True or "
-                         f"False, found {value!r}")
 
 
 # ---------------------------------------------------------------------------- data access
@@ -157,22 +101,6 @@ def iter_scan_rows(dataset: Dataset, scan_shape: tuple[int, int], max_bytes: flo
 
 
 # ---------------------------------------------------------------------------- detector
-def detector_frequencies(shape: tuple[int, int], dk_inv_A: float, xp: Any = np,
-                         dtype: Any = np.float64, order: str = "centered") -> tuple[Any, Any]:
-    """(ky, kx) grids in 1/Å of a pattern. ``order="centered"``: pixel i has (i - N/2) dk
-    (the data layout); ``order="fft"``: FFT order (after ``ifftshift``)."""
-    ny, nx = shape
-    ky = (np.arange(ny) - ny // 2) * dk_inv_A
-    kx = (np.arange(nx) - nx // 2) * dk_inv_A
-    if order == "fft":
-        ky = np.fft.ifftshift(ky)
-        kx = np.fft.ifftshift(kx)
-    elif order != "centered":
-        raise ValueError(f"order: expected 'centered' or 'fft', found {order!r}")
-    gy, gx = np.meshgrid(ky, kx, indexing="ij")
-    return xp.asarray(gy, dtype=dtype), xp.asarray(gx, dtype=dtype)
-
-
 def center_of_mass(patterns: Any, ky: Any, kx: Any, xp: Any, weight: Any = None
                    ) -> tuple[Any, Any, Any]:
     """Centre of mass (1/Å) of patterns (n, ky, kx) on the device: ``<k> = sum k I / sum I``.
@@ -276,21 +204,6 @@ def skewness(image: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------- integration
-def spectral_gradient_kernels(shape: tuple[int, int], step_yx: tuple[float, float], xp: Any,
-                              dtype: Any = np.float64) -> tuple[Any, Any]:
-    """Spatial frequencies (ky, kx) in 1/Å (FFT order) of a scan-sampled grid, with the
-    Nyquist row/column set to 0 so that the spectral derivative ``IFFT[2 pi i k F(f)]`` of a
-    real field is real (and anti-self-adjoint)."""
-    out = []
-    for n, d in zip(shape, step_yx, strict=True):
-        f = np.fft.fftfreq(n, d)
-        if n % 2 == 0:
-            f[n // 2] = 0.0
-        out.append(f)
-    gy, gx = np.meshgrid(out[0], out[1], indexing="ij")
-    return xp.asarray(gy, dtype=dtype), xp.asarray(gx, dtype=dtype)
-
-
 def fourier_integrate(grad_y: Any, grad_x: Any, step_yx: tuple[float, float], device: Any,
                       high_pass: float = 0.0, low_pass: float = 0.0,
                       pad_factor: float = 2.0) -> Any:
@@ -310,7 +223,8 @@ def fourier_integrate(grad_y: Any, grad_x: Any, step_yx: tuple[float, float], de
     gx = xp.zeros(padded, dtype=device.complex_dtype)
     gy[:shape[0], :shape[1]] = grad_y
     gx[:shape[0], :shape[1]] = grad_x
-    ky, kx = spectral_gradient_kernels(padded, step_yx, xp, device.real_dtype)
+    ky, kx = spatial_frequencies(padded, step_yx, nyquist_zero=True, xp=xp,
+                                 dtype=device.real_dtype)
     k2 = ky * ky + kx * kx
     denom = 2j * np.pi * (high_pass + k2 + low_pass * k2 * k2)
     num = ky * device.fft2(gy) + kx * device.fft2(gx)
@@ -320,50 +234,14 @@ def fourier_integrate(grad_y: Any, grad_x: Any, step_yx: tuple[float, float], de
 
 
 # ---------------------------------------------------------------------------- probe model
-def _terms(coeffs: np.ndarray) -> list[tuple[float, int, int, str]]:
-    out = []
-    for name, value in zip(ABERRATION_NAMES, coeffs, strict=True):
-        if value != 0.0:
-            out.append((float(value), int(name[1]), int(name[2]), name[3:]))
-    return out
-
-
-def aberration_phase(qy: Any, qx: Any, wavelength_A: float,
-                     aberrations: Mapping[str, float] | Sequence[float] | None, xp: Any) -> Any:
-    """chi(q) in rad on any array namespace (same formula and Krivanek order as
-    :func:`ptyframe.core.physics.aberration_function`): chi = 2 pi / lambda sum C_nm
-    theta^(n+1) / (n+1) {1 | cos m phi | sin m phi}, theta = lambda |q|, phi = atan2(qy, qx)."""
-    coeffs = aberration_coefficients_array(aberrations)
-    theta = wavelength_A * xp.sqrt(qy * qy + qx * qx)
-    phi = xp.arctan2(qy, qx)
-    chi = xp.zeros_like(theta)
-    for value, n, m, part in _terms(coeffs):
-        radial = theta ** (n + 1) / (n + 1)
-        if m == 0:
-            chi = chi + value * radial
-        elif part == "a":
-            chi = chi + value * radial * xp.cos(m * phi)
-        else:
-            chi = chi + value * radial * xp.sin(m * phi)
-    return (2 * np.pi / wavelength_A) * chi
-
-
-def aperture_function(q: Any, wavelength_A: float, convergence_angle_mrad: float,
-                      edge_width_inv_A: float, xp: Any) -> Any:
-    """Circular aperture with a linear soft edge of ``edge_width_inv_A`` (as
-    :func:`ptyframe.core.physics.aperture`; 0 gives a hard edge), values in [0, 1]."""
-    q_cut = convergence_angle_mrad * 1e-3 / wavelength_A
-    if edge_width_inv_A <= 0:
-        return (q <= q_cut).astype(q.dtype)
-    return xp.clip((q_cut - q) / edge_width_inv_A + 0.5, 0.0, 1.0)
-
-
 def probe_spectrum(qy: Any, qx: Any, experiment: Experiment,
                    aberrations: Mapping[str, float] | None, xp: Any,
                    edge_width_px: float = 1.0) -> Any:
-    """Probe in reciprocal space A(q) exp(-i chi(q)) at arbitrary frequencies (1/Å)."""
+    """Probe in reciprocal space A(q) exp(-i chi(q)) at arbitrary frequencies (1/Å), on the
+    namespace ``xp``; ``aberrations`` {Krivanek name: Å} (None: the experiment's), aperture
+    edge ``edge_width_px`` detector pixels wide."""
     lam = experiment.wavelength_A
     ab = experiment.aberrations if aberrations is None else aberrations
-    amp = aperture_function(xp.sqrt(qy * qy + qx * qx), lam, experiment.convergence_angle_mrad,
-                            edge_width_px * experiment.dk_inv_A, xp)
-    return amp * xp.exp(-1j * aberration_phase(qy, qx, lam, ab, xp))
+    amp = aperture(xp.hypot(qy, qx), lam, experiment.convergence_angle_mrad, edge_width_px,
+                   experiment.dk_inv_A, xp)
+    return amp * xp.exp(-1j * aberration_function(qy, qx, lam, ab, xp))

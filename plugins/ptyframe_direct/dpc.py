@@ -46,54 +46,31 @@ import numpy as np
 from ptyframe.components import DirectMethod, DirectResult
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
+from ptyframe.core.physics import angle_to_frequency, spatial_frequencies
+from ptyframe.core.validators import (
+    at_least,
+    boolean,
+    finite,
+    non_negative,
+    one_of,
+    positive,
+    positive_int,
+    to_float,
+)
 
 from ._common import (
     as_dataset,
     center_of_mass,
-    check_non_negative,
-    check_optional_angle,
-    check_optional_bool,
-    check_positive,
     curl_fraction,
-    detector_frequencies,
     fit_rotation_by_curl,
-    float_or_raw,
     fourier_integrate,
     iter_scan_rows,
     scan_geometry,
     skewness,
-    spectral_gradient_kernels,
     to_scan_frame,
 )
 
 __all__ = ["DPC", "IterativeDPC", "integrate_gradient_lsq", "spectral_gradient_ops"]
-
-
-def _pad_factor(inst: Any, attribute: Any, value: Any) -> None:
-    check_positive(inst, attribute, value)
-    if value < 1:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a number >= 1, "
-                         f"found {value!r}")
-
-
-def _optional_positive(inst: Any, attribute: Any, value: Any) -> None:
-    if value is not None:
-        check_positive(inst, attribute, value)
-
-
-def _optional_float(value: Any) -> Any:
-    if value is None or isinstance(value, bool):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value  # the validator names the parameter
-
-
-def _resolve_180(inst: Any, attribute: Any, value: Any) -> None:
-    if value not in ("prior", "skewness"):
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected 'prior' or "
-                         f"'skewness', found {value!r}")
 
 
 def _angle_diff(a: float, b: float) -> float:
@@ -135,21 +112,21 @@ class DPC(DirectMethod):
     """
 
     name = "dpc"
-    high_pass: float = attrs.field(default=0.0, converter=float_or_raw,
-                                   validator=check_non_negative)
-    low_pass: float = attrs.field(default=0.0, converter=float_or_raw,
-                                  validator=check_non_negative)
-    rotation_deg: float | None = attrs.field(default=None, converter=_optional_float,
-                                             validator=check_optional_angle)
-    transpose: bool | None = attrs.field(default=None, validator=check_optional_bool)
-    pad_factor: float = attrs.field(default=2.0, converter=float_or_raw, validator=_pad_factor)
-    max_angle_mrad: float | None = attrs.field(default=None, converter=_optional_float,
-                                               validator=_optional_positive)
-    resolve_180: str = attrs.field(default="prior", validator=_resolve_180)
-    rotation_guess_deg: float | None = attrs.field(default=None, converter=_optional_float,
-                                                   validator=check_optional_angle)
-    chunk_mb: float = attrs.field(default=64.0, converter=float_or_raw,
-                                  validator=check_positive)
+    high_pass: float = attrs.field(default=0.0, converter=to_float,
+                                   validator=non_negative())
+    low_pass: float = attrs.field(default=0.0, converter=to_float,
+                                  validator=non_negative())
+    rotation_deg: float | None = attrs.field(default=None, converter=to_float,
+                                             validator=finite(unit="degrees", optional=True))
+    transpose: bool | None = attrs.field(default=None, validator=boolean(optional=True))
+    pad_factor: float = attrs.field(default=2.0, converter=to_float, validator=at_least(1))
+    max_angle_mrad: float | None = attrs.field(default=None, converter=to_float,
+                                               validator=positive(optional=True))
+    resolve_180: str = attrs.field(default="prior", validator=one_of(("prior", "skewness")))
+    rotation_guess_deg: float | None = attrs.field(default=None, converter=to_float,
+                                                   validator=finite(unit="degrees", optional=True))
+    chunk_mb: float = attrs.field(default=64.0, converter=to_float,
+                                  validator=positive())
 
     # ------------------------------------------------------------------ stages
     def measure_com(self, dataset: Any, experiment: Experiment, device: Device
@@ -159,11 +136,11 @@ class DPC(DirectMethod):
         dataset = as_dataset(dataset, experiment)
         scan, _step = scan_geometry(dataset, experiment)
         xp = device.xp
-        ky, kx = detector_frequencies(dataset.pattern_shape, experiment.dk_inv_A, xp,
-                                      device.real_dtype)
+        ky, kx = spatial_frequencies(dataset.pattern_shape, spacing_inv_A=experiment.dk_inv_A,
+                                     centered=True, xp=xp, dtype=device.real_dtype)
         weight = None
         if self.max_angle_mrad is not None:
-            k_max = self.max_angle_mrad * 1e-3 / experiment.wavelength_A
+            k_max = angle_to_frequency(self.max_angle_mrad, experiment.wavelength_A)
             weight = ((ky * ky + kx * kx) <= k_max**2).astype(device.real_dtype)
         n = scan[0] * scan[1]
         cy = np.empty(n)
@@ -285,9 +262,10 @@ def spectral_gradient_ops(shape: tuple[int, int], step: tuple[float, float], dev
                           ) -> tuple[Any, Any]:
     """The spectral gradient D: phi (Y, X) -> (d phi/dy, d phi/dx) (rad/Å for phi in rad) of
     real fields on a periodic scan-sampled grid, and its adjoint D^T (vy, vx) -> -div v.
-    Nyquist frequencies are dropped (:func:`spectral_gradient_kernels`), so both map real
+    Nyquist frequencies are dropped (``nyquist_zero``), so both map real
     arrays to real arrays and <D phi, v> = <phi, D^T v> exactly."""
-    ky, kx = spectral_gradient_kernels(shape, step, device.xp, device.real_dtype)
+    ky, kx = spatial_frequencies(shape, step, nyquist_zero=True, xp=device.xp,
+                                 dtype=device.real_dtype)
     dy_k = 2j * np.pi * ky
     dx_k = 2j * np.pi * kx
 
@@ -326,7 +304,7 @@ def integrate_gradient_lsq(grad_y: np.ndarray, grad_x: np.ndarray, step: tuple[f
     shape = tuple(int(s) for s in np.shape(grad_y))
     padded = tuple(max(s, int(math.ceil(pad_factor * s))) for s in shape)
     grad, div_adjoint = spectral_gradient_ops(padded, step, device)
-    ky, kx = spectral_gradient_kernels(padded, step, xp, device.real_dtype)
+    ky, kx = spatial_frequencies(padded, step, nyquist_zero=True, xp=xp, dtype=device.real_dtype)
     lap_k = -4 * np.pi**2 * (ky * ky + kx * kx)
     h = 4 * np.pi**2 * high_pass
     lw = low_pass / (4 * np.pi**2)
@@ -386,12 +364,6 @@ def integrate_gradient_lsq(grad_y: np.ndarray, grad_x: np.ndarray, step: tuple[f
     return out - out.mean(), info
 
 
-def _positive_int(inst: Any, attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected an integer >= 1, "
-                         f"found {value!r}")
-
-
 @attrs.define(kw_only=True)
 class IterativeDPC(DPC):
     """Iterative DPC: least-squares fit of grad(phi) to the COM field, started from iDPC.
@@ -410,9 +382,9 @@ class IterativeDPC(DPC):
     """
 
     name = "dpc_iterative"
-    n_iterations: int = attrs.field(default=100, validator=_positive_int)
-    tolerance: float = attrs.field(default=1e-6, converter=float_or_raw,
-                                   validator=check_positive)
+    n_iterations: int = attrs.field(default=100, validator=positive_int())
+    tolerance: float = attrs.field(default=1e-6, converter=to_float,
+                                   validator=positive())
 
     def _refine(self, phase: np.ndarray, cy: np.ndarray, cx: np.ndarray,
                 step: tuple[float, float], device: Device, timings: dict[str, float]

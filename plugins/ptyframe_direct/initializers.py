@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from ptyframe.components import InitContext, ObjectInitializer
+from ptyframe.core.validators import finite, non_negative, to_float
 
 __all__ = ["DirectPhaseObject", "phase_on_grid"]
 
@@ -52,32 +53,6 @@ def _optional_pixel(value: Any) -> list[float] | None:
         raise ValueError(f"DirectPhaseObject.pixel_size_A: expected None, a positive number or "
                          f"a (y, x) pair in Å, found {value!r}")
     return items
-
-
-def _optional_angle(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = float("nan")
-    if isinstance(value, bool) or not math.isfinite(out):
-        raise ValueError(f"DirectPhaseObject.rotation_deg: expected None or an angle in "
-                         f"degrees, found {value!r}")
-    return out
-
-
-def _finite_float(name: str) -> Any:
-    def convert(value: Any) -> float:
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            out = float("nan")
-        if isinstance(value, bool) or not math.isfinite(out) or out < 0:
-            raise ValueError(f"DirectPhaseObject.{name}: expected a finite number >= 0, found "
-                             f"{value!r}")
-        return out
-    return convert
 
 
 def phase_on_grid(phase: np.ndarray, pixel_yx_A: tuple[float, float],
@@ -136,9 +111,10 @@ class DirectPhaseObject(ObjectInitializer):
     path: str = attrs.field(converter=_path)
     pixel_size_A: list[float] | None = attrs.field(default=None, converter=_optional_pixel)
     origin_A: list[float] | None = attrs.field(default=None, converter=_optional_pair)
-    rotation_deg: float | None = attrs.field(default=None, converter=_optional_angle)
-    scale: float = attrs.field(default=1.0, converter=_finite_float("scale"))
-    mode_noise_rad: float = attrs.field(default=1e-2, converter=_finite_float("mode_noise_rad"))
+    rotation_deg: float | None = attrs.field(
+        default=None, converter=to_float, validator=finite(unit="degrees", optional=True))
+    scale: float = attrs.field(default=1.0, converter=to_float, validator=non_negative())
+    mode_noise_rad: float = attrs.field(default=1e-2, converter=to_float, validator=non_negative())
 
     def _files(self) -> tuple[Path, Path | None]:
         p = Path(self.path)

@@ -56,12 +56,27 @@ from ptyframe.core.experiment import Experiment
 from ptyframe.core.physics import (
     ABERRATION_NAMES,
     aberration_coefficients_array,
+    aberration_function,
+    aberration_gradient,
+    aberration_gradient_basis,
+    angle_to_frequency,
+    soft_aperture,
+    spatial_frequencies,
+)
+from ptyframe.core.validators import (
+    boolean,
+    finite,
+    in_range,
+    one_of,
+    positive,
+    positive_int,
+    to_float,
+    to_int,
 )
 from ptyframe.io.data import Dataset
 
 __all__ = [
     "TiltCorrectedBF",
-    "aberration_gradient_basis",
     "ShiftModel",
     "experiment_from_tcbf",
     "tcbf_transfer",
@@ -71,61 +86,7 @@ _BF_MASKS = ("threshold", "aperture")
 _LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
 
 
-# ---------------------------------------------------------------------------- physics helpers
-def _order_symmetry(name: str) -> tuple[int, int, str]:
-    return int(name[1]), int(name[2]), name[3:]
-
-
-def aberration_gradient_basis(ky: np.ndarray, kx: np.ndarray, wavelength: float,
-                              names: tuple[str, ...] | list[str]) -> np.ndarray:
-    """grad_k (d chi / d C) for each named coefficient, shape (len(names), *k.shape, 2),
-    components (y, x), rad·Å per Å of coefficient (i.e. Å; chi in rad, k in 1/Å).
-
-    Analytic gradient of :func:`ptyframe.core.physics.aberration_basis`: with rho = |k|,
-    phi = atan2(ky, kx), B = 2 pi lambda^n rho^(n+1) / (n+1) g(m phi),
-    grad B = 2 pi lambda^n rho^n [g rho_hat + m/(n+1) g'(m phi) phi_hat].
-    """
-    ky = np.asarray(ky, dtype=float)
-    kx = np.asarray(kx, dtype=float)
-    rho = np.hypot(ky, kx)
-    phi = np.arctan2(ky, kx)
-    cos_p, sin_p = np.cos(phi), np.sin(phi)
-    out = np.empty((len(names), *rho.shape, 2))
-    for j, name in enumerate(names):
-        if name not in ABERRATION_NAMES:
-            raise ValueError(f"names: unknown aberration {name!r}; expected one of "
-                             f"{', '.join(ABERRATION_NAMES)}")
-        n, m, part = _order_symmetry(name)
-        if m == 0:
-            g, dg = np.ones_like(phi), np.zeros_like(phi)
-        elif part == "a":
-            g, dg = np.cos(m * phi), -m * np.sin(m * phi)
-        else:
-            g, dg = np.sin(m * phi), m * np.cos(m * phi)
-        radial = 2 * np.pi * wavelength**n * rho**n
-        tangential = dg / (n + 1)
-        # rho_hat = (sin phi, cos phi), phi_hat = (cos phi, -sin phi) in (y, x)
-        out[j, ..., 0] = radial * (g * sin_p + tangential * cos_p)
-        out[j, ..., 1] = radial * (g * cos_p - tangential * sin_p)
-    return out
-
-
-def _chi_xp(xp: Any, ky: Any, kx: Any, wavelength: float, coeffs: np.ndarray) -> Any:
-    """chi(k) in rad on any array namespace (the formula of ptyframe.core.physics)."""
-    theta = wavelength * xp.sqrt(ky * ky + kx * kx)
-    phi = xp.arctan2(ky, kx)
-    chi = xp.zeros_like(theta)
-    for c, name in zip(coeffs, ABERRATION_NAMES, strict=False):
-        if c == 0.0:
-            continue
-        n, m, part = _order_symmetry(name)
-        term = theta ** (n + 1) / (n + 1)
-        if m:
-            term = term * (xp.cos(m * phi) if part == "a" else xp.sin(m * phi))
-        chi += (2 * np.pi / wavelength * float(c)) * term
-    return chi
-
-
+# ---------------------------------------------------------------------------- geometry
 def _rotation_yx(theta: float) -> np.ndarray:
     """R(theta) acting on (y, x) column vectors (x' = c x - s y, y' = s x + c y)."""
     c, s = math.cos(theta), math.sin(theta)
@@ -230,8 +191,7 @@ def _transfer_terms(xp: Any, qy: Any, qx: Any, k_yx: np.ndarray, grad: np.ndarra
     returns (B, *q.shape) complex (see :func:`tcbf_transfer`)."""
 
     def amp(ky: Any, kx: Any) -> Any:
-        q = xp.sqrt(ky * ky + kx * kx)
-        return xp.clip((aperture_inv_A - q) / edge_inv_A + 0.5, 0.0, 1.0)
+        return soft_aperture(xp.hypot(ky, kx), aperture_inv_A, edge_inv_A, xp)
 
     expand = (slice(None),) + (None,) * qy.ndim  # (B, 1, ..., 1) against q
     kk = xp.asarray(np.asarray(k_yx, dtype=float))
@@ -240,22 +200,11 @@ def _transfer_terms(xp: Any, qy: Any, qx: Any, k_yx: np.ndarray, grad: np.ndarra
     kx = kk[:, 1][expand]
     lin = qy * gg[:, 0][expand] + qx * gg[:, 1][expand]
     a0 = xp.maximum(amp(ky, kx), 1e-3)
-    chi0 = _chi_xp(xp, ky, kx, wavelength, coeffs)
-    d_minus = chi0 - _chi_xp(xp, ky - qy, kx - qx, wavelength, coeffs) - lin
-    d_plus = _chi_xp(xp, ky + qy, kx + qx, wavelength, coeffs) - chi0 - lin
+    chi0 = aberration_function(ky, kx, wavelength, coeffs, xp)
+    d_minus = chi0 - aberration_function(ky - qy, kx - qx, wavelength, coeffs, xp) - lin
+    d_plus = aberration_function(ky + qy, kx + qx, wavelength, coeffs, xp) - chi0 - lin
     return 1j * (amp(ky - qy, kx - qx) * xp.exp(1j * d_minus)
                  - amp(ky + qy, kx + qx) * xp.exp(1j * d_plus)) / a0
-
-
-def _grad_chi(k_yx: np.ndarray, wavelength: float, coeffs: np.ndarray) -> np.ndarray:
-    """grad_k chi (K, 2) rad·Å for coefficients in :data:`ABERRATION_NAMES` order."""
-    used = [n for n, c in zip(ABERRATION_NAMES, coeffs, strict=True) if c != 0.0]
-    out = np.zeros((len(k_yx), 2))
-    if used:
-        grads = aberration_gradient_basis(k_yx[:, 0], k_yx[:, 1], wavelength, used)
-        values = np.array([coeffs[ABERRATION_NAMES.index(n)] for n in used])
-        out = np.tensordot(values, grads, axes=1)
-    return out
 
 
 def tcbf_transfer(xp: Any, q_yx: tuple[Any, Any], k_yx: np.ndarray, wavelength: float,
@@ -274,7 +223,8 @@ def tcbf_transfer(xp: Any, q_yx: tuple[Any, Any], k_yx: np.ndarray, wavelength: 
     qy, qx = q_yx
     k_yx = np.asarray(k_yx, dtype=float).reshape(-1, 2)
     w = np.ones(len(k_yx)) if weights is None else np.asarray(weights, dtype=float)
-    grad = _grad_chi(k_yx, wavelength, np.asarray(coeffs, dtype=float))
+    grad = aberration_gradient(k_yx[:, 0], k_yx[:, 1], wavelength,
+                               np.asarray(coeffs, dtype=float))
     total = xp.zeros(qy.shape, dtype=complex)
     ww = xp.asarray(w)
     for start in range(0, len(k_yx), batch):
@@ -312,69 +262,6 @@ def _names(value: Any) -> tuple[str, ...]:
         raise ValueError(f"fit_aberrations: expected distinct names from "
                          f"{', '.join(ABERRATION_NAMES)}, found {value!r}")
     return out
-
-
-def _choice(options: tuple[str, ...]):
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in options:
-            raise ValueError(f"{attribute.name}: expected one of {options}, found {value!r}")
-    return check
-
-
-def _positive_int(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{attribute.name}: expected an integer >= 1, found {value!r}")
-
-
-def _in_range(lo: float, hi: float, lo_open: bool = False):
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        ok = np.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
-        if not ok:
-            bound = "(" if lo_open else "["
-            raise ValueError(f"{attribute.name}: expected a number in {bound}{lo}, {hi}], "
-                             f"found {value!r}")
-    return check
-
-
-def _optional_bool(value: Any) -> bool | None:
-    if value is None or isinstance(value, (bool, np.bool_)):
-        return None if value is None else bool(value)
-    raise ValueError(f"transpose: expected True, False or None (try both), found {value!r}")
-
-
-def _optional_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = float("nan")
-    if not np.isfinite(out):
-        raise ValueError(f"rotation_guess_deg: expected a finite angle in degrees or None, "
-                         f"found {value!r}")
-    return out
-
-
-def _optional_positive(name: str):
-    def convert(value: Any) -> float | None:
-        if value is None:
-            return None
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            out = float("nan")
-        if not (np.isfinite(out) and out > 0):
-            raise ValueError(f"{name}: expected a positive number or None, found {value!r}")
-        return out
-    return convert
-
-
-def _optional_positive_int(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"chunk_patterns: expected an integer >= 1 or None, found {value!r}")
-    return int(value)
 
 
 # ---------------------------------------------------------------------------- the method
@@ -463,39 +350,41 @@ class TiltCorrectedBF(DirectMethod):
 
     name = "tcbf"
     binning: tuple[int, ...] = attrs.field(default=(4, 2, 1), converter=_int_tuple)
-    iterations_per_level: int = attrs.field(default=3, validator=_positive_int)
+    iterations_per_level: int = attrs.field(default=3, validator=positive_int())
     fit_aberrations: tuple[str, ...] = attrs.field(
         default=("C10", "C12a", "C12b", "C21a", "C21b", "C23a", "C23b"), converter=_names)
-    fit_rotation: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
-    transpose: bool | None = attrs.field(default=False, converter=_optional_bool)
-    rotation_guess_deg: float | None = attrs.field(default=None, converter=_optional_float)
+    fit_rotation: bool = attrs.field(default=True, validator=boolean())
+    transpose: bool | None = attrs.field(default=False, validator=boolean(optional=True))
+    rotation_guess_deg: float | None = attrs.field(
+        default=None, converter=to_float, validator=finite(unit="degrees", optional=True))
     use_experiment_aberrations: bool = attrs.field(
-        default=True, validator=attrs.validators.instance_of(bool))
-    bf_mask: str = attrs.field(default="threshold", validator=_choice(_BF_MASKS))
-    bf_threshold: float = attrs.field(default=0.5, converter=float,
-                                      validator=_in_range(0.0, 1.0, lo_open=True))
-    bf_radius_fraction: float = attrs.field(default=1.0, converter=float,
-                                            validator=_in_range(0.0, 2.0, lo_open=True))
-    upsample: int = attrs.field(default=2, validator=_positive_int)
-    subpixel_upsample: int = attrs.field(default=8, validator=_positive_int)
-    correlation_sigma_px: float = attrs.field(default=0.5, converter=float,
-                                              validator=_in_range(0.0, 1e3))
-    edge_taper: float = attrs.field(default=0.0, converter=float,
-                                    validator=_in_range(0.0, 0.5))
-    min_overlap: float = attrs.field(default=0.5, converter=float,
-                                     validator=_in_range(0.0, 1.0, lo_open=True))
-    search_radius_px: float | None = attrs.field(default=2.0,
-                                                 converter=_optional_positive("search_radius_px"))
+        default=True, validator=boolean())
+    bf_mask: str = attrs.field(default="threshold", validator=one_of(_BF_MASKS))
+    bf_threshold: float = attrs.field(default=0.5, converter=to_float,
+                                      validator=in_range(0.0, 1.0, low_open=True))
+    bf_radius_fraction: float = attrs.field(default=1.0, converter=to_float,
+                                            validator=in_range(0.0, 2.0, low_open=True))
+    upsample: int = attrs.field(default=2, validator=positive_int())
+    subpixel_upsample: int = attrs.field(default=8, validator=positive_int())
+    correlation_sigma_px: float = attrs.field(default=0.5, converter=to_float,
+                                              validator=in_range(0.0, 1e3))
+    edge_taper: float = attrs.field(default=0.0, converter=to_float,
+                                    validator=in_range(0.0, 0.5))
+    min_overlap: float = attrs.field(default=0.5, converter=to_float,
+                                     validator=in_range(0.0, 1.0, low_open=True))
+    search_radius_px: float | None = attrs.field(default=2.0, converter=to_float,
+                                                 validator=positive(optional=True))
     refine_defocus: bool = attrs.field(default=True,
-                                       validator=attrs.validators.instance_of(bool))
+                                       validator=boolean())
     defocus_search: bool = attrs.field(default=True,
-                                       validator=attrs.validators.instance_of(bool))
-    loss: str = attrs.field(default="soft_l1", validator=_choice(_LOSSES))
-    outlier_scale_px: float = attrs.field(default=1.0, converter=float,
-                                          validator=_in_range(0.0, 1e6, lo_open=True))
-    wiener_epsilon: float = attrs.field(default=0.05, converter=float,
-                                        validator=_in_range(0.0, 1e6, lo_open=True))
-    chunk_patterns: int | None = attrs.field(default=None, converter=_optional_positive_int)
+                                       validator=boolean())
+    loss: str = attrs.field(default="soft_l1", validator=one_of(_LOSSES))
+    outlier_scale_px: float = attrs.field(default=1.0, converter=to_float,
+                                          validator=in_range(0.0, 1e6, low_open=True))
+    wiener_epsilon: float = attrs.field(default=0.05, converter=to_float,
+                                        validator=in_range(0.0, 1e6, low_open=True))
+    chunk_patterns: int | None = attrs.field(default=None, converter=to_int,
+                                             validator=positive_int(optional=True))
 
     # ------------------------------------------------------------------ entry point
     def run(self, dataset: Any, experiment: Experiment, device: Any) -> DirectResult:
@@ -663,7 +552,7 @@ class TiltCorrectedBF(DirectMethod):
         disk = mean >= 0.5 * peak
         w = disk.astype(float)
         center = np.array([(iy * w).sum() / w.sum(), (ix * w).sum() / w.sum()])
-        r_px = experiment.convergence_angle_mrad * 1e-3 / experiment.wavelength_A \
+        r_px = angle_to_frequency(experiment.convergence_angle_mrad, experiment.wavelength_A) \
             / experiment.dk_inv_A
         radius = np.hypot(iy - center[0], ix - center[1])
         inside = radius <= self.bf_radius_fraction * r_px
@@ -908,8 +797,7 @@ class TiltCorrectedBF(DirectMethod):
         window[:sy, :sx] = 1.0
         window_spec = device.asarray(np.fft.fft2(window), dtype=device.complex_dtype)
         rot = _rotation_yx(theta)
-        qs_y = np.fft.fftfreq(py, step[0])[:, None] * np.ones((1, px))
-        qs_x = np.ones((py, 1)) * np.fft.fftfreq(px, step[1])[None, :]
+        qs_y, qs_x = spatial_frequencies((py, px), step)
         q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
         q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
         qsy = device.asarray(qs_y)
@@ -920,7 +808,7 @@ class TiltCorrectedBF(DirectMethod):
         def negative_alignment(c10: float) -> float:
             coeffs = coeffs_all.copy()
             coeffs[i10] = c10
-            grad = _grad_chi(k_sel, lam, coeffs)
+            grad = aberration_gradient(k_sel[:, 0], k_sel[:, 1], lam, coeffs)
             shifts = (-grad / (2 * np.pi)) @ rot  # scan frame, Å
             total = xp.zeros((py, px), dtype=device.complex_dtype)
             total_w = xp.zeros((py, px), dtype=device.complex_dtype)
@@ -1142,8 +1030,7 @@ class TiltCorrectedBF(DirectMethod):
         pix = step / self.upsample
         valid = weight >= 0.25 * weight.max()
         img = np.where(valid, tcbf, 0.0)
-        qs_y = np.fft.fftfreq(ny, pix[0])[:, None] * np.ones((1, nx))
-        qs_x = np.ones((ny, 1)) * np.fft.fftfreq(nx, pix[1])[None, :]
+        qs_y, qs_x = spatial_frequencies((ny, nx), pix)
         # scan-frame frequency -> physical frame: q = R(theta) q_scan
         rot = _rotation_yx(theta)
         q_y = rot[0, 0] * qs_y + rot[0, 1] * qs_x

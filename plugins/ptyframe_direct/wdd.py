@@ -55,14 +55,17 @@ import numpy as np
 from ptyframe.components import DirectMethod, DirectResult
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
-from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array
+from ptyframe.core.physics import (
+    ABERRATION_NAMES,
+    aberration_coefficients_array,
+    angle_to_frequency,
+    frequency_axis,
+    spatial_frequencies,
+)
+from ptyframe.core.validators import boolean, finite, non_negative, one_of, positive, to_float
 
 from ._common import (
     as_dataset,
-    check_optional_angle,
-    check_positive,
-    detector_frequencies,
-    float_or_raw,
     iter_scan_rows,
     probe_spectrum,
     scan_geometry,
@@ -71,18 +74,6 @@ from ._common import (
 __all__ = ["WDD"]
 
 _MODES = ("wdd", "ssb")
-
-
-def _mode(inst: Any, attribute: Any, value: Any) -> None:
-    if value not in _MODES:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected one of "
-                         f"{', '.join(repr(m) for m in _MODES)}, found {value!r}")
-
-
-def _bool(inst: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected True or False, "
-                         f"found {value!r}")
 
 
 def _aberrations(value: Any) -> dict[str, float] | None:
@@ -99,13 +90,6 @@ def _aberrations(value: Any) -> dict[str, float] | None:
         raise ValueError(f"WDD.aberrations: expected finite values in Å, found {dict(value)}")
     return {name: float(v) for name, v in zip(ABERRATION_NAMES, arr, strict=True)
             if name in value}
-
-
-def _non_negative_edge(inst: Any, attribute: Any, value: Any) -> None:
-    ok = isinstance(value, float) and math.isfinite(value) and value >= 0
-    if not ok:
-        raise ValueError(f"{type(inst).__name__}.{attribute.name}: expected a number >= 0 "
-                         f"(detector pixels), found {value!r}")
 
 
 @attrs.define(kw_only=True)
@@ -134,22 +118,23 @@ class WDD(DirectMethod):
     """
 
     name = "wdd"
-    mode: str = attrs.field(default="wdd", validator=_mode)
-    epsilon: float = attrs.field(default=1e-2, converter=float_or_raw, validator=check_positive)
+    mode: str = attrs.field(default="wdd", validator=one_of(_MODES))
+    epsilon: float = attrs.field(default=1e-2, converter=to_float, validator=positive())
     aberrations: dict[str, float] | None = attrs.field(default=None, converter=_aberrations)
-    rotation_deg: float | None = attrs.field(default=None, validator=check_optional_angle)
-    transpose: bool = attrs.field(default=False, validator=_bool)
-    edge_width_px: float = attrs.field(default=1.0, converter=float_or_raw,
-                                       validator=_non_negative_edge)
-    chunk_mb: float = attrs.field(default=64.0, converter=float_or_raw,
-                                  validator=check_positive)
+    rotation_deg: float | None = attrs.field(default=None,
+                                             validator=finite(unit="degrees", optional=True))
+    transpose: bool = attrs.field(default=False, validator=boolean())
+    edge_width_px: float = attrs.field(default=1.0, converter=to_float,
+                                       validator=non_negative(unit="detector pixels"))
+    chunk_mb: float = attrs.field(default=64.0, converter=to_float,
+                                  validator=positive())
 
     # ------------------------------------------------------------------ helpers
     def _probe(self, qy: Any, qx: Any, experiment: Experiment, xp: Any) -> Any:
         return probe_spectrum(qy, qx, experiment, self.aberrations, xp, self.edge_width_px)
 
     def _q_max(self, experiment: Experiment) -> float:
-        q_cut = experiment.convergence_angle_mrad * 1e-3 / experiment.wavelength_A
+        q_cut = angle_to_frequency(experiment.convergence_angle_mrad, experiment.wavelength_A)
         return 2.0 * (q_cut + 0.5 * self.edge_width_px * experiment.dk_inv_A) * (1 + 1e-9)
 
     def scan_spectrum(self, dataset: Any, scan: tuple[int, int], step: tuple[float, float],
@@ -202,7 +187,7 @@ class WDD(DirectMethod):
         t1 = time.perf_counter()
         rot = experiment.scan_rotation_deg if self.rotation_deg is None else self.rotation_deg
         theta = math.radians(rot)
-        fy = np.fft.fftfreq(sy, step[0])
+        fy = frequency_axis(sy, step[0])
         fx = kept / (sx * step[1])
         iy_grid, j_grid = np.meshgrid(np.arange(sy), np.arange(kept.size), indexing="ij")
         q_scan_y = fy[iy_grid]
@@ -212,8 +197,8 @@ class WDD(DirectMethod):
         qy_det = math.sin(theta) * q_scan_x[use] + math.cos(theta) * q_scan_y[use]
         qx_det = math.cos(theta) * q_scan_x[use] - math.sin(theta) * q_scan_y[use]
 
-        qy, qx = detector_frequencies((ny, nx), experiment.dk_inv_A, xp, device.real_dtype,
-                                      order="fft")
+        qy, qx = spatial_frequencies((ny, nx), spacing_inv_A=experiment.dk_inv_A, xp=xp,
+                                     dtype=device.real_dtype)
         p0 = self._probe(qy, qx, experiment, xp).astype(device.complex_dtype)
         p0_power = p0.real ** 2 + p0.imag ** 2
         item = np.dtype(device.complex_dtype).itemsize

@@ -16,7 +16,6 @@ sharing the rest. Options of :class:`ApertureProbe` (and its subclasses): ``herm
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -31,6 +30,8 @@ from ptyframe.core.physics import (
     aperture,
     spatial_frequencies,
 )
+from ptyframe.core.validators import fraction, npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 __all__ = ["ApertureProbe", "MeanPatternProbe", "BinaryApertureProbe", "ProbeFromFile",
            "add_probe_modes", "extra_orthogonal_modes", "hermite_probe_modes",
@@ -38,16 +39,6 @@ __all__ = ["ApertureProbe", "MeanPatternProbe", "BinaryApertureProbe", "ProbeFro
 
 
 # --------------------------------------------------------------------------- validators
-def _fraction(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 <= value < 1:
-        raise ValueError(f"{attribute.name}: expected a fraction in [0, 1), found {value!r}")
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name}: expected a number > 0, found {value!r}")
-
-
 def _hermite_orders(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -91,35 +82,6 @@ def _aberration_override(value: Any) -> dict[str, float] | None:
     if not np.all(np.isfinite(coeffs)):
         raise ValueError(f"aberrations: expected finite coefficients, found {list(coeffs)}")
     return {ABERRATION_NAMES[k]: float(c) for k, c in enumerate(coeffs)}
-
-
-def _load_npy(path_text: str, setting: str) -> np.ndarray:
-    path = Path(path_text)
-    if path.suffix != ".npy":
-        raise ValueError(f"{setting}: expected a .npy file, found {path_text!r}")
-    if not path.is_file():
-        raise ValueError(f"{setting}: file not found: {path_text!r}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{setting}: cannot read {path_text!r} as a numeric .npy array: "
-                         f"{exc}") from exc
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{setting}: expected numbers in {path_text!r}, found dtype "
-                         f"{array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{setting}: {path_text!r} contains NaN or infinite values")
-    return array
-
-
-def _optional_path(setting: str):
-    def convert(value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, (str, Path)) and str(value):
-            return str(value)
-        raise ValueError(f"{setting}: expected the path of a .npy file or None, found {value!r}")
-    return convert
 
 
 # --------------------------------------------------------------------------- mode builders
@@ -304,13 +266,13 @@ class ApertureProbe(ProbeInitializer):
     name = "aperture"
     extra_defocus_A: float = attrs.field(default=0.0, converter=float)
     edge_width_px: float = attrs.field(default=1.0, converter=float)
-    extra_mode_power: float = attrs.field(default=0.1, converter=float, validator=_fraction)
+    extra_mode_power: float = attrs.field(default=0.1, converter=to_float, validator=fraction())
     aberrations: dict[str, float] | None = attrs.field(default=None,
                                                        converter=_aberration_override)
     hermite_modes: tuple[int, int] | None = attrs.field(default=None, converter=_hermite_orders)
     defocus_spread_A: tuple[float, ...] | None = attrs.field(default=None,
                                                              converter=_defocus_list)
-    beam_ctf: str | None = attrs.field(default=None, converter=_optional_path("beam_ctf"))
+    beam_ctf: str | None = attrs.field(default=None, converter=npy_path())
     _ctf: Any = attrs.field(default=None, init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -321,7 +283,7 @@ class ApertureProbe(ProbeInitializer):
             raise ValueError("hermite_modes: expected either hermite_modes or "
                              "defocus_spread_A, found both")
         if self.beam_ctf is not None:
-            ctf = _load_npy(self.beam_ctf, "beam_ctf")
+            ctf = load_npy("beam_ctf", self.beam_ctf)
             if ctf.ndim != 2:
                 raise ValueError(f"beam_ctf: expected a 2-D (ny, nx) array, found shape "
                                  f"{ctf.shape}")
@@ -410,7 +372,7 @@ class BinaryApertureProbe(ApertureProbe):
     """
 
     name = "binary_aperture"
-    threshold: float = attrs.field(default=1.0, converter=float, validator=_positive)
+    threshold: float = attrs.field(default=1.0, converter=to_float, validator=positive())
 
     def aperture_mask(self, context: InitContext) -> np.ndarray:
         """Boolean (ny, nx) aperture, centred (the mean pattern's order)."""
@@ -446,7 +408,7 @@ class ProbeFromFile(ProbeInitializer):
     name = "probe_from_file"
     path: str = attrs.field(converter=str)
     layout: str = attrs.field(default="auto")
-    extra_mode_power: float = attrs.field(default=0.1, converter=float, validator=_fraction)
+    extra_mode_power: float = attrs.field(default=0.1, converter=to_float, validator=fraction())
     rescale: bool = attrs.field(default=True)
     _probe: Any = attrs.field(default=None, init=False, repr=False, eq=False)
 
@@ -462,7 +424,7 @@ class ProbeFromFile(ProbeInitializer):
             raise ValueError(f"rescale: expected true or false, found {value!r}")
 
     def __attrs_post_init__(self) -> None:
-        probe = _load_npy(self.path, "path")
+        probe = load_npy("path", self.path)
         if probe.ndim not in (2, 3):
             raise ValueError(f"path: expected a probe (ny, nx), (modes, ny, nx) or (ny, nx, "
                              f"modes) in {self.path!r}, found shape {probe.shape}")

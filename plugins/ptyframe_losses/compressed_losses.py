@@ -31,31 +31,19 @@ data.
 from __future__ import annotations
 
 import abc
-from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from ptyframe.components import LossMetric
+from ptyframe.core.validators import npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 __all__ = ["CompressedLeastSquares", "CompressedGaussian", "CompressedPoisson"]
 
 _IN_MEMORY = ("<in-memory masks {shape}: not serialised; save them with numpy.save and give "
               "masks_path>")
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name}: expected a number > 0, found {value!r}")
-
-
-def _optional_path(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, Path)) and str(value):
-        return str(value)
-    raise ValueError(f"masks_path: expected the path of a .npy file or None, found {value!r}")
 
 
 def _masks_array(value: Any, source: str) -> np.ndarray:
@@ -97,7 +85,7 @@ class _CompressedLoss(LossMetric):
     needs_non_negative: ClassVar[bool] = False
     can_overwrite = True
 
-    masks_path: str | None = attrs.field(default=None, converter=_optional_path)
+    masks_path: str | None = attrs.field(default=None, converter=npy_path())
     _masks: Any = attrs.field(default=None, alias="masks", repr=False, eq=False)
     #: host masks (K, my, mx) float64, centred
     _host_masks: Any = attrs.field(default=None, init=False, repr=False, eq=False)
@@ -108,16 +96,7 @@ class _CompressedLoss(LossMetric):
         if self._masks is not None and self.masks_path is not None:
             raise ValueError("masks: expected either masks (an array) or masks_path, found both")
         if self.masks_path is not None:
-            path = Path(self.masks_path)
-            if path.suffix != ".npy":
-                raise ValueError(f"masks_path: expected a .npy file, found {str(path)!r}")
-            if not path.is_file():
-                raise ValueError(f"masks_path: file not found: {str(path)!r}")
-            try:
-                loaded = np.load(path, allow_pickle=False)
-            except ValueError as exc:
-                raise ValueError(f"masks_path: cannot read {str(path)!r} as a numeric .npy "
-                                 f"array: {exc}") from exc
+            loaded = load_npy("masks_path", self.masks_path, finite=False)
             self._host_masks = _masks_array(loaded, "masks_path")
         elif self._masks is not None:
             self._host_masks = _masks_array(self._masks, "masks")
@@ -273,7 +252,7 @@ class CompressedGaussian(_CompressedLoss):
 
     name = "gaussian_compressed"
     needs_non_negative: ClassVar[bool] = True
-    epsilon: float = attrs.field(default=1e-6, converter=float, validator=_positive)
+    epsilon: float = attrs.field(default=1e-6, converter=to_float, validator=positive())
 
     def prepare_compressed(self, compressed: Any) -> Any:
         self._check_non_negative(compressed)
@@ -303,7 +282,7 @@ class CompressedPoisson(_CompressedLoss):
 
     name = "poisson_compressed"
     needs_non_negative: ClassVar[bool] = True
-    epsilon: float = attrs.field(default=1e-2, converter=float, validator=_positive)
+    epsilon: float = attrs.field(default=1e-2, converter=to_float, validator=positive())
 
     def prepare_compressed(self, compressed: Any) -> Any:
         self._check_non_negative(compressed)

@@ -17,18 +17,9 @@ from typing import Any
 import attrs
 
 from ptyframe.components import LossMetric
+from ptyframe.core.validators import non_negative, positive, to_float
 
 __all__ = ["LeastSquaresSqrt", "PoissonML", "LeastSquares", "ModifiedGaussian"]
-
-
-def _non_negative(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name}: expected a number >= 0, found {value!r}")
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name}: expected a number > 0, found {value!r}")
 
 
 @attrs.define(kw_only=True)
@@ -43,7 +34,7 @@ class LeastSquaresSqrt(LossMetric):
 
     name = "lsq_sqrt"
     can_overwrite = True
-    epsilon: float = attrs.field(default=1e-6, converter=float, validator=_non_negative)
+    epsilon: float = attrs.field(default=1e-6, converter=to_float, validator=non_negative())
 
     def prepare_measured(self, measured: Any) -> Any:
         return self.device.xp.sqrt(measured)
@@ -74,7 +65,7 @@ class PoissonML(LossMetric):
 
     name = "ml"
     can_overwrite = True
-    epsilon: float = attrs.field(default=1e-2, converter=float, validator=_positive)
+    epsilon: float = attrs.field(default=1e-2, converter=to_float, validator=positive())
 
     def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
@@ -119,7 +110,7 @@ class ModifiedGaussian(LossMetric):
 
     name = "lsq_sqrt_2"
     can_overwrite = True
-    dark_threshold: float = attrs.field(default=0.5, converter=float, validator=_positive)
+    dark_threshold: float = attrs.field(default=0.5, converter=to_float, validator=positive())
 
     def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:

@@ -9,31 +9,17 @@ import numpy as np
 
 from ptyframe.components import PropagationGeometry, Propagator
 from ptyframe.core.device import Workspace
+from ptyframe.core.physics import band_limit_mask, frequency_axis, spatial_frequencies
+from ptyframe.core.validators import in_range
 
-__all__ = ["Multislice", "fresnel_kernel", "band_limit_mask", "reduce_to_shape",
+__all__ = ["Multislice", "fresnel_kernel", "reduce_to_shape",
            "tilted_kernel", "tilt_gradient", "check_tilts"]
-
-
-def band_limit_mask(shape: tuple[int, int], cutoff: float, rolloff: float = 0.0) -> np.ndarray:
-    """Radial mask in FFT order: 1 below ``cutoff`` x Nyquist, 0 above.
-
-    ``rolloff`` > 0 replaces the hard edge by a cosine taper of that width (fraction of
-    Nyquist) ending at the cutoff.
-    """
-    fy = np.fft.fftfreq(shape[0])[:, None] / 0.5
-    fx = np.fft.fftfreq(shape[1])[None, :] / 0.5
-    r = np.sqrt(fy**2 + fx**2)  # 1 = Nyquist along an axis
-    if rolloff <= 0:
-        return (r <= cutoff).astype(float)
-    t = np.clip((cutoff - r) / rolloff, 0.0, 1.0)
-    return np.sin(0.5 * np.pi * t) ** 2
 
 
 def fresnel_kernel(shape: tuple[int, int], pixel_size_A: float, wavelength_A: float,
                    dz_A: float) -> np.ndarray:
     """exp(-i pi lambda dz q^2) in FFT order (q in 1/Å)."""
-    qy = np.fft.fftfreq(shape[0], pixel_size_A)[:, None]
-    qx = np.fft.fftfreq(shape[1], pixel_size_A)[None, :]
+    qy, qx = spatial_frequencies(shape, pixel_size_A, sparse=True)
     return np.exp(-1j * np.pi * wavelength_A * dz_A * (qy**2 + qx**2))
 
 
@@ -110,12 +96,6 @@ def _slice_distances(value: Any) -> tuple[float, ...]:
     return values
 
 
-def _unit_interval(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 < value <= 1.5:
-        raise ValueError(f"{attribute.name}: expected a fraction of Nyquist in (0, 1.5], "
-                         f"found {value!r}")
-
-
 @attrs.define(kw_only=True)
 class Multislice(Propagator):
     """Split-step multislice: transmit by each slice, Fresnel-propagate across each gap.
@@ -142,7 +122,8 @@ class Multislice(Propagator):
     slice_thickness_A: tuple[float, ...] = attrs.field(default=(1.0,),
                                                        converter=_slice_distances)
     damping_cutoff: float = attrs.field(default=2.0 / 3.0, converter=float,
-                                        validator=_unit_interval)
+                                        validator=in_range(0.0, 1.5, low_open=True,
+                                                           unit="fraction of Nyquist"))
     rolloff: float = attrs.field(default=0.0, converter=float)
     _kernels: list[Any] = attrs.field(factory=list, init=False, repr=False)
     _kernels_conj: list[Any] = attrs.field(factory=list, init=False, repr=False)
@@ -166,8 +147,8 @@ class Multislice(Propagator):
             self._kernels.append(dev.complex(kern))
             self._kernels_conj.append(dev.complex(np.conj(kern)))
         ny, nx = geometry.shape
-        self._q = (dev.real(np.fft.fftfreq(ny, geometry.pixel_size_A)),
-                   dev.real(np.fft.fftfreq(nx, geometry.pixel_size_A)))
+        self._q = (dev.real(frequency_axis(ny, geometry.pixel_size_A)),
+                   dev.real(frequency_axis(nx, geometry.pixel_size_A)))
 
     def gap_thickness(self, gap: int) -> float:
         """Distance (Å) of gap ``gap`` (between slice ``gap`` and ``gap + 1``)."""

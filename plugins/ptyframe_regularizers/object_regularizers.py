@@ -10,21 +10,20 @@ units of the data loss per pixel (counts for ``lsq``-type losses) and is tuned a
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
+from ptyframe.core.physics import frequency_axis, gaussian_transfer
+from ptyframe.core.validators import at_least, non_negative, positive, to_float
 
 from ._common import (
-    as_float,
-    at_least_one,
     block_and_weight,
-    non_negative,
-    positive,
     weight_field,
 )
 
@@ -71,9 +70,9 @@ class AdaptiveTotalVariation(Regularizer):
 
     name = "atv"
     weight: Any = weight_field(1.0)
-    p: float = attrs.field(default=2.0, converter=as_float, validator=at_least_one)
-    q: float = attrs.field(default=1.0, converter=as_float, validator=positive)
-    eps: float = attrs.field(default=1e-6, converter=as_float, validator=positive)
+    p: float = attrs.field(default=2.0, converter=to_float, validator=at_least(1))
+    q: float = attrs.field(default=1.0, converter=to_float, validator=positive())
+    eps: float = attrs.field(default=1e-6, converter=to_float, validator=positive())
 
     def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
                        ) -> tuple[float, dict[str, Any]]:
@@ -122,8 +121,36 @@ def _smooth_abs(xp: Any, t: Any, eps: float) -> tuple[Any, Any]:
     return root - eps, t / root
 
 
+class _SmoothL1OfObject(Regularizer):
+    """weight * sum (sqrt(f^2 + eps^2) - eps) of a real field f(O) of the object whose
+    derivative is df / d conj(O) = chain * O / |O|^2 (``chain`` a class constant); subclasses
+    give f (:meth:`field`) and eps (:meth:`smoothing`)."""
+
+    chain: ClassVar[complex]
+
+    @abc.abstractmethod
+    def field(self, obj: Any, mag2: Any, xp: Any) -> Any:
+        """f(O) from the object and |O|^2 (floored at a tiny value)."""
+
+    @abc.abstractmethod
+    def smoothing(self) -> float:
+        """eps, in the unit of f."""
+
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
+                       ) -> tuple[float, dict[str, Any]]:
+        active = block_and_weight(params, "object", self.weight, epoch)
+        if active is None:
+            return 0.0, {}
+        obj, w = active
+        xp = self.device.xp
+        mag2 = xp.maximum(_abs2(obj), _TINY)
+        penalty, slope = _smooth_abs(xp, self.field(obj, mag2, xp), self.smoothing())
+        grad = (self.chain * w) * (slope / mag2) * obj
+        return w * _sum(xp, penalty), {"object": grad.astype(obj.dtype, copy=False)}
+
+
 @attrs.define(kw_only=True)
-class L1Phase(Regularizer):
+class L1Phase(_SmoothL1OfObject):
     """L1 norm of the object's phase: promotes a sparse phase (atoms on empty background).
 
     R = weight * sum_{s, k, y, x} (sqrt(phi^2 + eps_rad^2) - eps_rad),  phi = angle(O) in
@@ -140,26 +167,20 @@ class L1Phase(Regularizer):
     """
 
     name = "l1_phase"
+    #: d phi / d conj(O) = i / (2 conj(O)) = i O / (2 |O|^2)
+    chain: ClassVar[complex] = 0.5j
     weight: Any = weight_field(1.0)
-    eps_rad: float = attrs.field(default=1e-3, converter=as_float, validator=positive)
+    eps_rad: float = attrs.field(default=1e-3, converter=to_float, validator=positive())
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
-        xp = device.xp
-        phase = xp.angle(obj)
-        penalty, slope = _smooth_abs(xp, phase, self.eps_rad)
-        # d phi / d conj(O) = i / (2 conj(O)) = i O / (2 |O|^2)
-        grad = (0.5j * w) * (slope / xp.maximum(_abs2(obj), _TINY)) * obj
-        return w * _sum(xp, penalty), {"object": grad.astype(obj.dtype, copy=False)}
+    def field(self, obj: Any, mag2: Any, xp: Any) -> Any:
+        return xp.angle(obj)
+
+    def smoothing(self) -> float:
+        return self.eps_rad
 
 
 @attrs.define(kw_only=True)
-class L1Absorption(Regularizer):
+class L1Absorption(_SmoothL1OfObject):
     """L1 norm of the absorptive potential a = -log|O| (dimensionless, 0 for a pure phase).
 
     R = weight * sum_{s, k, y, x} (sqrt(a^2 + eps^2) - eps),  a = -log|O|.
@@ -175,23 +196,16 @@ class L1Absorption(Regularizer):
     """
 
     name = "l1_absorption"
+    #: d a / d conj(O) = -1 / (2 conj(O)) = -O / (2 |O|^2)
+    chain: ClassVar[complex] = -0.5
     weight: Any = weight_field(1.0)
-    eps: float = attrs.field(default=1e-3, converter=as_float, validator=positive)
+    eps: float = attrs.field(default=1e-3, converter=to_float, validator=positive())
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
-        xp = device.xp
-        mag2 = xp.maximum(_abs2(obj), _TINY)
-        absorption = -0.5 * xp.log(mag2)
-        penalty, slope = _smooth_abs(xp, absorption, self.eps)
-        # d a / d conj(O) = -1 / (2 conj(O)) = -O / (2 |O|^2)
-        grad = (-0.5 * w) * (slope / mag2) * obj
-        return w * _sum(xp, penalty), {"object": grad.astype(obj.dtype, copy=False)}
+    def field(self, obj: Any, mag2: Any, xp: Any) -> Any:
+        return -0.5 * xp.log(mag2)
+
+    def smoothing(self) -> float:
+        return self.eps
 
 
 # ============================================================================ mixed variance
@@ -219,17 +233,14 @@ class MixedVariance(Regularizer):
 
     name = "mixed_variance"
     weight: Any = weight_field(1.0)
-    sigma_px: float = attrs.field(default=0.45, converter=as_float, validator=non_negative)
+    sigma_px: float = attrs.field(default=0.45, converter=to_float, validator=non_negative())
     _transfer: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def transfer(self, shape: tuple[int, int], device: Any) -> Any:
         """The blur's transfer function (Y, X) in FFT order, real, on the device (cached)."""
         key = (tuple(shape), device.kind, np.dtype(device.real_dtype).name)
         if self._transfer is None or self._transfer[0] != key:
-            fy = np.fft.fftfreq(shape[0])[:, None]
-            fx = np.fft.fftfreq(shape[1])[None, :]
-            h = np.exp(-2.0 * math.pi**2 * self.sigma_px**2 * (fy**2 + fx**2))
-            self._transfer = (key, device.real(h))
+            self._transfer = (key, device.real(gaussian_transfer(shape, self.sigma_px)))
         return self._transfer[1]
 
     def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
@@ -286,7 +297,7 @@ class MissingWedge(Regularizer):
 
     name = "missing_wedge"
     weight: Any = weight_field(1.0)
-    beta: float = attrs.field(default=1.0, converter=as_float, validator=positive)
+    beta: float = attrs.field(default=1.0, converter=to_float, validator=positive())
     _pixel_size_A: float | None = attrs.field(init=False, default=None, repr=False, eq=False)
     _dz_A: float | None = attrs.field(init=False, default=None, repr=False, eq=False)
     _weights: Any = attrs.field(init=False, default=None, repr=False, eq=False)
@@ -313,9 +324,9 @@ class MissingWedge(Regularizer):
                                "(the slice distance and pixel size come from the context)")
         key = (tuple(shape), device.kind, np.dtype(device.real_dtype).name)
         if self._weights is None or self._weights[0] != key:
-            kz = np.fft.fftfreq(shape[0], self._dz_A)[:, None, None]
-            ky = np.fft.fftfreq(shape[1], self._pixel_size_A)[None, :, None]
-            kx = np.fft.fftfreq(shape[2], self._pixel_size_A)[None, None, :]
+            kz = frequency_axis(shape[0], self._dz_A)[:, None, None]
+            ky = frequency_axis(shape[1], self._pixel_size_A)[None, :, None]
+            kx = frequency_axis(shape[2], self._pixel_size_A)[None, None, :]
             kperp2 = np.broadcast_to(ky**2 + kx**2, shape)
             kz2 = np.broadcast_to(kz**2, shape)
             with np.errstate(divide="ignore", invalid="ignore"):

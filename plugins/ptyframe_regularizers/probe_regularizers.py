@@ -16,13 +16,12 @@ import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
+from ptyframe.core.physics import angle_to_frequency, soft_aperture, spatial_frequencies
+from ptyframe.core.validators import non_negative, npy_path, positive, to_float
+from ptyframe.io.array_settings import load_npy
 
 from ._common import (
-    as_float,
     block_and_weight,
-    load_npy,
-    non_negative,
-    optional_npy_path,
     weight_field,
 )
 
@@ -42,22 +41,9 @@ def aperture_disk(window: tuple[int, int], pixel_size_A: float, wavelength_A: fl
     """1 inside the disk of scattering semi-angle ``radius_mrad`` (plus ``margin_px``
     reciprocal pixels), 0 outside, (ny, nx) in FFT order (zero frequency at [0, 0]).
     Reciprocal pixel: 1 / (n * pixel_size_A) per axis (1/Å); angle = wavelength_A * |k|."""
-    ky = np.fft.fftfreq(window[0], pixel_size_A)[:, None]
-    kx = np.fft.fftfreq(window[1], pixel_size_A)[None, :]
-    k_max = radius_mrad * 1e-3 / wavelength_A + margin_px / (max(window) * pixel_size_A)
-    return (np.hypot(ky, kx) <= k_max * (1 + 1e-12)).astype(float)
-
-
-def _check_radius(_inst: Any, attribute: attrs.Attribute, value: float | None) -> None:
-    if value is None:
-        return
-    if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name}: expected a semi-angle > 0 in mrad or None, found "
-                         f"{value!r}")
-
-
-def _optional_float(value: Any) -> Any:
-    return None if value is None else as_float(value)
+    ky, kx = spatial_frequencies(window, pixel_size_A, sparse=True)
+    k_max = angle_to_frequency(radius_mrad, wavelength_A) + margin_px / (max(window) * pixel_size_A)
+    return soft_aperture(np.hypot(ky, kx), k_max * (1 + 1e-12))
 
 
 @attrs.define(kw_only=True)
@@ -95,11 +81,11 @@ class ProbeFourierMask(Regularizer):
 
     name = "probe_fourier_mask"
     weight: Any = weight_field(1.0)
-    radius_mrad: float | None = attrs.field(default=None, converter=_optional_float,
-                                            validator=_check_radius)
-    edge_margin_px: float = attrs.field(default=1.0, converter=as_float,
-                                        validator=non_negative)
-    mask_path: str | None = attrs.field(default=None, validator=optional_npy_path)
+    radius_mrad: float | None = attrs.field(default=None, converter=to_float,
+                                            validator=positive(unit="mrad", optional=True))
+    edge_margin_px: float = attrs.field(default=1.0, converter=to_float,
+                                        validator=non_negative())
+    mask_path: str | None = attrs.field(default=None, converter=npy_path(must_exist=True))
     _outside_host: Any = attrs.field(init=False, default=None, repr=False, eq=False)
     _outside: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
@@ -113,7 +99,8 @@ class ProbeFourierMask(Regularizer):
         """The allowed region (ny, nx) in FFT order, host array in [0, 1]."""
         window = tuple(int(n) for n in context.window)
         if self.mask_path is not None:
-            centred = load_npy("mask_path", self.mask_path, window)
+            centred = load_npy("mask_path", self.mask_path, shape=window, low=0.0,
+                               high=1.0).astype(float)
             return np.fft.ifftshift(centred)
         radius = self.radius_mrad
         if radius is None:
@@ -213,7 +200,7 @@ class ProbeWindow(Regularizer):
     weight: Any = weight_field(1.0)
     window: tuple[float, float] = attrs.field(default=(0.8, 1.0), converter=_window_pair,
                                               validator=_check_window)
-    window_path: str | None = attrs.field(default=None, validator=optional_npy_path)
+    window_path: str | None = attrs.field(default=None, converter=npy_path(must_exist=True))
     _damping: Any = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def damping(self, shape: tuple[int, int], device: Any) -> Any:
@@ -221,7 +208,8 @@ class ProbeWindow(Regularizer):
         key = (tuple(shape), device.kind, np.dtype(device.real_dtype).name)
         if self._damping is None or self._damping[0] != key:
             if self.window_path is not None:
-                window = load_npy("window_path", self.window_path, tuple(shape))
+                window = load_npy("window_path", self.window_path, shape=tuple(shape), low=0.0,
+                                  high=1.0).astype(float)
             else:
                 window = cosine_window(tuple(shape), *self.window)
             self._damping = (key, device.real((1.0 - window) ** 2))

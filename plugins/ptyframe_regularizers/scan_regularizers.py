@@ -15,6 +15,7 @@ import attrs
 import numpy as np
 
 from ptyframe.components import ModelContext, Regularizer
+from ptyframe.core.validators import one_of
 
 from ._common import block_and_weight, weight_at, weight_field
 
@@ -42,12 +43,6 @@ def _scan_shape(name: str, context: ModelContext) -> tuple[int, int]:
         raise ValueError(f"{name}: context.scan_shape: expected rows * cols = "
                          f"{context.n_measurements} measurements, found {shape!r}")
     return rows, cols
-
-
-def _check_block(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value not in _SCAN_BLOCKS:
-        raise ValueError(f"{attribute.name}: expected one of {list(_SCAN_BLOCKS)}, found "
-                         f"{value!r}")
 
 
 @attrs.define(kw_only=True)
@@ -90,7 +85,7 @@ class PositionSmoothness(Regularizer):
     fast_weight: Any = weight_field(1.0)
     slow_weight: Any = weight_field(1.0)
     slow_tolerance: Any = weight_field(0.0)
-    block: str = attrs.field(default="positions", validator=_check_block)
+    block: str = attrs.field(default="positions", validator=one_of(_SCAN_BLOCKS))
     _scan: tuple[int, int] | None = attrs.field(init=False, default=None, repr=False, eq=False)
 
     def prepare(self, context: ModelContext) -> None:
@@ -179,7 +174,7 @@ class TiltSmoothness(PositionSmoothness):
     """
 
     name = "tilt_smoothness"
-    block: str = attrs.field(default="tilts", validator=_check_block)
+    block: str = attrs.field(default="tilts", validator=one_of(_SCAN_BLOCKS))
 
 
 @attrs.define(kw_only=True)

@@ -46,7 +46,12 @@ import numpy as np
 
 from ptyframe.apps.config import load_config
 from ptyframe.core.experiment import Experiment, ReconstructionGrid
-from ptyframe.core.physics import ABERRATION_NAMES, wavelength_A
+from ptyframe.core.physics import (
+    ABERRATION_NAMES,
+    frequency_to_angle,
+    shift_ramp,
+    wavelength_A,
+)
 from ptyframe.core.safe_lambda import map_schedule_values, to_schedule
 from ptyframe.core.schedules import Constant, Schedule
 from ptyframe.io.data import Dataset
@@ -1377,6 +1382,11 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
 
 
 # =========================================================================== assembly
+def _disk_angle_mrad(area_px: float, dk_inv_A: float, wavelength_A: float) -> float:
+    """Semi-angle (mrad) of a disk of ``area_px`` pixels of ``dk_inv_A`` (1/Å) each."""
+    return frequency_to_angle(math.sqrt(area_px / math.pi) * dk_inv_A, wavelength_A)
+
+
 def _estimate_convergence_mrad(m: _Migration) -> tuple[float, str] | None:
     """Convergence semi-angle from the aperture mask, the probe or the data (radius of the
     bright disk at half maximum)."""
@@ -1387,14 +1397,14 @@ def _estimate_convergence_mrad(m: _Migration) -> tuple[float, str] | None:
     mask = m.params.get("aperture_mask")
     if mask is not None and np.asarray(mask).ndim == 2:
         area = float(np.sum(np.asarray(mask, dtype=float) > 0.5))
-        return math.sqrt(area / math.pi) * dk_model * lam * 1e3, "aperture_mask"
+        return _disk_angle_mrad(area, dk_model, lam), "aperture_mask"
     probe = m.params.get("probe")
     if isinstance(probe, np.ndarray) and probe.ndim >= 2:
         first = probe.reshape(probe.shape[0], probe.shape[1], -1)[:, :, 0]
         amp = np.abs(np.fft.fft2(first))
         area = float(np.sum(amp > 0.5 * amp.max())) if amp.max() > 0 else 0.0
         if area > 0:
-            return math.sqrt(area / math.pi) * dk_model * lam * 1e3, "the probe's spectrum"
+            return _disk_angle_mrad(area, dk_model, lam), "the probe's spectrum"
     path = Path(str(m.value("data_path") or ""))
     if path.is_file() and m.params.get("masks") is None:
         try:
@@ -1406,7 +1416,7 @@ def _estimate_convergence_mrad(m: _Migration) -> tuple[float, str] | None:
             area = float(np.sum(mean > 0.5 * mean.max()))
             dk_raw = 1.0 / ((m.pattern_side() + 2 * m.pad_px) * px) / _integer(
                 "data_bin", m.value("data_bin"))
-            return math.sqrt(area / math.pi) * dk_raw * lam * 1e3, "the mean pattern"
+            return _disk_angle_mrad(area, dk_raw, lam), "the mean pattern"
     return None
 
 
@@ -1441,9 +1451,7 @@ def _place_initial_object(m: _Migration) -> None:
     k_int = np.floor(k + 1e-9)
     frac = k - k_int
     if np.any(np.abs(frac) > 1e-9):
-        qy = np.fft.fftfreq(obj.shape[2])[:, None]
-        qx = np.fft.fftfreq(obj.shape[3])[None, :]
-        ramp = np.exp(2j * np.pi * (qy * frac[0] + qx * frac[1]))
+        ramp = shift_ramp(obj.shape[2:], (-frac[0], -frac[1]))
         obj = 1 + np.fft.ifft2(np.fft.fft2(obj - 1) * ramp)
         m.note(f"obj: resampled by a sub-pixel shift of ({frac[0]:.3g}, {frac[1]:.3g}) px to "
                "ptyframe's object grid (the smallest window corner sits on a whole pixel)")

@@ -11,26 +11,15 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ptyframe.core.physics import ABERRATION_NAMES, aberration_coefficients_array, wavelength_A
+from ptyframe.core.physics import (
+    ABERRATION_NAMES,
+    aberration_coefficients_array,
+    angle_to_frequency,
+    wavelength_A,
+)
+from ptyframe.core.validators import int_pair, positive
 
 __all__ = ["Experiment", "ReconstructionGrid", "windows_outside_object"]
-
-
-def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is None:
-        return
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{attribute.name}: expected a positive finite number, found {value!r}")
-
-
-def _pair_of_positive_ints(value: Any) -> tuple[int, int]:
-    try:
-        pair = tuple(int(v) for v in value)
-    except TypeError:
-        raise ValueError(f"scan_shape: expected (ny, nx), found {value!r}") from None
-    if len(pair) != 2 or min(pair) < 1 or any(int(v) != v for v in value):
-        raise ValueError(f"scan_shape: expected two positive integers (ny, nx), found {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def _aberrations(value: Any) -> dict[str, float]:
@@ -55,13 +44,16 @@ class Experiment:
     scan_rotation_deg: rotation of the scan frame relative to the detector frame, degrees.
     """
 
-    voltage_kV: float = attrs.field(converter=float, validator=_positive)
-    convergence_angle_mrad: float = attrs.field(converter=float, validator=_positive)
-    detector_pixel_size_inv_A: float | None = attrs.field(default=None, validator=_positive)
-    detector_pixel_size_mrad: float | None = attrs.field(default=None, validator=_positive)
+    voltage_kV: float = attrs.field(converter=float, validator=positive(unit="kV"))
+    convergence_angle_mrad: float = attrs.field(converter=float, validator=positive(unit="mrad"))
+    detector_pixel_size_inv_A: float | None = attrs.field(
+        default=None, validator=positive(unit="1/Å", optional=True))
+    detector_pixel_size_mrad: float | None = attrs.field(
+        default=None, validator=positive(unit="mrad", optional=True))
     aberrations: dict[str, float] = attrs.field(factory=dict, converter=_aberrations)
     scan_shape: tuple[int, int] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(_pair_of_positive_ints))
+        default=None, converter=int_pair(low=1, what="(ny, nx)", integral_floats=True,
+                                         optional=True))
     scan_step_A: float | tuple[float, float] | None = None
     scan_rotation_deg: float = attrs.field(default=0.0, converter=float)
 
@@ -73,7 +65,7 @@ class Experiment:
                 "detector_pixel_size_mrad, found neither"
             )
         if inv is not None and mrad is not None:
-            implied = mrad * 1e-3 / self.wavelength_A
+            implied = angle_to_frequency(mrad, self.wavelength_A)
             if abs(implied - inv) > 0.01 * inv:
                 raise ValueError(
                     "inconsistent calibration: detector_pixel_size_mrad="
@@ -97,7 +89,7 @@ class Experiment:
         """Detector pixel size in 1/Å."""
         if self.detector_pixel_size_inv_A is not None:
             return float(self.detector_pixel_size_inv_A)
-        return float(self.detector_pixel_size_mrad) * 1e-3 / self.wavelength_A
+        return angle_to_frequency(float(self.detector_pixel_size_mrad), self.wavelength_A)
 
     @property
     def defocus_A(self) -> float:

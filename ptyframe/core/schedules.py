@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ptyframe.core.validators import non_negative_int, to_int
+
 __all__ = [
     "Schedule", "Constant", "EveryN", "FromEpoch", "Until", "Piecewise", "Linear",
     "as_schedule",
@@ -55,11 +57,6 @@ class Schedule(abc.ABC):
         return Constant(config)
 
 
-def _non_negative_int(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{attribute.name}: expected an integer >= 0, found {value!r}")
-
-
 @attrs.frozen
 class Constant(Schedule):
     """The same value at every epoch."""
@@ -76,8 +73,8 @@ class EveryN(Schedule):
     """``on`` at epochs where (epoch - offset) % n == 0 (and epoch >= offset), else ``off``."""
 
     type_name: ClassVar[str] = "every"
-    n: int = attrs.field(validator=_non_negative_int)
-    offset: int = attrs.field(default=0, validator=_non_negative_int)
+    n: int = attrs.field(converter=to_int, validator=non_negative_int())
+    offset: int = attrs.field(default=0, converter=to_int, validator=non_negative_int())
     on: Any = True
     off: Any = False
 
@@ -94,7 +91,7 @@ class FromEpoch(Schedule):
     """``off`` before ``start``, ``on`` from ``start`` (inclusive) onwards."""
 
     type_name: ClassVar[str] = "from"
-    start: int = attrs.field(validator=_non_negative_int)
+    start: int = attrs.field(converter=to_int, validator=non_negative_int())
     on: Any = True
     off: Any = False
 
@@ -107,7 +104,7 @@ class Until(Schedule):
     """``on`` before ``stop`` (exclusive), ``off`` afterwards."""
 
     type_name: ClassVar[str] = "until"
-    stop: int = attrs.field(validator=_non_negative_int)
+    stop: int = attrs.field(converter=to_int, validator=non_negative_int())
     on: Any = True
     off: Any = False
 
@@ -153,8 +150,8 @@ class Linear(Schedule):
     """Linear ramp from ``start_value`` at ``start`` to ``end_value`` at ``end`` (held outside)."""
 
     type_name: ClassVar[str] = "linear"
-    start: int = attrs.field(validator=_non_negative_int)
-    end: int = attrs.field(validator=_non_negative_int)
+    start: int = attrs.field(converter=to_int, validator=non_negative_int())
+    end: int = attrs.field(converter=to_int, validator=non_negative_int())
     start_value: float = 0.0
     end_value: float = 1.0
 

@@ -44,7 +44,7 @@ from ptyframe.components import (
 )
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import windows_outside_object
-from ptyframe.core.physics import aberration_basis, spatial_frequencies
+from ptyframe.core.physics import aberration_basis, frequency_axis, spatial_frequencies
 from ptyframe.engine.specs import TILT_MODES
 
 __all__ = ["PtychographyModel", "FarFieldModel", "BLOCKS", "TILT_MODES"]
@@ -114,10 +114,11 @@ class PtychographyModel:
         xp = device.xp
         ny, nx = self.window
         # spatial frequencies per axis (cycles per pixel), for the shift ramps exp(-2 pi i q f)
-        self._qy = xp.asarray(np.fft.fftfreq(ny), dtype=device.real_dtype)
-        self._qx = xp.asarray(np.fft.fftfreq(nx), dtype=device.real_dtype)
-        q2pi = np.stack(np.meshgrid(2 * np.pi * np.fft.fftfreq(ny), 2 * np.pi * np.fft.fftfreq(nx),
-                                    indexing="ij"), axis=-1).reshape(ny * nx, 2)
+        fy, fx = frequency_axis(ny), frequency_axis(nx)
+        self._qy = xp.asarray(fy, dtype=device.real_dtype)
+        self._qx = xp.asarray(fx, dtype=device.real_dtype)
+        q2pi = np.stack(np.meshgrid(2 * np.pi * fy, 2 * np.pi * fx, indexing="ij"),
+                        axis=-1).reshape(ny * nx, 2)
         self._q2pi = xp.asarray(q2pi, dtype=device.real_dtype)
         # real-space coordinates (Å) from the window centre, scaled for tilt ramps 2 pi r / lambda
         scale = 2 * np.pi * self.pixel_size_A / self.wavelength_A

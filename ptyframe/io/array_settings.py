@@ -8,7 +8,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-__all__ = ["ArraySetting", "load_array_setting", "load_phase_plates"]
+__all__ = ["ArraySetting", "load_array_setting", "load_npy", "load_phase_plates"]
 
 #: arrays up to this many elements are written into parameters.json as nested lists
 INLINE_LIMIT = 4096
@@ -28,6 +28,47 @@ class ArraySetting:
         if self.array.size <= INLINE_LIMIT and not np.iscomplexobj(self.array):
             return self.array.tolist()
         return {"in_memory_array": list(self.array.shape), "dtype": str(self.array.dtype)}
+
+
+def load_npy(setting: str, path: str | Path, *, shape: tuple[int, ...] | None = None,
+             real: bool = False, finite: bool = True, low: float | None = None,
+             high: float | None = None) -> np.ndarray:
+    """A numeric (or boolean) array from a ``.npy`` file, never unpickled; every failure is a
+    ValueError naming ``setting``, what was expected and what was found.
+
+    ``shape``: required shape; ``real``: reject complex data; ``finite``: reject NaN/inf;
+    ``low``/``high``: required value range (implies ``real`` and ``finite``).
+    """
+    text = str(path)
+    p = Path(path)
+    if p.suffix != ".npy":
+        raise ValueError(f"{setting}: expected a .npy file, found {text!r}")
+    if not p.is_file():
+        raise ValueError(f"{setting}: file not found: {text!r}")
+    try:
+        array = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{setting}: cannot read {text!r} as a numeric .npy array: "
+                         f"{exc}") from None
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"{setting}: expected numbers in {text!r}, found dtype {array.dtype}")
+    if (real or low is not None or high is not None) and np.iscomplexobj(array):
+        raise ValueError(f"{setting}: expected a real array in {text!r}, found dtype "
+                         f"{array.dtype}")
+    if shape is not None and array.shape != tuple(shape):
+        raise ValueError(f"{setting}: expected an array of shape {tuple(shape)} in {text!r}, "
+                         f"found {array.shape}")
+    if low is not None or high is not None:
+        lo = -np.inf if low is None else low
+        hi = np.inf if high is None else high
+        values = array.astype(float)
+        if values.size and (not np.all(np.isfinite(values)) or values.min() < lo
+                            or values.max() > hi):
+            raise ValueError(f"{setting}: expected finite values in [{lo}, {hi}] in {text!r}, "
+                             f"found range [{np.nanmin(values):g}, {np.nanmax(values):g}]")
+    elif finite and not np.all(np.isfinite(array)):
+        raise ValueError(f"{setting}: {text!r} contains NaN or infinite values")
+    return array
 
 
 def load_array_setting(name: str, value: Any, *, ndim: tuple[int, ...] | None = None,

@@ -30,6 +30,8 @@ import attrs
 import h5py
 import numpy as np
 
+from ptyframe.core.validators import boolean, int_pair, non_negative_int, positive, positive_int
+
 __all__ = ["DataError", "Preprocessing", "Dataset", "MIN_PATTERN_PX", "DEFAULT_CHUNK_BYTES"]
 
 #: Smallest pattern side (pixels, after preprocessing) a reconstruction can use.
@@ -46,46 +48,6 @@ class DataError(ValueError):
 
 
 # ---------------------------------------------------------------------------- preprocessing
-def _non_negative_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise DataError(
-            f"Preprocessing.{attribute.name}: expected an integer >= 0, found {value!r}")
-
-
-def _positive_int(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise DataError(
-            f"Preprocessing.{attribute.name}: expected an integer >= 1, found {value!r}")
-
-
-def _positive_float(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    try:
-        ok = bool(np.isfinite(value)) and value > 0 and not isinstance(value, bool)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise DataError(
-            f"Preprocessing.{attribute.name}: expected a positive finite number, found {value!r}")
-
-
-def _boolean(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise DataError(f"Preprocessing.{attribute.name}: expected True or False, "
-                        f"found {value!r}")
-
-
-def _int_pair(value: Any) -> tuple[int, int]:
-    try:
-        items = list(value)
-    except TypeError:
-        items = []
-    if len(items) != 2 or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
-        raise DataError(f"Preprocessing.shift_px: expected two integers (ky, kx) in pixels, "
-                        f"found {value!r}")
-    return (int(items[0]), int(items[1]))
-
-
 @attrs.frozen(kw_only=True)
 class Preprocessing:
     """Per-pattern preprocessing applied on the fly by :class:`Dataset`.
@@ -105,14 +67,15 @@ class Preprocessing:
     Every step is linear except ``clip_negative``.
     """
 
-    multiplier: float = attrs.field(default=1.0, validator=_positive_float)
-    pad: int = attrs.field(default=0, validator=_non_negative_int)
-    bin: int = attrs.field(default=1, validator=_positive_int)
-    flip_ky: bool = attrs.field(default=False, validator=_boolean)
-    flip_kx: bool = attrs.field(default=False, validator=_boolean)
-    transpose: bool = attrs.field(default=False, validator=_boolean)
-    shift_px: tuple[int, int] = attrs.field(default=(0, 0), converter=_int_pair)
-    clip_negative: bool = attrs.field(default=False, validator=_boolean)
+    multiplier: float = attrs.field(default=1.0, validator=positive(error=DataError))
+    pad: int = attrs.field(default=0, validator=non_negative_int(error=DataError))
+    bin: int = attrs.field(default=1, validator=positive_int(error=DataError))
+    flip_ky: bool = attrs.field(default=False, validator=boolean(error=DataError))
+    flip_kx: bool = attrs.field(default=False, validator=boolean(error=DataError))
+    transpose: bool = attrs.field(default=False, validator=boolean(error=DataError))
+    shift_px: tuple[int, int] = attrs.field(
+        default=(0, 0), converter=int_pair(what="(ky, kx) in pixels", error=DataError))
+    clip_negative: bool = attrs.field(default=False, validator=boolean(error=DataError))
 
     def output_shape(self, raw_shape: tuple[int, int]) -> tuple[int, int]:
         """Pattern shape (ky, kx) after preprocessing; raises :class:`DataError` when the raw

@@ -7,10 +7,12 @@ exactly on the reconstruction grid.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 import numpy as np
+from scipy import ndimage
 
 from ptyframe.components import Propagator
 from ptyframe.core.device import Device
@@ -18,7 +20,8 @@ from ptyframe.core.experiment import Experiment, ReconstructionGrid
 from ptyframe.core.physics import aberration_function, aperture, spatial_frequencies
 from ptyframe.engine.model import PtychographyModel
 
-__all__ = ["SimulatedData", "simulate_dataset", "random_atoms_phase", "scan_positions"]
+__all__ = ["SimulatedData", "simulate_dataset", "random_atoms_phase", "scan_positions",
+           "rotate_patterns"]
 
 
 @attrs.define
@@ -203,3 +206,16 @@ def simulate_dataset(propagator: Propagator, *, device: Device | None = None,
                          positions_A=positions, nominal_positions_A=nominal, object=obj,
                          probe=probe, extra=extra)
 
+
+def rotate_patterns(patterns: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Patterns (n, N, N) whose content at k moved to R(angle) k about pixel (N/2, N/2):
+    ``x' = cos x - sin y``, ``y' = sin x + cos y`` in (row, column) = (y, x) pixels (bilinear,
+    float32); simulates a scan-detector rotation for direct-method tests."""
+    n = patterns.shape[-1]
+    c = n // 2
+    t = math.radians(angle_deg)
+    y, x = np.meshgrid(np.arange(n) - c, np.arange(n) - c, indexing="ij")
+    src_x = math.cos(t) * x + math.sin(t) * y
+    src_y = -math.sin(t) * x + math.cos(t) * y
+    return np.stack([ndimage.map_coordinates(p, [src_y + c, src_x + c], order=1)
+                     for p in patterns]).astype(np.float32)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ptyframe.core.experiment import ReconstructionGrid
+from ptyframe.core.physics import frequency_axis, shift_ramp
 
 __all__ = [
     "align_images",
@@ -61,10 +62,7 @@ def fourier_shift(image: np.ndarray, shift_yx: tuple[float, float] | np.ndarray)
     """
     image = _as_image("image", image)
     sy, sx = (float(v) for v in np.asarray(shift_yx, dtype=float).reshape(2))
-    qy = np.fft.fftfreq(image.shape[0])[:, None]
-    qx = np.fft.fftfreq(image.shape[1])[None, :]
-    ramp = np.exp(-2j * np.pi * (qy * sy + qx * sx))
-    return np.fft.ifft2(np.fft.fft2(image) * ramp).real
+    return np.fft.ifft2(np.fft.fft2(image) * shift_ramp(image.shape, (sy, sx))).real
 
 
 def _upsampled_correlation(product: np.ndarray, centre: np.ndarray, upsample: int,
@@ -77,8 +75,8 @@ def _upsampled_correlation(product: np.ndarray, centre: np.ndarray, upsample: in
     ny, nx = product.shape
     n = int(np.ceil(half_width * upsample))
     offsets = np.arange(-n, n + 1) / upsample
-    qy = np.fft.fftfreq(ny)
-    qx = np.fft.fftfreq(nx)
+    qy = frequency_axis(ny)
+    qx = frequency_axis(nx)
     ky = np.exp(2j * np.pi * np.outer(centre[0] + offsets, qy))  # (K, ny)
     kx = np.exp(2j * np.pi * np.outer(qx, centre[1] + offsets))  # (nx, K)
     return (ky @ product @ kx).real

@@ -25,7 +25,6 @@ checks run in double precision on the CPU, and on the GPU where CuPy and a CUDA 
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import math
@@ -50,7 +49,7 @@ from ptyframe.components import (
     Propagator,
     Regularizer,
 )
-from ptyframe.core.device import Device, cupy_available
+from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid
 from ptyframe.core.physics import wavelength_A
 from ptyframe.registry.loader import load_registry
@@ -173,18 +172,6 @@ def entries(*kinds: str) -> list[Any]:
 
 
 # -- devices ---------------------------------------------------------------------------------------
-@functools.cache
-def _gpu() -> bool:
-    return cupy_available()
-
-
-@pytest.fixture(params=[pytest.param("cpu"), pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request) -> Device:
-    if request.param == "gpu" and not _gpu():
-        pytest.skip("needs CuPy and a CUDA device")
-    return Device(request.param, "double")
-
-
 def host(a: Any) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
 

@@ -1,24 +1,10 @@
-"""Fixtures of the constraint tests: devices (CPU double, GPU when CuPy and CUDA exist)."""
+"""Fixtures of the constraint tests: ``cpu`` (``device``, CPU and GPU, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
-from ptyframe.core.device import Device, cupy_available
-
-
-@functools.cache
-def _gpu() -> bool:
-    return cupy_available()
-
-
-@pytest.fixture(params=[pytest.param("cpu"), pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request) -> Device:
-    if request.param == "gpu" and not _gpu():
-        pytest.skip("needs CuPy and a CUDA device")
-    return Device(request.param, "double")
+from ptyframe.core.device import Device
 
 
 @pytest.fixture

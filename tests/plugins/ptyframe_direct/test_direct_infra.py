@@ -12,11 +12,9 @@ import h5py
 import numpy as np
 import pytest
 from ptyframe_direct._common import (
-    aberration_phase,
-    aperture_function,
     center_of_mass,
-    detector_frequencies,
     fit_rotation_by_curl,
+    probe_spectrum,
     to_scan_frame,
 )
 from ptyframe_direct.dpc import DPC
@@ -37,7 +35,11 @@ from ptyframe.apps.direct import (
 from ptyframe.components import DirectResult, InitContext
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid
-from ptyframe.core.physics import ABERRATION_NAMES, aberration_function, aperture
+from ptyframe.core.physics import (
+    aberration_function,
+    aperture,
+    spatial_frequencies,
+)
 from ptyframe.registry.loader import load_registry
 from ptyframe.testing.simulate import SimulatedData, simulate_dataset
 from ptyframe.testing.validation import phase_correlation, resample_to_grid, scanned_region_mask
@@ -160,23 +162,18 @@ def test_method_specs_are_parsed_without_eval():
 
 
 # ---------------------------------------------------------------------------- shared helpers
-def test_device_probe_model_matches_the_physics_module():
-    rng = np.random.default_rng(3)
-    coeffs = {name: float(v) for name, v in zip(ABERRATION_NAMES[:12],
-                                                rng.normal(0, 1, 12) * np.array(
-                                                    [50, 20, 20, 1e3, 1e3, 1e3, 1e3, 1e4,
-                                                     1e4, 1e4, 1e4, 1e4]), strict=True)}
+def test_probe_spectrum_is_the_physics_modules_aperture_and_chi():
+    exp = Experiment(voltage_kV=200.0, convergence_angle_mrad=20.0,
+                     detector_pixel_size_inv_A=0.05, aberrations={"C10": -50.0, "C12a": 20.0})
     qy, qx = np.meshgrid(np.linspace(-1, 1, 9), np.linspace(-0.8, 1.2, 7), indexing="ij")
-    lam = 0.025
-    np.testing.assert_allclose(aberration_phase(qy, qx, lam, coeffs, np),
-                               aberration_function(qy, qx, lam, coeffs), rtol=1e-12, atol=1e-12)
-    q = np.hypot(qy, qx)
-    np.testing.assert_allclose(aperture_function(q, lam, 20.0, 0.05, np),
-                               aperture(q, lam, 20.0, 1.0, 0.05))
+    lam = exp.wavelength_A
+    expected = aperture(np.hypot(qy, qx), lam, 20.0, 1.0, 0.05) * np.exp(
+        -1j * aberration_function(qy, qx, lam, exp.aberrations))
+    np.testing.assert_allclose(probe_spectrum(qy, qx, exp, None, np), expected, atol=1e-12)
 
 
 def test_center_of_mass_of_single_pixels():
-    ky, kx = detector_frequencies((8, 8), 0.1, np)
+    ky, kx = spatial_frequencies((8, 8), spacing_inv_A=0.1, centered=True)
     patterns = np.zeros((3, 8, 8))
     patterns[0, 4, 4] = 5.0      # centre: k = 0
     patterns[1, 6, 1] = 2.0      # k = (0.2, -0.3)

@@ -10,8 +10,6 @@ the truth sampled at the scan points (raw and probe-blurred). Thresholds were me
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from ptyframe_direct.dpc import DPC, IterativeDPC, integrate_gradient_lsq, spectral_gradient_ops
@@ -21,7 +19,7 @@ from scipy import ndimage
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid
 from ptyframe.testing import check_adjoint
-from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.simulate import SimulatedData, rotate_patterns, simulate_dataset
 from ptyframe.testing.validation import phase_correlation, resample_to_grid
 
 SCAN = (16, 16)
@@ -54,19 +52,6 @@ def slope(recon: np.ndarray, truth: np.ndarray) -> float:
     a = recon - recon.mean()
     b = truth - truth.mean()
     return float((a * b).sum() / (b * b).sum())
-
-
-def rotate_patterns(patterns: np.ndarray, angle_deg: float) -> np.ndarray:
-    """Patterns whose content at k moved to R(angle) k (about pixel (N/2, N/2)):
-    ``x' = cos x - sin y``, ``y' = sin x + cos y`` in (row, column) = (y, x) pixels."""
-    n = patterns.shape[-1]
-    c = n // 2
-    t = math.radians(angle_deg)
-    y, x = np.meshgrid(np.arange(n) - c, np.arange(n) - c, indexing="ij")
-    src_x = math.cos(t) * x + math.sin(t) * y
-    src_y = -math.sin(t) * x + math.cos(t) * y
-    return np.stack([ndimage.map_coordinates(p, [src_y + c, src_x + c], order=1)
-                     for p in patterns]).astype(np.float32)
 
 
 def angle_error(a: float, b: float) -> float:

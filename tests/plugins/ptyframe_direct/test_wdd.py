@@ -9,8 +9,6 @@ the truth sampled there. Thresholds were measured (values in the comments), with
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from ptyframe_direct.wdd import WDD
@@ -19,7 +17,7 @@ from scipy import ndimage
 
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import ReconstructionGrid
-from ptyframe.testing.simulate import SimulatedData, simulate_dataset
+from ptyframe.testing.simulate import SimulatedData, rotate_patterns, simulate_dataset
 from ptyframe.testing.validation import phase_correlation, resample_to_grid
 
 DEVICE = Device("cpu", "double")
@@ -50,18 +48,6 @@ def on_scan(sim: SimulatedData, sigma_A: float = 0.0) -> np.ndarray:
     target = ReconstructionGrid(window=(1, 1), pixel_size_A=step, object_shape=SCAN,
                                 origin_A=(0.0, 0.0))
     return resample_to_grid(phase, sim.grid, target)
-
-
-def rotate_patterns(patterns: np.ndarray, angle_deg: float) -> np.ndarray:
-    """Content at k moved to R(angle) k (x' = cos x - sin y, y' = sin x + cos y)."""
-    n = patterns.shape[-1]
-    c = n // 2
-    t = math.radians(angle_deg)
-    y, x = np.meshgrid(np.arange(n) - c, np.arange(n) - c, indexing="ij")
-    src_x = math.cos(t) * x + math.sin(t) * y
-    src_y = -math.sin(t) * x + math.cos(t) * y
-    return np.stack([ndimage.map_coordinates(p, [src_y + c, src_x + c], order=1)
-                     for p in patterns]).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- accuracy
