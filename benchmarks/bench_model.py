@@ -93,10 +93,12 @@ def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: 
     prop = Multislice(slice_thickness_A=2.0)
     params_true = {"object": device.complex(truth), "probe": device.complex(probe),
                    "positions": device.real(pos)}
-    sim = FarFieldModel(prop, None, device, (WINDOW, WINDOW), PIXEL_A, WAVELENGTH_A, n_slices,
+    sim = FarFieldModel.from_geometry(
+        prop, None, device, (WINDOW, WINDOW), PIXEL_A, WAVELENGTH_A, n_slices,
                         None, batch_size=batch_size)
     measured = sim.intensities(params_true)
-    model = FarFieldModel(Multislice(slice_thickness_A=2.0), LeastSquaresSqrt(), device,
+    model = FarFieldModel.from_geometry(
+        Multislice(slice_thickness_A=2.0), LeastSquaresSqrt(), device,
                           (WINDOW, WINDOW), PIXEL_A, WAVELENGTH_A, n_slices,
                           xp.asarray(measured), batch_size=batch_size)
     params = {"object": device.complex(guess), "probe": device.complex(probe),

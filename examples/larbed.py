@@ -44,7 +44,7 @@ def simulate(window: int, pixel: float, tilts: np.ndarray, seed: int = 0) -> dic
     probe = np.fft.fftshift(np.fft.ifft2(spec))[None]
     probe *= np.sqrt(1e5 / np.sum(np.abs(probe) ** 2))
     n = tilts.shape[0]
-    model = PtychographyModel(prop, None, dev, (window, window), pixel, lam, 2, None,
+    model = PtychographyModel.from_geometry(prop, None, dev, (window, window), pixel, lam, 2, None,
                               tilt_mode=4, n_measurements=n)
     params = {"object": obj, "probe": probe, "positions": np.zeros((n, 2)), "tilts": tilts}
     model.check_blocks(params)

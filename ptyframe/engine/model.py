@@ -68,47 +68,43 @@ class PtychographyModel:
 
     Parameters
     ----------
-    propagator, loss: components (``propagator.prepare`` is called here).
-    device: the :class:`Device` holding every array.
-    window: (ny, nx) model wave window (probe window) in pixels.
-    pixel_size_A, wavelength_A: sampling and wavelength.
-    n_slices: object slices.
-    measured: (N, *measured_shape) measurements in the detector's pixel order on ``device``,
-        or a callable ``rows(indices) -> array`` that streams them (``load_one_by_one``), or
-        None for simulation only.
-    batch_size: measurements per vectorised batch.
+    propagator, loss: components (``propagator.prepare`` is called here; the loss and the
+        detector are prepared with ``context``).
+    context: the :class:`ModelContext`: window (ny, nx), object pixel (Å), wavelength (Å),
+        number of slices, number of measurements (needed when ``measured`` is a reader or
+        None), the Device holding every array. :meth:`from_geometry` builds one.
+    measured: (N, *measured_shape) measurements in the detector's pixel order on the
+        device, or a callable ``rows(indices) -> array`` that streams them
+        (``load_one_by_one``), or None for simulation only.
     detector: a :class:`Detector` (default: the registry's `far_field`, no padding).
+    batch_size: measurements per vectorised batch.
     tilt_mode: which tilts are applied (see :data:`TILT_MODES`).
     probe_marker: (N,) int, which probe of a (n_probes, modes, ny, nx) probe each
         measurement uses; aberration_marker: (N,) int, which row of ``aberrations``.
     phase_plates: (N, ny, nx) complex factors on the probe spectrum, FFT order, on device.
-    n_measurements: needed when ``measured`` is a reader or None.
-    context: the :class:`ModelContext` to prepare the detector (and loss) with; built from
-        the arguments when None.
     """
 
-    def __init__(self, propagator: Propagator, loss: LossMetric | None, device: Device,
-                 window: tuple[int, int], pixel_size_A: float, wavelength_A: float,
-                 n_slices: int, measured: Any | None, batch_size: int = 256, *,
-                 detector: Detector | None = None, tilt_mode: int = 0,
+    def __init__(self, propagator: Propagator, loss: LossMetric | None,
+                 context: ModelContext, measured: Any | None = None, *,
+                 detector: Detector | None = None, batch_size: int = 256, tilt_mode: int = 0,
                  probe_marker: np.ndarray | None = None,
                  aberration_marker: np.ndarray | None = None,
-                 phase_plates: Any | None = None, n_measurements: int | None = None,
-                 context: ModelContext | None = None) -> None:
+                 phase_plates: Any | None = None) -> None:
         if tilt_mode not in TILT_MODES:
             raise ValueError(f"tilt_mode: expected one of {sorted(TILT_MODES)}, found "
                              f"{tilt_mode!r}")
+        device = context.device
         self.propagator = propagator
         self.loss = loss
         self.device = device
-        self.window = (int(window[0]), int(window[1]))
-        self.n_slices = int(n_slices)
+        self.window = (int(context.window[0]), int(context.window[1]))
+        self.n_slices = int(context.n_slices)
         self.batch_size = max(1, int(batch_size))
-        self.pixel_size_A = float(pixel_size_A)
-        self.wavelength_A = float(wavelength_A)
+        self.pixel_size_A = float(context.pixel_size_A)
+        self.wavelength_A = float(context.wavelength_A)
         self.tilt_mode = int(tilt_mode)
         self.tilt_before, self.tilt_inside, self.tilt_after = TILT_MODES[self.tilt_mode]
-        self.geometry = PropagationGeometry(self.window, pixel_size_A, wavelength_A,
+        self.geometry = PropagationGeometry(self.window, self.pixel_size_A, self.wavelength_A,
                                             self.n_slices, device)
         propagator.prepare(self.geometry)
         xp = device.xp
@@ -126,16 +122,11 @@ class PtychographyModel:
         self._rx = xp.asarray((np.arange(nx) - nx // 2) * scale, dtype=device.real_dtype)
         self.measured = None if callable(measured) else measured
         self._reader: MeasuredReader | None = measured if callable(measured) else None
-        if n_measurements is None:
-            n_measurements = 0 if self.measured is None else int(self.measured.shape[0])
+        n_measurements = context.n_measurements
+        if not n_measurements and self.measured is not None:
+            n_measurements = int(self.measured.shape[0])
         self._n_measurements = int(n_measurements)
         self.detector = detector if detector is not None else _default_detector()
-        if context is None:
-            context = ModelContext(window=self.window, pixel_size_A=self.pixel_size_A,
-                                   wavelength_A=self.wavelength_A,
-                                   n_measurements=self._n_measurements, device=device,
-                                   measured_shape=self.window, n_slices=self.n_slices,
-                                   to_detector_order=self.detector.to_detector_order)
         self.context = context
         self.detector.prepare(context)
         if loss is not None:
@@ -156,6 +147,26 @@ class PtychographyModel:
         self._detector_ws = self.detector.uses_workspace
         self._loss_overwrite = loss is not None and loss.can_overwrite
         self._basis_cache: dict[int, Any] = {}
+
+    @classmethod
+    def from_geometry(cls, propagator: Propagator, loss: LossMetric | None, device: Device,
+                      window: tuple[int, int], pixel_size_A: float, wavelength_A: float,
+                      n_slices: int, measured: Any | None = None, *,
+                      n_measurements: int | None = None, **options: Any) -> PtychographyModel:
+        """A model from its geometry alone (simulations, tests, scripts): the context is
+        built here with the measured grid equal to the window. ``options``: the keyword
+        arguments of the constructor (detector, batch_size, tilt_mode, markers, plates)."""
+        detector = options.get("detector") or _default_detector()
+        options["detector"] = detector
+        if n_measurements is None:
+            n_measurements = 0 if measured is None or callable(measured) else len(measured)
+        window = (int(window[0]), int(window[1]))
+        context = ModelContext(window=window, pixel_size_A=float(pixel_size_A),
+                               wavelength_A=float(wavelength_A),
+                               n_measurements=int(n_measurements), device=device,
+                               measured_shape=window, n_slices=int(n_slices),
+                               to_detector_order=detector.to_detector_order)
+        return cls(propagator, loss, context, measured, **options)
 
     def _marker(self, name: str, marker: Any) -> np.ndarray | None:
         if marker is None:

@@ -627,14 +627,13 @@ class Reconstruction(Problem):
             factor = plate if np.iscomplexobj(plate) else np.exp(1j * plate)
             plates = self.device.complex(np.fft.ifftshift(factor, axes=(-2, -1)))
         return PtychographyModel(
-            self.propagator, self.loss, self.device, window, pixel,
-            self.experiment.wavelength_A, self.n_slices, self._load_measured(),
+            self.propagator, self.loss, self.context, self._load_measured(),
             batch_size=self.reading.batch_size or self._auto_batch_size(window),
             detector=self.detector, tilt_mode=m.tilt_mode,
             probe_marker=None if m.probe_marker is None else m.probe_marker.array,
             aberration_marker=(None if m.aberration_marker is None
                                else m.aberration_marker.array),
-            phase_plates=plates, n_measurements=self.n_measurements, context=self.context)
+            phase_plates=plates)
 
     # ------------------------------------------------------------------ objective
     def _in_bounds(self, positions: Any) -> bool:

@@ -27,6 +27,7 @@ import numpy as np
 
 from ptyframe.core.blocks import BLOCK_NAMES, PARAMETER_BLOCKS
 from ptyframe.core.schedules import Constant, Schedule, as_schedule
+from ptyframe.core.validators import boolean, non_negative_int, one_of, positive_int
 
 __all__ = ["ModelSpec", "BlockPlan", "RefineSpec", "SolverSpec", "ReadingSpec", "OutputSpec",
            "SPEC_CLASSES", "route_settings", "config_value", "TILT_MODES"]
@@ -41,35 +42,6 @@ INITIALIZER_KINDS = {"object": "object_initializer", "probe": "probe_initializer
 
 
 # --------------------------------------------------------------------------- validators
-
-def _int_at_least(low: int) -> Any:
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{attribute.name}: expected an integer >= {low}, found {value!r}")
-    return check
-
-
-def _optional_int_at_least(low: int) -> Any:
-    inner = _int_at_least(low)
-
-    def check(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is not None:
-            inner(inst, attribute, value)
-    return check
-
-
-def _boolean(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{attribute.name}: expected true or false, found {value!r}")
-
-
-def _one_of(choices: tuple[Any, ...]) -> Any:
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices or isinstance(value, bool):
-            raise ValueError(f"{attribute.name}: expected one of {list(choices)}, found "
-                             f"{value!r}")
-    return check
-
 
 def _component_of(kind: str, optional: bool = True) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -90,10 +62,10 @@ def _components_of(kind: str) -> Any:
     return check
 
 
-def _resize(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _resize(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is False or value is True:
         return
-    _int_at_least(1)(_inst, attribute, value)
+    positive_int()(inst, attribute, value)
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -188,10 +160,10 @@ class ModelSpec(_Spec):
 
     section: ClassVar[str] = "model"
 
-    n_slices: int = attrs.field(default=1, validator=_int_at_least(1))
-    n_probe_modes: int = attrs.field(default=1, validator=_int_at_least(1))
-    n_object_modes: int = attrs.field(default=1, validator=_int_at_least(1))
-    tilt_mode: int = attrs.field(default=0, validator=_one_of(tuple(TILT_MODES)))
+    n_slices: int = attrs.field(default=1, validator=positive_int())
+    n_probe_modes: int = attrs.field(default=1, validator=positive_int())
+    n_object_modes: int = attrs.field(default=1, validator=positive_int())
+    tilt_mode: int = attrs.field(default=0, validator=one_of(tuple(TILT_MODES)))
     propagator: Any = attrs.field(default=None, validator=_component_of("propagator"),
                                   metadata={"component": "propagator"})
     detector: Any = attrs.field(default=None, validator=_component_of("detector"),
@@ -199,8 +171,8 @@ class ModelSpec(_Spec):
     probe_marker: Any = None
     aberration_marker: Any = None
     phase_plates: Any = None
-    object_margin_px: int = attrs.field(default=8, validator=_int_at_least(0))
-    allow_subpixel_shift: bool = attrs.field(default=True, validator=_boolean)
+    object_margin_px: int = attrs.field(default=8, validator=non_negative_int())
+    allow_subpixel_shift: bool = attrs.field(default=True, validator=boolean())
     dynamically_resize_object: bool | int = attrs.field(default=False, validator=_resize)
 
 
@@ -373,12 +345,12 @@ class ReadingSpec(_Spec):
     section: ClassVar[str] = "reading"
 
     sequence: Any = attrs.field(default=None, converter=_sequence)
-    use_full_fov: bool = attrs.field(default=True, validator=_boolean)
-    batch_size: int | None = attrs.field(default=None, validator=_optional_int_at_least(1))
-    load_one_by_one: bool = attrs.field(default=False, validator=_boolean)
+    use_full_fov: bool = attrs.field(default=True, validator=boolean())
+    batch_size: int | None = attrs.field(default=None, validator=positive_int(optional=True))
+    load_one_by_one: bool = attrs.field(default=False, validator=boolean())
     data_dtype: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(
-            _one_of(("float16", "float32", "float64"))))
+            one_of(("float16", "float32", "float64"))))
 
 
 @attrs.define
@@ -395,13 +367,13 @@ class OutputSpec(_Spec):
     section: ClassVar[str] = "output"
 
     dir: Any = attrs.field(default=None)
-    save_every: int = attrs.field(default=1, validator=_int_at_least(1))
+    save_every: int = attrs.field(default=1, validator=positive_int())
     checkpoint_every: int | None = attrs.field(default=None,
-                                               validator=_optional_int_at_least(1))
+                                               validator=positive_int(optional=True))
     verbosity: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        _one_of((0, 1, 2, 3))))
-    progress: bool = attrs.field(default=True, validator=_boolean)
-    save_loss_log: bool = attrs.field(default=True, validator=_boolean)
+        one_of((0, 1, 2, 3))))
+    progress: bool = attrs.field(default=True, validator=boolean())
+    save_loss_log: bool = attrs.field(default=True, validator=boolean())
 
     @property
     def level(self) -> int:

@@ -54,7 +54,8 @@ def simulate_focal_series(propagator: Propagator, detector: Detector, *, window:
     n = len(defocus_A)
     scale = 1.0 if counts_per_pixel is None else float(counts_per_pixel)
     illumination = np.full((1, window, window), np.sqrt(scale), dtype=complex)
-    model = PtychographyModel(propagator, None, device, (window, window), pixel_size_A,
+    model = PtychographyModel.from_geometry(
+        propagator, None, device, (window, window), pixel_size_A,
                               wavelength_A, 1, None, detector=detector, n_measurements=n)
     corner = (margin_px, margin_px)
     params = {"object": obj, "probe": illumination,

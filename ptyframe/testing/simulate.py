@@ -178,7 +178,8 @@ def simulate_dataset(propagator: Propagator, *, device: Device | None = None,
     probe = probe / np.sqrt(np.sum(np.abs(probe) ** 2, axis=(1, 2), keepdims=True))
     probe *= np.sqrt(weights * scale)[:, None, None]
     n = positions.shape[0]
-    model = PtychographyModel(propagator, None, device, (window, window), pixel_size_A, lam,
+    model = PtychographyModel.from_geometry(
+        propagator, None, device, (window, window), pixel_size_A, lam,
                               n_slices, None, tilt_mode=s.tilt_mode,
                               aberration_marker=s.aberration_marker, n_measurements=n)
     params = {"object": device.complex(obj), "probe": device.complex(probe),

@@ -92,7 +92,8 @@ def test_model_gradient_is_the_same_on_both_index_paths():
     measured = rng.poisson(20.0, (n_meas, n, n)).astype(float)
     results = []
     for dev in (Device("cpu", "double"), gpu_path_device()):
-        model = PtychographyModel(Multislice(slice_thickness_A=5.0), LeastSquaresSqrt(), dev,
+        model = PtychographyModel.from_geometry(
+            Multislice(slice_thickness_A=5.0), LeastSquaresSqrt(), dev,
                                   (n, n), 0.3, 0.025, 2, measured, batch_size=3)
         params = {"object": obj.copy(), "probe": probe * 30, "positions": positions.copy()}
         results.append(model.value_and_grad(params, ("object", "probe", "positions")))

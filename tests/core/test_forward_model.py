@@ -22,7 +22,8 @@ def make_problem(n_slices, n_obj_modes, n_probe_modes, loss, batch_size=3, seed=
         (n_probe_modes, n, n))
     pos = rng.random((N, 2)) * 20 + 2
     meas = rng.poisson(5, (N, n, n)).astype(float)
-    model = FarFieldModel(Multislice(slice_thickness_A=[2.0] * max(n_slices - 1, 1)), loss, dev,
+    model = FarFieldModel.from_geometry(
+        Multislice(slice_thickness_A=[2.0] * max(n_slices - 1, 1)), loss, dev,
                           (n, n), 0.3, 0.025, n_slices, meas, batch_size=batch_size)
     params = {"object": obj, "probe": probe, "positions": pos}
     return model, params, rng

@@ -43,10 +43,9 @@ def make_problem(*, tilt_mode=1, n_tilt_rows=N_MEAS, probe_marker=None,
                        to_detector_order=lambda a: np.fft.ifftshift(a, axes=(-2, -1)))
     model = PtychographyModel(
         Multislice(slice_thickness_A=[2.0] * max(n_slices - 1, 1)),
-        loss or LeastSquaresSqrt(), dev, window, 0.3, 0.025, n_slices, meas, batch_size=4,
+        loss or LeastSquaresSqrt(), ctx, meas, batch_size=4,
         detector=detector, tilt_mode=tilt_mode, probe_marker=probe_marker,
-        aberration_marker=aberration_marker, phase_plates=phase_plates,
-        n_measurements=N_MEAS, context=ctx)
+        aberration_marker=aberration_marker, phase_plates=phase_plates)
     params = {"object": obj, "probe": probe, "positions": pos,
               "tilts": rng.normal(0, 2e-3, (n_tilt_rows, 6)),
               "beam_current": 1 + 0.2 * rng.random(N_MEAS),

@@ -100,7 +100,7 @@ def far_field_patterns(arrays: dict[str, np.ndarray], metadata: dict[str, Any],
     n, px = metadata["window_px"], metadata["pixel_size_A"]
     cell = arrays["transmission"] if transmission is None else transmission
     obj, corners = tiled_object(cell, arrays["positions_A"], px)
-    model = PtychographyModel(propagator, None, Device("cpu", "double"), (n, n), px,
+    model = PtychographyModel.from_geometry(propagator, None, Device("cpu", "double"), (n, n), px,
                               metadata["wavelength_A"], obj.shape[0], None,
                               n_measurements=len(corners), detector=detector)
     params = {"object": obj, "probe": arrays["probe"].astype(complex), "positions": corners}

@@ -87,7 +87,8 @@ def near_field_images(arrays: dict, md: dict, defocus_A: np.ndarray) -> np.ndarr
     n, px = md["window_px"], md["pixel_size_A"]
     detector = REGISTRY.create("detector", {"type": "near_field", "pixel_size_A": px,
                                             "defocus_A": [float(v) for v in defocus_A]})
-    model = PtychographyModel(REGISTRY.create("propagator", {"type": "multislice"}), None,
+    model = PtychographyModel.from_geometry(
+        REGISTRY.create("propagator", {"type": "multislice"}), None,
                               Device("cpu", "double"), (n, n), px, md["wavelength_A"], 1,
                               None, detector=detector, n_measurements=len(defocus_A))
     params = {"object": arrays["exit_wave"][None, None].astype(complex),

@@ -55,7 +55,8 @@ def build_model(sim, loss, measured):
         n_measurements=len(measured), device=DEVICE,
         measured_shape=(masks.shape[0],) if masks is not None else (WINDOW, WINDOW),
         to_detector_order=lambda a: np.fft.ifftshift(a, axes=(-2, -1))))
-    return FarFieldModel(propagator, loss, DEVICE, (WINDOW, WINDOW), sim.grid.pixel_size_A, lam,
+    return FarFieldModel.from_geometry(
+        propagator, loss, DEVICE, (WINDOW, WINDOW), sim.grid.pixel_size_A, lam,
                          1, DEVICE.real(measured))
 
 

@@ -147,7 +147,7 @@ def _columnar(sim: SimulatedData, dz_A: float, dose: float, seed: int) -> Simula
     layer = np.exp(np.log(sim.object[0]) / n_slices)
     obj = np.repeat(layer[None], n_slices, axis=0)
     device = Device("cpu", "double")
-    model = FarFieldModel(multislice(dz_A), None, device, (WINDOW, WINDOW),
+    model = FarFieldModel.from_geometry(multislice(dz_A), None, device, (WINDOW, WINDOW),
                           sim.grid.pixel_size_A, sim.experiment.wavelength_A, n_slices, None)
     params = {"object": device.complex(obj), "probe": device.complex(sim.probe * np.sqrt(dose)),
               "positions": device.real(sim.grid.positions_to_pixels(sim.positions_A))}
