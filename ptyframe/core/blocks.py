@@ -169,27 +169,28 @@ def block(name: str) -> ParameterBlock:
                          f"{name!r}") from None
 
 
-def to_disk_layout(name: str, array: Any) -> np.ndarray:
-    """Internal layout -> on-disk (reference) layout; unknown names are stored unchanged."""
-    array = np.asarray(array)
+def _disk_axes(name: str, array: np.ndarray, where: str) -> tuple[int, ...] | None:
+    """The transpose internal -> disk of ``name`` for this array (None: stored unchanged)."""
     row = _BY_NAME.get(name)
     if row is None or not row.disk_axes:
-        return array
+        return None
     axes = row.disk_axes.get(array.ndim)
     if axes is None:
         raise ValueError(f"{name}: expected {row.shape} ({' or '.join(map(str, row.disk_axes))}"
-                         f" dimensions), found shape {array.shape}")
-    return np.transpose(array, axes)
+                         f" dimensions{where}), found shape {array.shape}")
+    return axes
+
+
+def to_disk_layout(name: str, array: Any) -> np.ndarray:
+    """Internal layout -> on-disk (reference) layout; unknown names are stored unchanged."""
+    array = np.asarray(array)
+    axes = _disk_axes(name, array, "")
+    return array if axes is None else np.transpose(array, axes)
 
 
 def from_disk_layout(name: str, array: Any) -> np.ndarray:
     """Inverse of :func:`to_disk_layout` (C-contiguous)."""
     array = np.asarray(array)
-    row = _BY_NAME.get(name)
-    if row is None or not row.disk_axes:
-        return array
-    axes = row.disk_axes.get(array.ndim)
-    if axes is None:
-        raise ValueError(f"{name}: expected {' or '.join(map(str, row.disk_axes))} dimensions "
-                         f"on disk, found shape {array.shape}")
-    return np.ascontiguousarray(np.transpose(array, np.argsort(axes)))
+    axes = _disk_axes(name, array, " on disk")
+    return array if axes is None else np.ascontiguousarray(
+        np.transpose(array, np.argsort(axes)))

@@ -8,6 +8,7 @@ exactly on the reconstruction grid.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -220,3 +221,22 @@ def rotate_patterns(patterns: np.ndarray, angle_deg: float) -> np.ndarray:
     src_y = -math.sin(t) * x + math.cos(t) * y
     return np.stack([ndimage.map_coordinates(p, [src_y + c, src_x + c], order=1)
                      for p in patterns]).astype(np.float32)
+
+
+def write_scan_file(sim: SimulatedData, path: str | Path) -> Path:
+    """Write simulated patterns as an HDF5 scan file (dataset ``data``) with the metadata
+    attributes ptyframe reads (kV, mrad, 1/Å, Å), for tests and examples of file-based runs."""
+    import h5py
+
+    path = Path(path)
+    exp = sim.experiment
+    with h5py.File(path, "w") as fh:
+        fh["data"] = sim.patterns
+        fh.attrs["acc_voltage_kV"] = exp.voltage_kV
+        fh.attrs["convergence_semiangle_mrad"] = exp.convergence_angle_mrad
+        fh.attrs["detector_pixel_size_inv_A"] = exp.dk_inv_A
+        fh.attrs["defocus_A"] = exp.defocus_A
+        fh.attrs["scan_shape"] = list(exp.scan_shape)
+        step = exp.scan_step_A
+        fh.attrs["scan_step_A"] = list(step) if isinstance(step, tuple) else float(step)
+    return path

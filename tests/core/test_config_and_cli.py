@@ -2,7 +2,6 @@
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 
@@ -10,7 +9,7 @@ from ptyframe import load_registry
 from ptyframe.apps.cli import main
 from ptyframe.apps.config import build_reconstruction, load_config, run_config_file
 from ptyframe.io.results import load_state, read_loss_log
-from ptyframe.testing.simulate import simulate_dataset
+from ptyframe.testing.simulate import simulate_dataset, write_scan_file
 
 
 @pytest.fixture(scope="module")
@@ -19,17 +18,7 @@ def dataset_file(tmp_path_factory):
     prop = load_registry().create("propagator", {"type": "multislice"})
     sim = simulate_dataset(prop, window=24, scan_shape=(6, 6), step_A=0.7, dose_per_pattern=1e5,
                            seed=3)
-    path = folder / "scan.h5"
-    exp = sim.experiment
-    with h5py.File(path, "w") as fh:
-        fh["data"] = sim.patterns
-        fh.attrs["acc_voltage_kV"] = exp.voltage_kV
-        fh.attrs["convergence_semiangle_mrad"] = exp.convergence_angle_mrad
-        fh.attrs["detector_pixel_size_inv_A"] = exp.dk_inv_A
-        fh.attrs["defocus_A"] = exp.defocus_A
-        fh.attrs["scan_shape"] = list(exp.scan_shape)
-        fh.attrs["scan_step_A"] = 0.7
-    return path
+    return write_scan_file(sim, folder / "scan.h5")
 
 
 def write_toml(folder, text):

@@ -10,13 +10,12 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
 from ptyframe import load_registry
 from ptyframe.io.results import load_state, read_loss_log
-from ptyframe.testing.simulate import simulate_dataset
+from ptyframe.testing.simulate import simulate_dataset, write_scan_file
 
 EPOCHS = 40
 
@@ -50,17 +49,7 @@ def data_file(tmp_path_factory):
     prop = load_registry().create("propagator", {"type": "multislice"})
     sim = simulate_dataset(prop, window=24, scan_shape=(8, 8), step_A=0.7,
                            dose_per_pattern=1e5, seed=5, position_jitter_A=0.1)
-    path = folder / "scan.h5"
-    exp = sim.experiment
-    with h5py.File(path, "w") as fh:
-        fh["data"] = sim.patterns
-        fh.attrs["acc_voltage_kV"] = exp.voltage_kV
-        fh.attrs["convergence_semiangle_mrad"] = exp.convergence_angle_mrad
-        fh.attrs["detector_pixel_size_inv_A"] = exp.dk_inv_A
-        fh.attrs["defocus_A"] = exp.defocus_A
-        fh.attrs["scan_shape"] = list(exp.scan_shape)
-        fh.attrs["scan_step_A"] = 0.7
-    return path
+    return write_scan_file(sim, folder / "scan.h5")
 
 
 def _command(folder, data, out):
