@@ -79,8 +79,8 @@ class ParameterBlock:
     ``files``: (overwritable checkpoint file, block name in
     ``checkpoint_<name>_epoch_<N>.npy``), the reference tool's names; ``disk_axes``: for
     each number of dimensions, the transpose from the internal layout to the on-disk (reference)
-    layout; ``setting``: the Reconstruction setting that gives its starting value (None: built
-    by an initializer); ``default``: its starting value when refined without one;
+    layout; ``setting``: (name, accepted numbers of dimensions) of the Reconstruction setting
+    that gives its starting value; ``default``: its starting value when refined without one;
     ``measured_grid``: lives on the detector grid (converted to the detector's pixel order on
     the device); ``conversion``: (user value -> refined variable, refined variable -> result),
     e.g. the background is given as s**2 and refined as s; ``refined_by_default``;
@@ -94,12 +94,16 @@ class ParameterBlock:
     files: tuple[str, str]
     summary: str
     disk_axes: Mapping[int, tuple[int, ...]] = attrs.field(factory=dict)
-    setting: str | None = None
+    setting: tuple[str, tuple[int, ...]] | None = None
     default: Callable[[BlockDefaults], np.ndarray] | None = None
     measured_grid: bool = False
     conversion: tuple[Callable[[np.ndarray], np.ndarray],
                       Callable[[np.ndarray], np.ndarray]] | None = None
     refined_by_default: bool = False
+
+    @property
+    def setting_name(self) -> str | None:
+        return None if self.setting is None else self.setting[0]
 
     @property
     def checkpoint_file(self) -> str:
@@ -127,28 +131,28 @@ class ParameterBlock:
 PARAMETER_BLOCKS: tuple[ParameterBlock, ...] = (
     ParameterBlock("object", "complex", "(n_slices, n_object_modes, Y, X)", "",
                    ("co.npy", "obj"), "complex transmission of each slice and mode",
-                   disk_axes={4: (2, 3, 0, 1)}, setting="initial_object",
+                   disk_axes={4: (2, 3, 0, 1)}, setting=("initial_object", (4,)),
                    refined_by_default=True),
     ParameterBlock("probe", "complex", "(n_probe_modes, ny, nx) or (n_probes, modes, ny, nx)",
                    "", ("cp.npy", "probe"), "real-space probe modes, centred",
-                   disk_axes={3: (1, 2, 0), 4: (2, 3, 1, 0)}, setting="initial_probe",
+                   disk_axes={3: (1, 2, 0), 4: (2, 3, 1, 0)}, setting=("initial_probe", (3,)),
                    refined_by_default=True),
     ParameterBlock("positions", "real", "(N, 2) window corners (y, x)", "pixel",
-                   ("cg.npy", "positions"), "probe positions", setting="positions_A"),
+                   ("cg.npy", "positions"), "probe positions", setting=("positions_A", (2,))),
     ParameterBlock("tilts", "real", "(N or 1, 6) [y, x before; inside; after]", "rad",
                    ("ct.npy", "tilts"), "beam tilts before, inside and after the specimen",
-                   setting="tilts", default=_zeros_tilts),
+                   setting=("tilts", (2,)), default=_zeros_tilts),
     ParameterBlock("beam_current", "real", "(N,)", "", ("cb.npy", "beam_current"),
-                   "relative beam intensity per measurement", setting="beam_current",
+                   "relative beam intensity per measurement", setting=("beam_current", (1,)),
                    default=_ones_current),
     ParameterBlock("static_background", "real", "(my, mx) s, background = s**2",
                    "", ("cs.npy", "static_background"),
                    "static background intensity per detector pixel",
-                   setting="static_background", default=_background, measured_grid=True,
+                   setting=("static_background", (2,)), default=_background, measured_grid=True,
                    conversion=(_sqrt, _square)),
     ParameterBlock("aberrations", "real", "(n_sets, n_coefficients) Krivanek order",
                    "angstrom", ("ca.npy", "aberrations"),
-                   "local aberrations on top of the probe", setting="aberrations_array",
+                   "local aberrations on top of the probe", setting=("aberrations_array", (1, 2)),
                    default=_zero_aberrations),
 )
 

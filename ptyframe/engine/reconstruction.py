@@ -66,11 +66,6 @@ DEFAULT_COMPONENTS = {
     "position_initializer": {"type": "scan_grid"},
 }
 
-#: the starting-value settings checked on construction: number of dimensions accepted
-_SETTING_NDIM = {"initial_object": (4,), "initial_probe": (3,), "positions_A": (2,),
-                 "tilts": (2,), "beam_current": (1,), "static_background": (2,),
-                 "aberrations_array": (1, 2)}
-
 #: a callback returns True to stop the run
 Callback = Callable[[EpochReport], "bool | None"]
 
@@ -262,8 +257,8 @@ class Reconstruction(Problem):
                                      f"{value}")
                 plan.initial = float(value)
                 continue
-            plan.initial = load_array_setting(row.setting, value,
-                                              ndim=_SETTING_NDIM[row.setting], base_dir=base)
+            plan.initial = load_array_setting(row.setting_name, value,
+                                              ndim=row.setting[1], base_dir=base)
         self._check_starting_values(n)
         m = self.model_spec
         m.probe_marker = self._marker("probe_marker", m.probe_marker)
@@ -575,7 +570,7 @@ class Reconstruction(Problem):
             if isinstance(value, ArraySetting):
                 array = value.array
                 if row.measured_grid and array.shape != tuple(measured_shape):
-                    raise ValueError(f"{row.setting}: expected shape {measured_shape} (the "
+                    raise ValueError(f"{row.setting_name}: expected shape {measured_shape} (the "
                                      f"measured grid), found {array.shape}")
             else:
                 level = value

@@ -244,14 +244,14 @@ class RefineSpec(_Spec):
         for row in PARAMETER_BLOCKS:
             plan = self.blocks[row.name]
             if plan.initial is not None and row.setting is not None:
-                out[row.setting] = config_value(plan.initial)
+                out[row.setting_name] = config_value(plan.initial)
             if plan.initializer is not None:
                 out[INITIALIZER_KINDS[row.name]] = plan.initializer.to_config()
         return out
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        rows = tuple(b.setting for b in PARAMETER_BLOCKS if b.setting is not None)
+        rows = tuple(b.setting_name for b in PARAMETER_BLOCKS if b.setting is not None)
         return ("refine", *rows, *INITIALIZER_KINDS.values())
 
     @classmethod
@@ -267,7 +267,7 @@ class RefineSpec(_Spec):
         if unknown:
             raise ValueError(f"refine: unknown blocks {sorted(unknown)}; expected some of "
                              f"{', '.join(BLOCK_NAMES)}")
-        by_setting = {b.setting: b.name for b in PARAMETER_BLOCKS if b.setting is not None}
+        by_setting = {b.setting_name: b.name for b in PARAMETER_BLOCKS if b.setting is not None}
         by_initializer = {kind: name for name, kind in INITIALIZER_KINDS.items()}
         allowed = {"refine", *by_setting, *by_initializer} | {f"refine_{b}" for b in plans}
         unknown = set(config) - allowed

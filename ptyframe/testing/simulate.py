@@ -79,45 +79,86 @@ def random_atoms_phase(shape: tuple[int, int], pixel_size_A: float, rng: np.rand
 
 
 @attrs.define(kw_only=True)
-class SimulationSettings:
-    """What :func:`simulate_dataset` simulates.
-
-    Geometry: detector of ``window`` pixels with dk = 1 / (window * pixel_size_A) (Å);
-    ``voltage_kV``; ``convergence_angle_mrad``; probe from the aperture and ``defocus_A``
-    (positive = underfocus, C10 = -defocus); ``scan_shape`` raster with ``step_A`` and
-    Gaussian ``position_jitter_A``; ``n_slices`` of random atoms (``phase_scale``,
-    ``absorption``); ``n_probe_modes`` with ``probe_mode_power`` in the extra modes;
-    ``n_object_modes``: incoherent object states (each its own random atoms; the model
-    averages them); ``dose_per_pattern``: electrons per pattern with Poisson noise (None:
-    noise-free probabilities); ``margin_px`` around the scan; ``seed``. The model's other
-    blocks, applied before the noise: ``tilts`` (1 or N, 6) rad with ``tilt_mode``,
-    ``beam_current`` (N,), ``background`` (intensity per pixel, centred, or a number),
-    ``aberrations_array`` (n_sets, n_coefficients) Å with ``aberration_marker`` (N,).
-    """
+class ScanGeometry:
+    """Detector of ``window`` pixels with dk = 1 / (window * pixel_size_A) (Å);
+    ``voltage_kV``; ``scan_shape`` raster with ``step_A`` (Å) and Gaussian
+    ``position_jitter_A``; ``margin_px`` of object around the scan."""
 
     window: int = 32
     voltage_kV: float = 200.0
-    convergence_angle_mrad: float = 25.0
     pixel_size_A: float = 0.25
-    defocus_A: float = 50.0
     scan_shape: tuple[int, int] = (10, 10)
     step_A: float = 0.6
-    n_slices: int = 1
+    position_jitter_A: float = 0.0
+    margin_px: int = 8
+
+
+@attrs.define(kw_only=True)
+class Illumination:
+    """Probe from the aperture (``convergence_angle_mrad``) and ``defocus_A`` (positive =
+    underfocus, C10 = -defocus); ``n_probe_modes`` with ``probe_mode_power`` in the extra
+    modes; ``dose_per_pattern``: electrons per pattern with Poisson noise (None: noise-free
+    probabilities)."""
+
+    convergence_angle_mrad: float = 25.0
+    defocus_A: float = 50.0
     n_probe_modes: int = 1
     probe_mode_power: float = 0.2
-    position_jitter_A: float = 0.0
     dose_per_pattern: float | None = None
+
+
+@attrs.define(kw_only=True)
+class Specimen:
+    """``n_slices`` of random atoms (``phase_scale``, ``absorption``), ``n_object_modes``
+    incoherent states (each its own atoms; the model averages them), random ``seed``."""
+
+    n_slices: int = 1
+    n_object_modes: int = 1
     absorption: float = 0.05
     phase_scale: float = 1.0
-    margin_px: int = 8
     seed: int = 0
-    n_object_modes: int = 1
+
+
+@attrs.define(kw_only=True)
+class ExtraBlocks:
+    """The model's other blocks, applied before the noise: ``tilts`` (1 or N, 6) rad with
+    ``tilt_mode``, ``beam_current`` (N,), ``background`` (intensity per pixel, centred, or a
+    number), ``aberrations_array`` (n_sets, n_coefficients) Å with ``aberration_marker``
+    (N,)."""
+
     tilts: np.ndarray | None = None
     tilt_mode: int = 0
     beam_current: np.ndarray | None = None
     background: np.ndarray | float | None = None
     aberrations_array: np.ndarray | None = None
     aberration_marker: np.ndarray | None = None
+
+
+_GROUPS = {"geometry": ScanGeometry, "illumination": Illumination, "specimen": Specimen,
+           "blocks": ExtraBlocks}
+
+
+@attrs.define(kw_only=True)
+class SimulationSettings:
+    """What :func:`simulate_dataset` simulates, in four groups; :meth:`from_keywords` takes
+    any of their fields by name."""
+
+    geometry: ScanGeometry = attrs.field(factory=ScanGeometry)
+    illumination: Illumination = attrs.field(factory=Illumination)
+    specimen: Specimen = attrs.field(factory=Specimen)
+    blocks: ExtraBlocks = attrs.field(factory=ExtraBlocks)
+
+    @classmethod
+    def from_keywords(cls, **keywords: Any) -> SimulationSettings:
+        grouped: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+        owner = {f.name: name for name, group in _GROUPS.items() for f in attrs.fields(group)}
+        unknown = sorted(set(keywords) - set(owner))
+        if unknown:
+            raise TypeError(f"simulate_dataset: unknown settings {unknown}; expected some of "
+                            f"{sorted(owner)}")
+        for key, value in keywords.items():
+            grouped[owner[key]][key] = value
+        return cls(**{name: _GROUPS[name](**values) for name, values in grouped.items()})
 
 
 def simulate_dataset(propagator: Propagator, *, device: Device | None = None,
@@ -132,29 +173,30 @@ def simulate_dataset(propagator: Propagator, *, device: Device | None = None,
     """
     if settings is not None and keywords:
         raise TypeError("simulate_dataset: give settings or keywords, not both")
-    s = settings if settings is not None else SimulationSettings(**keywords)
-    window, pixel_size_A, seed = s.window, s.pixel_size_A, s.seed
-    scan_shape, step_A, n_slices = s.scan_shape, s.step_A, s.n_slices
-    n_probe_modes, n_object_modes = s.n_probe_modes, s.n_object_modes
-    convergence_angle_mrad, dose_per_pattern = s.convergence_angle_mrad, s.dose_per_pattern
-    position_jitter_A, tilts, beam_current = s.position_jitter_A, s.tilts, s.beam_current
+    cfg = settings if settings is not None else SimulationSettings.from_keywords(**keywords)
+    g, ill, sp, s = cfg.geometry, cfg.illumination, cfg.specimen, cfg.blocks
+    window, pixel_size_A, seed = g.window, g.pixel_size_A, sp.seed
+    scan_shape, step_A, n_slices = g.scan_shape, g.step_A, sp.n_slices
+    n_probe_modes, n_object_modes = ill.n_probe_modes, sp.n_object_modes
+    convergence_angle_mrad, dose_per_pattern = ill.convergence_angle_mrad, ill.dose_per_pattern
+    position_jitter_A, tilts, beam_current = g.position_jitter_A, s.tilts, s.beam_current
     background, aberrations_array = s.background, s.aberrations_array
     rng = np.random.default_rng(seed)
     device = device or Device("cpu", "double")
     dk = 1.0 / (window * pixel_size_A)
-    experiment = Experiment(voltage_kV=s.voltage_kV, convergence_angle_mrad=convergence_angle_mrad,
-                            detector_pixel_size_inv_A=dk, aberrations={"C10": -s.defocus_A},
+    experiment = Experiment(voltage_kV=g.voltage_kV, convergence_angle_mrad=convergence_angle_mrad,
+                            detector_pixel_size_inv_A=dk, aberrations={"C10": -ill.defocus_A},
                             scan_shape=scan_shape, scan_step_A=step_A)
     nominal = scan_positions(scan_shape, step_A, (0.0, 0.0))
     jitter = rng.normal(0.0, position_jitter_A, nominal.shape) if position_jitter_A else 0.0
     positions = nominal + jitter
     grid = ReconstructionGrid.covering(np.concatenate([nominal, positions]), (window, window),
-                                       dk, margin_px=s.margin_px)
+                                       dk, margin_px=g.margin_px)
     obj = np.empty((n_slices, n_object_modes, *grid.object_shape), dtype=complex)
     for s_ in range(n_slices):
         for k in range(n_object_modes):
-            phase = s.phase_scale * random_atoms_phase(grid.object_shape, pixel_size_A, rng)
-            obj[s_, k] = np.exp((1j - s.absorption) * phase)
+            phase = sp.phase_scale * random_atoms_phase(grid.object_shape, pixel_size_A, rng)
+            obj[s_, k] = np.exp((1j - sp.absorption) * phase)
     lam = experiment.wavelength_A
     qy, qx = spatial_frequencies((window, window), pixel_size_A)
     spec = aperture(np.hypot(qy, qx), lam, convergence_angle_mrad, 1.0, dk) * np.exp(
@@ -170,7 +212,7 @@ def simulate_dataset(propagator: Propagator, *, device: Device | None = None,
                            - 2j * np.pi * (qy * shift[0] + qx * shift[1]))
             modes.append(np.fft.fftshift(np.fft.ifft2(spec * extra)))
         probe = np.stack(modes)
-        weights = np.array([1 - s.probe_mode_power] + [s.probe_mode_power / (n_probe_modes - 1)]
+        weights = np.array([1 - ill.probe_mode_power] + [ill.probe_mode_power / (n_probe_modes - 1)]
                            * (n_probe_modes - 1))
     else:
         probe = probe[None]
