@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import abc
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import attrs
 
+from ptyframe.components import Regularizer
 from ptyframe.core.schedules import Constant, Schedule, as_schedule
 from ptyframe.core.validators import is_number
 
@@ -47,3 +50,28 @@ def block_and_weight(params: Any, block: str, weight: Schedule, epoch: int
         return None
     w = weight_at(weight, epoch, "weight")
     return None if w == 0 else (array, w)
+
+
+class BlockPenalty(Regularizer):
+    """A penalty on one parameter block with a scheduled ``weight``: the shared part of every
+    such regularizer (skip an absent block or a zero weight; return the gradient in the
+    block's dtype). Subclasses set ``block`` and write :meth:`penalty`."""
+
+    block: ClassVar[str] = ""
+
+    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
+                       ) -> tuple[float, dict[str, Any]]:
+        active = block_and_weight(params, self.block, self.weight, epoch)
+        if active is None:
+            return 0.0, {}
+        array, w = active
+        result = self.penalty(array, w, self.device)
+        if result is None:
+            return 0.0, {}
+        value, grad = result
+        return value, {self.block: grad.astype(array.dtype, copy=False)}
+
+    @abc.abstractmethod
+    def penalty(self, array: Any, w: float, device: Any) -> tuple[float, Any] | None:
+        """(w * penalty, dL/d conj(array)) for the block's array at weight ``w`` > 0, or
+        None when the penalty does not apply (e.g. a single mode)."""

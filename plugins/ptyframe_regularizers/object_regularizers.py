@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
-from ptyframe.components import ModelContext, Regularizer
+from ptyframe.components import ModelContext
 from ptyframe.core.physics import frequency_axis, gaussian_transfer
 from ptyframe.core.validators import at_least, non_negative, positive, to_float
 
 from ._common import (
-    block_and_weight,
+    BlockPenalty,
     weight_field,
 )
 
@@ -46,7 +45,7 @@ def _abs2(a: Any) -> Any:
 
 # ============================================================================ ATV
 @attrs.define(kw_only=True)
-class AdaptiveTotalVariation(Regularizer):
+class AdaptiveTotalVariation(BlockPenalty):
     """Adaptive total variation of the complex transmission O.
 
     R = weight * sum_{s, k, y, x} [ (|dx O|^p + |dy O|^p + eps)^(q/p) - eps^(q/p) ]
@@ -74,13 +73,9 @@ class AdaptiveTotalVariation(Regularizer):
     q: float = attrs.field(default=1.0, converter=to_float, validator=positive())
     eps: float = attrs.field(default=1e-6, converter=to_float, validator=positive())
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
+    block: ClassVar[str] = "object"
+
+    def penalty(self, obj: Any, w: float, device: Any) -> tuple[float, Any] | None:
         xp = device.xp
         p, q, eps = self.p, self.q, self.eps
         dx = xp.zeros_like(obj)
@@ -111,7 +106,7 @@ class AdaptiveTotalVariation(Regularizer):
         grad -= dx
         grad[..., 1:, :] += dy[..., :-1, :]
         grad -= dy
-        return value, {"object": grad.astype(obj.dtype, copy=False)}
+        return value, grad
 
 
 # ============================================================================ L1 norms
@@ -121,7 +116,7 @@ def _smooth_abs(xp: Any, t: Any, eps: float) -> tuple[Any, Any]:
     return root - eps, t / root
 
 
-class _SmoothL1OfObject(Regularizer):
+class _SmoothL1OfObject(BlockPenalty):
     """weight * sum (sqrt(f^2 + eps^2) - eps) of a real field f(O) of the object whose
     derivative is df / d conj(O) = chain * O / |O|^2 (``chain`` a class constant); subclasses
     give f (:meth:`field`) and eps (:meth:`smoothing`)."""
@@ -136,17 +131,14 @@ class _SmoothL1OfObject(Regularizer):
     def smoothing(self) -> float:
         """eps, in the unit of f."""
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
-        xp = self.device.xp
+    block: ClassVar[str] = "object"
+
+    def penalty(self, obj: Any, w: float, device: Any) -> tuple[float, Any] | None:
+        xp = device.xp
         mag2 = xp.maximum(_abs2(obj), _TINY)
         penalty, slope = _smooth_abs(xp, self.field(obj, mag2, xp), self.smoothing())
         grad = (self.chain * w) * (slope / mag2) * obj
-        return w * _sum(xp, penalty), {"object": grad.astype(obj.dtype, copy=False)}
+        return w * _sum(xp, penalty), grad
 
 
 @attrs.define(kw_only=True)
@@ -210,7 +202,7 @@ class L1Absorption(_SmoothL1OfObject):
 
 # ============================================================================ mixed variance
 @attrs.define(kw_only=True)
-class MixedVariance(Regularizer):
+class MixedVariance(BlockPenalty):
     """Variance of the low-pass filtered object modes: keeps the modes alike at low spatial
     frequencies (they are states of one specimen) while letting them differ in fine detail.
 
@@ -243,15 +235,11 @@ class MixedVariance(Regularizer):
             self._transfer = (key, device.real(gaussian_transfer(shape, self.sigma_px)))
         return self._transfer[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
+    block: ClassVar[str] = "object"
+
+    def penalty(self, obj: Any, w: float, device: Any) -> tuple[float, Any] | None:
         if obj.shape[1] < 2:
-            return 0.0, {}
+            return None
         xp = device.xp
         n_modes = obj.shape[1]
         h = self.transfer(obj.shape[-2:], device).astype(obj.real.dtype, copy=False)
@@ -261,12 +249,12 @@ class MixedVariance(Regularizer):
         value = scale * _sum(xp, _abs2(blurred))
         # G is real-symmetric (Hermitian) and commutes with the centring: g = scale G^H G C O
         grad = device.ifft2(device.fft2(blurred, overwrite=True) * (scale * h), overwrite=True)
-        return value, {"object": grad.astype(obj.dtype, copy=False)}
+        return value, grad
 
 
 # ============================================================================ missing wedge
 @attrs.define(kw_only=True)
-class MissingWedge(Regularizer):
+class MissingWedge(BlockPenalty):
     """Penalty on the 3-D spectrum of a multislice object outside the transferred wedge.
 
     Ptychography of a specimen illuminated with a convergence semi-angle alpha transfers a
@@ -336,15 +324,11 @@ class MissingWedge(Regularizer):
             self._weights = (key, device.real((2.0 / math.pi) * np.arctan(ratio)))
         return self._weights[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "object", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        obj, w = active
+    block: ClassVar[str] = "object"
+
+    def penalty(self, obj: Any, w: float, device: Any) -> tuple[float, Any] | None:
         if obj.shape[0] < 2:
-            return 0.0, {}
+            return None
         xp = device.xp
         n_slices, _, ny, nx = obj.shape
         weights = self.wedge_weights((n_slices, ny, nx), device)[:, None]
@@ -355,4 +339,4 @@ class MissingWedge(Regularizer):
         spectrum *= w * weights
         grad = device.ifft2(xp.fft.ifft(spectrum, axis=0, norm="ortho"), norm="ortho",
                             overwrite=True)
-        return value, {"object": grad.astype(obj.dtype, copy=False)}
+        return value, grad

@@ -9,19 +9,18 @@ pattern), so these penalties are in counts and their weights are per count.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
-from ptyframe.components import ModelContext, Regularizer
+from ptyframe.components import ModelContext
 from ptyframe.core.physics import angle_to_frequency, soft_aperture, spatial_frequencies
 from ptyframe.core.validators import non_negative, npy_path, positive, to_float
 from ptyframe.io.array_settings import load_npy
 
 from ._common import (
-    block_and_weight,
+    BlockPenalty,
     weight_field,
 )
 
@@ -47,7 +46,7 @@ def aperture_disk(window: tuple[int, int], pixel_size_A: float, wavelength_A: fl
 
 
 @attrs.define(kw_only=True)
-class ProbeFourierMask(Regularizer):
+class ProbeFourierMask(BlockPenalty):
     """Probe power outside a reciprocal-space mask (the probe-forming aperture).
 
     R = weight * sum_{modes} sum_k |FFT(P)(k) (1 - mask(k))|^2
@@ -127,13 +126,9 @@ class ProbeFourierMask(Regularizer):
             self._outside = (key, device.real(self._outside_host))
         return self._outside[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "probe", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        probe, w = active
+    block: ClassVar[str] = "probe"
+
+    def penalty(self, probe: Any, w: float, device: Any) -> tuple[float, Any] | None:
         outside = self.outside(device)
         if tuple(probe.shape[-2:]) != tuple(outside.shape):
             raise ValueError(f"probe: expected a window of {tuple(outside.shape)} pixels (the "
@@ -145,7 +140,7 @@ class ProbeFourierMask(Regularizer):
         value = w * _sum(xp, _abs2(spectrum))
         spectrum *= w * outside
         grad = device.ifft2(spectrum, norm="ortho", overwrite=True)
-        return value, {"probe": grad.astype(probe.dtype, copy=False)}
+        return value, grad
 
 
 def cosine_window(shape: tuple[int, int], inner: float, outer: float) -> np.ndarray:
@@ -178,7 +173,7 @@ def _check_window(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 @attrs.define(kw_only=True)
-class ProbeWindow(Regularizer):
+class ProbeWindow(BlockPenalty):
     """Probe intensity near the edges of its real-space window (a probe that wraps around).
 
     R = weight * sum_{modes} sum_r |P(r) (1 - window(r))|^2
@@ -221,16 +216,12 @@ class ProbeWindow(Regularizer):
         self._damping = None
         self.damping(tuple(int(n) for n in context.window), context.device)
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "probe", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        probe, w = active
+    block: ClassVar[str] = "probe"
+
+    def penalty(self, probe: Any, w: float, device: Any) -> tuple[float, Any] | None:
         xp = device.xp
         damping = self.damping(tuple(probe.shape[-2:]), device).astype(probe.real.dtype,
                                                                        copy=False)
         value = w * _sum(xp, _abs2(probe) * damping)
         grad = (w * damping) * probe
-        return value, {"probe": grad.astype(probe.dtype, copy=False)}
+        return value, grad

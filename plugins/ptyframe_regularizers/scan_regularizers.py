@@ -9,7 +9,7 @@ A weight of 0 at an epoch contributes nothing (and (0.0, {}) when every weight i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from ptyframe.components import ModelContext, Regularizer
 from ptyframe.core.validators import one_of
 
-from ._common import block_and_weight, weight_at, weight_field
+from ._common import BlockPenalty, weight_at, weight_field
 
 __all__ = ["PositionSmoothness", "TiltSmoothness", "AffineDeformation"]
 
@@ -178,7 +178,7 @@ class TiltSmoothness(PositionSmoothness):
 
 
 @attrs.define(kw_only=True)
-class AffineDeformation(Regularizer):
+class AffineDeformation(BlockPenalty):
     """Distance of the scan positions from the best affine image of the ideal raster.
 
     R = weight * min_{A, b} sum_n |p_n - A g_n - b|^2 = weight * |(I - H) p|^2
@@ -223,13 +223,9 @@ class AffineDeformation(Regularizer):
             self._basis = (key, device.real(self._basis_host))
         return self._basis[1]
 
-    def value_and_grad(self, params: Mapping[str, Any], epoch: int = 0
-                       ) -> tuple[float, dict[str, Any]]:
-        device = self.device
-        active = block_and_weight(params, "positions", self.weight, epoch)
-        if active is None:
-            return 0.0, {}
-        pos, w = active
+    block: ClassVar[str] = "positions"
+
+    def penalty(self, pos: Any, w: float, device: Any) -> tuple[float, Any] | None:
         basis = self.basis(device)
         if pos.ndim != 2 or pos.shape[0] != basis.shape[0]:
             raise ValueError(f"positions: expected {basis.shape[0]} rows (the prepared "
@@ -238,4 +234,4 @@ class AffineDeformation(Regularizer):
         basis = basis.astype(pos.dtype, copy=False)
         residual = pos - basis @ (basis.T @ pos)
         value = w * _sum(xp, residual * residual)
-        return value, {"positions": (w * residual).astype(pos.dtype, copy=False)}
+        return value, (w * residual)
