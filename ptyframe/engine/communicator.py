@@ -181,6 +181,12 @@ class Communicator(abc.ABC):
         """Wait for every rank (nothing to wait for on one process)."""
         return None
 
+    def announce(self, text: str) -> None:
+        """Rank 0 prints every rank's ``text`` to stderr, one line per rank (nothing on one
+        process): the roster that maps a launcher's report of a killed process to its
+        rank."""
+        return None
+
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
         """Stop every rank when this one fails: print the error naming the rank, then abort
@@ -265,6 +271,15 @@ class MPICommunicator(Communicator):
 
     def barrier(self) -> None:
         self.comm.Barrier()
+
+    def announce(self, text: str) -> None:
+        import socket
+
+        line = f"ptyframe: rank {self.rank} of {self.size}: pid {os.getpid()} on " \
+               f"{socket.gethostname()}, {text}"
+        lines = self.comm.gather(line, root=0)
+        if self.is_root:
+            print("\n".join(lines), file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:

@@ -744,6 +744,8 @@ class Reconstruction(Problem):
 
     def _run(self, epochs: int, callbacks: Sequence[Callback]) -> ReconstructionResult:
         self.initialize()
+        lo, hi = self.owned_range()
+        self.communicator.announce(f"measurements [{lo}, {hi})")
         root = self.communicator.is_root
         output = self._open_output() if root else None
         monitor = RunMonitor(self.output.level if root else 0, epochs, output,
