@@ -631,6 +631,14 @@ class Reconstruction(Problem):
         floor = 1e-3 * (float(np.mean(mean_pattern)) if mean_pattern is not None else 1.0)
         if self.dataset is None:
             return floor
+        if self._distributed:  # each rank reads its own patterns
+            comm = self.communicator
+            lo, hi = self.owned_range()
+            parts = [(float(self.dataset.read(np.arange(a, b), np.float32).reshape(
+                b - a, -1).min(axis=1).sum(dtype=np.float64)), {}) for a, b in
+                comm.chunks(lo, hi)] or [(0.0, {})]
+            total = comm.sum_parts(parts, (), np)[0]
+            return max(total / self.n_measurements, floor)
         n, lows = len(self.dataset), []
         for start in range(0, n, 512):
             chunk = self.dataset.read(np.arange(start, min(start + 512, n)), np.float32)

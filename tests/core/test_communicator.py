@@ -3,6 +3,8 @@ deterministic fold, and a Reconstruction that evaluates through the communicator
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,102 @@ def test_deterministic_chunked_evaluation_matches_the_plain_sum():
 def test_communicator_must_be_a_communicator():
     with pytest.raises(TypeError, match="communicator"):
         _reconstruction("mpi")
+
+
+def test_chunked_set_up_reads_give_the_same_starting_values():
+    """Mean pattern and background estimate read per rank-owned chunk equal the plain ones."""
+    plain = _reconstruction(None)
+    chunked = _reconstruction(SingleProcess(deterministic=True, chunk=8))
+    np.testing.assert_allclose(chunked._distributed_mean_pattern(),
+                               plain.dataset.mean_pattern(), rtol=1e-12)
+    mean = plain.dataset.mean_pattern()
+    assert chunked._background_estimate(mean) == pytest.approx(
+        plain._background_estimate(mean), rel=1e-6)
+
+
+def test_nccl_without_cupy_is_one_clear_error():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"nccl.*ptyframe\[gpu\]"):
+            make_communicator("nccl")
+    else:
+        pytest.skip("CuPy is installed: the NCCL backend needs GPUs (benchmarks/gpu check)")
+
+
+class _HostArray(np.ndarray):
+    """A NumPy array with CuPy's ``get`` (the fake GPU array of the NCCL test)."""
+
+    def get(self):
+        return np.asarray(self)
+
+
+class _FakeCupy:
+    """The few CuPy calls the NCCL backend makes, on the host."""
+
+    float64, int64 = np.float64, np.int64
+
+    class cuda:  # noqa: N801 - mirrors cupy.cuda
+        class runtime:  # noqa: N801
+            @staticmethod
+            def getDeviceCount():
+                return 1
+
+        class Device:
+            def __init__(self, index):
+                self.index = index
+
+            def use(self):
+                return None
+
+    def __getattr__(self, name):
+        func = getattr(np, name)
+
+        def wrapped(*args, **kwargs):
+            out = func(*args, **kwargs)
+            return out.view(_HostArray) if isinstance(out, np.ndarray) else out
+        return wrapped
+
+
+class _FakeNCCL:
+    """One-rank NCCL: every collective copies its input (real dtypes only, like NCCL)."""
+
+    def __init__(self):
+        self.dtypes = []
+
+    def all_reduce(self, send, recv, op):
+        assert op == "sum"
+        self.dtypes.append(send.dtype)
+        recv[...] = send
+
+    def all_gather(self, send, recv, count):
+        self.dtypes.append(send.dtype)
+        recv.reshape(-1)[:send.size] = send.reshape(-1)
+
+    def barrier(self):
+        return None
+
+
+def test_nccl_backend_sends_complex_as_float_pairs(monkeypatch):
+    """The NCCL code path on the host with a one-rank fake of cupyx.distributed."""
+    import types
+
+    from ptyframe.engine.communicator import NCCLCommunicator
+
+    fake = _FakeNCCL()
+    distributed = types.SimpleNamespace(init_process_group=lambda *a, **k: fake)
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy())
+    monkeypatch.setitem(sys.modules, "cupyx",
+                        types.SimpleNamespace(distributed=distributed))
+    monkeypatch.setitem(sys.modules, "cupyx.distributed", distributed)
+    rng = np.random.default_rng(1)
+    grads = {"object": (rng.normal(size=(2, 3)) + 1j * rng.normal(size=(2, 3))).astype(
+        np.complex64), "positions": rng.normal(size=(4, 2)).astype(np.float32)}
+    for deterministic in (False, True):
+        comm = NCCLCommunicator(deterministic=deterministic, rank=0, size=1)
+        parts = [(1.5, grads), (2.0, grads)]
+        value, out = comm.sum_parts(parts, ("object", "positions"), np)
+        assert value == 3.5
+        for name in grads:
+            np.testing.assert_allclose(np.asarray(out[name]), 2 * grads[name], rtol=1e-6)
+    assert all(np.dtype(d).kind != "c" for d in fake.dtypes)
