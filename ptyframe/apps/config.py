@@ -22,6 +22,10 @@ Layout (TOML shown; JSON has the same structure)::
     [output]
     dir = "out"
     checkpoint_every = 10
+    [parallel]                  # optional: data parallelism (mpiexec -n 4 ptyframe run ...)
+    backend = "auto"            # auto (MPI when launched by mpiexec/srun), single, mpi, nccl
+    deterministic = false       # true: results independent of the number of ranks
+    chunk = 64                  # measurements per fixed reduction chunk (deterministic)
 
 Components are ``{"type": name, ...settings}`` tables resolved by name through the registry;
 schedules are ``{"type": "every" | "from" | "until" | "piecewise" | "linear", ...}`` or plain
@@ -37,6 +41,7 @@ from typing import Any
 
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
+from ptyframe.engine.communicator import Communicator, launcher_rank, make_communicator
 from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
 from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, route_settings
 from ptyframe.io.data import Dataset, Preprocessing
@@ -44,7 +49,10 @@ from ptyframe.io.data import Dataset, Preprocessing
 __all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file"]
 
 #: top-level tables that are not settings of the specifications
-_SECTIONS = ("epochs", "data", "experiment", "device", "output", "grid", "seed")
+_SECTIONS = ("epochs", "data", "experiment", "device", "output", "grid", "seed", "parallel")
+
+#: keys of the [parallel] table
+_PARALLEL_KEYS = ("backend", "deterministic", "chunk")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -167,12 +175,39 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     routed["output"].update(output)
     specs = {key: cls.from_config(routed[key], registry) for key, cls in SPEC_CLASSES.items()}
     seed = config.get("seed", 0)
-    rec = Reconstruction(dataset, experiment, **specs, device=Device(**_section(config, "device")),
-                         seed=seed, registry=registry, base_dir=base_dir)
+    communicator = build_communicator(_section(config, "parallel"))
+    device = _section(config, "device")
+    if communicator.size > 1 and device.get("kind", "auto") != "cpu":
+        device.setdefault("gpu_id", _local_gpu(communicator))
+    rec = Reconstruction(dataset, experiment, **specs, device=Device(**device),
+                         communicator=communicator, seed=seed, registry=registry,
+                         base_dir=base_dir)
     epochs = config.get("epochs", 50)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"config epochs: expected an integer >= 0, found {epochs!r}")
     return rec, epochs
+
+
+def build_communicator(section: Mapping[str, Any]) -> Communicator:
+    """The communicator of a ``[parallel]`` table (empty: MPI when launched by an MPI
+    launcher with more than one rank, else one process)."""
+    unknown = set(section) - set(_PARALLEL_KEYS)
+    if unknown:
+        raise ValueError(f"config [parallel]: unknown keys {sorted(unknown)}; expected some of "
+                         f"{list(_PARALLEL_KEYS)}")
+    return make_communicator(**section)
+
+
+def _local_gpu(communicator: Communicator) -> int:
+    """GPU of this rank: its rank on the node modulo the GPUs visible (0 without CuPy)."""
+    from ptyframe.core.device import cupy_available
+
+    if not cupy_available():
+        return 0
+    import cupy
+
+    local = int(getattr(communicator, "local_rank", communicator.rank))
+    return local % int(cupy.cuda.runtime.getDeviceCount())
 
 
 def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
@@ -198,6 +233,8 @@ def run_config_file(path: str | Path, output: str | Path | None = None,
     path = Path(path)
     config = load_config(path)
     result = run_config(config, base_dir=path.parent, output=output, epochs=epochs)
+    if launcher_rank() != 0:
+        return result  # rank 0 alone reports
     where = f" in {result.output_dir}" if result.output_dir is not None else ""
     final = result.loss[-1] if result.loss else float("nan")
     print(f"ptyframe: finished {result.epochs} epochs, loss {final:.6g}{where}")

@@ -82,6 +82,8 @@ class PtychographyModel:
     probe_marker: (N,) int, which probe of a (n_probes, modes, ny, nx) probe each
         measurement uses; aberration_marker: (N,) int, which row of ``aberrations``.
     phase_plates: (N, ny, nx) complex factors on the probe spectrum, FFT order, on device.
+    first_row: the measurement index of ``measured[0]`` (a rank of a data-parallel run holds
+        only its own contiguous range of measurements); indices stay global.
     """
 
     def __init__(self, propagator: Propagator, loss: LossMetric | None,
@@ -89,7 +91,7 @@ class PtychographyModel:
                  detector: Detector | None = None, batch_size: int = 256, tilt_mode: int = 0,
                  probe_marker: np.ndarray | None = None,
                  aberration_marker: np.ndarray | None = None,
-                 phase_plates: Any | None = None) -> None:
+                 phase_plates: Any | None = None, first_row: int = 0) -> None:
         if tilt_mode not in TILT_MODES:
             raise ValueError(f"tilt_mode: expected one of {sorted(TILT_MODES)}, found "
                              f"{tilt_mode!r}")
@@ -121,10 +123,11 @@ class PtychographyModel:
         self._ry = xp.asarray((np.arange(ny) - ny // 2) * scale, dtype=device.real_dtype)
         self._rx = xp.asarray((np.arange(nx) - nx // 2) * scale, dtype=device.real_dtype)
         self.measured = None if callable(measured) else measured
+        self.first_row = int(first_row)
         self._reader: MeasuredReader | None = measured if callable(measured) else None
         n_measurements = context.n_measurements
         if not n_measurements and self.measured is not None:
-            n_measurements = int(self.measured.shape[0])
+            n_measurements = self.first_row + int(self.measured.shape[0])
         self._n_measurements = int(n_measurements)
         self.detector = detector if detector is not None else _default_detector()
         self.context = context
@@ -402,6 +405,9 @@ class PtychographyModel:
         if self._reader is not None:
             rows = self.device.asarray(self._reader(idx), dtype=self.device.real_dtype)
             return self.loss.prepare_measured(rows)
+        if self.first_row:
+            sel = (slice(sel.start - self.first_row, sel.stop - self.first_row)
+                   if isinstance(sel, slice) else sel - self.first_row)
         return self._take_rows("measured", self._measured_prepared, sel)
 
     def value_and_grad(self, params: Mapping[str, Any], refine: tuple[str, ...] | set[str]

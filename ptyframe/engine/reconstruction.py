@@ -35,6 +35,7 @@ from ptyframe.core.blocks import block as block_row
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_outside_object
 from ptyframe.core.schedules import Constant, Schedule
+from ptyframe.engine.communicator import Communicator, SingleProcess
 from ptyframe.engine.model import PtychographyModel
 from ptyframe.engine.monitor import EpochReport, RunMonitor
 from ptyframe.engine.specs import (
@@ -116,6 +117,9 @@ class Reconstruction(Problem):
         :class:`~ptyframe.engine.specs.ReadingSpec`, :class:`~ptyframe.engine.specs.OutputSpec`);
         None: defaults, or built from ``settings``.
     device: :class:`Device` (default: GPU when available, single precision).
+    communicator: how the ranks of a data-parallel run sum their partial results
+        (:mod:`ptyframe.engine.communicator`; default: one process). Each rank reads and
+        evaluates only its own contiguous range of measurements; rank 0 alone writes.
     seed: seed of the initializers' random numbers.
     registry: where default components come from (default: installed plugins).
     base_dir: folder that relative .npy paths in settings are relative to.
@@ -138,6 +142,7 @@ class Reconstruction(Problem):
         reading: ReadingSpec | None = None,
         output: OutputSpec | None = None,
         device: Device | None = None,
+        communicator: Communicator | None = None,
         seed: int = 0,
         registry: Any | None = None,
         base_dir: str | Path | None = None,
@@ -159,6 +164,10 @@ class Reconstruction(Problem):
         self.output: OutputSpec = specs["output"]
         self._resolve_defaults()
         self.device = device if device is not None else Device("auto")
+        if communicator is not None and not isinstance(communicator, Communicator):
+            raise TypeError(f"communicator: expected a Communicator, found "
+                            f"{type(communicator).__name__}")
+        self.communicator: Communicator = communicator or SingleProcess()
         self._attach_data(data)
         self._load_settings()
         self.epoch = 0
@@ -451,6 +460,8 @@ class Reconstruction(Problem):
             mean = np.tensordot(mean_signal, masks, axes=1) / cover
         elif self.detector.measurement_space != "diffraction":
             return None
+        elif self._distributed:
+            mean = self._distributed_mean_pattern()
         else:
             mean = self.dataset.mean_pattern()
         pattern = self.detector.pattern_on_model_grid(mean)
@@ -459,11 +470,33 @@ class Reconstruction(Problem):
                              f"has shape {pattern.shape}, expected the window {window}")
         return pattern
 
+    def _distributed_mean_pattern(self) -> np.ndarray:
+        """Mean pattern from each rank's own measurements, summed per reduction chunk (the
+        deterministic order) or per rank."""
+        comm = self.communicator
+        lo, hi = self.owned_range()
+        parts = [self.dataset.read(np.arange(a, b), np.float64).sum(axis=0)
+                 for a, b in comm.chunks(lo, hi)]
+        if not parts:
+            parts = [np.zeros(self.dataset.pattern_shape)]
+        total = comm.sum_parts([(0.0, {"sum": p}) for p in parts], ("sum",), np)[1]["sum"]
+        return total / self.n_measurements
+
     def _load_measured(self) -> Any:
+        """The measurements this rank owns (all of them on one process), on the device,
+        or a reader that streams them."""
         dev = self.device
         dtype = self.reading.data_dtype or dev.real_dtype
+        lo, hi = self.owned_range()
         if self.compressed:
-            return dev.asarray(self._signals, dtype=dtype)
+            return dev.asarray(self._signals[lo:hi], dtype=dtype)
+        if self.communicator.size > 1 and not self.reading.load_one_by_one:
+            rows = np.empty((hi - lo, *self.dataset.pattern_shape), dtype=np.float32)
+            for start in range(lo, hi, 512):
+                stop = min(start + 512, hi)
+                rows[start - lo:stop - lo] = self.dataset.read(np.arange(start, stop),
+                                                               np.float32)
+            return dev.asarray(self.detector.to_detector_order(rows), dtype=dtype)
         if self.reading.load_one_by_one:
             dataset, detector = self.dataset, self.detector
 
@@ -593,6 +626,14 @@ class Reconstruction(Problem):
         floor = 1e-3 * (float(np.mean(mean_pattern)) if mean_pattern is not None else 1.0)
         if self.dataset is None:
             return floor
+        if self._distributed:  # each rank reads its own patterns
+            comm = self.communicator
+            lo, hi = self.owned_range()
+            parts = [(float(self.dataset.read(np.arange(a, b), np.float32).reshape(
+                b - a, -1).min(axis=1).sum(dtype=np.float64)), {}) for a, b in
+                comm.chunks(lo, hi)] or [(0.0, {})]
+            total = comm.sum_parts(parts, (), np)[0]
+            return max(total / self.n_measurements, floor)
         n, lows = len(self.dataset), []
         for start in range(0, n, 512):
             chunk = self.dataset.read(np.arange(start, min(start + 512, n)), np.float32)
@@ -628,7 +669,8 @@ class Reconstruction(Problem):
             probe_marker=None if m.probe_marker is None else m.probe_marker.array,
             aberration_marker=(None if m.aberration_marker is None
                                else m.aberration_marker.array),
-            phase_plates=plates)
+            phase_plates=plates,
+            first_row=0 if self.reading.load_one_by_one else self.owned_range()[0])
 
     # ------------------------------------------------------------------ objective
     def _in_bounds(self, positions: Any) -> bool:
@@ -647,7 +689,7 @@ class Reconstruction(Problem):
             return float("inf"), {b: xp.zeros_like(params[b]) for b in blocks}, {}
         if indices is None:
             indices = self.indices(epoch)
-        data_loss, grads = self.model.value_and_grad(params, refine=blocks, indices=indices)
+        data_loss, grads = self._data_term(params, blocks, indices)
         weight = self.loss_weight(epoch)
         if weight != 1.0:
             data_loss *= weight
@@ -666,16 +708,51 @@ class Reconstruction(Problem):
                 grads = constraint.project_gradient(grads, params, epoch)
         return total, {b: grads[b] for b in blocks}, terms
 
+    @property
+    def _distributed(self) -> bool:
+        """Whether evaluations go through the communicator (several ranks, or the
+        deterministic chunked order on one)."""
+        return self.communicator.size > 1 or self.communicator.deterministic
+
+    def owned_range(self) -> tuple[int, int]:
+        """[start, stop) of the measurements this rank reads and evaluates."""
+        return self.communicator.owned_range(self.n_measurements)
+
+    def _data_term(self, params: Mapping[str, Any], blocks: tuple[str, ...],
+                   indices: np.ndarray | None) -> tuple[float, dict[str, Any]]:
+        """Data loss and gradients summed over every rank's measurements (one process,
+        not deterministic: the model's own in-place sum, unchanged)."""
+        if not self._distributed:
+            return self.model.value_and_grad(params, refine=blocks, indices=indices)
+        comm = self.communicator
+        lo, hi = self.owned_range()
+        order = (np.arange(lo, hi) if indices is None
+                 else indices[(indices >= lo) & (indices < hi)])
+        if comm.deterministic:
+            pieces = [order[(order >= a) & (order < b)] for a, b in comm.chunks(lo, hi)]
+            pieces = [p for p in pieces if p.size] or [order]
+        else:
+            pieces = [order]
+        parts = [self.model.value_and_grad(params, refine=blocks, indices=p) for p in pieces]
+        return comm.sum_parts(parts, blocks, self.device.xp)
+
     # ------------------------------------------------------------------ running
     def run(self, epochs: int, callbacks: Sequence[Callback] = ()) -> ReconstructionResult:
         """Run ``epochs`` more epochs and return the result. Each epoch: the engine's step,
         the projections, the report, the checkpoint; a callback returning True stops."""
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, found {epochs!r}")
+        with self.communicator.guard():
+            return self._run(int(epochs), callbacks)
+
+    def _run(self, epochs: int, callbacks: Sequence[Callback]) -> ReconstructionResult:
         self.initialize()
-        output = self._open_output()
-        monitor = RunMonitor(self.output.level, int(epochs), output, self._term_names,
-                             resume_from_epoch=self.epoch or None,
+        lo, hi = self.owned_range()
+        self.communicator.announce(f"measurements [{lo}, {hi})")
+        root = self.communicator.is_root
+        output = self._open_output() if root else None
+        monitor = RunMonitor(self.output.level if root else 0, epochs, output,
+                             self._term_names, resume_from_epoch=self.epoch or None,
                              write_log=self.output.save_loss_log)
         if self._engine_state is None:
             self._engine_state = self.engine.init_state(self)
@@ -857,6 +934,9 @@ class Reconstruction(Problem):
         config["verbosity"], config["progress"] = out.pop("verbosity"), out.pop("progress")
         config["output"] = {k: v for k, v in out.items() if v is not None}
         config["device"] = self.device.to_config()
+        parallel = self.communicator.to_config()
+        parallel.pop("backend")  # chosen at launch: a run may resume on another number of ranks
+        config["parallel"] = parallel
         config["seed"] = self.seed
         if self.dataset is not None and getattr(self.dataset, "path", None) is not None:
             config["data"] = {"path": str(self.dataset.path)}
