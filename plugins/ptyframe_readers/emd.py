@@ -105,6 +105,7 @@ class EMDReader(Reader):
             group = self._group(f, path)
             g = f[group]
             ndim = g["data"].ndim
+            scan_steps: list[tuple[float, str]] = []
             first = 0 if "dim0" in g else 1  # emdfile: dim0..; the original EMD: dim1..
             dims = [g.get(f"dim{i}") for i in range(first, first + ndim)]
             for axis, d in enumerate(dims):
@@ -116,12 +117,17 @@ class EMDReader(Reader):
                     continue
                 if axis >= ndim - 2:
                     hit = detector_calibration(step, units)
-                    if hit is not None:
+                    if hit is not None and hit[0] not in values:  # the ky axis gives it
                         values[hit[0]], origins[hit[0]] = hit[1], where
                 elif ndim == 4:
                     step_a = scan_step_A(step, units)
                     if step_a is not None:
-                        values["scan_step_A"], origins["scan_step_A"] = step_a, where
+                        scan_steps.append((step_a, where))
+            if scan_steps:
+                steps = [v for v, _ in scan_steps]
+                same = len(steps) == 1 or abs(steps[0] - steps[-1]) <= 1e-9 * abs(steps[0])
+                values["scan_step_A"] = steps[0] if same else steps
+                origins["scan_step_A"] = ", ".join(w for _, w in scan_steps)
             if ndim == 4:
                 values["scan_shape"] = list(g["data"].shape[:2])
                 origins["scan_shape"] = f"shape of {g['data'].name}"
