@@ -1,17 +1,18 @@
-"""4D-STEM measurements: lazy loading from HDF5 / .npy and on-the-fly preprocessing.
+"""4D-STEM measurements: lazy loading through the readers and on-the-fly preprocessing.
 
 Conventions: a dataset is a sequence of N diffraction patterns ``[ky, kx]`` (row-major scan
 order, y slow, x fast, when it comes from a 4D ``(sy, sx, ky, kx)`` array). Pattern pixels are
 counts (electrons); zero frequency is at pixel ``(n/2, n/2)`` of each pattern
 (:meth:`Dataset.centered_to_fft_order` moves it to pixel (0, 0)).
 
-Supported inputs (:meth:`Dataset.from_file`):
-
-- ``.h5`` / ``.hdf5``: dataset ``"data"`` (or ``dataset_name``) of shape (N, ky, kx) or
-  (sy, sx, ky, kx). The file is opened for each read and closed again; nothing is kept open.
-- ``.npy``: 3D (N, ky, kx) or 4D (sy, sx, ky, kx), memory-mapped (never unpickled). A
-  Nion-style export is a 4D ``.npy`` with a same-stem ``.json`` sidecar holding the metadata
-  (read by :mod:`ptyframe.io.metadata`; the data itself loads like any 4D ``.npy``).
+Inputs (:meth:`Dataset.from_file`) are read by the registered
+:class:`~ptyframe.components.Reader` that recognises the file (the ``reader`` family; the
+first-party ones are in ``plugins/ptyframe_readers``): HDF5 whatever the suffix (dataset
+``"data"``, else the single 3D/4D dataset, or ``dataset_name``; opened for each read and
+closed again), EMD 1.0 / py4DSTEM, Dectris master files, ``.npy`` (memory-mapped, never
+unpickled; a Nion export is a 4D ``.npy`` with a ``.json`` sidecar) and, with the
+``formats`` extra, the rosettasciio formats. A 4D array must be (sy, sx, ky, kx): one whose
+last two axes are not square is refused with the reordering that fixes it.
 
 Preprocessing (:class:`Preprocessing`) is applied to every pattern as it is read, in this
 order: clip negatives (optional) -> flip_ky / flip_kx -> transpose -> shift -> bin ->
