@@ -106,9 +106,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ptyframe.apps.config import run_config_file
 
-    kwargs = {k: v for k, v in (("output", args.output), ("epochs", args.epochs))
-              if v is not None}
-    run_config_file(args.config, overrides=_overrides(args), **kwargs)
+    kwargs: dict[str, object] = {k: v for k, v in (("output", args.output),
+                                                   ("epochs", args.epochs)) if v is not None}
+    if _overrides(args):
+        kwargs["overrides"] = _overrides(args)
+    run_config_file(args.config, **kwargs)
     return 0
 
 
@@ -207,13 +209,26 @@ def _version() -> str:
 def _add_override_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="set a configuration value, dotted keys for tables (e.g. "
-                        "experiment.defocus_A=-100, loss.type=ml, epochs=20); repeatable")
+                        "experiment.defocus_A=-100, loss.type=ml, epochs=20, "
+                        "data.path=scan.h5 relative to the current folder); repeatable")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
                    help="device (overrides [device] kind)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.overrides)
+    """The --set values, with a relative ``data.path`` made relative to the current folder
+    (as a command-line path is), and --device as ``device.kind``."""
+    import json
+    from pathlib import Path
+
+    from ptyframe.apps.config import parse_override
+
+    out = []
+    for text in args.overrides:
+        parts, value = parse_override(text)
+        if parts == ["data", "path"] and isinstance(value, str) and not Path(value).is_absolute():
+            text = f"data.path={json.dumps(str(Path(value).resolve()))}"
+        out.append(text)
     if args.device is not None:
         out.append(f'device.kind="{args.device}"')
     return out

@@ -109,7 +109,7 @@ def test_swapped_axes_are_flagged(tmp_path):
     assert any(w.startswith("AXES") for w in report.warnings), report.format()
 
 
-def test_template_validates_and_runs(scan_file, tmp_path, capsys):
+def test_template_validates_and_runs(scan_file, tmp_path, capsys, monkeypatch):
     config = tmp_path / "run.toml"
     assert main(["inspect", str(scan_file), "--template", str(config)]) == 0
     text = config.read_text()
@@ -121,6 +121,11 @@ def test_template_validates_and_runs(scan_file, tmp_path, capsys):
     assert main(["run", str(config), "--set", "epochs=1", "--set", "progress=false",
                  "--set", "output.dir=out", "--device", "cpu"]) == 0
     assert (tmp_path / "out" / "loss.csv").exists()
+    # data.path on the command line is relative to the current folder, not the config's
+    monkeypatch.chdir(scan_file.parent)
+    assert main(["validate", str(config), "--set", f"data.path={scan_file.name}"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(config), "--set", f"data.path={scan_file.name}"]) == 2
     capsys.readouterr()
     assert main(["validate", str(config), "--set", "loss.type=nope"]) == 2
     assert "nope" in capsys.readouterr().err
