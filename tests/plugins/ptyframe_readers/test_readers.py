@@ -306,3 +306,36 @@ def test_reader_by_name_and_bad_dataset_setting(tmp_path, four):
         Dataset.from_file(tmp_path / "scan.npy", dataset_name="data")
     with pytest.raises(ValueError, match="dataset"):
         load_registry().create("reader", {"type": "hdf5", "dataset": 3})
+
+
+def write_mrc(path: Path, frames: np.ndarray) -> Path:
+    """A minimal MRC2014 file: 1024-byte header (nx, ny, nz, mode 2 = float32, grid and cell
+    sizes, axis order, 'MAP ' stamp, little-endian machine stamp) then the frames."""
+    nz, ny, nx = frames.shape
+    head = np.zeros(256, dtype="<i4")
+    head[[0, 1, 2, 3, 7, 8, 9]] = [nx, ny, nz, 2, nx, ny, nz]
+    head.view("<f4")[10:13] = [nx, ny, nz]
+    head[16:19] = [1, 2, 3]
+    head[52] = np.frombuffer(b"MAP ", dtype="<i4")[0]
+    head[53] = 0x4144
+    with open(path, "wb") as fh:
+        fh.write(head.tobytes())
+        fh.write(frames.astype("<f4").tobytes())
+    return path
+
+
+@needs_rsciio
+def test_mrc_stack_with_navigation_shape(tmp_path, four):
+    frames = four.reshape(-1, K, K)
+    path = write_mrc(tmp_path / "scan.mrc", frames)
+    assert chosen(path) == "mrc"
+    ds = Dataset.from_file(path, reader={"type": "mrc", "navigation_shape": [SY, SX]})
+    assert ds.scan_shape == (SY, SX)
+    np.testing.assert_array_equal(ds.read([0, 5, 11]), frames[[0, 5, 11]])
+    np.testing.assert_array_equal(ds.load_all(), frames)
+    meta = read_file_metadata(path, reader={"type": "mrc", "navigation_shape": [SY, SX]})
+    assert meta.values["scan_shape"] == [SY, SX]
+    # real-space (nm) units on the detector axes are not taken for a detector calibration
+    assert "detector_pixel_size_inv_A" not in meta.values
+    with pytest.raises(ValueError, match=r"navigation_shape: expected two positive"):
+        load_registry().create("reader", {"type": "mrc", "navigation_shape": [3]})
