@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a configuration without running it: data, "
                        "metadata and components are read and validated")
     p.add_argument("config", metavar="CONFIG", help="configuration file")
+    p.add_argument("--estimate", action="store_true",
+                   help="also run one epoch (writing nothing) and report its time and peak "
+                        "memory, and the time of the whole run")
     _add_override_arguments(p)
 
     p = sub.add_parser("inspect", help="show what ptyframe reads from a data file: shapes, "
@@ -149,9 +152,14 @@ def _cmd_docs(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ptyframe.apps.config import validate_config_file
 
-    rec, epochs = validate_config_file(args.config, _overrides(args))
+    rec, epochs = validate_config_file(args.config, _overrides(args),
+                                       write_output=not args.estimate)
     print(f"ptyframe: {args.config} is valid: {rec.n_measurements} measurements, "
           f"{epochs} epochs")
+    if args.estimate:
+        from ptyframe.apps.inspect import estimate_epoch
+
+        print(f"ptyframe: estimate: {estimate_epoch(rec, epochs).format()}")
     return 0
 
 

@@ -243,12 +243,16 @@ def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
     return rec.run(n_epochs)
 
 
-def validate_config_file(path: str | Path, overrides: list[str] = ()) -> tuple[Reconstruction,
-                                                                               int]:
+def validate_config_file(path: str | Path, overrides: list[str] = (), write_output: bool = True
+                         ) -> tuple[Reconstruction, int]:
     """Build everything a run would (data opened and scanned, metadata read, components
-    resolved and validated) without running; returns (reconstruction, epochs)."""
+    resolved and validated) without running; returns (reconstruction, epochs).
+    ``write_output=False`` drops the output folder (for a trial epoch that writes nothing)."""
     path = Path(path)
     config = apply_overrides(load_config(path), list(overrides))
+    if not write_output:
+        config["output"] = dict(_section(config, "output"), dir=None)
+        config.pop("output_dir", None)
     return build_reconstruction(config, path.parent)
 
 

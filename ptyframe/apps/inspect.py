@@ -22,8 +22,8 @@ from ptyframe.core.experiment import Experiment
 from ptyframe.io.data import Dataset
 from ptyframe.io.metadata import MetadataError, experiment_from_metadata, read_file_metadata
 
-__all__ = ["DISC_TOLERANCE", "DataReport", "inspect_data", "measure_bright_field_disc",
-           "template_config"]
+__all__ = ["DISC_TOLERANCE", "DataReport", "EpochEstimate", "estimate_epoch", "inspect_data",
+           "measure_bright_field_disc", "template_config"]
 
 #: relative disagreement between measured and predicted disc radius that is flagged
 DISC_TOLERANCE = 0.05
@@ -261,3 +261,54 @@ def template_config(report: DataReport, config_path: str | Path | None = None) -
               "[output]", f"dir = {_toml(report.path.stem + '-recon')}",
               "checkpoint_every = 10", ""]
     return "\n".join(lines)
+
+
+@attrs.frozen
+class EpochEstimate:
+    """What one epoch of a configuration costs, measured by running it (no output written).
+
+    ``setup_s``: reading the data and building the starting values (wall, s); ``epoch_s`` /
+    ``epoch_cpu_s``: the first epoch (wall / process CPU time, s); ``peak_bytes``: peak of
+    the memory allocated while setting up and running it (CPU: Python/NumPy allocations
+    traced by tracemalloc; GPU: CuPy's memory pool); ``epochs``: the configuration's count.
+    """
+
+    setup_s: float
+    epoch_s: float
+    epoch_cpu_s: float
+    peak_bytes: int
+    device: str
+    epochs: int
+
+    def format(self) -> str:
+        total = self.setup_s + self.epoch_s * self.epochs
+        return (f"setup {self.setup_s:.3g} s; first epoch {self.epoch_s:.3g} s wall, "
+                f"{self.epoch_cpu_s:.3g} s CPU on {self.device}; peak memory "
+                f"{self.peak_bytes / 2**20:.1f} MiB; {self.epochs} epochs ~ {total:.3g} s "
+                f"(the first epoch repeated; later epochs may take more or fewer line-search "
+                f"evaluations)")
+
+
+def estimate_epoch(rec: Any, epochs: int) -> EpochEstimate:
+    """Set up ``rec`` and run one epoch, measuring time and peak memory (see
+    :class:`EpochEstimate`); ``rec`` should have no output folder."""
+    import time
+    import tracemalloc
+
+    gpu = rec.device.kind == "gpu"
+    pool = rec.device.xp.get_default_memory_pool() if gpu else None
+    if not gpu:
+        tracemalloc.start()
+    try:
+        t0 = time.perf_counter()
+        rec.initialize()
+        t1, c1 = time.perf_counter(), time.process_time()
+        rec.run(1)
+        rec.device.synchronize()
+        t2, c2 = time.perf_counter(), time.process_time()
+        peak = int(pool.total_bytes()) if gpu else int(tracemalloc.get_traced_memory()[1])
+    finally:
+        if not gpu:
+            tracemalloc.stop()
+    return EpochEstimate(setup_s=t1 - t0, epoch_s=t2 - t1, epoch_cpu_s=c2 - c1,
+                         peak_bytes=peak, device=str(rec.device), epochs=epochs)

@@ -118,6 +118,11 @@ def test_template_validates_and_runs(scan_file, tmp_path, capsys, monkeypatch):
     assert main(["validate", str(config)]) == 0
     assert "is valid: 25 measurements, 50 epochs" in capsys.readouterr().out
     assert main(["inspect", str(scan_file), "--template", str(config)]) == 2  # no overwrite
+    assert main(["validate", str(config), "--estimate", "--set", "progress=false",
+                 "--set", "output.dir=estimate-out", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "first epoch" in out and "peak memory" in out and "50 epochs ~" in out
+    assert not (tmp_path / "estimate-out").exists()  # the trial epoch writes nothing
     assert main(["run", str(config), "--set", "epochs=1", "--set", "progress=false",
                  "--set", "output.dir=out", "--device", "cpu"]) == 0
     assert (tmp_path / "out" / "loss.csv").exists()
