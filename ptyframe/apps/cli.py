@@ -226,12 +226,12 @@ def _add_override_arguments(p: argparse.ArgumentParser) -> None:
 def _overrides(args: argparse.Namespace) -> list[str]:
     """The --set values, with a relative ``data.path`` made relative to the current folder
     (as a command-line path is), and --device as ``device.kind``."""
-    import json
-    from pathlib import Path
+    out: list[str] = []
+    if args.overrides:
+        import json
+        from pathlib import Path
 
-    from ptyframe.apps.config import parse_override
-
-    out = []
+        from ptyframe.apps.config import parse_override
     for text in args.overrides:
         parts, value = parse_override(text)
         if parts == ["data", "path"] and isinstance(value, str) and not Path(value).is_absolute():
