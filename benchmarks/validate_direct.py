@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help="registry names or JSON configurations")
     parser.add_argument("--output", default=None, help="write DIR/<dataset>/<method>/")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                        help="folder of the <name>.h5 files (default: ../shared/data); a name "
+                             "that is a path to a file is read from there")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     parser.add_argument("--precision", default="single", choices=("single", "double"))
     args = parser.parse_args(argv)
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     device = Device(args.device, args.precision)
     print(f"direct methods registered: {', '.join(sorted(available)) or 'none'}; {device}")
     for name in args.datasets:
-        path = (DATA_DIR / f"{name}.h5").resolve()
+        path = (Path(name) if Path(name).is_file() else args.data_dir / f"{name}.h5").resolve()
         if not path.is_file():
             print(f"{name}: {path} not found, skipped")
             continue

@@ -50,6 +50,9 @@ def truth_on_recon_grid(path: Path, result, positions_A: np.ndarray):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", default="sto_thin")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR,
+                        help="folder of the <name>.h5 files (default: ../shared/data); a name "
+                             "that is a path to a file is read from there")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--slices", type=int, default=1)
     parser.add_argument("--slice-thickness", type=float, default=None,
@@ -64,7 +67,7 @@ def main() -> None:
                         help="reconstruct data_noiseless x electrons_per_pattern (diagnostic)")
     args = parser.parse_args()
 
-    path = DATA_DIR / f"{args.name}.h5"
+    path = Path(args.name) if Path(args.name).is_file() else args.data_dir / f"{args.name}.h5"
     experiment = load_experiment(path)
     dataset = Dataset.from_file(path, scan_shape=experiment.scan_shape)
     if args.noiseless:

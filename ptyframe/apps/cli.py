@@ -1,4 +1,5 @@
-"""The ``ptyframe`` command: ``plugins``, ``run CONFIG``, ``demo``, ``migrate`` and ``docs``."""
+"""The ``ptyframe`` command: ``plugins``, ``run CONFIG``, ``validate CONFIG``, ``inspect DATA``,
+``info``, ``demo``, ``migrate``, ``docs`` and ``direct``; ``--version``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``ptyframe`` command."""
     parser = argparse.ArgumentParser(
         prog="ptyframe", description="Plugin-based phase retrieval for TEM/STEM.")
+    parser.add_argument("--version", action="version", version=f"ptyframe {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list the installed components and their plugins")
@@ -32,6 +34,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", default=None, help="output folder")
     p.add_argument("--epochs", type=int, metavar="N", default=None,
                    help="number of epochs (overrides the configuration)")
+    _add_override_arguments(p)
+
+    p = sub.add_parser("validate", help="check a configuration without running it: data, "
+                       "metadata and components are read and validated")
+    p.add_argument("config", metavar="CONFIG", help="configuration file")
+    p.add_argument("--estimate", action="store_true",
+                   help="also run one epoch (writing nothing) and report its time and peak "
+                        "memory, and the time of the whole run")
+    _add_override_arguments(p)
+
+    p = sub.add_parser("inspect", help="show what ptyframe reads from a data file: shapes, "
+                       "metadata and their origin, the bright-field disc")
+    p.add_argument("data", metavar="DATA", help="data file")
+    p.add_argument("--reader", default=None, metavar="NAME",
+                   help="reader name (default: the reader that recognises the file)")
+    p.add_argument("--dataset-name", default=None, metavar="PATH",
+                   help="HDF5 dataset (default: data, else the single 3D/4D dataset)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   dest="overrides", help="Experiment field replacing the metadata, e.g. "
+                   "convergence_angle_mrad=20; repeatable")
+    p.add_argument("--template", metavar="CONFIG", default=None,
+                   help="also write a ready-to-edit TOML configuration for this file")
+
+    sub.add_parser("info", help="version, Python, devices and optional extras")
 
     p = sub.add_parser("demo", help="simulate a small dataset and reconstruct it")
     p.add_argument("--output", metavar="DIR", default="ptyframe-demo",
@@ -83,8 +109,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ptyframe.apps.config import run_config_file
 
-    kwargs = {k: v for k, v in (("output", args.output), ("epochs", args.epochs))
-              if v is not None}
+    kwargs: dict[str, object] = {k: v for k, v in (("output", args.output),
+                                                   ("epochs", args.epochs)) if v is not None}
+    if _overrides(args):
+        kwargs["overrides"] = _overrides(args)
     run_config_file(args.config, **kwargs)
     return 0
 
@@ -121,8 +149,97 @@ def _cmd_docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from ptyframe.apps.config import validate_config_file
+
+    rec, epochs = validate_config_file(args.config, _overrides(args),
+                                       write_output=not args.estimate)
+    print(f"ptyframe: {args.config} is valid: {rec.n_measurements} measurements, "
+          f"{epochs} epochs")
+    if args.estimate:
+        from ptyframe.apps.inspect import estimate_epoch
+
+        print(f"ptyframe: estimate: {estimate_epoch(rec, epochs).format()}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ptyframe.apps.config import parse_override
+    from ptyframe.apps.inspect import inspect_data, template_config
+
+    overrides = {}
+    for text in args.overrides:
+        parts, value = parse_override(text)
+        overrides[".".join(parts)] = value
+    report = inspect_data(args.data, reader=args.reader, dataset_name=args.dataset_name,
+                          **overrides)
+    sys.stdout.write(report.format())
+    if args.template is not None:
+        from pathlib import Path
+
+        target = Path(args.template)
+        if target.exists():
+            raise FileExistsError(f"--template: {str(target)!r} exists; expected a new file")
+        target.write_text(template_config(report, target))
+        print(f"ptyframe: wrote {target}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import importlib.util
+    import platform
+
+    from ptyframe.core.device import cupy_available
+
+    print(f"ptyframe {_version()}")
+    print(f"python   {platform.python_version()} ({sys.executable})")
+    print(f"devices  cpu{', gpu (CuPy)' if cupy_available() else ' (no CuPy GPU)'}")
+    for extra, module in (("formats", "rsciio"), ("gpu", "cupy"), ("docs", "mkdocs")):
+        state = "installed" if importlib.util.find_spec(module) is not None else "not installed"
+        print(f"extra    {extra}: {state} ({module})")
+    return 0
+
+
 _COMMANDS = {"plugins": _cmd_plugins, "run": _cmd_run, "demo": _cmd_demo,
-             "migrate": _cmd_migrate, "docs": _cmd_docs}
+             "migrate": _cmd_migrate, "docs": _cmd_docs, "validate": _cmd_validate,
+             "inspect": _cmd_inspect, "info": _cmd_info}
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("ptyframe")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _add_override_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="set a configuration value, dotted keys for tables (e.g. "
+                        "experiment.defocus_A=-100, loss.type=ml, epochs=20, "
+                        "data.path=scan.h5 relative to the current folder); repeatable")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default=None,
+                   help="device (overrides [device] kind)")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The --set values, with a relative ``data.path`` made relative to the current folder
+    (as a command-line path is), and --device as ``device.kind``."""
+    out: list[str] = []
+    if args.overrides:
+        import json
+        from pathlib import Path
+
+        from ptyframe.apps.config import parse_override
+    for text in args.overrides:
+        parts, value = parse_override(text)
+        if parts == ["data", "path"] and isinstance(value, str) and not Path(value).is_absolute():
+            text = f"data.path={json.dumps(str(Path(value).resolve()))}"
+        out.append(text)
+    if args.device is not None:
+        out.append(f'device.kind="{args.device}"')
+    return out
 
 
 # -- ``ptyframe direct``: direct methods (DPC, WDD, tcBF) on a data file ----------------------
@@ -138,17 +255,24 @@ def _add_direct_parser(sub: argparse._SubParsersAction) -> None:
                    help="folder for the <method>/ result folders (default: none written)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--precision", choices=("single", "double"), default="single")
-    p.add_argument("--dataset-name", default="data", help="HDF5 dataset (default: data)")
+    p.add_argument("--dataset-name", default=None,
+                   help="HDF5 dataset (default: data, else the single 3D/4D dataset)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   dest="overrides", help="Experiment field replacing the metadata, e.g. "
+                   "defocus_A=-100; repeatable")
 
 
 def _cmd_direct(args: argparse.Namespace) -> int:
+    from ptyframe.apps.config import parse_override
     from ptyframe.apps.direct import parse_method_spec, run_direct_on_file
     from ptyframe.core.device import Device
 
     methods = [parse_method_spec(m) for m in (args.method or ["dpc"])]
+    overrides = {".".join(k): v for k, v in map(parse_override, args.overrides)}
     results = run_direct_on_file(args.data, methods, output_dir=args.output,
                                  device=Device(args.device, args.precision),
-                                 dataset_name=args.dataset_name)
+                                 dataset_name=args.dataset_name,
+                                 experiment_overrides=overrides)
     for name, result in results.items():
         shown = {k: v for k, v in result.values.items()
                  if k in ("rotation_deg", "transpose", "defocus_A", "aberrations_A", "mode")}

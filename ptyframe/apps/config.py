@@ -6,6 +6,8 @@ Layout (TOML shown; JSON has the same structure)::
     n_slices = 1
     [data]
     path = "scan.h5"            # relative paths are relative to the config file
+    # dataset = "data"          # HDF5 dataset (default: data, else the single 3D/4D one)
+    # reader = {type = "hspy"}  # default: the reader that recognises the file
     # preprocessing = {pad = 0, bin = 1, flip_ky = false, ...}
     [experiment]
     from_metadata = true        # voltage, aperture, calibration, scan from the file's metadata
@@ -46,13 +48,16 @@ from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
 from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, route_settings
 from ptyframe.io.data import Dataset, Preprocessing
 
-__all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file"]
+__all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file",
+           "apply_overrides", "parse_override", "validate_config_file", "DATA_KEYS"]
 
 #: top-level tables that are not settings of the specifications
 _SECTIONS = ("epochs", "data", "experiment", "device", "output", "grid", "seed", "parallel")
 
 #: keys of the [parallel] table
 _PARALLEL_KEYS = ("backend", "deterministic", "chunk")
+#: keys of the [data] table
+DATA_KEYS = ("path", "dataset", "reader", "preprocessing", "dtype")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -78,6 +83,49 @@ def load_config(path: str | Path) -> dict[str, Any]:
     raise ValueError(f"config: expected a .toml or .json file, found {path.name!r}")
 
 
+def _toml_loads(text: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib.loads(text)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"experiment.defocus_A=-100"`` -> (["experiment", "defocus_A"], -100.0).
+
+    The value is read as a TOML value (numbers, true/false, "strings", [lists],
+    {inline = "tables"}); anything that is not valid TOML is taken as a plain string, so
+    ``loss.type=ml`` works without quotes."""
+    key, sep, raw = str(text).partition("=")
+    parts = [k.strip() for k in key.split(".")]
+    if not sep or not all(parts):
+        raise ValueError(f"--set: expected key=value with a dotted key such as "
+                         f"experiment.defocus_A=-100, found {text!r}")
+    try:
+        value = _toml_loads(f"v = {raw.strip()}")["v"]
+    except ValueError:
+        value = raw.strip()
+    return parts, value
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``config`` with each ``key=value`` of ``overrides`` set (tables created as
+    needed; a key that names a non-table value on the way is an error)."""
+    out = json.loads(json.dumps(config))  # deep copy of plain data
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {text!r}: expected {'.'.join(parts[:i + 1])} to be a "
+                                 f"table, found {child!r}")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
 def _section(config: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = config.get(key, {})
     if not isinstance(value, Mapping):
@@ -87,25 +135,28 @@ def _section(config: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _build_data(section: dict[str, Any], base_dir: Path, scan_shape: Any) -> Dataset:
     if "path" not in section:
-        raise ValueError("config [data]: expected a 'path' to an .h5 or .npy file, found none")
-    unknown = set(section) - {"path", "dataset", "preprocessing", "dtype"}
+        raise ValueError("config [data]: expected a 'path' to a data file, found none")
+    unknown = set(section) - set(DATA_KEYS)
     if unknown:
-        raise ValueError(f"config [data]: unknown keys {sorted(unknown)}; expected path, "
-                         "dataset, preprocessing, dtype")
+        raise ValueError(f"config [data]: unknown keys {sorted(unknown)}; expected some of "
+                         f"{', '.join(DATA_KEYS)}")
     path = (base_dir / section["path"]).resolve()
     preprocessing = Preprocessing(**section.get("preprocessing", {}))
-    return Dataset.from_file(path, dataset_name=section.get("dataset", "data"),
-                             scan_shape=scan_shape, preprocessing=preprocessing)
+    return Dataset.from_file(path, dataset_name=section.get("dataset"),
+                             scan_shape=scan_shape, preprocessing=preprocessing,
+                             reader=section.get("reader"))
 
 
-def _build_experiment(section: dict[str, Any], data_path: Path | None) -> Experiment:
+def _build_experiment(section: dict[str, Any], data_path: Path | None,
+                      data_section: Mapping[str, Any]) -> Experiment:
     from_metadata = bool(section.pop("from_metadata", False))
     if from_metadata:
         if data_path is None:
             raise ValueError("config [experiment]: from_metadata needs [data] path")
         from ptyframe.io.metadata import load_experiment
 
-        return load_experiment(data_path, **section)
+        return load_experiment(data_path, reader=data_section.get("reader"),
+                               dataset_name=data_section.get("dataset"), **section)
     return Experiment.from_config(section)
 
 
@@ -161,7 +212,7 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
         raise ValueError(f"config: {exc}") from None
     data_section = _section(config, "data")
     data_path = (base_dir / data_section["path"]).resolve() if "path" in data_section else None
-    experiment = _build_experiment(_section(config, "experiment"), data_path)
+    experiment = _build_experiment(_section(config, "experiment"), data_path, data_section)
     dataset = _build_data(data_section, base_dir, experiment.scan_shape)
     if "dtype" in data_section:
         routed["reading"].setdefault("data_dtype", data_section["dtype"])
@@ -227,11 +278,26 @@ def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
     return rec.run(n_epochs)
 
 
-def run_config_file(path: str | Path, output: str | Path | None = None,
-                    epochs: int | None = None) -> ReconstructionResult:
-    """Run the reconstruction described by a .toml/.json file (the ``ptyframe run`` command)."""
+def validate_config_file(path: str | Path, overrides: list[str] = (), write_output: bool = True
+                         ) -> tuple[Reconstruction, int]:
+    """Build everything a run would (data opened and scanned, metadata read, components
+    resolved and validated) without running; returns (reconstruction, epochs).
+    ``write_output=False`` drops the output folder (for a trial epoch that writes nothing)."""
     path = Path(path)
-    config = load_config(path)
+    config = apply_overrides(load_config(path), list(overrides))
+    if not write_output:
+        config["output"] = dict(_section(config, "output"), dir=None)
+        config.pop("output_dir", None)
+    return build_reconstruction(config, path.parent)
+
+
+def run_config_file(path: str | Path, output: str | Path | None = None,
+                    epochs: int | None = None, overrides: list[str] = ()
+                    ) -> ReconstructionResult:
+    """Run the reconstruction described by a .toml/.json file (the ``ptyframe run`` command);
+    ``overrides`` are ``key=value`` settings applied on top (see :func:`apply_overrides`)."""
+    path = Path(path)
+    config = apply_overrides(load_config(path), list(overrides))
     result = run_config(config, base_dir=path.parent, output=output, epochs=epochs)
     if launcher_rank() != 0:
         return result  # rank 0 alone reports

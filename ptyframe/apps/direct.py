@@ -291,16 +291,19 @@ def parse_method_spec(spec: str) -> Any:
 
 
 def run_direct_on_file(path: str | Path, methods: Any, output_dir: str | Path | None = None,
-                       device: Any = None, dataset_name: str = "data",
-                       registry: Any = None) -> dict[str, DirectResult]:
+                       device: Any = None, dataset_name: str | None = None,
+                       registry: Any = None, experiment_overrides: Mapping[str, Any] | None = None
+                       ) -> dict[str, DirectResult]:
     """Run direct methods on a data file using its metadata alone
     (:func:`ptyframe.io.metadata.load_experiment`); returns ``{label: result}`` where the label
     (also the output sub-folder) is the registry name, plus the non-default settings for a
-    configuration (:func:`method_label`, e.g. ``wdd_ssb``)."""
+    configuration (:func:`method_label`, e.g. ``wdd_ssb``). ``experiment_overrides``:
+    Experiment fields (and ``defocus_A``) replacing what the metadata say."""
     from ptyframe.io.data import Dataset
     from ptyframe.io.metadata import load_experiment
 
-    experiment = load_experiment(path)
+    experiment = load_experiment(path, dataset_name=dataset_name,
+                                 **dict(experiment_overrides or {}))
     dataset = Dataset.from_file(path, dataset_name=dataset_name,
                                 scan_shape=experiment.scan_shape)
     if isinstance(methods, (str, Mapping, DirectMethod)):

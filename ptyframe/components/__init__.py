@@ -10,13 +10,14 @@ from .initializer import InitContext, ObjectInitializer, PositionInitializer, Pr
 from .loss import LossMetric
 from .optimizer import Objective, Optimizer, StepResult
 from .propagator import PropagationGeometry, Propagator
+from .reader import FileMetadata, PatternSource, Reader
 from .regularizer import Regularizer
 
 #: every component family, by kind name
 COMPONENT_KINDS = {
     cls.kind: cls
     for cls in (Propagator, LossMetric, Regularizer, Constraint, Optimizer, ProbeInitializer,
-                ObjectInitializer, PositionInitializer, Detector, DirectMethod, Engine)
+                ObjectInitializer, PositionInitializer, Detector, DirectMethod, Engine, Reader)
 }
 
 __all__ = [
@@ -24,6 +25,6 @@ __all__ = [
     "Constraint", "Detector",
     "DirectMethod", "DirectResult", "Engine", "EpochOutcome", "InitContext", "ModelContext",
     "PARAMETER_BLOCKS", "LossMetric", "Objective", "ObjectInitializer", "Optimizer",
-    "PositionInitializer", "Problem", "ProbeInitializer", "PropagationGeometry", "Propagator",
-    "Regularizer", "StepResult",
+    "FileMetadata", "PatternSource", "PositionInitializer", "Problem", "ProbeInitializer",
+    "PropagationGeometry", "Propagator", "Reader", "Regularizer", "StepResult",
 ]

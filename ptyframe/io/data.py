@@ -1,17 +1,18 @@
-"""4D-STEM measurements: lazy loading from HDF5 / .npy and on-the-fly preprocessing.
+"""4D-STEM measurements: lazy loading through the readers and on-the-fly preprocessing.
 
 Conventions: a dataset is a sequence of N diffraction patterns ``[ky, kx]`` (row-major scan
 order, y slow, x fast, when it comes from a 4D ``(sy, sx, ky, kx)`` array). Pattern pixels are
 counts (electrons); zero frequency is at pixel ``(n/2, n/2)`` of each pattern
 (:meth:`Dataset.centered_to_fft_order` moves it to pixel (0, 0)).
 
-Supported inputs (:meth:`Dataset.from_file`):
-
-- ``.h5`` / ``.hdf5``: dataset ``"data"`` (or ``dataset_name``) of shape (N, ky, kx) or
-  (sy, sx, ky, kx). The file is opened for each read and closed again; nothing is kept open.
-- ``.npy``: 3D (N, ky, kx) or 4D (sy, sx, ky, kx), memory-mapped (never unpickled). A
-  Nion-style export is a 4D ``.npy`` with a same-stem ``.json`` sidecar holding the metadata
-  (read by :mod:`ptyframe.io.metadata`; the data itself loads like any 4D ``.npy``).
+Inputs (:meth:`Dataset.from_file`) are read by the registered
+:class:`~ptyframe.components.Reader` that recognises the file (the ``reader`` family; the
+first-party ones are in ``plugins/ptyframe_readers``): HDF5 whatever the suffix (dataset
+``"data"``, else the single 3D/4D dataset, or ``dataset_name``; opened for each read and
+closed again), EMD 1.0 / py4DSTEM, Dectris master files, ``.npy`` (memory-mapped, never
+unpickled; a Nion export is a 4D ``.npy`` with a ``.json`` sidecar) and, with the
+``formats`` extra, the rosettasciio formats. A 4D array must be (sy, sx, ky, kx): one whose
+last two axes are not square is refused with the reordering that fixes it.
 
 Preprocessing (:class:`Preprocessing`) is applied to every pattern as it is read, in this
 order: clip negatives (optional) -> flip_ky / flip_kx -> transpose -> shift -> bin ->
@@ -20,9 +21,8 @@ multiplier -> pad.
 
 from __future__ import annotations
 
-import abc
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,11 @@ import attrs
 import h5py
 import numpy as np
 
+from ptyframe.components.reader import PatternSource
 from ptyframe.core.validators import boolean, int_pair, non_negative_int, positive, positive_int
 
-__all__ = ["DataError", "Preprocessing", "Dataset", "MIN_PATTERN_PX", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["DataError", "Preprocessing", "Dataset", "MIN_PATTERN_PX", "DEFAULT_CHUNK_BYTES",
+           "ArraySource", "H5Source", "split_4d", "check_dtype"]
 
 #: Smallest pattern side (pixels, after preprocessing) a reconstruction can use.
 MIN_PATTERN_PX = 8
@@ -151,26 +153,35 @@ def _shift_zero_fill(a: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- raw sources
-class _Source(abc.ABC):
-    """Raw (unpreprocessed) patterns, indexed 0..N-1 in row-major scan order."""
-
-    description: str
-    shape4d: tuple[int, int] | None  # (sy, sx) when the stored array is 4D
-    n: int
-    raw_pattern_shape: tuple[int, int]
-    dtype: np.dtype
-    axis0_chunk: int = 1  # flat-index length of one storage chunk (HDF5), for aligned reads
-
-    @abc.abstractmethod
-    def read_sorted_unique(self, idx: np.ndarray) -> np.ndarray:
-        """Raw patterns for increasing, unique flat indices, shape (idx.size, ky, kx)."""
-
-    @abc.abstractmethod
-    def open_chunks(self) -> contextlib.AbstractContextManager[Callable[[int, int], np.ndarray]]:
-        """Context giving a function (start, stop) -> raw patterns [start:stop]."""
+#: the raw-pattern interface every reader's source implements (kept under its old name too)
+_Source = PatternSource
 
 
-def _split_4d(shape: tuple[int, ...], description: str) -> tuple[int, tuple[int, int],
+def check_axis_order(shape: Sequence[int], description: str) -> None:
+    """Refuse a 4D shape whose axes look like (ky, kx, sy, sx) or (sy, ky, sx, kx): detector
+    patterns are square in every supported camera, so non-square last axes while another
+    pair of axes is square means the array is not stored as (sy, sx, ky, kx)."""
+    sy, sx, ky, kx = (int(v) for v in shape)
+    if ky == kx:
+        return
+    if sy == sx:
+        hint = (f"the first two axes {(sy, sx)} are square, as detector axes are: the file "
+                f"probably holds (ky, kx, sy, sx); reorder it with "
+                f"np.moveaxis(a, (0, 1), (2, 3))")
+    elif sx == kx:
+        hint = ("the array looks interleaved as (sy, ky, sx, kx); reorder it with "
+                "a.transpose(0, 2, 1, 3)")
+    elif sy == ky:
+        hint = ("the array looks interleaved as (ky, sy, kx, sx); reorder it with "
+                "a.transpose(1, 3, 0, 2)")
+    else:
+        hint = "the detector axes (the last two) must be square"
+    raise DataError(f"{description}: expected a 4D array in axis order (sy, sx, ky, kx) with "
+                    f"square patterns (ky == kx), found shape {tuple(int(v) for v in shape)} "
+                    f"whose last two axes {(ky, kx)} are not square; {hint}")
+
+
+def split_4d(shape: tuple[int, ...], description: str) -> tuple[int, tuple[int, int],
                                                                   tuple[int, int] | None]:
     if len(shape) in (3, 4) and min(shape) < 1:
         raise DataError(f"{description}: expected at least one pattern with pixels, found "
@@ -178,13 +189,14 @@ def _split_4d(shape: tuple[int, ...], description: str) -> tuple[int, tuple[int,
     if len(shape) == 3:
         return int(shape[0]), (int(shape[1]), int(shape[2])), None
     if len(shape) == 4:
+        check_axis_order(shape, description)
         return (int(shape[0] * shape[1]), (int(shape[2]), int(shape[3])),
                 (int(shape[0]), int(shape[1])))
     raise DataError(f"{description}: expected a 3D (N, ky, kx) or 4D (sy, sx, ky, kx) array, "
                     f"found {len(shape)}D with shape {tuple(shape)}")
 
 
-def _check_dtype(dtype: np.dtype, description: str) -> None:
+def check_dtype(dtype: np.dtype, description: str) -> None:
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise DataError(f"{description}: expected real numeric counts (integer or float), "
                         f"found dtype {dtype}")
@@ -206,9 +218,9 @@ class _ArraySource(_Source):
     def __init__(self, array: np.ndarray, description: str) -> None:
         self.array = array
         self.description = description
-        self.n, self.raw_pattern_shape, self.shape4d = _split_4d(array.shape, description)
+        self.n, self.raw_pattern_shape, self.shape4d = split_4d(array.shape, description)
         self.dtype = array.dtype
-        _check_dtype(self.dtype, description)
+        check_dtype(self.dtype, description)
 
     def read_sorted_unique(self, idx: np.ndarray) -> np.ndarray:
         if self.shape4d is None:
@@ -240,8 +252,8 @@ class _H5Source(_Source):
         self.description = f"{str(path)!r} dataset {dataset_name!r}"
         with self._dataset() as ds:
             shape, self.dtype, chunks = ds.shape, ds.dtype, ds.chunks
-        _check_dtype(self.dtype, self.description)
-        self.n, self.raw_pattern_shape, self.shape4d = _split_4d(shape, self.description)
+        check_dtype(self.dtype, self.description)
+        self.n, self.raw_pattern_shape, self.shape4d = split_4d(shape, self.description)
         if chunks is not None:
             # a 4D chunk spans chunks[0] whole scan rows when read row by row
             self.axis0_chunk = int(chunks[0]) * (self.shape4d[1] if self.shape4d else 1)
@@ -313,6 +325,8 @@ class Dataset:
                             f"found {chunk_bytes!r}")
         self.chunk_bytes = int(chunk_bytes)
         self._pattern_shape = self.preprocessing.output_shape(source.raw_pattern_shape)
+        #: the Reader that opened the file (None for in-memory arrays)
+        self.reader: Any = None
         self.scan_shape = self._resolve_scan_shape(scan_shape)
 
     def _resolve_scan_shape(self, scan_shape: Sequence[int] | None) -> tuple[int, int] | None:
@@ -338,34 +352,32 @@ class Dataset:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_file(cls, path: str | Path, dataset_name: str = "data",
+    def from_file(cls, path: str | Path, dataset_name: str | None = None,
                   scan_shape: Sequence[int] | None = None,
                   preprocessing: Preprocessing | None = None, validate: bool = True,
-                  chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Dataset:
-        """Open ``.h5``/``.hdf5`` (dataset ``dataset_name``) or ``.npy`` (3D or 4D; a Nion
-        export is a 4D ``.npy``) lazily. ``validate`` scans the data once, in chunks of at most
-        ``chunk_bytes``, for NaN/inf and negative counts (see :meth:`validate`)."""
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, reader: Any = None,
+                  registry: Any = None) -> Dataset:
+        """Open a data file lazily through a :class:`~ptyframe.components.Reader`.
+
+        ``reader``: a reader name, ``{"type": name, ...}`` table or instance; by default the
+        registered reader that recognises the file best (HDF5 whatever its suffix, EMD 1.0 /
+        py4DSTEM, Dectris master files, .npy, and the rosettasciio formats of the
+        ``formats`` extra). ``dataset_name``: the HDF5 dataset (default: ``data`` when present,
+        else the file's single 3D/4D dataset). ``validate`` scans the data once, in chunks of
+        at most ``chunk_bytes``, for NaN/inf and negative counts (see :meth:`validate`)."""
+        from ptyframe.io.readers import select_reader
+
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise FileNotFoundError(f"data file not found: {str(p)!r}")
-        suffix = p.suffix.lower()
-        if suffix in _H5_SUFFIXES:
-            source: _Source = _H5Source(p, dataset_name)
-        elif suffix in _NPY_SUFFIXES:
-            try:
-                arr = np.load(p, mmap_mode="r", allow_pickle=False)
-            except ValueError as exc:
-                raise DataError(f"{str(p)!r}: expected a numeric .npy array, could not load "
-                                f"it ({exc})") from exc
-            if not isinstance(arr, np.ndarray):
-                raise DataError(f"{str(p)!r}: expected a single .npy array, found "
-                                f"{type(arr).__name__}")
-            source = _ArraySource(arr, repr(str(p)))
-        else:
-            raise DataError(f"{str(p)!r}: expected a file ending in "
-                            f"{', '.join(_H5_SUFFIXES + _NPY_SUFFIXES)}, found {p.suffix!r}")
+        chosen = select_reader(p, reader, dataset_name=dataset_name, registry=registry)
+        source = chosen.open(p)
+        if not isinstance(source, PatternSource):
+            raise DataError(f"reader {chosen.name!r}: expected open() to return a "
+                            f"PatternSource, found {type(source).__name__}")
         ds = cls(source, preprocessing=preprocessing, scan_shape=scan_shape, path=p,
                  chunk_bytes=chunk_bytes)
+        ds.reader = chosen
         if validate:
             ds.validate()
         return ds
@@ -384,8 +396,10 @@ class Dataset:
 
     def with_preprocessing(self, preprocessing: Preprocessing) -> Dataset:
         """The same data with other preprocessing (the raw data is shared, not re-read)."""
-        return Dataset(self._source, preprocessing=preprocessing, scan_shape=self.scan_shape,
-                       path=self.path, chunk_bytes=self.chunk_bytes)
+        out = Dataset(self._source, preprocessing=preprocessing, scan_shape=self.scan_shape,
+                      path=self.path, chunk_bytes=self.chunk_bytes)
+        out.reader = self.reader
+        return out
 
     # ------------------------------------------------------------------ description
     def __len__(self) -> int:
@@ -400,6 +414,11 @@ class Dataset:
     def pattern_shape(self) -> tuple[int, int]:
         """(ky, kx) after preprocessing, pixels."""
         return self._pattern_shape
+
+    @property
+    def source(self) -> PatternSource:
+        """The raw patterns as the reader gives them (before preprocessing)."""
+        return self._source
 
     @property
     def raw_pattern_shape(self) -> tuple[int, int]:
@@ -503,3 +522,8 @@ class Dataset:
     def centered_to_fft_order(patterns: np.ndarray) -> np.ndarray:
         """Move zero frequency from pixel (n/2, n/2) (file convention) to (0, 0) (FFT order)."""
         return np.fft.ifftshift(patterns, axes=(-2, -1))
+
+
+#: public names of the sources readers build on
+ArraySource = _ArraySource
+H5Source = _H5Source

@@ -42,6 +42,7 @@ import attrs
 import h5py
 import numpy as np
 
+from ptyframe.components.reader import FileMetadata
 from ptyframe.core.experiment import Experiment
 from ptyframe.core.physics import ABERRATION_NAMES
 from ptyframe.io.data import DataError
@@ -49,6 +50,7 @@ from ptyframe.io.data import DataError
 __all__ = [
     "MetadataError",
     "read_metadata",
+    "read_file_metadata",
     "experiment_from_metadata",
     "positions_from_metadata",
     "load_experiment",
@@ -69,28 +71,6 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _decode(value: Any) -> Any:
-    """HDF5 attribute -> plain Python: bytes -> str, JSON strings -> objects, numpy -> lists."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        text = value.strip()
-        if text[:1] in ("{", "["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                return value
-        return value
-    if isinstance(value, np.ndarray):
-        return [_decode(v) for v in value.tolist()] if value.dtype.kind in "OSU" \
-            else value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -104,20 +84,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return out
 
 
-def _read_h5_attrs(path: Path) -> dict[str, Any]:
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise MetadataError(f"{str(path)!r}: expected an HDF5 file, could not open it "
-                            f"({exc})") from exc
-    with f:
-        attrs_ = {key: _decode(f.attrs[key]) for key in f.attrs}
-    embedded = attrs_.pop("metadata_json", None)
-    merged = dict(embedded) if isinstance(embedded, dict) else {}
-    merged.update(attrs_)
-    return merged
-
-
 def _same(a: Any, b: Any) -> bool:
     try:
         return bool(np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float),
@@ -126,32 +92,51 @@ def _same(a: Any, b: Any) -> bool:
         return a == b
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Metadata of a data file as a plain dict.
+def read_file_metadata(path: str | Path, reader: Any = None, dataset_name: str | None = None,
+                       registry: Any = None) -> FileMetadata:
+    """The metadata of a data file with the origin of every top-level value.
 
-    HDF5: the root attributes (bytes decoded, JSON-string attributes parsed, numpy values as
-    Python numbers/lists; an attribute ``metadata_json`` holding the whole record is unpacked
-    underneath the individual attributes). Any file: a same-stem ``.json`` sidecar is merged on
-    top, so **the sidecar wins** (it is the editable copy); a top-level key whose value differs
-    between the two gives a warning naming it. Returns ``{}`` when there is no metadata.
+    The file's reader (``reader``, else the registered reader that recognises the file; see
+    :func:`ptyframe.io.readers.select_reader`) gives what the file holds: HDF5 root
+    attributes (bytes decoded, JSON-string attributes parsed, an attribute ``metadata_json``
+    unpacked underneath the individual attributes), EMD / py4DSTEM / HyperSpy axis
+    calibrations, Dectris detector geometry. A same-stem ``.json`` sidecar is merged on top,
+    so **the sidecar wins** (it is the editable copy); a top-level key whose value differs
+    between the two gives a warning naming it. A file no reader recognises contributes
+    nothing (its sidecar still does).
     """
+    from ptyframe.io.readers import select_reader
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise FileNotFoundError(f"data file not found: {str(p)!r}")
-    meta: dict[str, Any] = {}
-    if p.suffix.lower() in _H5_SUFFIXES:
-        meta = _read_h5_attrs(p)
-    elif p.suffix.lower() == ".json":
-        return _read_json(p)
+    if p.suffix.lower() == ".json":
+        values = _read_json(p)
+        return FileMetadata(values, {k: f"{p.name}" for k in values})
+    try:
+        chosen = select_reader(p, reader, dataset_name=dataset_name, registry=registry)
+    except DataError:
+        if reader is not None or dataset_name is not None:
+            raise
+        chosen = None
+    meta = chosen.metadata(p) if chosen is not None else FileMetadata()
     side = sidecar_path(p)
     if side.is_file():
         extra = _read_json(side)
-        differing = sorted(k for k, v in extra.items() if k in meta and not _same(meta[k], v))
+        differing = sorted(k for k, v in extra.items()
+                           if k in meta.values and not _same(meta.values[k], v))
         if differing:
             warnings.warn(f"metadata of {str(p)!r}: the sidecar {side.name!r} overrides the "
-                          f"file's values of {differing}", stacklevel=2)
-        meta.update(extra)
+                          f"file's values of {differing}", stacklevel=3)
+        meta = meta.merged(FileMetadata(extra, {k: f"sidecar {side.name}" for k in extra}))
     return meta
+
+
+def read_metadata(path: str | Path, reader: Any = None, dataset_name: str | None = None,
+                  registry: Any = None) -> dict[str, Any]:
+    """Metadata of a data file as a plain dict (:func:`read_file_metadata` without the
+    origins). Returns ``{}`` when there is no metadata."""
+    return dict(read_file_metadata(path, reader, dataset_name, registry).values)
 
 
 def positions_from_metadata(path: str | Path, expected_count: int | None = None
@@ -282,8 +267,10 @@ _CONVENIENCE = ("defocus_A",)
 
 
 def _missing(field: str, keys: str, unit: str) -> MetadataError:
-    return MetadataError(f"{field}: not found in the metadata (looked for {keys}); pass it as "
-                         f"an override, e.g. load_experiment(path, {field}=...) ({unit})")
+    return MetadataError(f"{field}: not found in the metadata (looked for {keys}); give it "
+                         f"({unit}) in the config's [experiment] table ({field} = ...), on the "
+                         f"command line (--set experiment.{field}=...), or in Python "
+                         f"(load_experiment(path, {field}=...))")
 
 
 def experiment_from_metadata(meta: Mapping[str, Any], **overrides: Any) -> Experiment:
@@ -349,8 +336,10 @@ def experiment_from_metadata(meta: Mapping[str, Any], **overrides: Any) -> Exper
             values.get("detector_pixel_size_mrad") is None:
         raise MetadataError(
             "detector_pixel_size_inv_A / detector_pixel_size_mrad: detector calibration not "
-            "found in the metadata; pass detector_pixel_size_inv_A=... (1/Å per pixel) or "
-            "detector_pixel_size_mrad=... (mrad per pixel) as an override")
+            "found in the metadata; give detector_pixel_size_inv_A=... (1/Å per pixel) or "
+            "detector_pixel_size_mrad=... (mrad per pixel) in the config's [experiment] table, "
+            "on the command line (--set experiment.detector_pixel_size_mrad=...) or as a "
+            "load_experiment(path, ...) keyword")
     if values["scan_rotation_deg"] is None:
         values["scan_rotation_deg"] = 0.0
     try:
@@ -359,9 +348,11 @@ def experiment_from_metadata(meta: Mapping[str, Any], **overrides: Any) -> Exper
         raise MetadataError(f"experiment from metadata: {exc}") from exc
 
 
-def load_experiment(path: str | Path, **overrides: Any) -> Experiment:
-    """``experiment_from_metadata(read_metadata(path), **overrides)``; errors name the file."""
-    meta = read_metadata(path)
+def load_experiment(path: str | Path, reader: Any = None, dataset_name: str | None = None,
+                    **overrides: Any) -> Experiment:
+    """``experiment_from_metadata(read_metadata(path), **overrides)``; errors name the file.
+    ``reader`` / ``dataset_name`` choose the reader as in :meth:`Dataset.from_file`."""
+    meta = read_metadata(path, reader=reader, dataset_name=dataset_name)
     try:
         return experiment_from_metadata(meta, **overrides)
     except MetadataError as exc:

@@ -217,7 +217,7 @@ def test_missing_file(tmp_path):
 
 def test_unsupported_suffix(tmp_path):
     (tmp_path / "d.txt").write_text("1 2 3")
-    with pytest.raises(DataError, match=r"\.h5.*\.npy.*'\.txt'"):
+    with pytest.raises(DataError, match=r"suffix '\.txt'.*hdf5 \(\.h5.*npy \(\.npy"):
         Dataset.from_file(tmp_path / "d.txt")
 
 
@@ -227,10 +227,25 @@ def test_missing_dataset_lists_what_exists(tmp_path, patterns):
         f["patterns"] = patterns
         f["meta/positions"] = np.zeros((N, 2))
     with pytest.raises(DataError, match="dataset_name") as info:
-        Dataset.from_file(path)
+        Dataset.from_file(path, dataset_name="data")
     assert "'data'" in str(info.value)
     assert "'patterns'" in str(info.value) and "'meta/positions'" in str(info.value)
     assert Dataset.from_file(path, dataset_name="patterns").shape == (N, K, K)
+
+
+def test_single_pattern_dataset_is_picked_and_two_are_refused(tmp_path, patterns):
+    """Without dataset_name and without 'data', the one 3D/4D dataset is read; with two the
+    error lists both."""
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["scan/patterns"] = patterns
+        f["meta/positions"] = np.zeros((N, 2))
+    np.testing.assert_array_equal(Dataset.from_file(path).read(np.arange(N)), patterns)
+    with h5py.File(path, "a") as f:
+        f["other"] = patterns
+    with pytest.raises(DataError, match=r"single 3D.*'other'.*'scan/patterns'|"
+                                        r"single 3D.*'scan/patterns'.*'other'"):
+        Dataset.from_file(path)
 
 
 def test_not_an_hdf5_file(tmp_path):
