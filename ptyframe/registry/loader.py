@@ -27,7 +27,7 @@ import attrs
 import pluggy
 
 from ptyframe.registry.hookspecs import PROJECT_NAME, ComponentSpecs, hookimpl
-from ptyframe.registry.registry import LOCAL, PluginError, Registry
+from ptyframe.registry.registry import LOCAL, DuplicateComponent, PluginError, Registry
 
 __all__ = [
     "BLOCK_ENV",
@@ -157,6 +157,23 @@ def _as_classes(result: Any) -> list[Any] | None:
     return list(result)
 
 
+def _refused(registry: Registry, exc: DuplicateComponent, report: _Reporter) -> None:
+    """A second provider of a name: a built-in name stays built-in (the other is reachable
+    only as ``dist:name``); between two third parties the plain name becomes ambiguous."""
+    record, holder = exc.record, exc.existing
+    builtin = _normalize(holder.distribution) == CORE_DISTRIBUTION
+    if _normalize(record.distribution) == CORE_DISTRIBUTION:
+        builtin = False  # cannot happen (built-ins load first); never let it replace anyway
+    registry.keep_qualified(record, contested=not builtin)
+    if builtin:
+        report(f"{record.provider} offers {record.kind} {record.name!r}, the name of a built-in "
+               f"component from {holder.provider}: the built-in one is used; write "
+               f"'{record.distribution}:{record.name}' as the type to use the plugin's", exc)
+    else:
+        report(f"{exc}; until then {record.kind} {record.name!r} cannot be used unqualified",
+               exc)
+
+
 def load_registry(strict: bool = False, blocked: Iterable[str] = (), group: str = ENTRY_POINT_GROUP,
                   include_entry_points: bool = True,
                   extra_plugins: Sequence[Any] = ()) -> Registry:
@@ -205,6 +222,8 @@ def load_registry(strict: bool = False, blocked: Iterable[str] = (), group: str 
             try:
                 registry.register(cls, plugin=info.plugin, distribution=info.distribution,
                                   version=info.version)
+            except DuplicateComponent as exc:
+                _refused(registry, exc, report)
             except PluginError as exc:
                 if strict:
                     raise
