@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ptyframe.core.blocks import block as block_row
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_outside_object
 from ptyframe.core.schedules import Constant, Schedule
+from ptyframe.engine.health import HealthWatch
 from ptyframe.engine.model import PtychographyModel
 from ptyframe.engine.monitor import EpochReport, RunMonitor
 from ptyframe.engine.specs import (
@@ -174,6 +176,7 @@ class Reconstruction(Problem):
         self.context: ModelContext | None = None
         self._engine_state: Any = None
         self._term_names = self._unique_term_names()
+        self._health = HealthWatch(self.solver.max_rejected_epochs)
 
     # ------------------------------------------------------------------ assembly
     def _specs(self, given: Mapping[str, Any], routed: Mapping[str, dict[str, Any]]
@@ -652,7 +655,10 @@ class Reconstruction(Problem):
             return float("inf"), {b: xp.zeros_like(params[b]) for b in blocks}, {}
         if indices is None:
             indices = self.indices(epoch)
+        health = self._health
+        health.count_evaluation()
         data_loss, grads = self.model.value_and_grad(params, refine=blocks, indices=indices)
+        health.check(xp, partial(self._describe, "loss", self.loss), epoch, data_loss, grads)
         weight = self.loss_weight(epoch)
         if weight != 1.0:
             data_loss *= weight
@@ -661,6 +667,8 @@ class Reconstruction(Problem):
         total = data_loss
         for name, reg in zip(self._term_names, self.regularizers, strict=True):
             value, reg_grads = reg.value_and_grad(params, epoch=epoch)
+            health.check(xp, partial(self._describe, "regularizer", reg, name), epoch, value,
+                         reg_grads)
             terms[name] = float(value)
             total += float(value)
             for block, g in reg_grads.items():
@@ -669,7 +677,19 @@ class Reconstruction(Problem):
         for constraint in self.constraints:
             if constraint.is_active(epoch):
                 grads = constraint.project_gradient(grads, params, epoch)
+                health.check(xp, partial(self._describe, "constraint", constraint), epoch, 0.0,
+                             grads)
         return total, {b: grads[b] for b in blocks}, terms
+
+    def _describe(self, kind: str, component: Any, label: str | None = None) -> str:
+        """``loss 'lsq_sqrt' (plugin 'losses' (distribution ptyframe 0.1.0))`` for messages."""
+        name = getattr(component, "name", type(component).__name__)
+        try:
+            provider = f" ({self.registry.entry(kind, name).provider})"
+        except (KeyError, TypeError):
+            provider = ""
+        shown = f"{label} = {name!r}" if label and label != name else repr(name)
+        return f"{kind} {shown}{provider}"
 
     # ------------------------------------------------------------------ running
     def run(self, epochs: int, callbacks: Sequence[Callback] = ()) -> ReconstructionResult:
@@ -690,10 +710,19 @@ class Reconstruction(Problem):
                 epoch = self.epoch
                 if not self.active_blocks(epoch):
                     raise ValueError(f"refine: no block is refined at epoch {epoch}")
-                outcome = self.engine.epoch(self, epoch, self._engine_state)
+                try:
+                    outcome = self.engine.epoch(self, epoch, self._engine_state)
+                except (ValueError, ArithmeticError) as exc:
+                    stalled = self._health.failed(epoch, exc)
+                    if stalled is None:
+                        raise
+                    raise stalled from exc
                 if self._project(epoch):
                     outcome = self.engine.after_projection(self, epoch, self._engine_state,
                                                            outcome)
+                self._health.after_epoch(
+                    self.device.xp, epoch, outcome.loss, outcome.accepted,
+                    outcome.info.get("line_search") == "converged", self.params)
                 self.epoch += 1
                 self.loss_history.append(outcome.loss)
                 report = EpochReport(

@@ -301,7 +301,8 @@ class SolverSpec(_Spec):
     ``quasi_newton`` and ``full_batch``); ``regularizers``: extra loss terms;
     ``constraints``: by-hand projections; ``loss_weight``: factor (or Schedule) on the data
     term; ``reset_history``: Schedule of bool, True at an epoch forgets the optimizer's
-    history.
+    history; ``max_rejected_epochs``: epochs in a row whose step was rejected after which the
+    run stops with an error (a run that cannot make progress never reports success).
     """
 
     section: ClassVar[str] = "solver"
@@ -320,6 +321,7 @@ class SolverSpec(_Spec):
                                          metadata={"components": "constraint"})
     loss_weight: Schedule = attrs.field(default=1.0, converter=as_schedule)
     reset_history: Schedule = attrs.field(default=False, converter=as_schedule)
+    max_rejected_epochs: int = attrs.field(default=5, validator=positive_int())
 
 
 def _sequence(value: Any) -> Any:
