@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", default=None, help="output folder")
     p.add_argument("--epochs", type=int, metavar="N", default=None,
                    help="number of epochs (overrides the configuration)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", dest="mode", action="store_const", const="resume",
+                      default="auto", help="continue the checkpoint in the output folder even "
+                      "when the configuration or data changed (the change is recorded)")
+    mode.add_argument("--overwrite", dest="mode", action="store_const", const="overwrite",
+                      help="discard the run in the output folder and start afresh")
 
     p = sub.add_parser("demo", help="simulate a small dataset and reconstruct it")
     p.add_argument("--output", metavar="DIR", default="ptyframe-demo",
@@ -85,7 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     kwargs = {k: v for k, v in (("output", args.output), ("epochs", args.epochs))
               if v is not None}
-    run_config_file(args.config, **kwargs)
+    run_config_file(args.config, resume=args.mode, **kwargs)
     return 0
 
 

@@ -38,8 +38,11 @@ from typing import Any
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
 from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
+from ptyframe.engine.run_record import RESUME_MODES, check_compatible, run_fingerprint
 from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, route_settings
 from ptyframe.io.data import Dataset, Preprocessing
+from ptyframe.io.folder_lock import FolderLock
+from ptyframe.io.results import OutputFolder
 
 __all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file"]
 
@@ -169,35 +172,60 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     seed = config.get("seed", 0)
     rec = Reconstruction(dataset, experiment, **specs, device=Device(**_section(config, "device")),
                          seed=seed, registry=registry, base_dir=base_dir)
-    epochs = config.get("epochs", 50)
+    return rec, _check_epochs("config epochs", config.get("epochs", 50))
+
+
+def _check_epochs(where: str, epochs: Any) -> int:
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-        raise ValueError(f"config epochs: expected an integer >= 0, found {epochs!r}")
-    return rec, epochs
+        raise ValueError(f"{where}: expected an integer >= 0, found {epochs!r}")
+    return epochs
 
 
 def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
                output: str | Path | None = None, epochs: int | None = None,
-               resume: bool = True) -> ReconstructionResult:
-    """Build and run; ``output``/``epochs`` override the config. Resumes from a checkpoint
-    already in the output folder when ``resume`` is true."""
+               resume: bool | str = True) -> ReconstructionResult:
+    """Build and run; ``output``/``epochs`` override the config.
+
+    ``resume``: what to do with a checkpoint already in the output folder: ``True`` /
+    ``"auto"`` continue it only when it holds this run (same fingerprint, see
+    :mod:`ptyframe.engine.run_record`; another run is a :class:`ForeignRunError`),
+    ``"resume"`` continue it with this configuration (recorded), ``"overwrite"`` / ``False``
+    discard it. The folder is locked for the whole run.
+    """
+    mode = ("auto" if resume else "overwrite") if isinstance(resume, bool) else resume
+    if mode not in RESUME_MODES:
+        raise ValueError(f"resume: expected True, False or one of {RESUME_MODES}, "
+                         f"found {resume!r}")
     config = dict(config)
     if output is not None:
         config["output"] = dict(_section(config, "output"), dir=str(Path(output).resolve()))
     rec, n_epochs = build_reconstruction(config, base_dir)
     if epochs is not None:
-        n_epochs = epochs
-    if resume and rec.output_dir is not None and (rec.output_dir / "state.json").exists():
-        done = rec.load_checkpoint()
-        n_epochs = max(0, n_epochs - done)
-    return rec.run(n_epochs)
+        n_epochs = _check_epochs("--epochs", epochs)
+    if rec.output_dir is None:
+        return rec.run(n_epochs)
+    with FolderLock(rec.output_dir) as lock:
+        rec.hold_folder_lock(lock)
+        rec.initialize()
+        if check_compatible(rec.output_dir, run_fingerprint(rec), mode):
+            done = rec.load_checkpoint()
+            print(f"ptyframe: resuming from epoch {done} in {rec.output_dir}", flush=True)
+            n_epochs = max(0, n_epochs - done)
+        elif mode == "overwrite":
+            removed = OutputFolder(rec.output_dir).clear_run()
+            if removed:
+                print(f"ptyframe: overwriting the run in {rec.output_dir}", flush=True)
+        return rec.run(n_epochs)
 
 
 def run_config_file(path: str | Path, output: str | Path | None = None,
-                    epochs: int | None = None) -> ReconstructionResult:
+                    epochs: int | None = None, resume: bool | str = True
+                    ) -> ReconstructionResult:
     """Run the reconstruction described by a .toml/.json file (the ``ptyframe run`` command)."""
     path = Path(path)
     config = load_config(path)
-    result = run_config(config, base_dir=path.parent, output=output, epochs=epochs)
+    result = run_config(config, base_dir=path.parent, output=output, epochs=epochs,
+                        resume=resume)
     where = f" in {result.output_dir}" if result.output_dir is not None else ""
     final = result.loss[-1] if result.loss else float("nan")
     print(f"ptyframe: finished {result.epochs} epochs, loss {final:.6g}{where}")

@@ -39,6 +39,14 @@ from ptyframe.core.schedules import Constant, Schedule
 from ptyframe.engine.health import HealthWatch
 from ptyframe.engine.model import PtychographyModel
 from ptyframe.engine.monitor import EpochReport, RunMonitor
+from ptyframe.engine.run_record import (
+    ForeignRunError,
+    differences,
+    has_checkpoint,
+    read_fingerprint,
+    run_fingerprint,
+    write_fingerprint,
+)
 from ptyframe.engine.specs import (
     INITIALIZER_KINDS,
     SPEC_CLASSES,
@@ -51,6 +59,7 @@ from ptyframe.engine.specs import (
 )
 from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
 from ptyframe.io.data import Dataset
+from ptyframe.io.folder_lock import FolderLock
 from ptyframe.io.results import OutputFolder
 
 __all__ = ["Reconstruction", "ReconstructionResult", "EpochReport", "Callback",
@@ -177,6 +186,8 @@ class Reconstruction(Problem):
         self._engine_state: Any = None
         self._term_names = self._unique_term_names()
         self._health = HealthWatch(self.solver.max_rejected_epochs)
+        self._resumed_from: Path | None = None  # the folder load_checkpoint read
+        self._folder_lock: FolderLock | None = None  # a lock taken by the caller
 
     # ------------------------------------------------------------------ assembly
     def _specs(self, given: Mapping[str, Any], routed: Mapping[str, dict[str, Any]]
@@ -698,6 +709,28 @@ class Reconstruction(Problem):
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, found {epochs!r}")
         self.initialize()
+        lock = None
+        if self.output_dir is not None and not self.folder_lock_held(self.output_dir):
+            lock = FolderLock(self.output_dir).acquire()
+        try:
+            return self._run(int(epochs), callbacks)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def hold_folder_lock(self, lock: FolderLock) -> None:
+        """Run under ``lock``, taken by the caller on the output folder (so that the check of
+        the folder and the run happen under one lock)."""
+        self._folder_lock = lock
+
+    def folder_lock_held(self, folder: str | Path) -> bool:
+        """Whether the caller already holds the lock of ``folder`` for this reconstruction
+        (:func:`ptyframe.apps.config.run_config` takes it before checking the folder)."""
+        held = self._folder_lock
+        return held is not None and held.held and held.folder.resolve() == Path(
+            folder).resolve()
+
+    def _run(self, epochs: int, callbacks: Sequence[Callback]) -> ReconstructionResult:
         output = self._open_output()
         monitor = RunMonitor(self.output.level, int(epochs), output, self._term_names,
                              resume_from_epoch=self.epoch or None,
@@ -817,9 +850,23 @@ class Reconstruction(Problem):
             extra=extra)
 
     def _open_output(self) -> OutputFolder | None:
+        """The output folder, its fingerprint and configuration written. A folder holding a
+        checkpoint of another run (another fingerprint) that this reconstruction did not
+        load is refused with :class:`~ptyframe.engine.run_record.ForeignRunError`."""
         if self.output_dir is None:
             return None
-        output = OutputFolder(self.output_dir, checkpoint_every=self.output.checkpoint_every)
+        folder = Path(self.output_dir)
+        fingerprint = run_fingerprint(self)
+        if self._resumed_from != folder.resolve() and has_checkpoint(folder):
+            old = read_fingerprint(folder)
+            changed = differences(old, fingerprint) if old is not None else []
+            if changed:
+                raise ForeignRunError(
+                    f"output folder {folder} holds a checkpoint of another run (differs in: "
+                    f"{', '.join(changed[:8])}); load it with load_checkpoint() to continue, "
+                    "clear it (OutputFolder.clear_run) or choose another folder")
+        output = OutputFolder(folder, checkpoint_every=self.output.checkpoint_every)
+        write_fingerprint(folder, fingerprint)
         output.save_parameters(self.to_config())
         return output
 
@@ -843,6 +890,7 @@ class Reconstruction(Problem):
 
         arrays, epoch = load_state(folder)
         info = load_state_info(folder)
+        self._resumed_from = folder.resolve()
         self.initialize()
         for name in ("object", "probe", "positions"):
             if name not in arrays:

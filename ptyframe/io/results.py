@@ -718,14 +718,53 @@ class OutputFolder:
     # -- other outputs ---------------------------------------------------------------------
 
     def save_parameters(self, config: Mapping[str, Any]) -> Path:
-        """Write the run's full configuration to ``parameters.json`` (atomically)."""
+        """Write the run's full configuration to ``parameters.json`` (atomically). When it
+        replaces a different configuration, the old one is kept as ``parameters.rev<N>.json``
+        (N = 1, 2, ...: every configuration the folder's run has had)."""
         if not isinstance(config, Mapping):
             raise TypeError(f"parameters: expected a dict, found {type(config).__name__}")
         try:
             text = _dumps(dict(config))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"parameters: cannot be written as JSON: {exc}") from None
-        return atomic_write_text(self.path / PARAMETERS_FILE, text)
+        current = path_inside(self.path, PARAMETERS_FILE, "parameters")
+        if current.is_file():
+            old = current.read_text(encoding="utf-8")
+            if old != text:
+                atomic_write_text(self.path / f"parameters.rev{self._next_revision()}.json",
+                                  old)
+        return atomic_write_text(current, text)
+
+    def _next_revision(self) -> int:
+        numbers = [int(p.name[len("parameters.rev"):-len(".json")])
+                   for p in self.path.glob("parameters.rev*.json")
+                   if p.name[len("parameters.rev"):-len(".json")].isdigit()]
+        return max(numbers, default=0) + 1
+
+    def parameter_revisions(self) -> list[Path]:
+        """Earlier configurations of this folder's run, oldest first."""
+        return [self.path / f"parameters.rev{n}.json" for n in range(1, self._next_revision())
+                if (self.path / f"parameters.rev{n}.json").is_file()]
+
+    def clear_run(self) -> list[str]:
+        """Remove the files of the run this folder holds (checkpoint, per-epoch checkpoints,
+        loss log); configurations and anything ptyframe did not write stay. Returns the
+        names removed."""
+        removed = []
+        names = {STATE_FILE, LOSS_FILE, *CHECKPOINT_FILES.values()}
+        try:
+            state = _read_state(self.path)
+            names |= {entry["file"] for entry in (state.get("files") or {}).values()}
+        except (FileNotFoundError, ValueError):
+            pass
+        candidates = [self.path / n for n in sorted(names)]
+        candidates += sorted(self.path.glob("checkpoint_*_epoch_*.npy"))
+        for path in candidates:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append(path.name)
+        _remove_strays(self.path)
+        return removed
 
     def load_parameters(self) -> dict[str, Any]:
         return load_parameters(self.path)
