@@ -7,8 +7,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ptyframe.registry.loader import PluginLoadWarning, load_registry
-from ptyframe.registry.registry import ComponentNotFound, PluginError
+from ptyframe.apps.errors import report_failure
+from ptyframe.registry.loader import (
+    PluginLoadWarning,
+    installed_plugins,
+    load_registry,
+    unmatched_blocks,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -67,6 +72,10 @@ def _format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    unknown = unmatched_blocks(args.block)
+    if unknown:
+        raise ValueError(f"--block: {', '.join(map(repr, unknown))} matches no installed plugin; "
+                         f"installed: {', '.join(installed_plugins()) or 'none'}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PluginLoadWarning)
         registry = load_registry(strict=args.strict, blocked=args.block)
@@ -83,6 +92,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     print(_format_table(rows))
     if len(rows) == 1:
         print("(no components registered)")
+    for description in registry.blocked:
+        print(f"(blocked: {description})")
     return 0
 
 
@@ -176,9 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, OSError, PluginError, ComponentNotFound) as exc:
-        print(f"ptyframe: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ptyframe: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # every failure gets one message; bugs keep their traceback
+        return report_failure(exc)

@@ -35,11 +35,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
 from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
 from ptyframe.engine.run_record import RESUME_MODES, check_compatible, run_fingerprint
-from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, route_settings
+from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, located, route_settings
 from ptyframe.io.data import Dataset, Preprocessing
 from ptyframe.io.folder_lock import FolderLock
 from ptyframe.io.results import OutputFolder
@@ -67,9 +69,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            config = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"config: {path} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"config: {path}: expected a JSON object of settings at the top "
+                             f"level, found {type(config).__name__}")
+        return config
     raise ValueError(f"config: expected a .toml or .json file, found {path.name!r}")
 
 
@@ -87,10 +93,30 @@ def _build_data(section: dict[str, Any], base_dir: Path, scan_shape: Any) -> Dat
     if unknown:
         raise ValueError(f"config [data]: unknown keys {sorted(unknown)}; expected path, "
                          "dataset, preprocessing, dtype")
-    path = (base_dir / section["path"]).resolve()
-    preprocessing = Preprocessing(**section.get("preprocessing", {}))
+    path = (base_dir / _data_path(section)).resolve()
+    options = section.get("preprocessing", {})
+    if not isinstance(options, Mapping):
+        raise ValueError(f"config [data] preprocessing: expected a table such as {{pad = 0, "
+                         f"bin = 1}}, found {type(options).__name__} {options!r}")
+    known = [f.name for f in attrs.fields(Preprocessing)]
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise ValueError(f"config [data] preprocessing: unknown entries {unknown}; expected "
+                         f"some of {', '.join(known)}")
+    try:
+        preprocessing = Preprocessing(**options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(located("config [data] preprocessing", exc)) from None
     return Dataset.from_file(path, dataset_name=section.get("dataset", "data"),
                              scan_shape=scan_shape, preprocessing=preprocessing)
+
+
+def _data_path(section: Mapping[str, Any]) -> str:
+    path = section["path"]
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"config [data] path: expected a file name (a string), found "
+                         f"{type(path).__name__} {path!r}")
+    return path
 
 
 def _build_experiment(section: dict[str, Any], data_path: Path | None) -> Experiment:
@@ -155,7 +181,8 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     except TypeError as exc:
         raise ValueError(f"config: {exc}") from None
     data_section = _section(config, "data")
-    data_path = (base_dir / data_section["path"]).resolve() if "path" in data_section else None
+    data_path = ((base_dir / _data_path(data_section)).resolve() if "path" in data_section
+                 else None)
     experiment = _build_experiment(_section(config, "experiment"), data_path)
     dataset = _build_data(data_section, base_dir, experiment.scan_shape)
     if "dtype" in data_section:

@@ -472,6 +472,11 @@ class Reconstruction(Problem):
             return None
         else:
             mean = self.dataset.mean_pattern()
+        if not np.any(mean):
+            source = getattr(self.dataset, "path", None) or "the data given"
+            raise ValueError(f"data: every measured value in {source} is zero; expected "
+                             "diffraction patterns with counts (wrong dataset or detector "
+                             "setting?)")
         pattern = self.detector.pattern_on_model_grid(mean)
         if tuple(pattern.shape) != tuple(window):
             raise ValueError(f"detector {self.detector.name!r}: mean pattern on the model grid "

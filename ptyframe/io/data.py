@@ -346,6 +346,9 @@ class Dataset:
         export is a 4D ``.npy``) lazily. ``validate`` scans the data once, in chunks of at most
         ``chunk_bytes``, for NaN/inf and negative counts (see :meth:`validate`)."""
         p = Path(path)
+        if p.is_dir():
+            raise DataError(f"data: {str(p)!r} is a directory; expected an .h5 or .npy file "
+                            "of diffraction patterns")
         if not p.is_file():
             raise FileNotFoundError(f"data file not found: {str(p)!r}")
         suffix = p.suffix.lower()

@@ -52,9 +52,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -105,6 +107,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """An OSError saying what could not be written and why, in words (a full disk shows up
+    from numpy as "N requested and M written")."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if exc.errno == errno.ENOSPC or (exc.errno is None and "requested and" in str(exc)) or (
+            free is not None and free < 1 << 20):
+        where = f" ({free} bytes free)" if free is not None else ""
+        return OSError(errno.ENOSPC, f"cannot write {path}: the disk is full{where}; the "
+                       "previous file is unchanged")
+    reason = exc.strerror or str(exc)
+    return OSError(exc.errno, f"cannot write {path}: {reason}; the previous file is "
+                   "unchanged")
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temp file, fsync, then rename."""
     path = Path(path)
@@ -118,6 +137,10 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp.name, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        raise _write_error(path, exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp.name)

@@ -36,6 +36,8 @@ __all__ = [
 
 #: plugin / distribution name of components registered directly (not via an entry point)
 LOCAL = "<local>"
+#: the distribution of the built-in plugins
+CORE_DISTRIBUTION = "ptyframe"
 
 
 class PluginError(RuntimeError):
@@ -70,6 +72,12 @@ class ComponentConfigError(ValueError):
 def _provider(plugin: str, distribution: str, version: str = "") -> str:
     dist = f"{distribution} {version}".strip()
     return f"plugin {plugin!r} (distribution {dist})"
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a huge name is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _normalize(distribution: str) -> str:
@@ -164,6 +172,12 @@ class Registry:
         self._qualified: dict[tuple[str, str, str], ComponentRecord] = {}
         #: (kind, name) offered by two third-party distributions: usable only qualified
         self._contested: dict[tuple[str, str], list[ComponentRecord]] = {}
+        #: plugins skipped on request (descriptions), named when a look-up fails
+        self.blocked: list[str] = []
+
+    def note_blocked(self, description: str) -> None:
+        """Record that a plugin was blocked (so that "not found" can say so)."""
+        self.blocked.append(description)
 
     # -- registration -----------------------------------------------------------------------
     def register(self, cls: type, plugin: str = LOCAL, distribution: str = LOCAL,
@@ -284,7 +298,10 @@ class Registry:
             raise ComponentNotFound(f"unknown component kind {kind!r}; known kinds: {known}")
         available = ", ".join(repr(n) for n in self.names(kind, aliases=True)) or (
             "none registered")
-        raise ComponentNotFound(f"no {kind} named {name!r}; available: {available}")
+        blocked = (f" (blocked on request: {'; '.join(self.blocked)})" if self.blocked
+                   else "")
+        raise ComponentNotFound(f"no {kind} named {_shown(name)}; available: "
+                                f"{available}{blocked}")
 
     def _qualified_entry(self, kind: str, qualified: str) -> ComponentRecord:
         dist, _, name = qualified.partition(":")
@@ -341,6 +358,11 @@ class Registry:
             raise ComponentConfigError(
                 f"{kind} {name!r} ({entry.provider}): invalid settings: {exc}"
             ) from exc
+        except Exception as exc:
+            if _normalize(entry.distribution) == CORE_DISTRIBUTION:
+                raise  # a bug in ptyframe itself: let it show as one
+            raise PluginError(f"{kind} {name!r} ({entry.provider}) failed while being "
+                              f"created: {type(exc).__name__}: {exc}") from exc
 
     # -- listing ------------------------------------------------------------------------------
     def names(self, kind: str, aliases: bool = False) -> list[str]:

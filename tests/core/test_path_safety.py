@@ -147,3 +147,17 @@ def test_every_file_follows_the_umask(tmp_path, mask):
         os.umask(old)
     modes = {p.name: _mode(p) for p in out.iterdir() if p.is_file()}
     assert set(modes.values()) == {0o666 & ~mask}, modes
+
+
+def test_a_full_disk_is_said_in_words(tmp_path, monkeypatch):
+    from ptyframe.io import results
+
+    def full(f):
+        raise OSError("8464 requested and 3064 written")
+
+    (tmp_path / "co.npy").write_bytes(b"old")
+    with pytest.raises(OSError, match="the disk is full") as info:
+        results._atomic_write(tmp_path / "co.npy", full)
+    assert "requested and" not in str(info.value)
+    assert (tmp_path / "co.npy").read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["co.npy"]  # no temp file left

@@ -434,9 +434,10 @@ def test_cli_run_and_demo_delegate(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "ptyframe.apps.demo", demo)
 
     assert main(["run", "cfg.toml", "--output", str(tmp_path), "--epochs", "3"]) == 0
-    assert calls[-1] == ("run", "cfg.toml", {"output": str(tmp_path), "epochs": 3})
+    assert calls[-1] == ("run", "cfg.toml", {"output": str(tmp_path), "epochs": 3,
+                                             "resume": "auto"})
     assert main(["run", "missing.toml"]) == 2
-    assert calls[-1] == ("run", "missing.toml", {})
+    assert calls[-1] == ("run", "missing.toml", {"resume": "auto"})
     assert capsys.readouterr().err.strip() == (
         "ptyframe: error: config file missing.toml does not exist")
     assert main(["demo", "--quick", "--epochs", "0", "--output", "out"]) == 2
