@@ -35,6 +35,7 @@ class NonFiniteValue:
     what: str
     epoch: int
     evaluation: int
+    at_current: bool = False
 
     def describe(self) -> str:
         return (f"{self.source} produced a non-finite {self.what} at epoch {self.epoch + 1} "
@@ -61,11 +62,13 @@ class HealthWatch:
         self.evaluations += 1
 
     def check(self, xp: Any, source: Callable[[], str], epoch: int, value: Any,
-              grads: Mapping[str, Any] | None = None) -> None:
+              grads: Mapping[str, Any] | None = None, at_current: bool = False) -> None:
         """Record the first non-finite ``value`` or gradient produced by the component that
-        ``source()`` describes (called only then)."""
-        if self.first_fault is not None:
-            return
+        ``source()`` describes (called only then). ``at_current``: the evaluation is at the
+        current parameters (not a line-search trial, which may overshoot): no step can start
+        from there, so the epoch ends the run."""
+        if self.first_fault is not None and (self.first_fault.at_current or not at_current):
+            return  # keep the first fault, unless a trial's is followed by a fatal one
         what = None
         try:
             if not math.isfinite(float(value)):
@@ -76,13 +79,19 @@ class HealthWatch:
             if what is None and not _finite_array(xp, grad):
                 what = f"gradient of block {block!r}"
         if what is not None:
-            self.first_fault = NonFiniteValue(source(), what, epoch, self.evaluations)
+            self.first_fault = NonFiniteValue(source(), what, epoch, self.evaluations,
+                                              at_current)
 
     # -- per epoch ------------------------------------------------------------------------
     def after_epoch(self, xp: Any, epoch: int, loss: float, accepted: bool, converged: bool,
                     params: Mapping[str, Any]) -> None:
-        """Raise :class:`RunStalled` when the epoch left non-finite parameters or loss, or
-        ended the ``max_rejected``-th rejected step in a row."""
+        """Raise :class:`RunStalled` when the objective at the current parameters was not
+        finite, the epoch left non-finite parameters or loss, or it ended the
+        ``max_rejected``-th rejected step in a row."""
+        fault = self.first_fault
+        if fault is not None and fault.at_current and fault.epoch == epoch:
+            raise RunStalled(self._message(epoch, "no step can start from the current "
+                                           "parameters"), epoch)
         for block, array in params.items():
             if not _finite_array(xp, array):
                 raise RunStalled(self._message(

@@ -674,7 +674,10 @@ class Reconstruction(Problem):
         health = self._health
         health.count_evaluation()
         data_loss, grads = self.model.value_and_grad(params, refine=blocks, indices=indices)
-        health.check(xp, partial(self._describe, "loss", self.loss), epoch, data_loss, grads)
+        at_current = params is self.params or all(  # not a line-search trial
+            params[b] is self.params[b] for b in blocks)
+        health.check(xp, partial(self._describe, "loss", self.loss), epoch, data_loss, grads,
+                     at_current)
         weight = self.loss_weight(epoch)
         if weight != 1.0:
             data_loss *= weight
@@ -684,7 +687,7 @@ class Reconstruction(Problem):
         for name, reg in zip(self._term_names, self.regularizers, strict=True):
             value, reg_grads = reg.value_and_grad(params, epoch=epoch)
             health.check(xp, partial(self._describe, "regularizer", reg, name), epoch, value,
-                         reg_grads)
+                         reg_grads, at_current)
             terms[name] = float(value)
             total += float(value)
             for block, g in reg_grads.items():
@@ -694,7 +697,7 @@ class Reconstruction(Problem):
             if constraint.is_active(epoch):
                 grads = constraint.project_gradient(grads, params, epoch)
                 health.check(xp, partial(self._describe, "constraint", constraint), epoch, 0.0,
-                             grads)
+                             grads, at_current)
         return total, {b: grads[b] for b in blocks}, terms
 
     def _describe(self, kind: str, component: Any, label: str | None = None) -> str:

@@ -99,6 +99,17 @@ def test_nan_from_the_fifth_evaluation_names_the_component(sim, tmp_path, plugin
     assert all(np.isfinite(a).all() for a in arrays.values())
 
 
+def test_nan_at_the_start_names_the_component(sim, tmp_path, plugin_site, monkeypatch):
+    """The optimizer refuses a non-finite starting value; the message says who made it."""
+    monkeypatch.syspath_prepend(str(plugin_site))
+    registry = load_registry()
+    loss = registry.create("loss", {"type": "nan_after", "start": 1})
+    rec = _rec(sim, tmp_path, loss=loss, registry=registry)
+    with pytest.raises(RunStalled, match="loss 'nan_after'.*epoch 1 .objective evaluation 1"):
+        rec.run(3)
+    assert not (tmp_path / "out" / "state.json").exists()  # nothing checkpointed
+
+
 def test_rejected_steps_in_a_row_stop_the_run(sim, tmp_path, plugin_site, monkeypatch):
     """A gradient that points uphill leaves every step rejected: the run stops after
     ``max_rejected_epochs`` epochs instead of "finishing"."""
