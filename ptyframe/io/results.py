@@ -448,6 +448,17 @@ def load_parameters(folder: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
 
 
+def _without_grid(text: str) -> Any:
+    """A configuration's JSON without its ``grid`` (which follows the object as it grows)."""
+    try:
+        config = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(config, dict):
+        config.pop("grid", None)
+    return config
+
+
 # --------------------------------------------------------------------------- loss log
 
 def _format_value(column: str, value: Any) -> str:
@@ -753,7 +764,7 @@ class OutputFolder:
         current = path_inside(self.path, PARAMETERS_FILE, "parameters")
         if current.is_file():
             old = current.read_text(encoding="utf-8")
-            if old != text:
+            if _without_grid(old) != _without_grid(text):  # a grown object is no revision
                 atomic_write_text(self.path / f"parameters.rev{self._next_revision()}.json",
                                   old)
         return atomic_write_text(current, text)
