@@ -88,6 +88,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         (e.kind, e.name, ", ".join(e.describe_alias(a) for a in e.aliases) or "-", e.plugin,
          e.distribution, e.version, e.summary)
         for e in registry.entries()
+    ] + [
+        (e.kind, f"{e.distribution}:{e.name}", "-", e.plugin, e.distribution, e.version,
+         f"(only by this name: {e.name!r} is taken) {e.summary}".strip())
+        for e in registry.qualified_only()
     ]
     print(_format_table(rows))
     if len(rows) == 1:

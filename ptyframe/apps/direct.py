@@ -19,6 +19,7 @@ Output layout, ``output_dir/<method>/`` (or another sub-folder ``name``):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ptyframe.components import DirectMethod, DirectResult
+from ptyframe.io.folder_lock import FolderLock
 from ptyframe.io.results import atomic_save_npy, atomic_write_bytes, atomic_write_json
 from ptyframe.io.safe_paths import UnsafePathError, path_inside, safe_subfolder
 
@@ -322,9 +324,12 @@ def run_direct_on_file(path: str | Path, methods: Any, output_dir: str | Path | 
     components = [_resolve_method(m, registry) for m in methods]
     labels = [m if isinstance(m, str) else method_label(c)
               for m, c in zip(methods, components, strict=True)]
-    for method, label in zip(components, labels, strict=True):
-        if label in out:
-            raise ValueError(f"methods: {label!r} is given twice")
-        out[label] = run_direct(method, dataset, experiment, device=device,
-                                output_dir=output_dir, registry=registry, name=label)
+    if len(set(labels)) != len(labels):
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise ValueError(f"methods: {', '.join(map(repr, twice))} given twice")
+    lock = FolderLock(output_dir) if output_dir is not None else contextlib.nullcontext()
+    with lock:  # one writer per output folder
+        for method, label in zip(components, labels, strict=True):
+            out[label] = run_direct(method, dataset, experiment, device=device,
+                                    output_dir=output_dir, registry=registry, name=label)
     return out

@@ -240,6 +240,11 @@ class Registry:
             offers = self._contested.setdefault((record.kind, record.name), [holder])
             offers.append(record)
 
+    def qualified_only(self) -> list[ComponentRecord]:
+        """Records refused for their plain name, usable only as ``"distribution:name"``."""
+        held = {id(r) for r in self._entries.values()}
+        return sorted(r for r in self._qualified.values() if id(r) not in held)
+
     def contested(self) -> dict[tuple[str, str], list[ComponentRecord]]:
         """``(kind, name)`` offered by more than one third-party distribution."""
         return {k: list(v) for k, v in self._contested.items()}

@@ -572,7 +572,7 @@ def test_lbfgs_aliases_resolve_to_finite_history_quasi_newton():
 
 
 @pytest.mark.filterwarnings("ignore::ptyframe.registry.loader.PluginLoadWarning")
-def test_fake_distribution_shadowing_lsq_sqrt_is_never_used_unless_named(site):
+def test_fake_distribution_shadowing_lsq_sqrt_is_never_used_unless_named(site, capsys):
     """The issue's scenario: a third party registers a loss ``lsq_sqrt`` that reports 0.0.
     The built-in is used (loss > 0); the impostor runs only when named ``dist:lsq_sqrt``;
     strict mode refuses to start."""
@@ -603,3 +603,8 @@ def test_fake_distribution_shadowing_lsq_sqrt_is_never_used_unless_named(site):
     assert np.isfinite(final_loss("ptyframe:lsq_sqrt"))
     with pytest.raises(PluginError, match="fakepkg-zero"):
         load_registry(strict=True)
+    assert main(["plugins"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if "lsq_sqrt" in line]
+    assert any(line.split()[1] == "lsq_sqrt" and "ptyframe" in line for line in listed)
+    assert any(line.split()[1] == "fakepkg-zero:lsq_sqrt" and "only by this name" in line
+               for line in listed)
