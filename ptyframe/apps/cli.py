@@ -8,8 +8,13 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from ptyframe.registry.loader import PluginLoadWarning, load_registry
-from ptyframe.registry.registry import ComponentNotFound, PluginError
+from ptyframe.apps.errors import report_failure
+from ptyframe.registry.loader import (
+    PluginLoadWarning,
+    installed_plugins,
+    load_registry,
+    unmatched_blocks,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -35,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, metavar="N", default=None,
                    help="number of epochs (overrides the configuration)")
     _add_override_arguments(p)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", dest="mode", action="store_const", const="resume",
+                      default="auto", help="continue the checkpoint in the output folder even "
+                      "when the configuration or data changed (the change is recorded)")
+    mode.add_argument("--overwrite", dest="mode", action="store_const", const="overwrite",
+                      help="discard the run in the output folder and start afresh")
 
     p = sub.add_parser("validate", help="check a configuration without running it: data, "
                        "metadata and components are read and validated")
@@ -87,6 +98,10 @@ def _format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    unknown = unmatched_blocks(args.block)
+    if unknown:
+        raise ValueError(f"--block: {', '.join(map(repr, unknown))} matches no installed plugin; "
+                         f"installed: {', '.join(installed_plugins()) or 'none'}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PluginLoadWarning)
         registry = load_registry(strict=args.strict, blocked=args.block)
@@ -99,10 +114,16 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         (e.kind, e.name, ", ".join(e.describe_alias(a) for a in e.aliases) or "-", e.plugin,
          e.distribution, e.version, e.summary)
         for e in registry.entries()
+    ] + [
+        (e.kind, f"{e.distribution}:{e.name}", "-", e.plugin, e.distribution, e.version,
+         f"(only by this name: {e.name!r} is taken) {e.summary}".strip())
+        for e in registry.qualified_only()
     ]
     print(_format_table(rows))
     if len(rows) == 1:
         print("(no components registered)")
+    for description in registry.blocked:
+        print(f"(blocked: {description})")
     return 0
 
 
@@ -113,7 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                                    ("epochs", args.epochs)) if v is not None}
     if _overrides(args):
         kwargs["overrides"] = _overrides(args)
-    run_config_file(args.config, **kwargs)
+    run_config_file(args.config, resume=args.mode, **kwargs)
     return 0
 
 
@@ -294,9 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         return _COMMANDS[args.command](args)
-    except (ValueError, OSError, PluginError, ComponentNotFound) as exc:
-        print(f"ptyframe: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ptyframe: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # every failure gets one message; bugs keep their traceback
+        return report_failure(exc)

@@ -41,12 +41,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
 from ptyframe.engine.communicator import Communicator, launcher_rank, make_communicator
 from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
-from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, route_settings
+from ptyframe.engine.run_record import RESUME_MODES, check_compatible, run_fingerprint
+from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, located, route_settings
 from ptyframe.io.data import Dataset, Preprocessing
+from ptyframe.io.folder_lock import FolderLock
+from ptyframe.io.results import OutputFolder
 
 __all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file",
            "apply_overrides", "parse_override", "validate_config_file", "DATA_KEYS"]
@@ -77,9 +82,13 @@ def load_config(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            config = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"config: {path} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"config: {path}: expected a JSON object of settings at the top "
+                             f"level, found {type(config).__name__}")
+        return config
     raise ValueError(f"config: expected a .toml or .json file, found {path.name!r}")
 
 
@@ -140,11 +149,31 @@ def _build_data(section: dict[str, Any], base_dir: Path, scan_shape: Any) -> Dat
     if unknown:
         raise ValueError(f"config [data]: unknown keys {sorted(unknown)}; expected some of "
                          f"{', '.join(DATA_KEYS)}")
-    path = (base_dir / section["path"]).resolve()
-    preprocessing = Preprocessing(**section.get("preprocessing", {}))
+    path = (base_dir / _data_path(section)).resolve()
+    options = section.get("preprocessing", {})
+    if not isinstance(options, Mapping):
+        raise ValueError(f"config [data] preprocessing: expected a table such as {{pad = 0, "
+                         f"bin = 1}}, found {type(options).__name__} {options!r}")
+    known = [f.name for f in attrs.fields(Preprocessing)]
+    unknown = sorted(str(k) for k in options if k not in known)
+    if unknown:
+        raise ValueError(f"config [data] preprocessing: unknown entries {unknown}; expected "
+                         f"some of {', '.join(known)}")
+    try:
+        preprocessing = Preprocessing(**options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(located("config [data] preprocessing", exc)) from None
     return Dataset.from_file(path, dataset_name=section.get("dataset"),
                              scan_shape=scan_shape, preprocessing=preprocessing,
                              reader=section.get("reader"))
+
+
+def _data_path(section: Mapping[str, Any]) -> str:
+    path = section["path"]
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"config [data] path: expected a file name (a string), found "
+                         f"{type(path).__name__} {path!r}")
+    return path
 
 
 def _build_experiment(section: dict[str, Any], data_path: Path | None,
@@ -211,7 +240,8 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     except TypeError as exc:
         raise ValueError(f"config: {exc}") from None
     data_section = _section(config, "data")
-    data_path = (base_dir / data_section["path"]).resolve() if "path" in data_section else None
+    data_path = ((base_dir / _data_path(data_section)).resolve() if "path" in data_section
+                 else None)
     experiment = _build_experiment(_section(config, "experiment"), data_path, data_section)
     dataset = _build_data(data_section, base_dir, experiment.scan_shape)
     if "dtype" in data_section:
@@ -233,10 +263,13 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     rec = Reconstruction(dataset, experiment, **specs, device=Device(**device),
                          communicator=communicator, seed=seed, registry=registry,
                          base_dir=base_dir)
-    epochs = config.get("epochs", 50)
+    return rec, _check_epochs("config epochs", config.get("epochs", 50))
+
+
+def _check_epochs(where: str, epochs: Any) -> int:
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-        raise ValueError(f"config epochs: expected an integer >= 0, found {epochs!r}")
-    return rec, epochs
+        raise ValueError(f"{where}: expected an integer >= 0, found {epochs!r}")
+    return epochs
 
 
 def build_communicator(section: Mapping[str, Any]) -> Communicator:
@@ -263,19 +296,46 @@ def _local_gpu(communicator: Communicator) -> int:
 
 def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
                output: str | Path | None = None, epochs: int | None = None,
-               resume: bool = True) -> ReconstructionResult:
-    """Build and run; ``output``/``epochs`` override the config. Resumes from a checkpoint
-    already in the output folder when ``resume`` is true."""
+               resume: bool | str = True) -> ReconstructionResult:
+    """Build and run; ``output``/``epochs`` override the config.
+
+    ``resume``: what to do with a checkpoint already in the output folder: ``True`` /
+    ``"auto"`` continue it only when it holds this run (same fingerprint, see
+    :mod:`ptyframe.engine.run_record`; another run is a :class:`ForeignRunError`),
+    ``"resume"`` continue it with this configuration (recorded), ``"overwrite"`` / ``False``
+    discard it. The folder is locked for the whole run.
+    """
+    mode = ("auto" if resume else "overwrite") if isinstance(resume, bool) else resume
+    if mode not in RESUME_MODES:
+        raise ValueError(f"resume: expected True, False or one of {RESUME_MODES}, "
+                         f"found {resume!r}")
     config = dict(config)
     if output is not None:
         config["output"] = dict(_section(config, "output"), dir=str(Path(output).resolve()))
     rec, n_epochs = build_reconstruction(config, base_dir)
     if epochs is not None:
-        n_epochs = epochs
-    if resume and rec.output_dir is not None and (rec.output_dir / "state.json").exists():
-        done = rec.load_checkpoint()
-        n_epochs = max(0, n_epochs - done)
-    return rec.run(n_epochs)
+        n_epochs = _check_epochs("--epochs", epochs)
+    if rec.output_dir is None:
+        return rec.run(n_epochs)
+    comm = rec.communicator
+    if not comm.is_root:  # rank 0 alone looks at (and writes) the folder; the rest follow
+        rec.initialize()
+        if comm.broadcast_flag(False):
+            n_epochs = max(0, n_epochs - rec.load_checkpoint())
+        return rec.run(n_epochs)
+    with FolderLock(rec.output_dir) as lock:
+        rec.hold_folder_lock(lock)
+        rec.initialize()
+        resuming = check_compatible(rec.output_dir, run_fingerprint(rec), mode)
+        if not resuming and mode == "overwrite":
+            removed = OutputFolder(rec.output_dir).clear_run()
+            if removed:
+                print(f"ptyframe: overwriting the run in {rec.output_dir}", flush=True)
+        if comm.broadcast_flag(resuming):
+            done = rec.load_checkpoint()
+            print(f"ptyframe: resuming from epoch {done} in {rec.output_dir}", flush=True)
+            n_epochs = max(0, n_epochs - done)
+        return rec.run(n_epochs)
 
 
 def validate_config_file(path: str | Path, overrides: list[str] = (), write_output: bool = True
@@ -292,13 +352,16 @@ def validate_config_file(path: str | Path, overrides: list[str] = (), write_outp
 
 
 def run_config_file(path: str | Path, output: str | Path | None = None,
-                    epochs: int | None = None, overrides: list[str] = ()
-                    ) -> ReconstructionResult:
+                    epochs: int | None = None, overrides: list[str] = (),
+                    resume: bool | str = True) -> ReconstructionResult:
     """Run the reconstruction described by a .toml/.json file (the ``ptyframe run`` command);
-    ``overrides`` are ``key=value`` settings applied on top (see :func:`apply_overrides`)."""
+    ``overrides`` are ``key=value`` settings applied on top (see :func:`apply_overrides`);
+    ``resume``: True/"auto" continues the folder's own run, "resume" also a changed one,
+    "overwrite"/False starts afresh."""
     path = Path(path)
     config = apply_overrides(load_config(path), list(overrides))
-    result = run_config(config, base_dir=path.parent, output=output, epochs=epochs)
+    result = run_config(config, base_dir=path.parent, output=output, epochs=epochs,
+                        resume=resume)
     if launcher_rank() != 0:
         return result  # rank 0 alone reports
     where = f" in {result.output_dir}" if result.output_dir is not None else ""

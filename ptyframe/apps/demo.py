@@ -16,6 +16,8 @@ import numpy as np
 from ptyframe.core.device import Device
 from ptyframe.core.schedules import FromEpoch
 from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
+from ptyframe.io.folder_lock import FolderLock
+from ptyframe.io.results import OutputFolder
 from ptyframe.registry.loader import load_registry
 from ptyframe.testing.simulate import SimulatedData, simulate_dataset
 from ptyframe.testing.validation import phase_correlation, position_error_A, scanned_region_mask
@@ -100,8 +102,11 @@ def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None
                                                   "slice_thickness_A": thickness}),
         n_slices=2, refine_probe=FromEpoch(3), refine_positions=FromEpoch(15),
         device=device or Device("auto", "single"), output_dir=output_dir, registry=registry)
-    start = time.perf_counter()
-    result = rec.run(epochs)
+    with FolderLock(output_dir) as lock:  # each demo is a new run: the folder's is replaced
+        rec.hold_folder_lock(lock)
+        OutputFolder(output_dir).clear_run()
+        start = time.perf_counter()
+        result = rec.run(epochs)
     elapsed = time.perf_counter() - start
     mask = scanned_region_mask(result.grid, truth.nominal_positions_A)
     corr = phase_correlation(*common_region(result, truth, mask))

@@ -19,6 +19,7 @@ Output layout, ``output_dir/<method>/`` (or another sub-folder ``name``):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -28,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from ptyframe.components import DirectMethod, DirectResult
-from ptyframe.io.results import atomic_save_npy, atomic_write_json
+from ptyframe.io.folder_lock import FolderLock
+from ptyframe.io.results import atomic_save_npy, atomic_write_bytes, atomic_write_json
+from ptyframe.io.safe_paths import UnsafePathError, path_inside, safe_subfolder
 
 __all__ = ["run_direct", "run_direct_on_file", "save_direct_result", "load_direct_result",
            "method_label", "parse_method_spec", "to_jsonable"]
@@ -100,8 +103,11 @@ def _save_figure(path: Path, name: str, array: np.ndarray, pixel: tuple[float, f
                        interpolation="nearest")
         fig.colorbar(im, ax=ax, label=f"{label} ({u})" if u else label, shrink=0.85)
         ax.set_title(f"{title}: {label}" if len(panels) > 1 else title)
-    fig.savefig(path, dpi=100)
-    return path
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())  # replaces a link, never follows it
 
 
 def _remove_stale_files(folder: Path, keep: set[str]) -> None:
@@ -123,7 +129,10 @@ def _remove_stale_files(folder: Path, keep: set[str]) -> None:
         for key in ("file", "figure"):
             fname = entry.get(key)
             if isinstance(fname, str) and fname == Path(fname).name and fname:
-                (folder / fname).unlink(missing_ok=True)
+                try:
+                    path_inside(folder, fname, "values.json").unlink(missing_ok=True)
+                except UnsafePathError:
+                    continue  # a crafted entry: leave it alone
 
 
 def save_direct_result(result: DirectResult, output_dir: str | Path,
@@ -135,9 +144,10 @@ def save_direct_result(result: DirectResult, output_dir: str | Path,
     had and this one has not are removed)."""
     if not isinstance(result, DirectResult):
         raise ValueError(f"result: expected a DirectResult, found {type(result).__name__}")
-    folder = Path(output_dir) / _safe_name(name if name is not None else result.method,
-                                           "result.method" if name is None else "name")
-    folder.mkdir(parents=True, exist_ok=True)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    folder = safe_subfolder(output_dir, _safe_name(
+        name if name is not None else result.method,
+        "result.method" if name is None else "name"), "direct result folder")
     _remove_stale_files(folder, set(result.arrays))
     pixel = result.pixel_size_yx_A
     index: dict[str, Any] = {}
@@ -179,7 +189,8 @@ def load_direct_result(folder: str | Path) -> DirectResult:
         raise FileNotFoundError(f"direct result: expected {str(path)!r}")
     with open(path, encoding="utf-8") as fh:
         record = json.load(fh)
-    arrays = {name: np.load(folder / entry["file"], allow_pickle=False)
+    arrays = {name: np.load(path_inside(folder, entry["file"], f"{path} array {name!r}"),
+                            allow_pickle=False)
               for name, entry in record.get("arrays", {}).items()}
     return DirectResult(method=record["method"], arrays=arrays,
                         values=record.get("values", {}), pixel_size_A=record.get("pixel_size_A"),
@@ -316,9 +327,12 @@ def run_direct_on_file(path: str | Path, methods: Any, output_dir: str | Path | 
     components = [_resolve_method(m, registry) for m in methods]
     labels = [m if isinstance(m, str) else method_label(c)
               for m, c in zip(methods, components, strict=True)]
-    for method, label in zip(components, labels, strict=True):
-        if label in out:
-            raise ValueError(f"methods: {label!r} is given twice")
-        out[label] = run_direct(method, dataset, experiment, device=device,
-                                output_dir=output_dir, registry=registry, name=label)
+    if len(set(labels)) != len(labels):
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        raise ValueError(f"methods: {', '.join(map(repr, twice))} given twice")
+    lock = FolderLock(output_dir) if output_dir is not None else contextlib.nullcontext()
+    with lock:  # one writer per output folder
+        for method, label in zip(components, labels, strict=True):
+            out[label] = run_direct(method, dataset, experiment, device=device,
+                                    output_dir=output_dir, registry=registry, name=label)
     return out

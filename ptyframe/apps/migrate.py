@@ -511,6 +511,14 @@ def _as_int(key: str, value: Any) -> int:
     return _integer(key, _constant_value(key, value))
 
 
+def _as_count(key: str, value: Any) -> int:
+    """A number of epochs or the like: an integer >= 0."""
+    count = _as_int(key, value)
+    if count < 0:
+        raise ValueError(f"expected an integer >= 0, found {count!r}")
+    return count
+
+
 def _as_float(key: str, value: Any) -> float:
     return _number(key, _constant_value(key, value))
 
@@ -1244,7 +1252,7 @@ MIGRATION_TABLE: tuple[KeyMapping, ...] = (
          "lazy_clean, and the probe always (as the reference)", _band_limit, always=True),
     _row("algorithm", "loss", "lsq_sqrt / ml / lsq / lsq_sqrt_2 / lsq_compressed",
          _apply_algorithm),
-    _row("epoch_max", "epochs", "", _plain("epochs", _as_int), always=True),
+    _row("epoch_max", "epochs", "", _plain("epochs", _as_count), always=True),
     _row("wolfe_c1_constant", "optimizer.quasi_newton.c1", "fixed value",
          _plain("optimizer.quasi_newton.c1", _as_float), always=True),
     _row("wolfe_c2_constant", "optimizer.quasi_newton.c2", "fixed value",

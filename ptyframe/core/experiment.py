@@ -119,6 +119,12 @@ class Experiment:
             raise ValueError(
                 f"experiment: unknown keys {sorted(unknown)}; expected some of {sorted(known)}"
             )
+        required = [f.name for f in attrs.fields(cls)
+                    if f.default is attrs.NOTHING and f.init and f.name not in config]
+        if required:
+            raise ValueError(
+                f"experiment: missing {', '.join(required)} (give them in [experiment], or "
+                "set from_metadata = true to read them from the data file)")
         return cls(**config)
 
 

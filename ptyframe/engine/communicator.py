@@ -181,6 +181,14 @@ class Communicator(abc.ABC):
         """Wait for every rank (nothing to wait for on one process)."""
         return None
 
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (a decision only rank 0 can take, e.g. whether
+        the output folder holds this run)."""
+        if self.size == 1:
+            return bool(flag)
+        _, total = self._allreduce(np.zeros(1), 1.0 if (flag and self.is_root) else 0.0, np)
+        return total > 0.5
+
     def announce(self, text: str) -> None:
         """Rank 0 prints every rank's ``text`` to stderr, one line per rank (nothing on one
         process): the roster that maps a launcher's report of a killed process to its

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,17 @@ from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_outside_object
 from ptyframe.core.schedules import Constant, Schedule
 from ptyframe.engine.communicator import Communicator, SingleProcess
+from ptyframe.engine.health import HealthWatch
 from ptyframe.engine.model import PtychographyModel
 from ptyframe.engine.monitor import EpochReport, RunMonitor
+from ptyframe.engine.run_record import (
+    ForeignRunError,
+    differences,
+    has_checkpoint,
+    read_fingerprint,
+    run_fingerprint,
+    write_fingerprint,
+)
 from ptyframe.engine.specs import (
     INITIALIZER_KINDS,
     SPEC_CLASSES,
@@ -50,6 +60,7 @@ from ptyframe.engine.specs import (
 )
 from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
 from ptyframe.io.data import Dataset
+from ptyframe.io.folder_lock import FolderLock
 from ptyframe.io.results import OutputFolder
 
 __all__ = ["Reconstruction", "ReconstructionResult", "EpochReport", "Callback",
@@ -178,6 +189,9 @@ class Reconstruction(Problem):
         self.context: ModelContext | None = None
         self._engine_state: Any = None
         self._term_names = self._unique_term_names()
+        self._health = HealthWatch(self.solver.max_rejected_epochs)
+        self._resumed_from: Path | None = None  # the folder load_checkpoint read
+        self._folder_lock: FolderLock | None = None  # a lock taken by the caller
 
     # ------------------------------------------------------------------ assembly
     def _specs(self, given: Mapping[str, Any], routed: Mapping[str, dict[str, Any]]
@@ -464,6 +478,11 @@ class Reconstruction(Problem):
             mean = self._distributed_mean_pattern()
         else:
             mean = self.dataset.mean_pattern()
+        if not np.any(mean):
+            source = getattr(self.dataset, "path", None) or "the data given"
+            raise ValueError(f"data: every measured value in {source} is zero; expected "
+                             "diffraction patterns with counts (wrong dataset or detector "
+                             "setting?)")
         pattern = self.detector.pattern_on_model_grid(mean)
         if tuple(pattern.shape) != tuple(window):
             raise ValueError(f"detector {self.detector.name!r}: mean pattern on the model grid "
@@ -689,7 +708,13 @@ class Reconstruction(Problem):
             return float("inf"), {b: xp.zeros_like(params[b]) for b in blocks}, {}
         if indices is None:
             indices = self.indices(epoch)
+        health = self._health
+        health.count_evaluation()
         data_loss, grads = self._data_term(params, blocks, indices)
+        at_current = params is self.params or all(  # not a line-search trial
+            params[b] is self.params[b] for b in blocks)
+        health.check(xp, partial(self._describe, "loss", self.loss), epoch, data_loss, grads,
+                     at_current)
         weight = self.loss_weight(epoch)
         if weight != 1.0:
             data_loss *= weight
@@ -698,6 +723,8 @@ class Reconstruction(Problem):
         total = data_loss
         for name, reg in zip(self._term_names, self.regularizers, strict=True):
             value, reg_grads = reg.value_and_grad(params, epoch=epoch)
+            health.check(xp, partial(self._describe, "regularizer", reg, name), epoch, value,
+                         reg_grads, at_current)
             terms[name] = float(value)
             total += float(value)
             for block, g in reg_grads.items():
@@ -706,6 +733,8 @@ class Reconstruction(Problem):
         for constraint in self.constraints:
             if constraint.is_active(epoch):
                 grads = constraint.project_gradient(grads, params, epoch)
+                health.check(xp, partial(self._describe, "constraint", constraint), epoch, 0.0,
+                             grads, at_current)
         return total, {b: grads[b] for b in blocks}, terms
 
     @property
@@ -736,6 +765,16 @@ class Reconstruction(Problem):
         parts = [self.model.value_and_grad(params, refine=blocks, indices=p) for p in pieces]
         return comm.sum_parts(parts, blocks, self.device.xp)
 
+    def _describe(self, kind: str, component: Any, label: str | None = None) -> str:
+        """``loss 'lsq_sqrt' (plugin 'losses' (distribution ptyframe 0.1.0))`` for messages."""
+        name = getattr(component, "name", type(component).__name__)
+        try:
+            provider = f" ({self.registry.entry(kind, name).provider})"
+        except (KeyError, TypeError):
+            provider = ""
+        shown = f"{label} = {name!r}" if label and label != name else repr(name)
+        return f"{kind} {shown}{provider}"
+
     # ------------------------------------------------------------------ running
     def run(self, epochs: int, callbacks: Sequence[Callback] = ()) -> ReconstructionResult:
         """Run ``epochs`` more epochs and return the result. Each epoch: the engine's step,
@@ -743,10 +782,30 @@ class Reconstruction(Problem):
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, found {epochs!r}")
         with self.communicator.guard():
-            return self._run(int(epochs), callbacks)
+            self.initialize()
+            lock = None
+            if (self.communicator.is_root and self.output_dir is not None
+                    and not self.folder_lock_held(self.output_dir)):
+                lock = FolderLock(self.output_dir).acquire()
+            try:
+                return self._run(int(epochs), callbacks)
+            finally:
+                if lock is not None:
+                    lock.release()
+
+    def hold_folder_lock(self, lock: FolderLock) -> None:
+        """Run under ``lock``, taken by the caller on the output folder (so that the check of
+        the folder and the run happen under one lock)."""
+        self._folder_lock = lock
+
+    def folder_lock_held(self, folder: str | Path) -> bool:
+        """Whether the caller already holds the lock of ``folder`` for this reconstruction
+        (:func:`ptyframe.apps.config.run_config` takes it before checking the folder)."""
+        held = self._folder_lock
+        return held is not None and held.held and held.folder.resolve() == Path(
+            folder).resolve()
 
     def _run(self, epochs: int, callbacks: Sequence[Callback]) -> ReconstructionResult:
-        self.initialize()
         lo, hi = self.owned_range()
         self.communicator.announce(f"measurements [{lo}, {hi})")
         root = self.communicator.is_root
@@ -762,10 +821,19 @@ class Reconstruction(Problem):
                 epoch = self.epoch
                 if not self.active_blocks(epoch):
                     raise ValueError(f"refine: no block is refined at epoch {epoch}")
-                outcome = self.engine.epoch(self, epoch, self._engine_state)
+                try:
+                    outcome = self.engine.epoch(self, epoch, self._engine_state)
+                except (ValueError, ArithmeticError) as exc:
+                    stalled = self._health.failed(epoch, exc)
+                    if stalled is None:
+                        raise
+                    raise stalled from exc
                 if self._project(epoch):
                     outcome = self.engine.after_projection(self, epoch, self._engine_state,
                                                            outcome)
+                self._health.after_epoch(
+                    self.device.xp, epoch, outcome.loss, outcome.accepted,
+                    outcome.info.get("line_search") == "converged", self.params)
                 self.epoch += 1
                 self.loss_history.append(outcome.loss)
                 report = EpochReport(
@@ -860,9 +928,23 @@ class Reconstruction(Problem):
             extra=extra)
 
     def _open_output(self) -> OutputFolder | None:
+        """The output folder, its fingerprint and configuration written. A folder holding a
+        checkpoint of another run (another fingerprint) that this reconstruction did not
+        load is refused with :class:`~ptyframe.engine.run_record.ForeignRunError`."""
         if self.output_dir is None:
             return None
-        output = OutputFolder(self.output_dir, checkpoint_every=self.output.checkpoint_every)
+        folder = Path(self.output_dir)
+        fingerprint = run_fingerprint(self)
+        if self._resumed_from != folder.resolve() and has_checkpoint(folder):
+            old = read_fingerprint(folder)
+            changed = differences(old, fingerprint) if old is not None else []
+            if changed:
+                raise ForeignRunError(
+                    f"output folder {folder} holds a checkpoint of another run (differs in: "
+                    f"{', '.join(changed[:8])}); load it with load_checkpoint() to continue, "
+                    "clear it (OutputFolder.clear_run) or choose another folder")
+        output = OutputFolder(folder, checkpoint_every=self.output.checkpoint_every)
+        write_fingerprint(folder, fingerprint)
         output.save_parameters(self.to_config())
         return output
 
@@ -886,6 +968,7 @@ class Reconstruction(Problem):
 
         arrays, epoch = load_state(folder)
         info = load_state_info(folder)
+        self._resumed_from = folder.resolve()
         self.initialize()
         for name in ("object", "probe", "positions"):
             if name not in arrays:

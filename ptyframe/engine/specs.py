@@ -19,6 +19,7 @@ own fields and the block table, so no list of names is kept twice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -90,17 +91,50 @@ def config_value(value: Any) -> Any:
     return value
 
 
+#: ``n: ...`` or ``EveryN.n: ...`` (a class-qualified field label) at a message's start
+_LEADING_NAME = re.compile(r"^(?:[A-Z][A-Za-z0-9_]*\.)?([a-z_][A-Za-z0-9_]*): ")
+
+
+def located(where: str, exc: BaseException) -> str:
+    """``exc``'s message prefixed with its location in the configuration: ``n: expected ...``
+    at ``refine.probe`` -> ``refine.probe.n: expected ...``."""
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    match = _LEADING_NAME.match(message)
+    if match and match.group(1) != where.rsplit(".", 1)[-1]:
+        return f"{where}.{match.group(1)}: {message[match.end():]}"
+    if message.startswith(f"{where.rsplit('.', 1)[-1]}: "):
+        head = where.rsplit(".", 1)[0] if "." in where else ""
+        return f"{head}.{message}" if head else message
+    return f"{where}: {message}"
+
+
 def _build_field(field: attrs.Attribute, value: Any, registry: Any) -> Any:
-    """A field's value from its configuration form (components through the registry)."""
+    """A field's value from its configuration form (components through the registry), with
+    errors located (``regularizers[1]: ...``)."""
     kind = field.metadata.get("component")
-    if kind is not None and isinstance(value, Mapping):
-        return registry.create(kind, value)
+    try:
+        if kind is not None and isinstance(value, Mapping):
+            return registry.create(kind, value)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise type(exc)(located(field.name, exc)) from None
     many = field.metadata.get("components")
     if many is not None:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{field.name}: expected a list of {{type = name, ...}} tables, "
                              f"found {type(value).__name__}")
-        return [registry.create(many, v) if isinstance(v, Mapping) else v for v in value]
+        built = []
+        for index, item in enumerate(value):
+            try:
+                built.append(registry.create(many, item) if isinstance(item, Mapping)
+                             else item)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise type(exc)(located(f"{field.name}[{index}]", exc)) from None
+        return built
+    if field.converter is not None:
+        try:
+            field.converter(value)  # schedules and the like: say where a bad one is
+        except (ValueError, TypeError) as exc:
+            raise ValueError(located(field.name, exc)) from None
     return value
 
 
@@ -274,7 +308,10 @@ class RefineSpec(_Spec):
         if unknown:
             raise ValueError(f"refine: unknown keys {sorted(unknown)}")
         for name in plans:
-            plans[name] = BlockPlan(refine=refine.get(name, plans[name].refine))
+            try:
+                plans[name] = BlockPlan(refine=refine.get(name, plans[name].refine))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(located(f"refine.{name}", exc)) from None
         for setting, name in by_setting.items():
             if setting in config:
                 plans[name].initial = config[setting]
@@ -301,7 +338,8 @@ class SolverSpec(_Spec):
     ``quasi_newton`` and ``full_batch``); ``regularizers``: extra loss terms;
     ``constraints``: by-hand projections; ``loss_weight``: factor (or Schedule) on the data
     term; ``reset_history``: Schedule of bool, True at an epoch forgets the optimizer's
-    history.
+    history; ``max_rejected_epochs``: epochs in a row whose step was rejected after which the
+    run stops with an error (a run that cannot make progress never reports success).
     """
 
     section: ClassVar[str] = "solver"
@@ -320,6 +358,7 @@ class SolverSpec(_Spec):
                                          metadata={"components": "constraint"})
     loss_weight: Schedule = attrs.field(default=1.0, converter=as_schedule)
     reset_history: Schedule = attrs.field(default=False, converter=as_schedule)
+    max_rejected_epochs: int = attrs.field(default=5, validator=positive_int())
 
 
 def _sequence(value: Any) -> Any:

@@ -368,7 +368,10 @@ class Dataset:
         from ptyframe.io.readers import select_reader
 
         p = Path(path)
-        if not p.exists():
+        if p.is_dir():
+            raise DataError(f"data: {str(p)!r} is a directory; expected an .h5 or .npy file "
+                            "of diffraction patterns")
+        if not p.is_file():
             raise FileNotFoundError(f"data file not found: {str(p)!r}")
         chosen = select_reader(p, reader, dataset_name=dataset_name, registry=registry)
         source = chosen.open(p)

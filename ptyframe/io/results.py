@@ -52,9 +52,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -65,6 +67,7 @@ import attrs
 import numpy as np
 
 from ptyframe.core.blocks import PARAMETER_BLOCKS, from_disk_layout, to_disk_layout
+from ptyframe.io.safe_paths import UnsafePathError, file_mode, path_inside, safe_subfolder
 
 __all__ = [
     "OutputFolder", "LossLog", "load_state", "load_state_info", "read_loss_log", "load_parameters",
@@ -104,6 +107,23 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """An OSError saying what could not be written and why, in words (a full disk shows up
+    from numpy as "N requested and M written")."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if exc.errno == errno.ENOSPC or (exc.errno is None and "requested and" in str(exc)) or (
+            free is not None and free < 1 << 20):
+        where = f" ({free} bytes free)" if free is not None else ""
+        return OSError(errno.ENOSPC, f"cannot write {path}: the disk is full{where}; the "
+                       "previous file is unchanged")
+    reason = exc.strerror or str(exc)
+    return OSError(exc.errno, f"cannot write {path}: {reason}; the previous file is "
+                   "unchanged")
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temp file, fsync, then rename."""
     path = Path(path)
@@ -112,10 +132,15 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
     )
     try:
         with tmp:
+            os.chmod(tmp.name, file_mode())  # the user's umask, like every other file
             write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp.name, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        raise _write_error(path, exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp.name)
@@ -181,8 +206,12 @@ def atomic_save_npy(path: str | os.PathLike, array: Any) -> Path:
 
 
 def _write_fsynced_npy(path: Path, array: np.ndarray) -> None:
-    """Write a complete, fsync-ed .npy at ``path`` (used for staged files)."""
-    with open(path, "wb") as f:
+    """Write a complete, fsync-ed .npy at ``path`` (used for staged files); a file or link
+    already there is removed first, never written through."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with open(fd, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
@@ -241,7 +270,53 @@ def _read_state(folder: Path) -> dict[str, Any]:
             f"checkpoint in {folder}: {STATE_FILE} version {state.get('version')!r} is not "
             f"supported (expected {_STATE_VERSION})"
         )
+    _check_state_names(folder, state)
     return state
+
+
+def _check_files(folder: Path, files: Any, where: str) -> None:
+    """Each entry of a ``files`` table names its block's own checkpoint file."""
+    if not isinstance(files, Mapping):
+        raise ValueError(f"checkpoint in {folder}: {where} is not a table")
+    for block, entry in files.items():
+        try:
+            _check_block_name(block)
+        except ValueError:
+            raise UnsafePathError(f"checkpoint in {folder}: {where} names block {block!r}, "
+                                  "which is not a plain name") from None
+        if not isinstance(entry, Mapping) or entry.get("file") != checkpoint_file_name(block):
+            found = entry.get("file") if isinstance(entry, Mapping) else entry
+            raise UnsafePathError(
+                f"checkpoint in {folder}: {where} gives block {block!r} the file {found!r}; "
+                f"expected {checkpoint_file_name(block)!r} (state files may only name the "
+                "folder's own checkpoint files)")
+
+
+def _check_state_names(folder: Path, state: Mapping[str, Any]) -> None:
+    """Refuse a state whose file names could reach outside ``folder`` (crafted or damaged):
+    nothing is read, renamed or written on its behalf."""
+    _check_files(folder, state.get("files") or {}, f"{STATE_FILE} 'files'")
+    pending = state.get("pending")
+    if not pending:
+        return
+    where = f"{STATE_FILE} 'pending'"
+    if not isinstance(pending, Mapping):
+        raise ValueError(f"checkpoint in {folder}: {where} is not a table")
+    epoch = pending.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise ValueError(f"checkpoint in {folder}: {where} epoch: expected an integer >= 0, "
+                         f"found {epoch!r}")
+    _check_files(folder, pending.get("files"), f"{where} 'files'")
+    staged = pending.get("staged")
+    finals = {entry["file"] for entry in pending["files"].values()}
+    if not isinstance(staged, Mapping):
+        raise ValueError(f"checkpoint in {folder}: {where} 'staged' is not a table")
+    for final, name in staged.items():
+        if final not in finals or name != f".{final}{_STAGED_SUFFIX}":
+            raise UnsafePathError(
+                f"checkpoint in {folder}: {where} would rename {name!r} onto {final!r}; only "
+                f"'.<file>{_STAGED_SUFFIX}' onto a checkpoint file of the same folder is "
+                "allowed")
 
 
 def _roll_forward(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -249,10 +324,12 @@ def _roll_forward(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
     pending = state.get("pending")
     if not pending:
         return state
-    for final, staged in pending["staged"].items():
-        staged_path = folder / staged
+    what = f"checkpoint in {folder}: {STATE_FILE}"
+    moves = [(path_inside(folder, staged, what, hidden=True), path_inside(folder, final, what))
+             for final, staged in pending["staged"].items()]  # all checked before any move
+    for staged_path, final_path in moves:
         if staged_path.exists():
-            os.replace(staged_path, folder / final)
+            os.replace(staged_path, final_path)
     _fsync_dir(folder)
     committed = _committed_state(pending["epoch"], pending["files"], pending.get("info"))
     atomic_write_json(folder / STATE_FILE, committed)
@@ -311,7 +388,7 @@ def load_state(path: str | os.PathLike, recover: bool = True) -> tuple[dict[str,
         if not recover:
             read_from = {
                 final: staged for final, staged in pending["staged"].items()
-                if (folder / staged).exists()
+                if path_inside(folder, staged, str(folder), hidden=True).exists()
             }
             state = _committed_state(pending["epoch"], pending["files"], pending.get("info"))
     epoch = state.get("epoch")
@@ -321,7 +398,8 @@ def load_state(path: str | os.PathLike, recover: bool = True) -> tuple[dict[str,
     arrays: dict[str, np.ndarray] = {}
     for name, info in files.items():
         file_name = info["file"]
-        file_path = folder / read_from.get(file_name, file_name)
+        file_path = path_inside(folder, read_from.get(file_name, file_name),
+                                f"checkpoint in {folder}, block {name!r}", hidden=True)
         if not file_path.is_file():
             raise FileNotFoundError(
                 f"checkpoint of epoch {epoch} in {folder} is incomplete: {file_name} "
@@ -368,6 +446,17 @@ def load_parameters(folder: str | os.PathLike) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _without_grid(text: str) -> Any:
+    """A configuration's JSON without its ``grid`` (which follows the object as it grows)."""
+    try:
+        config = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(config, dict):
+        config.pop("grid", None)
+    return config
 
 
 # --------------------------------------------------------------------------- loss log
@@ -529,6 +618,9 @@ class LossLog:
                 f"loss log: unknown columns {unknown}; the columns are {list(self.columns)}"
             )
         line = _csv_line(_format_value(c, data.get(c)) for c in self.columns)
+        if self.path.is_symlink():
+            raise UnsafePathError(f"loss log: {self.path} is a symbolic link; not written "
+                                  "through")
         with open(self.path, "a", encoding="utf-8", newline="") as f:
             f.write(line)
             f.flush()
@@ -573,6 +665,8 @@ class OutputFolder:
         if (self.path / STATE_FILE).is_file():
             try:
                 state = _read_state(self.path)
+            except UnsafePathError:
+                raise  # a crafted state: refuse the folder rather than overwrite anything
             except ValueError as exc:
                 warnings.warn(f"{exc}; it will be replaced by the next checkpoint", stacklevel=2)
                 return  # leave everything as it is: we do not understand this folder
@@ -658,14 +752,53 @@ class OutputFolder:
     # -- other outputs ---------------------------------------------------------------------
 
     def save_parameters(self, config: Mapping[str, Any]) -> Path:
-        """Write the run's full configuration to ``parameters.json`` (atomically)."""
+        """Write the run's full configuration to ``parameters.json`` (atomically). When it
+        replaces a different configuration, the old one is kept as ``parameters.rev<N>.json``
+        (N = 1, 2, ...: every configuration the folder's run has had)."""
         if not isinstance(config, Mapping):
             raise TypeError(f"parameters: expected a dict, found {type(config).__name__}")
         try:
             text = _dumps(dict(config))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"parameters: cannot be written as JSON: {exc}") from None
-        return atomic_write_text(self.path / PARAMETERS_FILE, text)
+        current = path_inside(self.path, PARAMETERS_FILE, "parameters")
+        if current.is_file():
+            old = current.read_text(encoding="utf-8")
+            if _without_grid(old) != _without_grid(text):  # a grown object is no revision
+                atomic_write_text(self.path / f"parameters.rev{self._next_revision()}.json",
+                                  old)
+        return atomic_write_text(current, text)
+
+    def _next_revision(self) -> int:
+        numbers = [int(p.name[len("parameters.rev"):-len(".json")])
+                   for p in self.path.glob("parameters.rev*.json")
+                   if p.name[len("parameters.rev"):-len(".json")].isdigit()]
+        return max(numbers, default=0) + 1
+
+    def parameter_revisions(self) -> list[Path]:
+        """Earlier configurations of this folder's run, oldest first."""
+        return [self.path / f"parameters.rev{n}.json" for n in range(1, self._next_revision())
+                if (self.path / f"parameters.rev{n}.json").is_file()]
+
+    def clear_run(self) -> list[str]:
+        """Remove the files of the run this folder holds (checkpoint, per-epoch checkpoints,
+        loss log); configurations and anything ptyframe did not write stay. Returns the
+        names removed."""
+        removed = []
+        names = {STATE_FILE, LOSS_FILE, *CHECKPOINT_FILES.values()}
+        try:
+            state = _read_state(self.path)
+            names |= {entry["file"] for entry in (state.get("files") or {}).values()}
+        except (FileNotFoundError, ValueError):
+            pass
+        candidates = [self.path / n for n in sorted(names)]
+        candidates += sorted(self.path.glob("checkpoint_*_epoch_*.npy"))
+        for path in candidates:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed.append(path.name)
+        _remove_strays(self.path)
+        return removed
 
     def load_parameters(self) -> dict[str, Any]:
         return load_parameters(self.path)
@@ -676,10 +809,7 @@ class OutputFolder:
 
     def subfolder(self, name: str) -> Path:
         """A sub-folder for a method's results (``tcbf``, ``dpc``, ``wdd``), created."""
-        _check_block_name(name)
-        sub = self.path / name
-        sub.mkdir(parents=True, exist_ok=True)
-        return sub
+        return safe_subfolder(self.path, name, "output sub-folder")
 
     def save_array(self, relative_path: str | os.PathLike, array: Any) -> Path:
         """Atomically save an extra result array (e.g. ``"wdd/object.npy"``)."""

@@ -27,7 +27,13 @@ import attrs
 import pluggy
 
 from ptyframe.registry.hookspecs import PROJECT_NAME, ComponentSpecs, hookimpl
-from ptyframe.registry.registry import LOCAL, PluginError, Registry
+from ptyframe.registry.registry import (
+    CORE_DISTRIBUTION,
+    LOCAL,
+    DuplicateComponent,
+    PluginError,
+    Registry,
+)
 
 __all__ = [
     "BLOCK_ENV",
@@ -38,12 +44,12 @@ __all__ = [
     "PluginLoadWarning",
     "default_registry",
     "hookimpl",
+    "installed_plugins",
     "load_registry",
+    "unmatched_blocks",
 ]
 
 ENTRY_POINT_GROUP = "ptyframe"
-#: the distribution of the built-in plugins, registered before any other
-CORE_DISTRIBUTION = "ptyframe"
 BLOCK_ENV = "PTYFRAME_BLOCK_PLUGINS"
 STRICT_ENV = "PTYFRAME_STRICT_PLUGINS"
 
@@ -93,9 +99,26 @@ class _Reporter:
         warnings.warn(PluginLoadWarning(message), stacklevel=2)
 
 
+def unmatched_blocks(blocked: Iterable[str], group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """The names in ``blocked`` that match no installed plugin (entry-point name,
+    ``dist:name`` or distribution)."""
+    keys: set[str] = set()
+    for ep in importlib.metadata.entry_points(group=group):
+        dist = ep.dist.name if ep.dist is not None else "<unknown>"
+        keys |= {ep.name, f"{dist}:{ep.name}", dist, f"{_normalize(dist)}:{ep.name}",
+                 _normalize(dist)}
+    return [name for name in blocked if name not in keys and _normalize(name) not in keys]
+
+
+def installed_plugins(group: str = ENTRY_POINT_GROUP) -> list[str]:
+    """``dist:name`` of every installed plugin entry point, sorted."""
+    return sorted({f"{ep.dist.name if ep.dist else '<unknown>'}:{ep.name}"
+                   for ep in importlib.metadata.entry_points(group=group)})
+
+
 def _load_entry_points(pm: pluggy.PluginManager, group: str, blocked: set[str],
                        report: _Reporter, order: list[str],
-                       infos: dict[str, _PluginInfo]) -> None:
+                       infos: dict[str, _PluginInfo], registry: Registry) -> None:
     seen: set[tuple[str, str]] = set()
     entry_points = sorted(  # stable: the built-in distribution first, then sys.path order
         importlib.metadata.entry_points(group=group),
@@ -111,6 +134,7 @@ def _load_entry_points(pm: pluggy.PluginManager, group: str, blocked: set[str],
         info = _PluginInfo(ep.name, dist, version)
         if _is_blocked(blocked, ep.name, dist):
             pm.set_blocked(pm_name)
+            registry.note_blocked(info.describe())
             continue
         try:
             plugin = ep.load()
@@ -157,6 +181,23 @@ def _as_classes(result: Any) -> list[Any] | None:
     return list(result)
 
 
+def _refused(registry: Registry, exc: DuplicateComponent, report: _Reporter) -> None:
+    """A second provider of a name: a built-in name stays built-in (the other is reachable
+    only as ``dist:name``); between two third parties the plain name becomes ambiguous."""
+    record, holder = exc.record, exc.existing
+    builtin = _normalize(holder.distribution) == CORE_DISTRIBUTION
+    if _normalize(record.distribution) == CORE_DISTRIBUTION:
+        builtin = False  # cannot happen (built-ins load first); never let it replace anyway
+    registry.keep_qualified(record, contested=not builtin)
+    if builtin:
+        report(f"{record.provider} offers {record.kind} {record.name!r}, the name of a built-in "
+               f"component from {holder.provider}: the built-in one is used; write "
+               f"'{record.distribution}:{record.name}' as the type to use the plugin's", exc)
+    else:
+        report(f"{exc}; until then {record.kind} {record.name!r} cannot be used unqualified",
+               exc)
+
+
 def load_registry(strict: bool = False, blocked: Iterable[str] = (), group: str = ENTRY_POINT_GROUP,
                   include_entry_points: bool = True,
                   extra_plugins: Sequence[Any] = ()) -> Registry:
@@ -179,13 +220,13 @@ def load_registry(strict: bool = False, blocked: Iterable[str] = (), group: str 
     pm.add_hookspecs(ComponentSpecs)
     order: list[str] = []
     infos: dict[str, _PluginInfo] = {}
+    registry = Registry()
     if include_entry_points:
-        _load_entry_points(pm, group, blocked_set, report, order, infos)
+        _load_entry_points(pm, group, blocked_set, report, order, infos, registry)
     _register_extra(pm, extra_plugins, report, order, infos)
 
     impls = {impl.plugin_name: impl
              for impl in pm.hook.ptyframe_register_components.get_hookimpls()}
-    registry = Registry()
     for pm_name in order:  # entry-point order, then extra_plugins: the first provider wins
         impl = impls.get(pm_name)
         if impl is None:
@@ -205,6 +246,8 @@ def load_registry(strict: bool = False, blocked: Iterable[str] = (), group: str 
             try:
                 registry.register(cls, plugin=info.plugin, distribution=info.distribution,
                                   version=info.version)
+            except DuplicateComponent as exc:
+                _refused(registry, exc, report)
             except PluginError as exc:
                 if strict:
                     raise

@@ -12,6 +12,7 @@ fills one from the installed plugins; tests and scripts may build their own.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +26,8 @@ __all__ = [
     "ComponentConfigError",
     "ComponentNotFound",
     "ComponentRecord",
+    "AmbiguousComponent",
+    "DuplicateComponent",
     "PluginError",
     "Registry",
     "class_aliases",
@@ -33,10 +36,26 @@ __all__ = [
 
 #: plugin / distribution name of components registered directly (not via an entry point)
 LOCAL = "<local>"
+#: the distribution of the built-in plugins
+CORE_DISTRIBUTION = "ptyframe"
 
 
 class PluginError(RuntimeError):
     """A plugin failed to load or provided an invalid or conflicting component."""
+
+
+class DuplicateComponent(PluginError):
+    """A ``(kind, name)`` is already registered by another provider. ``record`` is the refused
+    one (still reachable as ``"distribution:name"`` when kept), ``existing`` the holder."""
+
+    def __init__(self, message: str, record: ComponentRecord, existing: ComponentRecord) -> None:
+        super().__init__(message)
+        self.record = record
+        self.existing = existing
+
+
+class AmbiguousComponent(PluginError):
+    """A name offered by two third-party distributions was used without saying which."""
 
 
 class ComponentNotFound(KeyError):
@@ -53,6 +72,17 @@ class ComponentConfigError(ValueError):
 def _provider(plugin: str, distribution: str, version: str = "") -> str:
     dist = f"{distribution} {version}".strip()
     return f"plugin {plugin!r} (distribution {dist})"
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a huge name is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _normalize(distribution: str) -> str:
+    """Distribution names compare as pip does (``My_Dist`` == ``my-dist``)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _qualname(cls: Any) -> str:
@@ -138,6 +168,16 @@ class Registry:
         self._entries: dict[tuple[str, str], ComponentRecord] = {}
         #: (kind, alias) -> the record the alias belongs to
         self._aliases: dict[tuple[str, str], ComponentRecord] = {}
+        #: (kind, normalised distribution, name) -> record, for "distribution:name" look-ups
+        self._qualified: dict[tuple[str, str, str], ComponentRecord] = {}
+        #: (kind, name) offered by two third-party distributions: usable only qualified
+        self._contested: dict[tuple[str, str], list[ComponentRecord]] = {}
+        #: plugins skipped on request (descriptions), named when a look-up fails
+        self.blocked: list[str] = []
+
+    def note_blocked(self, description: str) -> None:
+        """Record that a plugin was blocked (so that "not found" can say so)."""
+        self.blocked.append(description)
 
     # -- registration -----------------------------------------------------------------------
     def register(self, cls: type, plugin: str = LOCAL, distribution: str = LOCAL,
@@ -164,10 +204,10 @@ class Registry:
                 f"(does not implement: {missing})"
             )
         name = getattr(cls, "name", None)
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str) or not name.strip() or ":" in name:
             raise PluginError(
-                f"{who} registered {_qualname(cls)} without a name: set the class attribute "
-                f"`name` to a non-empty string (found {name!r})"
+                f"{who} registered {_qualname(cls)} without a name (or with a colon): set "
+                f"the class attribute `name` to a non-empty string without ':' (found {name!r})"
             )
         try:
             entry = ComponentRecord.from_class(kind, name, cls, plugin, distribution, version)
@@ -178,16 +218,36 @@ class Registry:
         if old is not None:
             if old.cls is cls and (old.plugin, old.distribution) == (plugin, distribution):
                 return old  # the same plugin registering the same class twice is harmless
-            raise PluginError(
+            raise DuplicateComponent(
                 f"duplicate {kind} {name!r}: {_qualname(cls)} from {who} conflicts with "
-                f"{_qualname(old.cls)} from {old.provider}; block one of the two plugins "
-                "(e.g. PTYFRAME_BLOCK_PLUGINS) or rename the component"
-            )
+                f"{_qualname(old.cls)} from {old.provider}; choose one by writing "
+                f"'{distribution}:{name}' or '{old.distribution}:{name}' as the type, or "
+                "block one of the two plugins (PTYFRAME_BLOCK_PLUGINS)", entry, old)
         self._check_aliases(entry, who)
         self._entries[(kind, name)] = entry
         for alias in entry.aliases:
             self._aliases[(kind, alias)] = entry
+        self._qualified[(kind, _normalize(distribution), name)] = entry
         return entry
+
+    def keep_qualified(self, record: ComponentRecord, contested: bool) -> None:
+        """Keep a record refused for its name reachable as ``"distribution:name"``;
+        ``contested``: the plain name then names no component (two third parties offer it)
+        and using it is an :class:`AmbiguousComponent` error naming both."""
+        self._qualified[(record.kind, _normalize(record.distribution), record.name)] = record
+        if contested:
+            holder = self._entries[(record.kind, record.name)]
+            offers = self._contested.setdefault((record.kind, record.name), [holder])
+            offers.append(record)
+
+    def qualified_only(self) -> list[ComponentRecord]:
+        """Records refused for their plain name, usable only as ``"distribution:name"``."""
+        held = {id(r) for r in self._entries.values()}
+        return sorted(r for r in self._qualified.values() if id(r) not in held)
+
+    def contested(self) -> dict[tuple[str, str], list[ComponentRecord]]:
+        """``(kind, name)`` offered by more than one third-party distribution."""
+        return {k: list(v) for k, v in self._contested.items()}
 
     def _check_aliases(self, entry: ComponentRecord, who: str) -> None:
         """PluginError when the name or an alias of ``entry`` is taken by another record."""
@@ -226,6 +286,16 @@ class Registry:
             found = self._entries.get((kind, name)) or self._aliases.get((kind, name))
         except TypeError:  # unhashable name
             found = None
+        if isinstance(name, str) and ":" in name:
+            return self._qualified_entry(kind, name)
+        offers = self._contested.get((kind, name)) if found is not None else None
+        if offers:
+            choices = " or ".join(f"'{r.distribution}:{name}'" for r in offers)
+            providers = "; ".join(r.provider for r in offers)
+            raise AmbiguousComponent(
+                f"{kind} {name!r} is offered by more than one plugin ({providers}); say which "
+                f"one by writing {choices} as the type, or block the other plugin "
+                "(PTYFRAME_BLOCK_PLUGINS)")
         if found is not None:
             return found
         if kind not in COMPONENT_KINDS:
@@ -233,7 +303,23 @@ class Registry:
             raise ComponentNotFound(f"unknown component kind {kind!r}; known kinds: {known}")
         available = ", ".join(repr(n) for n in self.names(kind, aliases=True)) or (
             "none registered")
-        raise ComponentNotFound(f"no {kind} named {name!r}; available: {available}")
+        blocked = (f" (blocked on request: {'; '.join(self.blocked)})" if self.blocked
+                   else "")
+        raise ComponentNotFound(f"no {kind} named {_shown(name)}; available: "
+                                f"{available}{blocked}")
+
+    def _qualified_entry(self, kind: str, qualified: str) -> ComponentRecord:
+        dist, _, name = qualified.partition(":")
+        found = self._qualified.get((kind, _normalize(dist), name))
+        if found is None:
+            found = self._aliases.get((kind, name))
+            if found is None or _normalize(found.distribution) != _normalize(dist):
+                offered = sorted(f"{r.distribution}:{r.name}" for (k, _d, _n), r in
+                                 self._qualified.items() if k == kind and r.name == name)
+                raise ComponentNotFound(
+                    f"no {kind} {name!r} from distribution {dist!r}; offered: "
+                    f"{', '.join(offered) or 'by no distribution'}")
+        return found
 
     def get(self, kind: str, name: str) -> type:
         """The class registered as ``(kind, name)``; :class:`ComponentNotFound` if absent."""
@@ -259,7 +345,8 @@ class Registry:
                 f"(available: {available}), found {config.get('type')!r}"
             )
         entry = self.entry(kind, name)
-        settings = {**entry.alias_defaults.get(name, {}), **settings}
+        bare = name.partition(":")[2] if ":" in name else name
+        settings = {**entry.alias_defaults.get(bare, {}), **settings}
         cls = entry.cls
         if attrs.has(cls):
             valid = [f.alias for f in attrs.fields(cls) if f.init]
@@ -276,6 +363,11 @@ class Registry:
             raise ComponentConfigError(
                 f"{kind} {name!r} ({entry.provider}): invalid settings: {exc}"
             ) from exc
+        except Exception as exc:
+            if _normalize(entry.distribution) == CORE_DISTRIBUTION:
+                raise  # a bug in ptyframe itself: let it show as one
+            raise PluginError(f"{kind} {name!r} ({entry.provider}) failed while being "
+                              f"created: {type(exc).__name__}: {exc}") from exc
 
     # -- listing ------------------------------------------------------------------------------
     def names(self, kind: str, aliases: bool = False) -> list[str]:

@@ -120,3 +120,7 @@ def test_demo_writes_figures(tmp_path):
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
     assert out["phase_correlation"] > 0.95
     assert np.isfinite(out["position_error_A"])
+    run_demo(tmp_path / "demo", quick=True, epochs=2)  # another demo replaces the folder's run
+    from ptyframe.io.results import read_loss_log
+
+    assert list(read_loss_log(tmp_path / "demo")["epoch"]) == [1, 2]

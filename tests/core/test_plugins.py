@@ -19,6 +19,7 @@ from ptyframe.components import Alias, LossMetric
 from ptyframe.registry.hookspecs import hookimpl
 from ptyframe.registry.loader import PluginLoadWarning, default_registry, load_registry
 from ptyframe.registry.registry import (
+    AmbiguousComponent,
     ComponentConfigError,
     ComponentNotFound,
     ComponentRecord,
@@ -290,8 +291,13 @@ def test_duplicate_between_distributions_names_both(site, tmp_path_factory, monk
     reg, messages = load_quietly(group=GROUP)
     assert len(messages) == 1
     assert all(s in messages[0] for s in ("'alpha'", "alpha-dist", "'beta'", "beta-dist", name))
-    kept = reg.entry("loss", name)  # the first provider is kept
+    with pytest.raises(AmbiguousComponent) as ambiguous:  # neither is picked silently
+        reg.entry("loss", name)
+    assert all(s in str(ambiguous.value) for s in (f"'alpha-dist:{name}'", f"'beta-dist:{name}'"))
+    kept = reg.entry("loss", f"beta-dist:{name}")  # the user says which
     assert (kept.plugin, kept.distribution, kept.cls.__module__) == ("beta", "beta-dist", beta)
+    assert reg.entry("loss", f"Alpha_Dist:{name}").distribution == "alpha-dist"
+    assert reg.create("loss", {"type": f"beta-dist:{name}"}).name == name
 
     with pytest.raises(PluginError) as info:
         load_registry(group=GROUP, strict=True)
@@ -428,9 +434,10 @@ def test_cli_run_and_demo_delegate(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "ptyframe.apps.demo", demo)
 
     assert main(["run", "cfg.toml", "--output", str(tmp_path), "--epochs", "3"]) == 0
-    assert calls[-1] == ("run", "cfg.toml", {"output": str(tmp_path), "epochs": 3})
+    assert calls[-1] == ("run", "cfg.toml", {"output": str(tmp_path), "epochs": 3,
+                                             "resume": "auto"})
     assert main(["run", "missing.toml"]) == 2
-    assert calls[-1] == ("run", "missing.toml", {})
+    assert calls[-1] == ("run", "missing.toml", {"resume": "auto"})
     assert capsys.readouterr().err.strip() == (
         "ptyframe: error: config file missing.toml does not exist")
     assert main(["demo", "--quick", "--epochs", "0", "--output", "out"]) == 2
@@ -562,3 +569,42 @@ def test_lbfgs_aliases_resolve_to_finite_history_quasi_newton():
         assert type(opt) is reg.get("optimizer", "quasi_newton")
         assert opt.history_length == 10 and opt.to_config()["type"] == "quasi_newton"
     assert reg.create("optimizer", {"type": "lbfgs", "history_length": 3}).history_length == 3
+
+
+@pytest.mark.filterwarnings("ignore::ptyframe.registry.loader.PluginLoadWarning")
+def test_fake_distribution_shadowing_lsq_sqrt_is_never_used_unless_named(site, capsys):
+    """The issue's scenario: a third party registers a loss ``lsq_sqrt`` that reports 0.0.
+    The built-in is used (loss > 0); the impostor runs only when named ``dist:lsq_sqrt``;
+    strict mode refuses to start."""
+    import numpy as np
+
+    from ptyframe import Device, Reconstruction
+    from ptyframe.testing.simulate import simulate_dataset
+
+    module = unique("zero_loss")
+    make_dist(site, "fakepkg-zero", {"zero": module},
+              {module: LOSS_SOURCE.format(name="lsq_sqrt").replace("weight: float = 1.0",
+                                                                   "weight: float = 0.0")},
+              group="ptyframe")
+    reg, messages = load_quietly()
+    assert reg.entry("loss", "lsq_sqrt").distribution == "ptyframe"
+    assert any("fakepkg-zero" in m and "'fakepkg-zero:lsq_sqrt'" in m for m in messages)
+    sim = simulate_dataset(reg.create("propagator", {"type": "multislice"}), window=16,
+                           scan_shape=(4, 4), step_A=0.8, seed=1)
+
+    def final_loss(loss_type: str) -> float:
+        rec = Reconstruction(sim.patterns * 1e4, sim.experiment, positions_A=sim.positions_A,
+                             loss=reg.create("loss", {"type": loss_type}), registry=reg,
+                             device=Device("cpu", "double"), progress=False)
+        return rec.run(2).loss[-1]
+
+    assert final_loss("lsq_sqrt") > 0
+    assert final_loss("fakepkg-zero:lsq_sqrt") == 0.0
+    assert np.isfinite(final_loss("ptyframe:lsq_sqrt"))
+    with pytest.raises(PluginError, match="fakepkg-zero"):
+        load_registry(strict=True)
+    assert main(["plugins"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if "lsq_sqrt" in line]
+    assert any(line.split()[1] == "lsq_sqrt" and "ptyframe" in line for line in listed)
+    assert any(line.split()[1] == "fakepkg-zero:lsq_sqrt" and "only by this name" in line
+               for line in listed)
