@@ -25,57 +25,43 @@ __all__ = ["run_demo", "save_figures", "common_region"]
 
 def save_figures(result: ReconstructionResult, truth: SimulatedData | None, folder: Path
                  ) -> list[Path]:
-    """PNG figures of the phase (with the truth when known), the probe and the loss curve."""
-    import matplotlib
+    """``phase_vs_truth.png``: the reconstructed and the true phase side by side, cropped to
+    the scanned area, on the same colour scale (the run itself writes object, probe,
+    positions and loss figures, :mod:`ptyframe.io.figures`). Nothing without a truth."""
+    from ptyframe.io.figures import (
+        PHASE_CMAP,
+        image_panel,
+        new_figure,
+        pixel_extent,
+        robust_limits,
+        scale_bar,
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if truth is None:
+        return []
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    extent_A = np.array(result.grid.object_shape) * result.grid.pixel_size_A
-    extent = (0, extent_A[1], extent_A[0], 0)
-    panels = [("reconstructed phase", result.phase)]
-    if truth is not None:
-        panels.append(("true phase", truth.phase))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
-    for ax, (title, image) in zip(axes[0], panels, strict=True):
-        im = ax.imshow(image, cmap="gray", extent=extent)
-        ax.set_title(title)
+    mask = scanned_region_mask(result.grid, truth.nominal_positions_A)
+    rec, true, inside = common_region(result, truth, mask)
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    rec, true = rec[crop], true[crop]
+    rec = rec - np.median(rec) + np.median(true)  # a phase is known up to a constant
+    px = result.grid.pixel_size_A
+    extent = pixel_extent(px * np.arange(rec.shape[0]), px * np.arange(rec.shape[1]), px)
+    limits = robust_limits(np.concatenate([rec.ravel(), true.ravel()]))
+    fig = new_figure(9.5, 4.2)
+    axes = fig.subplots(1, 2)
+    for ax, image, title in zip(axes, (rec, true), ("reconstructed phase", "true phase"),
+                                strict=True):
+        image_panel(fig, ax, image, extent, PHASE_CMAP, title, "phase (rad)", limits=limits)
         ax.set_xlabel("x (Å)")
         ax.set_ylabel("y (Å)")
-        fig.colorbar(im, ax=ax, label="rad")
-    fig.tight_layout()
-    written.append(folder / "phase.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    probe = result.probe
-    fig, axes = plt.subplots(2, probe.shape[0], figsize=(3.2 * probe.shape[0], 6.2),
-                             squeeze=False)
-    for m in range(probe.shape[0]):
-        axes[0, m].imshow(np.abs(probe[m]), cmap="magma")
-        axes[0, m].set_title(f"probe mode {m}: |P|")
-        axes[1, m].imshow(np.angle(probe[m]), cmap="twilight")
-        axes[1, m].set_title(f"probe mode {m}: phase")
-        for ax in axes[:, m]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    written.append(folder / "probe.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.semilogy(np.arange(1, len(result.loss) + 1), result.loss)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("loss curve")
-    fig.tight_layout()
-    written.append(folder / "loss.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-    return written
+        scale_bar(ax, extent)
+    fig.suptitle("scanned area, common colour scale (reconstruction offset to the truth's "
+                 "median)", fontsize=10)
+    path = folder / "phase_vs_truth.png"
+    fig.savefig(path, dpi=110)
+    return [path]
 
 
 def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None,
@@ -108,9 +94,10 @@ def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None
     pos_before = position_error_A(truth.nominal_positions_A, truth.positions_A)
     pos_after = position_error_A(result.positions_A, truth.positions_A)
     figures = save_figures(result, truth, output_dir / "figures")
+    figures += sorted((output_dir / "figures").glob("*.png"))
     print(f"ptyframe demo: {elapsed:.1f} s, final loss {result.loss[-1]:.5g}, phase correlation "
           f"with the truth {corr:.4f}, position error {pos_before:.3f} -> {pos_after:.3f} Å")
-    for path in figures:
+    for path in sorted(set(figures)):
         print(f"  wrote {path}")
     return {"phase_correlation": corr, "position_error_A": pos_after, "figures": figures,
             "result": result}
