@@ -7,8 +7,9 @@ canvas, no display and no pyplot state).
   (log intensity, mrad axes), with colour bars and each mode's share of the intensity;
 * ``positions.png`` — initial and refined probe positions over the phase, the scanned area
   outlined, the displacement drawn magnified (the factor is in the title);
-* ``loss.png`` — loss and normalised error (``loss_relative``) against epoch: log axes when
-  all values are positive, symlog otherwise, so a negative loss is never a blank plot.
+* ``loss.png`` — loss and normalised error (``loss_relative``) against epoch: log axes for
+  positive values over a wide range, symlog for values of both signs, linear otherwise, so a
+  negative loss is never a blank plot.
 
 :func:`save_figures` writes all four; each ``*_figure`` function returns its
 :class:`matplotlib.figure.Figure` for tests and notebooks.
@@ -220,7 +221,7 @@ def positions_figure(result: RunResult) -> Any:
             title = (f"positions: displacement × {factor:g} (rms {np.sqrt(np.mean(size**2)):.3g}"
                      f" Å, max {size.max():.3g} Å)")
         else:
-            title = "positions: not moved by the refinement"
+            title = "positions: not refined (no displacement)"
     else:
         ax.plot(refined[:, 1], refined[:, 0], ".", color="tab:red", ms=3, label="refined")
         title = "positions (initial positions not recorded)"
@@ -241,16 +242,28 @@ def _curve(ax: Any, epochs: np.ndarray, values: np.ndarray, label: str, ylabel: 
     ax.plot(epochs, values, "o-" if values.size < 30 else "-", ms=3, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
-    if values.size and np.all(values > 0):
-        ax.set_yscale("log")
-    elif values.size:
+    ax.set_yscale(_scale_of(values))
+    if ax.get_yscale() == "symlog":
         scale = float(np.max(np.abs(values))) or 1.0
         ax.set_yscale("symlog", linthresh=max(scale * 1e-3, 1e-12))
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _scale_of(values: np.ndarray) -> str:
+    """``log`` for positive values spanning more than a factor 20, ``symlog`` for values of
+    both signs, ``linear`` otherwise (a negative loss, or a narrow range, on a log axis
+    would show no ticks or nothing at all)."""
+    if values.size == 0:
+        return "linear"
+    if np.all(values > 0):
+        return "log" if values.max() > 20 * values.min() else "linear"
+    if np.any(values > 0) and np.any(values < 0):
+        return "symlog"
+    return "linear"
+
+
 def loss_figure(result: RunResult) -> Any:
-    """Loss and normalised error against epoch (log, or symlog when not all positive)."""
+    """Loss and normalised error against epoch (log, symlog or linear: :func:`_scale_of`)."""
     fig = new_figure(9.0, 3.6)
     axes = fig.subplots(1, 2)
     loss = result.loss
@@ -265,7 +278,7 @@ def loss_figure(result: RunResult) -> Any:
         axes[0].set_title("loss", fontsize=10)
         if "loss_relative" in loss:
             _curve(axes[1], epochs, np.asarray(loss["loss_relative"], dtype=float),
-                   "loss_relative", "loss / first-epoch loss")
+                   "loss_relative", "loss_relative")
         axes[1].set_title("normalised error (1 + (L − L₁)/|L₁|)", fontsize=10)
     else:
         for ax in axes:

@@ -242,7 +242,8 @@ def read_result_file(path: str | os.PathLike) -> RunResult:
     path = Path(path)
     with h5py.File(path, "r") as f:
         entry = f.get("entry")
-        if entry is None or _text(entry.get("definition", b"")[()]) != DEFINITION:
+        definition = entry.get("definition") if isinstance(entry, h5py.Group) else None
+        if not isinstance(definition, h5py.Dataset) or _text(definition[()]) != DEFINITION:
             raise ValueError(f"open_result: {path} is not a ptyframe result file (expected "
                              f"/entry/definition = {DEFINITION!r})")
         process = entry["reconstruction"]

@@ -28,15 +28,20 @@ INITIAL_POSITIONS_FILE = "initial_positions_A.npy"
 
 
 def scanned_area(positions_A: np.ndarray, pixel_size_A: float, origin_A: tuple[float, float],
-                 object_shape: tuple[int, int], margin_px: int = 0) -> tuple[slice, slice]:
-    """Object pixels (y, x slices) between the outermost probe centres, widened by
-    ``margin_px`` and clipped to the object: the part of the object the scan constrains."""
+                 object_shape: tuple[int, int], margin_px: int = 0,
+                 min_size_px: tuple[int, int] = (1, 1)) -> tuple[slice, slice]:
+    """Object pixels (y, x slices) between the outermost probe centres, at least
+    ``min_size_px`` around their middle (a scan of one position, LARBED or a focal series,
+    lights about half a probe window), widened by ``margin_px`` and clipped to the object:
+    the part of the object the scan constrains."""
     pos = np.asarray(positions_A, dtype=float)
     if pos.ndim != 2 or pos.shape[1] != 2 or pos.shape[0] == 0:
         raise ValueError(f"positions_A: expected shape (N, 2) with N >= 1, found {pos.shape}")
     centres = (pos - np.asarray(origin_A, dtype=float)) / float(pixel_size_A)
-    lo = np.floor(centres.min(axis=0)).astype(int) - int(margin_px)
-    hi = np.ceil(centres.max(axis=0)).astype(int) + 1 + int(margin_px)
+    low, high = centres.min(axis=0), centres.max(axis=0)
+    half = np.maximum((np.asarray(min_size_px, dtype=float) - 1) / 2 - (high - low) / 2, 0)
+    lo = np.floor(low - half).astype(int) - int(margin_px)
+    hi = np.ceil(high + half).astype(int) + 1 + int(margin_px)
     lo = np.clip(lo, 0, np.asarray(object_shape))
     hi = np.clip(hi, lo + 1, np.asarray(object_shape))
     return slice(int(lo[0]), int(hi[0])), slice(int(lo[1]), int(hi[1]))
@@ -86,9 +91,11 @@ class RunResult:
         return np.abs(self.object[:, 0]).prod(axis=0)
 
     def scanned_area(self, margin_px: int = 0) -> tuple[slice, slice]:
-        """Object pixels (y, x slices) between the outermost refined probe centres."""
+        """Object pixels (y, x slices) between the outermost refined probe centres, at least
+        half a probe window wide."""
+        ny, nx = self.window
         return scanned_area(self.positions_A, self.pixel_size_A, self.origin_A,
-                            self.object.shape[-2:], margin_px)
+                            self.object.shape[-2:], margin_px, (ny // 2, nx // 2))
 
     def cropped_object(self, margin_px: int = 0) -> np.ndarray:
         """The object restricted to :meth:`scanned_area` (..., y, x)."""
