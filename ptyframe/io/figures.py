@@ -3,8 +3,9 @@ canvas, no display and no pyplot state).
 
 * ``object.png`` — total phase (rad, grey) and amplitude of the object, cropped to the scanned
   area, axes and scale bar in Å, colour limits from the 0.5–99.5 percentiles;
-* ``probe.png`` — each probe mode in real space (amplitude, Å axes) and in Fourier space
-  (log intensity, mrad axes), with colour bars and each mode's share of the intensity;
+* ``probe.png`` — each probe mode in real space (amplitude and phase, Å axes) and in
+  Fourier space (log intensity, mrad axes), with colour bars and each mode's share of the
+  intensity;
 * ``positions.png`` — initial and refined probe positions over the phase, the scanned area
   outlined, the displacement drawn magnified (the factor is in the title);
 * ``loss.png`` — loss and normalised error (``loss_relative``) against epoch: log axes for
@@ -156,9 +157,17 @@ def probe_figure(result: RunResult) -> Any:
         scale, unit = 1.0, "1/Å"
     extent_k = (-(nx // 2 + 0.5) * dk_x * scale, (nx - nx // 2 - 0.5) * dk_x * scale,
                 (ny - ny // 2 - 0.5) * dk_y * scale, -(ny // 2 + 0.5) * dk_y * scale)
-    fig = new_figure(3.6 * n_modes + 0.6, 6.8)
-    axes = np.asarray(fig.subplots(2, n_modes, squeeze=False))
+    fig = new_figure(max(3.6 * n_modes + 0.6, 4.6), 9.8)
+    axes = np.asarray(fig.subplots(3, n_modes, squeeze=False))
     for m in range(n_modes):
+        amplitude = np.abs(probe[m])
+        # the phase where the probe carries intensity (5 % of the peak amplitude), blank
+        # elsewhere; cyclic colour map for a wrapped phase
+        phase = np.where(amplitude > 0.05 * amplitude.max(), np.angle(probe[m]), np.nan)
+        image_panel(fig, axes[2, m], phase, extent_r, CYCLIC_CMAP, f"mode {m}: phase",
+                    "phase (rad)", limits=(-np.pi, np.pi))
+        axes[2, m].set_xlabel("x (Å)")
+        axes[2, m].set_ylabel("y (Å)")
         image_panel(fig, axes[0, m], np.abs(probe[m]), extent_r, AMPLITUDE_CMAP,
                f"mode {m}: {100 * share[m]:.1f} % of intensity", "|P| (amplitude)",
                limits=(0.0, float(np.abs(probe[m]).max()) or 1.0))
@@ -172,7 +181,7 @@ def probe_figure(result: RunResult) -> Any:
                f"mode {m}: Fourier space", "|P(k)|² (log)", norm=norm)
         axes[1, m].set_xlabel(f"kx ({unit})")
         axes[1, m].set_ylabel(f"ky ({unit})")
-    fig.suptitle("probe modes: real space (top), diffraction plane (bottom)", fontsize=10)
+    fig.suptitle("probe: amplitude, diffraction plane, phase", fontsize=10)
     return fig
 
 
