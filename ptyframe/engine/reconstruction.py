@@ -694,6 +694,9 @@ class Reconstruction(Problem):
         if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs: expected an integer >= 0, found {epochs!r}")
         self.initialize()
+        if self._initial_positions_A is None:
+            self._initial_positions_A = self.grid.pixels_to_positions(
+                self.device.to_host(self.params["positions"]))
         output = self._open_output()
         monitor = RunMonitor(self.output.level, int(epochs), output, self._term_names,
                              resume_from_epoch=self.epoch or None,

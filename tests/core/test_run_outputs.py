@@ -297,3 +297,36 @@ def test_output_spec_figure_settings_are_validated():
         OutputSpec(figures_every=0)
     spec = OutputSpec(dir="x", figures=False, result_file=False, figures_every=5)
     assert OutputSpec.from_config(spec.to_config()) == spec
+
+
+def test_live_figures_redraw_every_n_epochs(tmp_path):
+    from ptyframe.apps.live import LiveFigures
+    from ptyframe.core.device import Device
+
+    prop = load_registry().create("propagator", {"type": "multislice"})
+    sim = simulate_dataset(prop, window=16, scan_shape=(4, 4), step_A=0.7, seed=2)
+    rec = ptyframe.Reconstruction(sim.patterns * 1e4, sim.experiment,
+                                  positions_A=sim.positions_A, progress=False,
+                                  device=Device("cpu", "double"))
+    shown = []
+    live = LiveFigures(rec, every=2, names=("object", "loss"), show=shown.append)
+    to_disk = LiveFigures(rec, every=3, names=("probe",), folder=tmp_path / "live")
+    rec.run(4, callbacks=[live, to_disk])
+    assert live.drawn == [1, 2, 4] and len(shown) == 3
+    assert [fig.axes[0].get_xlabel() for fig in shown[-1]] == ["x (Å)", "epoch"]
+    assert to_disk.drawn == [1, 3] and (tmp_path / "live" / "probe.png").is_file()
+    with pytest.raises(ValueError, match="every"):
+        LiveFigures(rec, every=0, show=print)
+    with pytest.raises(ValueError, match="names"):
+        LiveFigures(rec, names=("phase",), show=print)
+
+
+def test_live_monitoring_notebook_is_valid_python():
+    import ast
+
+    notebook = json.loads((ROOT / "examples" / "live_monitoring.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in notebook["cells"]
+                     if c["cell_type"] == "code")
+    tree = ast.parse(code)
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "LiveFigures" in names
