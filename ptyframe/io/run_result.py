@@ -92,10 +92,20 @@ class RunResult:
 
     def scanned_area(self, margin_px: int = 0) -> tuple[slice, slice]:
         """Object pixels (y, x slices) between the outermost refined probe centres, at least
-        half a probe window wide."""
-        ny, nx = self.window
+        as large as the probe's bright area (:meth:`probe_support_px`: one position of a
+        plane wave, a focal series, lights the whole window)."""
         return scanned_area(self.positions_A, self.pixel_size_A, self.origin_A,
-                            self.object.shape[-2:], margin_px, (ny // 2, nx // 2))
+                            self.object.shape[-2:], margin_px, self.probe_support_px())
+
+    def probe_support_px(self, fraction: float = 0.1) -> tuple[int, int]:
+        """Size (y, x) in pixels of the box around the pixels where the probe's intensity
+        (summed over modes) exceeds ``fraction`` of its maximum."""
+        probe = self.probe.reshape(-1, *self.window)
+        intensity = (np.abs(probe) ** 2).sum(axis=0)
+        bright = intensity >= fraction * intensity.max() if intensity.max() > 0 else \
+            np.ones(self.window, dtype=bool)
+        rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
+        return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
 
     def cropped_object(self, margin_px: int = 0) -> np.ndarray:
         """The object restricted to :meth:`scanned_area` (..., y, x)."""
