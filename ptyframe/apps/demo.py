@@ -7,6 +7,7 @@ and small scan-position errors; the reconstruction refines object, probe and pos
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,9 @@ def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None
         scan_shape=(10, 10) if quick else (16, 16), step_A=0.6, position_jitter_A=0.1,
         dose_per_pattern=1e6, seed=7)
     epochs = epochs if epochs is not None else (40 if quick else 120)
-    print(f"ptyframe demo: {truth.patterns.shape[0]} simulated patterns of "
-          f"{truth.patterns.shape[1]}x{truth.patterns.shape[2]} px, 2 slices, "
-          f"{epochs} epochs -> {output_dir}")
+    log = logging.getLogger("ptyframe")
+    log.info("demo: %d simulated patterns of %dx%d px, 2 slices, %d epochs -> %s",
+             *truth.patterns.shape, epochs, output_dir)
     rec = Reconstruction(
         truth.patterns, truth.experiment, positions_A=truth.nominal_positions_A,
         propagator=registry.create("propagator", {"type": "multislice",
@@ -95,10 +96,10 @@ def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None
     pos_after = position_error_A(result.positions_A, truth.positions_A)
     figures = save_figures(result, truth, output_dir / "figures")
     figures += sorted((output_dir / "figures").glob("*.png"))
-    print(f"ptyframe demo: {elapsed:.1f} s, final loss {result.loss[-1]:.5g}, phase correlation "
-          f"with the truth {corr:.4f}, position error {pos_before:.3f} -> {pos_after:.3f} Å")
+    log.info("demo: %.1f s, final loss %.5g, phase correlation with the truth %.4f, position "
+             "error %.3f -> %.3f Å", elapsed, result.loss[-1], corr, pos_before, pos_after)
     for path in sorted(set(figures)):
-        print(f"  wrote {path}")
+        log.info("wrote %s", path)
     return {"phase_correlation": corr, "position_error_A": pos_after, "figures": figures,
             "result": result}
 
