@@ -330,3 +330,22 @@ def test_live_monitoring_notebook_is_valid_python():
     tree = ast.parse(code)
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert "LiveFigures" in names
+
+
+def test_resume_keeps_the_initial_positions_and_the_normalised_error(run_folder, tmp_path):
+    from ptyframe.apps.config import run_config_file
+
+    _, data = run_folder
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG.format(data=data).replace("epochs = 4", "epochs = 3"))
+    run_config_file(config)
+    out = tmp_path / "out"
+    initial = np.load(out / "initial_positions_A.npy")
+    first = ptyframe.open_result(out).loss["loss"][0]
+    run_config_file(config, epochs=5)  # resumes at epoch 3
+    result = ptyframe.open_result(out / RESULT_FILE)
+    assert result.epoch == 5
+    np.testing.assert_array_equal(result.initial_positions_A, initial)
+    assert result.loss["loss"][0] == first
+    np.testing.assert_allclose(result.loss["loss_relative"],
+                               [relative_loss(v, first) for v in result.loss["loss"]])
