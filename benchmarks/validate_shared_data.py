@@ -85,7 +85,8 @@ def main() -> None:
         loss=registry.create("loss", {"type": args.loss}),
         n_slices=args.slices, n_probe_modes=args.probe_modes,
         refine_probe=FromEpoch(5), refine_positions=FromEpoch(30) if args.positions else False,
-        device=Device("auto", args.precision), output_dir=args.output, progress=False)
+        device=Device("auto", args.precision), output_dir=args.output, progress=False,
+        figures=False, result_file=False)
     start = time.perf_counter()
     result = rec.run(args.epochs)
     elapsed = time.perf_counter() - start

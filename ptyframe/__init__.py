@@ -10,6 +10,7 @@ from ptyframe.core.schedules import Constant, EveryN, FromEpoch, Linear, Piecewi
 from ptyframe.engine.reconstruction import EpochReport, Reconstruction, ReconstructionResult
 from ptyframe.io.data import DataError, Dataset, Preprocessing
 from ptyframe.io.metadata import load_experiment, positions_from_metadata
+from ptyframe.io.run_result import RunResult, open_result
 from ptyframe.registry.hookspecs import hookimpl
 from ptyframe.registry.loader import load_registry
 
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Constant", "DataError", "Dataset", "Device", "EpochReport", "EveryN", "Experiment",
     "FromEpoch", "Linear", "Piecewise", "Preprocessing", "Reconstruction",
-    "ReconstructionGrid", "ReconstructionResult", "Schedule", "Until", "hookimpl",
-    "load_experiment", "load_registry", "positions_from_metadata",
+    "ReconstructionGrid", "ReconstructionResult", "RunResult", "Schedule", "Until", "hookimpl",
+    "load_experiment", "load_registry", "open_result", "positions_from_metadata",
 ]

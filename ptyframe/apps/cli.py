@@ -1,12 +1,19 @@
 """The ``ptyframe`` command: ``plugins``, ``run CONFIG``, ``validate CONFIG``, ``inspect DATA``,
-``info``, ``demo``, ``migrate``, ``docs`` and ``direct``; ``--version``."""
+``info``, ``plot DIR``, ``export DIR``, ``demo``, ``migrate``, ``docs`` and ``direct``;
+``--version``.
+
+``--verbose``/``--quiet`` (before the command) set the level of the ``ptyframe`` logger,
+whose messages go to standard error: the per-epoch lines of a run, files written, warnings.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from ptyframe.apps.errors import report_failure
 from ptyframe.registry.loader import (
@@ -26,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ptyframe", description="Plugin-based phase retrieval for TEM/STEM.")
     parser.add_argument("--version", action="version", version=f"ptyframe {_version()}")
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="store_true",
+                       help="also debug messages (and every loss term in a run's lines)")
+    level.add_argument("-q", "--quiet", action="store_true",
+                       help="warnings and errors only (no progress display)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list the installed components and their plugins")
@@ -69,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a ready-to-edit TOML configuration for this file")
 
     sub.add_parser("info", help="version, Python, devices and optional extras")
+
+    p = sub.add_parser("plot", help="remake the figures of an output folder or result file")
+    p.add_argument("source", metavar="OUTPUT_DIR", help="output folder or result file (.nxs)")
+    p.add_argument("--to", metavar="DIR", default=None,
+                   help="folder for the PNGs (default: OUTPUT_DIR/figures)")
+
+    p = sub.add_parser("export", help="write the NeXus result file of an output folder")
+    p.add_argument("folder", metavar="OUTPUT_DIR", help="output folder of a run")
+    p.add_argument("--to", metavar="FILE", default=None,
+                   help="file to write (default: OUTPUT_DIR/result.nxs)")
 
     p = sub.add_parser("demo", help="simulate a small dataset and reconstruct it")
     p.add_argument("--output", metavar="DIR", default="ptyframe-demo",
@@ -135,6 +157,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if _overrides(args):
         kwargs["overrides"] = _overrides(args)
     run_config_file(args.config, resume=args.mode, **kwargs)
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ptyframe.io.figures import save_figures
+    from ptyframe.io.run_result import open_result
+
+    source = Path(args.source)
+    result = open_result(source)
+    folder = Path(args.to) if args.to is not None else (
+        (source if source.is_dir() else source.parent) / "figures")
+    for path in save_figures(result, folder):
+        print(f"ptyframe: wrote {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ptyframe.io.result_file import export_result
+
+    print(f"ptyframe: wrote {export_result(args.folder, args.to)}")
     return 0
 
 
@@ -221,7 +265,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"plugins": _cmd_plugins, "run": _cmd_run, "demo": _cmd_demo,
+_COMMANDS = {"plugins": _cmd_plugins, "run": _cmd_run, "plot": _cmd_plot, "export": _cmd_export,
+             "demo": _cmd_demo,
              "migrate": _cmd_migrate, "docs": _cmd_docs, "validate": _cmd_validate,
              "inspect": _cmd_inspect, "info": _cmd_info}
 
@@ -306,6 +351,32 @@ def _cmd_direct(args: argparse.Namespace) -> int:
 _COMMANDS["direct"] = _cmd_direct
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at the time of each message."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Messages of the ``ptyframe`` logger to standard error: INFO by default, DEBUG with
+    ``verbose``, WARNING with ``quiet``. A handler is added once; the root logger is left
+    alone so that an application embedding ptyframe keeps its own configuration."""
+    logger = logging.getLogger("ptyframe")
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "ptyframe_cli", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s ptyframe: %(message)s",
+                                               datefmt="%H:%M:%S"))
+        handler.ptyframe_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ptyframe`` command; returns the exit status."""
     parser = build_parser()
@@ -313,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed by argparse
         return exc.code if isinstance(exc.code, int) else 2
+    configure_logging(args.verbose, args.quiet)
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -37,6 +37,7 @@ values. Nothing in a configuration is ever evaluated as code.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -366,5 +367,6 @@ def run_config_file(path: str | Path, output: str | Path | None = None,
         return result  # rank 0 alone reports
     where = f" in {result.output_dir}" if result.output_dir is not None else ""
     final = result.loss[-1] if result.loss else float("nan")
-    print(f"ptyframe: finished {result.epochs} epochs, loss {final:.6g}{where}")
+    logging.getLogger("ptyframe").info("finished %d epochs, loss %.6g%s", result.epochs, final,
+                                       where)
     return result

@@ -7,6 +7,7 @@ and small scan-position errors; the reconstruction refines object, probe and pos
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,57 +28,43 @@ __all__ = ["run_demo", "save_figures", "common_region"]
 
 def save_figures(result: ReconstructionResult, truth: SimulatedData | None, folder: Path
                  ) -> list[Path]:
-    """PNG figures of the phase (with the truth when known), the probe and the loss curve."""
-    import matplotlib
+    """``phase_vs_truth.png``: the reconstructed and the true phase side by side, cropped to
+    the scanned area, on the same colour scale (the run itself writes object, probe,
+    positions and loss figures, :mod:`ptyframe.io.figures`). Nothing without a truth."""
+    from ptyframe.io.figures import (
+        PHASE_CMAP,
+        image_panel,
+        new_figure,
+        pixel_extent,
+        robust_limits,
+        scale_bar,
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if truth is None:
+        return []
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    extent_A = np.array(result.grid.object_shape) * result.grid.pixel_size_A
-    extent = (0, extent_A[1], extent_A[0], 0)
-    panels = [("reconstructed phase", result.phase)]
-    if truth is not None:
-        panels.append(("true phase", truth.phase))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
-    for ax, (title, image) in zip(axes[0], panels, strict=True):
-        im = ax.imshow(image, cmap="gray", extent=extent)
-        ax.set_title(title)
+    mask = scanned_region_mask(result.grid, truth.nominal_positions_A)
+    rec, true, inside = common_region(result, truth, mask)
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    rec, true = rec[crop], true[crop]
+    rec = rec - np.median(rec) + np.median(true)  # a phase is known up to a constant
+    px = result.grid.pixel_size_A
+    extent = pixel_extent(px * np.arange(rec.shape[0]), px * np.arange(rec.shape[1]), px)
+    limits = robust_limits(np.concatenate([rec.ravel(), true.ravel()]))
+    fig = new_figure(9.5, 4.2)
+    axes = fig.subplots(1, 2)
+    for ax, image, title in zip(axes, (rec, true), ("reconstructed phase", "true phase"),
+                                strict=True):
+        image_panel(fig, ax, image, extent, PHASE_CMAP, title, "phase (rad)", limits=limits)
         ax.set_xlabel("x (Å)")
         ax.set_ylabel("y (Å)")
-        fig.colorbar(im, ax=ax, label="rad")
-    fig.tight_layout()
-    written.append(folder / "phase.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    probe = result.probe
-    fig, axes = plt.subplots(2, probe.shape[0], figsize=(3.2 * probe.shape[0], 6.2),
-                             squeeze=False)
-    for m in range(probe.shape[0]):
-        axes[0, m].imshow(np.abs(probe[m]), cmap="magma")
-        axes[0, m].set_title(f"probe mode {m}: |P|")
-        axes[1, m].imshow(np.angle(probe[m]), cmap="twilight")
-        axes[1, m].set_title(f"probe mode {m}: phase")
-        for ax in axes[:, m]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    written.append(folder / "probe.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.semilogy(np.arange(1, len(result.loss) + 1), result.loss)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("loss curve")
-    fig.tight_layout()
-    written.append(folder / "loss.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-    return written
+        scale_bar(ax, extent)
+    fig.suptitle("scanned area, common colour scale (reconstruction offset to the truth's "
+                 "median)", fontsize=10)
+    path = folder / "phase_vs_truth.png"
+    fig.savefig(path, dpi=110)
+    return [path]
 
 
 def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None,
@@ -93,9 +80,9 @@ def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None
         scan_shape=(10, 10) if quick else (16, 16), step_A=0.6, position_jitter_A=0.1,
         dose_per_pattern=1e6, seed=7)
     epochs = epochs if epochs is not None else (40 if quick else 120)
-    print(f"ptyframe demo: {truth.patterns.shape[0]} simulated patterns of "
-          f"{truth.patterns.shape[1]}x{truth.patterns.shape[2]} px, 2 slices, "
-          f"{epochs} epochs -> {output_dir}")
+    log = logging.getLogger("ptyframe")
+    log.info("demo: %d simulated patterns of %dx%d px, 2 slices, %d epochs -> %s",
+             *truth.patterns.shape, epochs, output_dir)
     rec = Reconstruction(
         truth.patterns, truth.experiment, positions_A=truth.nominal_positions_A,
         propagator=registry.create("propagator", {"type": "multislice",
@@ -113,10 +100,11 @@ def run_demo(output_dir: str | Path = "ptyframe-demo", epochs: int | None = None
     pos_before = position_error_A(truth.nominal_positions_A, truth.positions_A)
     pos_after = position_error_A(result.positions_A, truth.positions_A)
     figures = save_figures(result, truth, output_dir / "figures")
-    print(f"ptyframe demo: {elapsed:.1f} s, final loss {result.loss[-1]:.5g}, phase correlation "
-          f"with the truth {corr:.4f}, position error {pos_before:.3f} -> {pos_after:.3f} Å")
-    for path in figures:
-        print(f"  wrote {path}")
+    figures += sorted((output_dir / "figures").glob("*.png"))
+    log.info("demo: %.1f s, final loss %.5g, phase correlation with the truth %.4f, position "
+             "error %.3f -> %.3f Å", elapsed, result.loss[-1], corr, pos_before, pos_after)
+    for path in sorted(set(figures)):
+        log.info("wrote %s", path)
     return {"phase_correlation": corr, "position_error_A": pos_after, "figures": figures,
             "result": result}
 

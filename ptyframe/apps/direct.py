@@ -75,8 +75,26 @@ def _safe_name(name: str, what: str) -> str:
 
 
 def _save_figure(path: Path, name: str, array: np.ndarray, pixel: tuple[float, float] | None,
-                 unit: str | None, title: str) -> Path:
-    """One PNG of a 2D array (complex: phase and amplitude), without pyplot global state."""
+                 unit: str | None, title: str,
+                 origin: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """One PNG of a 2D array (:func:`image_figure`)."""
+    return _write_png(path, image_figure(name, array, pixel, unit, title, origin))
+
+
+def _write_png(path: Path, fig: Any) -> Path:
+    """Save a figure atomically; replaces a link at ``path``, never follows it."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def image_figure(name: str, array: np.ndarray, pixel: tuple[float, float] | None,
+                 unit: str | None, title: str, origin: tuple[float, float] = (0.0, 0.0)
+                 ) -> Any:
+    """The figure of a 2D array (complex: phase and amplitude), without pyplot global state;
+    pixel (0, 0) is drawn at ``origin`` (Å) when ``pixel`` (Å) is given."""
     from matplotlib.figure import Figure  # imported lazily: matplotlib is slow to import
 
     panels: list[tuple[str, np.ndarray, str | None]]
@@ -90,8 +108,8 @@ def _save_figure(path: Path, name: str, array: np.ndarray, pixel: tuple[float, f
         extent = None
         if pixel is not None:
             ny, nx = data.shape
-            extent = (-0.5 * pixel[1], (nx - 0.5) * pixel[1], (ny - 0.5) * pixel[0],
-                      -0.5 * pixel[0])
+            extent = (origin[1] - 0.5 * pixel[1], origin[1] + (nx - 0.5) * pixel[1],
+                      origin[0] + (ny - 0.5) * pixel[0], origin[0] - 0.5 * pixel[0])
             ax.set_xlabel("x (Å)")
             ax.set_ylabel("y (Å)")
         finite = data[np.isfinite(data)]
@@ -103,11 +121,60 @@ def _save_figure(path: Path, name: str, array: np.ndarray, pixel: tuple[float, f
                        interpolation="nearest")
         fig.colorbar(im, ax=ax, label=f"{label} ({u})" if u else label, shrink=0.85)
         ax.set_title(f"{title}: {label}" if len(panels) > 1 else title)
-    import io
+    return fig
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return atomic_write_bytes(path, buffer.getvalue())  # replaces a link, never follows it
+
+#: vector arrays (n, 2) drawn as quiver plots: figure -> (position array, [(vectors, label)])
+_VECTOR_FIGURES = {
+    "shifts": ("group_k_inv_A", [("shifts_A", "measured"), ("shifts_fit_A", "fitted")]),
+    "bf_shifts": ("bf_k_inv_A", [("bf_shifts_A", "per bright-field pixel")]),
+}
+
+
+def _save_vector_figures(folder: Path, method: str, arrays: Mapping[str, np.ndarray]
+                         ) -> dict[str, str]:
+    """Quiver plots of image shifts (Å) against the detector frequency (1/Å) of the pixel or
+    group they belong to: measured and fitted on one plot. Returns ``array -> figure``."""
+    from matplotlib.figure import Figure
+
+    written: dict[str, str] = {}
+    for figure, (where, series) in _VECTOR_FIGURES.items():
+        present = [(name, label) for name, label in series if name in arrays
+                   and arrays[name].shape == arrays.get(where, np.empty(0)).shape]
+        if not present or arrays[where].ndim != 2 or arrays[where].shape[1] != 2:
+            continue
+        k = arrays[where]
+        longest = max(float(np.hypot(*arrays[n].T).max(initial=0.0)) for n, _ in present)
+        spacing = float(np.ptp(k[:, 1]) or 1.0) / max(np.sqrt(len(k)), 1.0)
+        # the longest arrow about 0.8 of the spacing between neighbouring points
+        scale = longest / (0.8 * spacing) if longest > 0 else 1.0
+        fig = Figure(figsize=(5.6, 5.4), layout="constrained")
+        ax = fig.add_subplot()
+        styles = (("tab:blue", 0.008, 0.5), ("tab:red", 0.003, 1.0))
+        for (name, label), (colour, width, alpha) in zip(present, styles, strict=False):
+            v = arrays[name]
+            q = ax.quiver(k[:, 1], k[:, 0], v[:, 1], v[:, 0], color=colour, angles="xy",
+                          scale_units="xy", scale=scale, width=width, alpha=alpha,
+                          label=label)
+        ref = float(np.format_float_positional(longest / 2, precision=1, fractional=False)) \
+            if longest > 0 else 1.0
+        ax.quiverkey(q, 0.08, 0.04, ref, f"{ref:g} Å shift", labelpos="E",
+                     coordinates="axes")
+        pad = spacing
+        ax.set_xlim(k[:, 1].min() - pad, k[:, 1].max() + pad)
+        ax.set_ylim(k[:, 0].min() - pad, k[:, 0].max() + pad)
+        ax.set_xlabel("kx (1/Å)")
+        ax.set_ylabel("ky (1/Å)")
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
+        ax.set_title(f"{method}: image shift of each bright-field "
+                     f"{'group' if figure == 'shifts' else 'pixel'}", fontsize=10)
+        if len(present) > 1:
+            ax.legend(loc="lower right", fontsize=8)
+        _write_png(folder / f"{figure}.png", fig)
+        for name, _ in present:
+            written[name] = f"{figure}.png"
+    return written
 
 
 def _remove_stale_files(folder: Path, keep: set[str]) -> None:
@@ -150,19 +217,28 @@ def save_direct_result(result: DirectResult, output_dir: str | Path,
         "result.method" if name is None else "name"), "direct result folder")
     _remove_stale_files(folder, set(result.arrays))
     pixel = result.pixel_size_yx_A
+    origin = result.values.get("origin_A") or (0.0, 0.0)
+    hosts = {name: np.asarray(a.get() if hasattr(a, "get") else a)
+             for name, a in result.arrays.items()}
+    main_shape = next(iter(hosts.values())).shape if hosts else None
+    vector_figures = _save_vector_figures(folder, result.method, hosts) if figures else {}
     index: dict[str, Any] = {}
-    for name, array in result.arrays.items():
+    for name, host in hosts.items():
         _safe_name(name, "result array name")
-        host = np.asarray(array.get() if hasattr(array, "get") else array)
         atomic_save_npy(folder / f"{name}.npy", host)
         entry: dict[str, Any] = {"file": f"{name}.npy", "shape": list(host.shape),
                                  "dtype": str(host.dtype)}
         if name in result.units:
             entry["units"] = result.units[name]
-        if figures and host.ndim == 2 and min(host.shape) >= 2 and host.dtype.kind in "biufc":
-            _save_figure(folder / f"{name}.png", name, host, pixel, result.units.get(name),
-                         f"{result.method} {name}")
+        # images only: an (n, 2) list of vectors is not an image (quiver plots above)
+        if figures and host.ndim == 2 and min(host.shape) > 2 and host.dtype.kind in "biufc":
+            on_grid = host.shape == main_shape  # the method's image grid: pixel and origin
+            _save_figure(folder / f"{name}.png", name, host, pixel if on_grid else None,
+                         result.units.get(name), f"{result.method} {name}",
+                         origin=tuple(origin) if on_grid else (0.0, 0.0))
             entry["figure"] = f"{name}.png"
+        elif name in vector_figures:
+            entry["figure"] = vector_figures[name]
         index[name] = entry
     record = {
         "method": result.method,

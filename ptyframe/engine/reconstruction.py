@@ -21,6 +21,7 @@ One epoch is a template of steps: the engine's epoch (evaluate, step), the proje
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -39,7 +40,7 @@ from ptyframe.core.schedules import Constant, Schedule
 from ptyframe.engine.communicator import Communicator, SingleProcess
 from ptyframe.engine.health import HealthWatch
 from ptyframe.engine.model import PtychographyModel
-from ptyframe.engine.monitor import EpochReport, RunMonitor
+from ptyframe.engine.monitor import EpochReport, RunMonitor, relative_loss
 from ptyframe.engine.run_record import (
     ForeignRunError,
     differences,
@@ -61,10 +62,23 @@ from ptyframe.engine.specs import (
 from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
 from ptyframe.io.data import Dataset
 from ptyframe.io.folder_lock import FolderLock
-from ptyframe.io.results import OutputFolder
+from ptyframe.io.provenance import PROVENANCE_FILE, collect_provenance, finish_provenance
+from ptyframe.io.results import (
+    LOSS_FILE,
+    OutputFolder,
+    atomic_save_npy,
+    atomic_write_json,
+    read_loss_log,
+)
+from ptyframe.io.run_result import INITIAL_POSITIONS_FILE, RunResult
 
 __all__ = ["Reconstruction", "ReconstructionResult", "EpochReport", "Callback",
-           "DEFAULT_COMPONENTS"]
+           "DEFAULT_COMPONENTS", "FIGURES_FOLDER"]
+
+_LOG = logging.getLogger("ptyframe")
+
+#: sub-folder of the output folder holding the figures
+FIGURES_FOLDER = "figures"
 
 #: default component of each kind, resolved through the registry
 DEFAULT_COMPONENTS = {
@@ -192,6 +206,8 @@ class Reconstruction(Problem):
         self._health = HealthWatch(self.solver.max_rejected_epochs)
         self._resumed_from: Path | None = None  # the folder load_checkpoint read
         self._folder_lock: FolderLock | None = None  # a lock taken by the caller
+        self._provenance: dict[str, Any] | None = None
+        self._initial_positions_A: np.ndarray | None = None
 
     # ------------------------------------------------------------------ assembly
     def _specs(self, given: Mapping[str, Any], routed: Mapping[str, dict[str, Any]]
@@ -806,16 +822,21 @@ class Reconstruction(Problem):
             folder).resolve()
 
     def _run(self, epochs: int, callbacks: Sequence[Callback]) -> ReconstructionResult:
+        if self._initial_positions_A is None:
+            self._initial_positions_A = self.grid.pixels_to_positions(
+                self.device.to_host(self.params["positions"]))
         lo, hi = self.owned_range()
         self.communicator.announce(f"measurements [{lo}, {hi})")
         root = self.communicator.is_root
         output = self._open_output() if root else None
         monitor = RunMonitor(self.output.level if root else 0, epochs, output,
                              self._term_names, resume_from_epoch=self.epoch or None,
-                             write_log=self.output.save_loss_log)
+                             write_log=self.output.save_loss_log,
+                             reference_loss=self.loss_history[0] if self.loss_history else None)
         if self._engine_state is None:
             self._engine_state = self.engine.init_state(self)
         start = time.perf_counter()
+        figures_every = self.output.figures_every if self.output.figures else None
         try:
             for _ in range(epochs):
                 epoch = self.epoch
@@ -849,13 +870,63 @@ class Reconstruction(Problem):
                         self.output.checkpoint_every
                         and self.epoch % self.output.checkpoint_every == 0)):
                     self._checkpoint(output)
+                if output is not None and figures_every and self.epoch % figures_every == 0:
+                    self._write_figures(output)
                 if any(bool(cb(report)) for cb in callbacks):
                     break
         finally:
             monitor.close()
-        if output is not None and self.epoch % self.output.save_every:
-            self._checkpoint(output)
+        if output is not None:
+            if self.epoch % self.output.save_every:
+                self._checkpoint(output)
+            self._finish_output(output, time.perf_counter() - start, monitor)
         return self.result()
+
+    def snapshot(self) -> RunResult:
+        """The run as it stands, as a :class:`~ptyframe.io.run_result.RunResult` (host
+        copies; the loss history with its normalised error) — what the figures and the result
+        file are made from."""
+        if self.params is None:
+            raise ValueError("snapshot: the reconstruction is not initialized; call run() or "
+                             "initialize() first")
+        state = self._host_state()
+        history = np.asarray(self.loss_history, dtype=float)
+        loss = {}
+        if history.size:
+            loss = {"epoch": np.arange(1, history.size + 1), "loss": history,
+                    "loss_relative": np.array([relative_loss(v, history[0]) for v in history])}
+        if self.output_dir is not None and (self.output_dir / LOSS_FILE).is_file():
+            loss = read_loss_log(self.output_dir / LOSS_FILE)
+        positions = state.pop("positions")
+        return RunResult(
+            object=state.pop("object"), probe=state.pop("probe"),
+            positions_A=self.grid.pixels_to_positions(positions),
+            pixel_size_A=self.grid.pixel_size_A, origin_A=tuple(self.grid.origin_A),
+            initial_positions_A=self._initial_positions_A,
+            wavelength_A=self.experiment.wavelength_A, epoch=self.epoch, loss=loss,
+            config=self.to_config(), provenance=dict(self._provenance or {}), extra=state,
+            source=self.output_dir)
+
+    def _write_figures(self, output: OutputFolder) -> list[Path]:
+        from ptyframe.io.figures import save_figures
+
+        paths = save_figures(self.snapshot(), output.path / FIGURES_FOLDER)
+        _LOG.debug("figures of epoch %d in %s", self.epoch, output.path / FIGURES_FOLDER)
+        return paths
+
+    def _finish_output(self, output: OutputFolder, wall_s: float, monitor: RunMonitor) -> None:
+        """End of a run with an output folder: provenance with the end time, the result
+        file, the figures."""
+        self._provenance = finish_provenance(self._provenance or {}, wall_s)
+        atomic_write_json(output.path / PROVENANCE_FILE, self._provenance)
+        if self.output.result_file:
+            from ptyframe.io.result_file import RESULT_FILE, write_result_file
+
+            path = write_result_file(self.snapshot(), output.path / RESULT_FILE)
+            monitor.emit(f"result file {path}")
+        if self.output.figures:
+            self._write_figures(output)
+            monitor.emit(f"figures in {output.path / FIGURES_FOLDER}")
 
     def _project(self, epoch: int) -> bool:
         """By-hand changes after the step: constraints and object growth. True when the
@@ -946,6 +1017,16 @@ class Reconstruction(Problem):
         output = OutputFolder(folder, checkpoint_every=self.output.checkpoint_every)
         write_fingerprint(folder, fingerprint)
         output.save_parameters(self.to_config())
+        initial = output.path / INITIAL_POSITIONS_FILE
+        if self.epoch == 0 or not initial.is_file():
+            positions = self.device.to_host(self.params["positions"])
+            self._initial_positions_A = self.grid.pixels_to_positions(positions)
+            atomic_save_npy(initial, self._initial_positions_A)
+        else:
+            self._initial_positions_A = np.load(initial, allow_pickle=False)
+        data_path = getattr(self.dataset, "path", None) if self.dataset is not None else None
+        self._provenance = collect_provenance(self.device, data_path)
+        atomic_write_json(output.path / PROVENANCE_FILE, self._provenance)
         return output
 
     def _checkpoint(self, output: OutputFolder) -> None:

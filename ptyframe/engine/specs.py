@@ -400,7 +400,11 @@ class OutputSpec(_Spec):
     ``save_every``: epochs between overwritable checkpoints; ``checkpoint_every``: epochs
     between kept per-epoch checkpoints (None: none); ``verbosity``: 0 silent, 1 a progress
     bar, 2 one line per epoch, 3 also every loss term (None: 1 when ``progress`` else 0);
-    ``progress``: see ``verbosity``; ``save_loss_log``: write loss.csv.
+    ``progress``: see ``verbosity``; ``save_loss_log``: write loss.csv; ``figures``: write
+    the PNG figures (object, probe, positions, loss) to ``<dir>/figures`` at the end of each
+    run; ``figures_every``: also redraw them every that many epochs (None: only at the end);
+    ``result_file``: write the NeXus result file ``<dir>/result.nxs`` at the end of each run.
+    Figures and the result file need ``dir``; benchmarks turn them off.
     """
 
     section: ClassVar[str] = "output"
@@ -413,6 +417,9 @@ class OutputSpec(_Spec):
         one_of((0, 1, 2, 3))))
     progress: bool = attrs.field(default=True, validator=boolean())
     save_loss_log: bool = attrs.field(default=True, validator=boolean())
+    figures: bool = attrs.field(default=True, validator=boolean())
+    figures_every: int | None = attrs.field(default=None, validator=positive_int(optional=True))
+    result_file: bool = attrs.field(default=True, validator=boolean())
 
     @property
     def level(self) -> int:

@@ -115,7 +115,7 @@ def test_demo_writes_figures(tmp_path):
     from ptyframe.apps.demo import run_demo
 
     out = run_demo(tmp_path / "demo", quick=True, epochs=25)
-    for name in ("phase.png", "probe.png", "loss.png"):
+    for name in ("phase_vs_truth.png", "object.png", "probe.png", "positions.png", "loss.png"):
         png = tmp_path / "demo" / "figures" / name
         assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
     assert out["phase_correlation"] > 0.95

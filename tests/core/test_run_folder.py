@@ -64,7 +64,8 @@ def test_compatible_folder_resumes_and_says_so(tmp_path, scans, capsys):
     config = _config(tmp_path, scans[0])
     assert main(["run", str(config)]) == 0
     assert main(["run", str(config), "--epochs", "5"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out + captured.err  # the final line goes through the ptyframe logger
     assert "resuming from epoch 3" in out and "finished 5 epochs" in out
     assert load_state(tmp_path / "out")[1] == 5
     assert list(read_loss_log(tmp_path / "out")["epoch"]) == [1, 2, 3, 4, 5]

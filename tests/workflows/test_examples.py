@@ -16,14 +16,26 @@ def run_example(name: str, tmp_path: Path, *extra: str):
     return namespace["main"](["--quick", "--output", str(tmp_path), *extra])
 
 
+def assert_run_figures(folder: Path) -> None:
+    """The run's figures exist and the loss curve (a negative Poisson loss here) is drawn."""
+    from matplotlib.image import imread
+
+    for name in ("object", "probe", "positions", "loss"):
+        assert (folder / "figures" / f"{name}.png").is_file(), name
+    loss = imread(folder / "figures" / "loss.png")[..., :3]
+    h, w = loss.shape[:2]
+    assert loss[h // 4: 3 * h // 4, w // 8: w // 2].std() > 0.02, "loss curve looks blank"
+
+
 def test_focal_series(tmp_path):
     assert run_example("focal_series.py", tmp_path) > 0.97  # measured 0.989
-    assert (tmp_path / "phase.png").exists()
+    assert_run_figures(tmp_path)
 
 
 def test_larbed(tmp_path):
     assert run_example("larbed.py", tmp_path) > 0.93  # measured 0.965
     assert (tmp_path / "co.npy").exists()
+    assert_run_figures(tmp_path)
 
 
 def test_compressed(tmp_path):

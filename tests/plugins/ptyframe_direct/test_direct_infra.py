@@ -323,3 +323,37 @@ def test_command_line_runs_methods_from_file_metadata(sim, tmp_path, capsys):
     assert json.loads((out / "wdd" / "values.json").read_text())["values"]["mode"] == "wdd"
     assert cli_main(["direct", str(path), "--method", "nope", "--device", "cpu"]) == 2
     assert cli_main(["direct", str(path), "--method", "dpc", "--method", "dpc"]) == 2
+
+
+def test_vector_arrays_are_quiver_plots_and_images_start_at_their_origin(tmp_path):
+    """(n, 2) shift lists are drawn as arrows at their frequencies, not as images; an image
+    with an origin (tcBF) has axes that start there (issue 11)."""
+    from matplotlib.image import imread
+
+    rng = np.random.default_rng(0)
+    k = np.stack(np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5)), -1).reshape(-1, 2)
+    shifts = 0.3 * k + 0.01 * rng.standard_normal(k.shape)
+    result = DirectResult(method="tcbf", arrays={
+        "tcbf": rng.standard_normal((20, 24)), "phase": rng.standard_normal((20, 24)),
+        "bf_image": rng.standard_normal((8, 8)),
+        "group_k_inv_A": k, "shifts_A": shifts, "shifts_fit_A": 0.3 * k,
+        "bf_k_inv_A": k, "bf_shifts_A": shifts},
+        values={"origin_A": [-2.5, -3.0], "pixel_size_yx_A": [0.25, 0.25]},
+        pixel_size_A=0.25, units={"shifts_A": "Å"})
+    folder = save_direct_result(result, tmp_path)
+    for name in ("group_k_inv_A", "shifts_A", "shifts_fit_A", "bf_k_inv_A", "bf_shifts_A"):
+        assert not (folder / f"{name}.png").exists(), name
+    record = json.loads((folder / "values.json").read_text())["arrays"]
+    assert record["shifts_A"]["figure"] == record["shifts_fit_A"]["figure"] == "shifts.png"
+    assert record["bf_shifts_A"]["figure"] == "bf_shifts.png"
+    for name in ("shifts", "bf_shifts", "tcbf", "bf_image"):
+        image = imread(folder / f"{name}.png")[..., :3]
+        assert image.std() > 0.02, f"{name}.png looks blank"
+    # the tcbf image's extent starts at the origin (checked on the figure's axes)
+    from ptyframe.apps.direct import image_figure
+
+    fig = image_figure("tcbf", result.arrays["tcbf"], (0.25, 0.25), None, "t",
+                       origin=(-2.5, -3.0))
+    left, right, bottom, top = fig.axes[0].get_images()[0].get_extent()
+    assert (left, top) == pytest.approx((-3.0 - 0.125, -2.5 - 0.125))
+    assert right == pytest.approx(-3.0 + 23.5 * 0.25) and fig.axes[0].get_xlabel() == "x (Å)"
