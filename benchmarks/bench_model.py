@@ -16,8 +16,10 @@ probe modes M, one object mode) it reports
 * two ``FFT floors``: median time of the bare 2-D FFTs that evaluation has to do, through each
   provider, on aligned work arrays of the same shape and dtype (in place);
 * the ratio of each evaluation to each floor, for wall time and for CPU time (process time,
-  all threads): the machine may be shared, so all functions are timed interleaved and the
-  medians reported; CPU time is the less load-sensitive figure.
+  all threads). Evaluations run with the element-wise kernels ``numpy`` (the reference) and,
+  when numba is installed, ``numba`` (fused, ``Device(fused="numba")``). The machine may be
+  shared, so all functions are timed interleaved and the medians reported; CPU time is the
+  less load-sensitive figure.
 
 FFT count per wave (one position x one probe mode x one object mode): forward 1 inverse FFT
 (sub-pixel shift of the probe) + 2 (S - 1) (Fresnel steps) + 1 (far field); backward the same
@@ -65,6 +67,7 @@ from ptyframe_propagators.multislice import Multislice  # noqa: E402
 
 from ptyframe.core.device import Device  # noqa: E402
 from ptyframe.core.fft import pyfftw_available  # noqa: E402
+from ptyframe.core.fused import numba_available  # noqa: E402
 from ptyframe.engine.model import FarFieldModel  # noqa: E402
 
 N_SIDE = 32           # 32 x 32 = 1024 positions
@@ -180,13 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--profile", choices=("scipy", "fftw"), default=None,
                     help="print a cProfile of one evaluation per configuration with this "
-                         "provider instead of timing")
+                         "provider (and the --profile-fused kernels) instead of timing")
+    ap.add_argument("--profile-fused", choices=("numpy", "numba"), default="numpy")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
     providers = ["scipy"] + (["fftw"] if pyfftw_available() and args.device == "cpu" else [])
+    fused = ["numpy"] + (["numba"] if numba_available() and args.device == "cpu" else [])
     devices = {p: Device(args.device, args.precision, workers=args.threads, fft=p)
                for p in providers}
     device = devices["scipy"]
+    # (FFT provider, element-wise kernels) of the timed evaluations
+    variants = [("scipy", "numpy")] + [(p, f) for p in providers[1:] for f in fused]
+    if len(providers) == 1:
+        variants += [("scipy", f) for f in fused[1:]]
     n = N_SIDE * N_SIDE
     print(f"ptyframe model benchmark: {n} positions, {WINDOW}x{WINDOW} patterns, "
           f"object {OBJECT}x{OBJECT}, loss lsq_sqrt, gradients object+probe+positions")
@@ -198,14 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(providers) == 1 and args.device == "cpu":
         print("pyFFTW not installed (pip install ptyframe[fftw]): no planned-FFTW floor")
     if args.profile is not None:
+        dev = Device(args.device, args.precision, workers=args.threads, fft=args.profile,
+                     fused=args.profile_fused)
         for n_slices, n_modes in CONFIGS:
-            model, params = make_problem(devices[args.profile], n_slices, n_modes,
-                                         args.batch_size)
+            model, params = make_problem(dev, n_slices, n_modes, args.batch_size)
             print(f"\n=== cProfile, {n_slices} slice(s), {n_modes} probe mode(s), "
                   f"fft={args.profile}")
             profile(model, params)
         return 0
-    header = (f"{'slices':>6} {'modes':>5} {'FFTs':>7} {'eval fft':>8} "
+    header = (f"{'slices':>6} {'modes':>5} {'FFTs':>7} {'eval fft+kernels':>16} "
               f"{'wall [s]':>9} {'CPU [s]':>8} "
               + " ".join(f"{'/' + p + ' floor':>12} {'(CPU)':>6}" for p in providers)
               + f" {'us/pattern':>10}")
@@ -215,22 +225,25 @@ def main(argv: list[str] | None = None) -> int:
         fns, floors = [], []
         count = 0
         for p in providers:
-            model, params = make_problem(devices[p], n_slices, n_modes, args.batch_size)
+            model, _ = make_problem(devices[p], n_slices, n_modes, args.batch_size)
             floor, count = fft_floor_runner(model, devices[p], n_slices, n_modes, 1)
+            floors.append(floor)
+        for p, f in variants:
+            dev = Device(args.device, args.precision, workers=args.threads, fft=p, fused=f)
+            model, params = make_problem(dev, n_slices, n_modes, args.batch_size)
 
             def evaluate(model: FarFieldModel = model, params: dict = params) -> None:
                 model.value_and_grad(params)
 
             fns.append(evaluate)
-            floors.append(floor)
         times = interleaved_medians(fns + floors, repeats, device)
-        evals, floor_times = times[:len(providers)], times[len(providers):]
-        for p, (wall, cpu) in zip(providers, evals, strict=True):
+        evals, floor_times = times[:len(variants)], times[len(variants):]
+        for (p, f), (wall, cpu) in zip(variants, evals, strict=True):
             ratios = " ".join(f"{wall / fw:>12.2f} {cpu / fc:>6.2f}" for fw, fc in floor_times)
-            print(f"{n_slices:>6} {n_modes:>5} {count:>7} {p:>8} {wall:>9.4f} {cpu:>8.4f} "
-                  f"{ratios} {1e6 * wall / n:>10.1f}")
+            print(f"{n_slices:>6} {n_modes:>5} {count:>7} {p + '+' + f:>16} {wall:>9.4f} "
+                  f"{cpu:>8.4f} {ratios} {1e6 * wall / n:>10.1f}")
         for p, (fw, fc) in zip(providers, floor_times, strict=True):
-            print(f"{'':>6} {'':>5} {count:>7} {p + ' FFT floor':>17}: wall {fw:.4f} s, "
+            print(f"{'':>6} {'':>5} {count:>7} {p + ' FFT floor':>16}: wall {fw:.4f} s, "
                   f"CPU {fc:.4f} s ({1e6 * fc / count:.2f} us CPU per 2-D FFT)")
     return 0
 

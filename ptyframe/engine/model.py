@@ -509,6 +509,14 @@ class PtychographyModel:
             grad_wave = grad_wave.sum(axis=0, keepdims=True)
         H = dev.fft2(grad_wave, overwrite=True)[0]
         factor = setup["factor"]
+        if "aberrations" not in grads and probe_spectrum.ndim == 3:
+            # the common case in one call: fused on CPU with Device(fused="numba")
+            pos_grad = dev.kernels.spectral_gradients(
+                H, probe_spectrum, factor, self._q2pi, grads.get("probe"),
+                "positions" in grads)
+            if pos_grad is not None:
+                self._accumulate(grads["positions"], sel, pos_grad)
+            return float(value)
         if "positions" in grads or "aberrations" in grads:
             # X_n(q) = sum_m Im(conj(H) S), S = spectrum * A: the derivative of the loss along
             # a phase change -i theta(q) of S_n is (1/npx) sum_q X_n(q) theta(q)

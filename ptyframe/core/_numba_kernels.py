@@ -1,0 +1,68 @@
+"""Numba kernels of :mod:`ptyframe.core.fused` (imported only when numba is asked for).
+
+Each kernel does in one pass over memory what the NumPy reference does in several; they are
+compiled on first use per dtype signature and cached on disk by numba (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_windows(planes, corners, out):  # pragma: no cover - compiled
+    """out[p, b] = planes[p, y_b:y_b + ny, x_b:x_b + nx]."""
+    n_planes, n_b, ny, nx = out.shape
+    for p in range(n_planes):
+        for b in range(n_b):
+            y0 = corners[b, 0]
+            x0 = corners[b, 1]
+            for i in range(ny):
+                for j in range(nx):
+                    out[p, b, i, j] = planes[p, y0 + i, x0 + j]
+
+
+@numba.njit(cache=True, nogil=True)
+def scatter_add_windows(target, corners, values):  # pragma: no cover - compiled
+    """target[p, window_b] += values[p, b], windows in order b = 0, 1, ... (as the reference)."""
+    n_planes, n_b, ny, nx = values.shape
+    for p in range(n_planes):
+        for b in range(n_b):
+            y0 = corners[b, 0]
+            x0 = corners[b, 1]
+            for i in range(ny):
+                for j in range(nx):
+                    target[p, y0 + i, x0 + j] += values[p, b, i, j]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def spectral_gradients(H, spec, factor, qy, qx, probe_grad, do_positions, do_probe,
+                       positions_out):  # pragma: no cover - compiled
+    """One pass over H (M, B, P) per gradient: positions_out[b] = sum_p X_b(p) (qy, qx)[p] / P
+    with X_b(p) = sum_m Im(conj(H[m, b, p]) spec[m, p] factor[b, p]); probe_grad[m, p] +=
+    sum_b H[m, b, p] conj(factor[b, p]). Products in the arrays' precision, sums in double
+    precision (fastmath: the sums may be reordered)."""
+    n_m, n_b, n_p = H.shape
+    if do_positions:
+        for b in range(n_b):
+            gy = 0.0
+            gx = 0.0
+            for m in range(n_m):
+                for p in range(n_p):
+                    s = spec[m, p] * factor[b, p]
+                    h = H[m, b, p]
+                    x = h.real * s.imag - h.imag * s.real
+                    gy += x * qy[p]
+                    gx += x * qx[p]
+            positions_out[b, 0] = gy / n_p
+            positions_out[b, 1] = gx / n_p
+    if do_probe:
+        acc = np.zeros(n_p, dtype=np.complex128)
+        for m in range(n_m):
+            acc[:] = 0
+            for b in range(n_b):
+                for p in range(n_p):
+                    acc[p] += H[m, b, p] * factor[b, p].conjugate()
+            for p in range(n_p):
+                probe_grad[m, p] += acc[p]

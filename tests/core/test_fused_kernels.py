@@ -1,0 +1,115 @@
+"""Fused numba kernels against the NumPy reference, and the model with each kernel set."""
+
+import numpy as np
+import pytest
+from ptyframe_losses.intensity_losses import LeastSquaresSqrt
+from ptyframe_propagators.multislice import Multislice
+
+from ptyframe.core.device import Device
+from ptyframe.core.fused import NumbaKernels, NumpyKernels, numba_available
+from ptyframe.engine.model import FarFieldModel
+from ptyframe.testing import check_gradient
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba (extra 'numba') missing")
+KERNELS = ["numpy", pytest.param("numba", marks=needs_numba)]
+RTOL = {np.complex64: 2e-6, np.complex128: 1e-12}
+
+
+def random_complex(rng, shape, dtype):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+def close(a, b, dtype):
+    err = np.abs(a - b).max() / np.abs(b).max()
+    assert err <= RTOL[dtype], err
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_window_gather_and_scatter_equal_the_reference(dtype):
+    rng = np.random.default_rng(0)
+    planes = random_complex(rng, (3, 30, 34), dtype)
+    corners = rng.integers(0, 20, (9, 2))
+    corners[1] = corners[0]  # overlapping windows accumulate
+    ref, fast = NumpyKernels(np), NumbaKernels(np)
+    out_ref = ref.gather_windows(planes, corners, np.empty((3, 9, 10, 12), dtype))
+    out_fast = fast.gather_windows(planes, corners, np.empty((3, 9, 10, 12), dtype))
+    np.testing.assert_array_equal(out_fast, out_ref)
+    values = random_complex(rng, (3, 9, 10, 12), dtype)
+    t_ref, t_fast = planes.copy(), planes.copy()
+    ref.scatter_add_windows(t_ref, corners, values)
+    fast.scatter_add_windows(t_fast, corners, values)
+    np.testing.assert_array_equal(t_fast, t_ref)  # same accumulation order: bitwise
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("positions", [True, False])
+@pytest.mark.parametrize("probe", [True, False])
+def test_spectral_gradients_equal_the_reference(dtype, positions, probe):
+    rng = np.random.default_rng(1)
+    M, B, ny, nx = 3, 7, 12, 10
+    real = np.float32 if dtype == np.complex64 else np.float64
+    H = random_complex(rng, (M, B, ny, nx), dtype)
+    spec = random_complex(rng, (M, ny, nx), dtype)
+    factor = np.exp(1j * rng.uniform(0, 6, (B, ny, nx))).astype(dtype)
+    q2pi = rng.uniform(-3, 3, (ny * nx, 2)).astype(real)
+    start = random_complex(rng, (M, ny, nx), dtype)
+    results = []
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        grad = start.copy() if probe else None
+        pos = kernels.spectral_gradients(H.copy(), spec, factor, q2pi, grad, positions)
+        results.append((pos, grad))
+    (pos_ref, grad_ref), (pos_fast, grad_fast) = results
+    if positions:
+        assert pos_fast.dtype == pos_ref.dtype == np.dtype(real)
+        close(pos_fast, pos_ref, dtype)
+    else:
+        assert pos_ref is None and pos_fast is None
+    if probe:
+        close(grad_fast, grad_ref, dtype)
+
+
+def test_device_rejects_unknown_kernels():
+    with pytest.raises(ValueError, match="fused: expected one of"):
+        Device("cpu", fused="cython")
+
+
+def make_model(fused, precision, n_slices=2, n_probe_modes=2, seed=3, n=16, N=9):
+    rng = np.random.default_rng(seed)
+    dev = Device("cpu", precision, workers=1, fused=fused)
+    shape = (n_slices, 1, 40, 40)
+    obj = np.exp(1j * 0.3 * rng.standard_normal(shape)) * (1 - 0.05 * rng.random(shape))
+    probe = rng.standard_normal((n_probe_modes, n, n)) + 1j * rng.standard_normal(
+        (n_probe_modes, n, n))
+    pos = rng.random((N, 2)) * 20 + 2
+    meas = rng.poisson(5, (N, n, n)).astype(float)
+    model = FarFieldModel.from_geometry(
+        Multislice(slice_thickness_A=[2.0]), LeastSquaresSqrt(), dev, (n, n), 0.3, 0.025,
+        n_slices, dev.real(meas), batch_size=4)
+    params = {"object": dev.complex(obj), "probe": dev.complex(probe),
+              "positions": dev.real(pos)}
+    return model, params, rng
+
+
+@pytest.mark.parametrize("fused", KERNELS)
+@pytest.mark.parametrize("block", ["object", "probe", "positions"])
+def test_model_gradient_check_with_each_kernel_set(fused, block):
+    model, params, rng = make_model(fused, "double")
+    _, grads = model.value_and_grad(params)
+    check_gradient(lambda p: model.value_and_grad(p, refine=())[0], params, grads, block,
+                   rng=rng, rtol=1e-5)
+
+
+@needs_numba
+@pytest.mark.parametrize("precision", ["single", "double"])
+def test_model_with_numba_equals_the_numpy_reference(precision):
+    model_a, params, _ = make_model("numpy", precision)
+    model_b, _, _ = make_model("numba", precision)
+    va, ga = model_a.value_and_grad(params)
+    vb, gb = model_b.value_and_grad(params)
+    rtol = 1e-5 if precision == "single" else 1e-12
+    assert va == pytest.approx(vb, rel=rtol)
+    for key in ga:
+        err = np.abs(ga[key] - gb[key]).max() / np.abs(ga[key]).max()
+        assert err <= 10 * rtol, (key, err)
