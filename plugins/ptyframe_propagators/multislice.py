@@ -283,7 +283,7 @@ class Multislice(Propagator):
                                                 self.gap_thickness(s), xp)
                     spec *= conj[id(kernels[s])]
                     g = dev.ifft2(spec, overwrite=True)
-            self._conj_product(incoming[s], g, grad_trans[s], ws, owned)
+            self._conj_product(incoming[s], g, grad_trans[s], ws, owned, dev.kernels)
             # the slice's transmission is not needed any more: conj in place when allowed
             t_conj = xp.conjugate(transmission[s], out=transmission[s] if owned else None)
             g *= t_conj
@@ -292,12 +292,22 @@ class Multislice(Propagator):
         return reduce_to_shape(g, wave_shape), grad_trans, grad_tilts
 
     @staticmethod
-    def _conj_product(a: Any, g: Any, out: Any, ws: Workspace, owned: bool) -> None:
+    def _conj_product(a: Any, g: Any, out: Any, ws: Workspace, owned: bool,
+                      kernels: Any) -> None:
         """out = conj(a) g summed over the axes along which ``out`` is broadcast (probe modes
         for the transmission gradient). ``a`` is destroyed when ``owned``."""
         xp = ws.xp
-        a_conj = xp.conjugate(a, out=a if owned else None)
         product_shape = np.broadcast_shapes(a.shape, g.shape)
+        pairs = list(zip(out.shape, product_shape, strict=False))
+        axes = tuple(i for i, (n_out, n_prod) in enumerate(pairs) if n_out == 1 and n_prod != 1)
+        if (owned and a.shape == g.shape == product_shape and len(product_shape) == out.ndim
+                and len(axes) == 1):
+            # the usual case (one mode axis summed): the Device's kernel, fused on CPU with
+            # Device(fused="numba")
+            prod = ws.get("ms_product", product_shape, out.dtype)
+            kernels.conj_mode_sum(a, g, out, axes[0], prod)
+            return
+        a_conj = xp.conjugate(a, out=a if owned else None)
         if product_shape == out.shape:
             xp.multiply(a_conj, g, out=out)
             return
@@ -306,6 +316,4 @@ class Multislice(Propagator):
         if len(product_shape) != out.ndim:
             out[...] = reduce_to_shape(prod, out.shape)
             return
-        pairs = zip(out.shape, product_shape, strict=True)
-        axes = tuple(i for i, (n_out, n_prod) in enumerate(pairs) if n_out == 1 and n_prod != 1)
         xp.sum(prod, axis=axes, keepdims=True, out=out)

@@ -66,3 +66,15 @@ def spectral_gradients(H, spec, factor, qy, qx, probe_grad, do_positions, do_pro
                     acc[p] += H[m, b, p] * factor[b, p].conjugate()
             for p in range(n_p):
                 probe_grad[m, p] += acc[p]
+
+
+@numba.njit(cache=True, nogil=True)
+def conj_mode_sum(a, g, out):  # pragma: no cover - compiled
+    """out[l, r] = sum_m conj(a[l, m, r]) g[l, m, r], modes added in order m = 0, 1, ..."""
+    n_l, n_m, n_r = a.shape
+    for i in range(n_l):
+        for r in range(n_r):
+            out[i, r] = a[i, 0, r].conjugate() * g[i, 0, r]
+        for m in range(1, n_m):
+            for r in range(n_r):
+                out[i, r] += a[i, m, r].conjugate() * g[i, m, r]

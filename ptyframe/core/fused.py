@@ -54,6 +54,13 @@ class NumpyKernels:
         for b, (y, x) in enumerate(np.asarray(corners).tolist()):
             target[:, y:y + ny, x:x + nx] += values[:, b]
 
+    def conj_mode_sum(self, a: Any, g: Any, out: Any, axis: int, work: Any) -> None:
+        """``out = sum over axis of conj(a) g`` (keepdims), ``a`` and ``g`` of one shape,
+        ``work`` a buffer of that shape (the product), ``a`` may be overwritten."""
+        xp = self.xp
+        xp.multiply(xp.conjugate(a, out=a), g, out=work)
+        xp.sum(work, axis=axis, keepdims=True, out=out)
+
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:
         """Gradients from H = FFT(dL/d conj(P_n)), (M, B, ny, nx), overwritten here.
@@ -101,6 +108,15 @@ class NumbaKernels(NumpyKernels):
     def scatter_add_windows(self, target: Any, corners: Any, values: Any) -> None:
         self._k.scatter_add_windows(target, np.ascontiguousarray(corners, dtype=np.int64),
                                     values)
+
+    def conj_mode_sum(self, a: Any, g: Any, out: Any, axis: int, work: Any) -> None:
+        axis = axis % a.ndim
+        if not (a.flags.c_contiguous and g.flags.c_contiguous and out.flags.c_contiguous):
+            return super().conj_mode_sum(a, g, out, axis, work)
+        lead = int(np.prod(a.shape[:axis], dtype=np.int64))
+        rest = int(np.prod(a.shape[axis + 1:], dtype=np.int64))
+        shape = (lead, a.shape[axis], rest)
+        self._k.conj_mode_sum(a.reshape(shape), g.reshape(shape), out.reshape(lead, rest))
 
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:

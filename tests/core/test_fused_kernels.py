@@ -70,12 +70,31 @@ def test_spectral_gradients_equal_the_reference(dtype, positions, probe):
         close(grad_fast, grad_ref, dtype)
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("axis", [0, 1, -3])
+def test_conj_mode_sum_equals_the_reference(dtype, axis):
+    rng = np.random.default_rng(2)
+    shape = (2, 3, 4, 6, 5)
+    a, g = random_complex(rng, shape, dtype), random_complex(rng, shape, dtype)
+    out_shape = list(shape)
+    out_shape[axis] = 1
+    outs = []
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        out = np.empty(out_shape, dtype)
+        kernels.conj_mode_sum(a.copy(), g, out, axis, np.empty(shape, dtype))
+        outs.append(out)
+    close(outs[1], outs[0], dtype)
+    np.testing.assert_allclose(outs[0], np.sum(np.conj(a) * g, axis=axis, keepdims=True),
+                               rtol=RTOL[dtype] * 10)
+
+
 def test_device_rejects_unknown_kernels():
     with pytest.raises(ValueError, match="fused: expected one of"):
         Device("cpu", fused="cython")
 
 
-def make_model(fused, precision, n_slices=2, n_probe_modes=2, seed=3, n=16, N=9):
+def make_model(fused, precision, n_slices=3, n_probe_modes=2, seed=3, n=16, N=9):
     rng = np.random.default_rng(seed)
     dev = Device("cpu", precision, workers=1, fused=fused)
     shape = (n_slices, 1, 40, 40)
@@ -85,7 +104,7 @@ def make_model(fused, precision, n_slices=2, n_probe_modes=2, seed=3, n=16, N=9)
     pos = rng.random((N, 2)) * 20 + 2
     meas = rng.poisson(5, (N, n, n)).astype(float)
     model = FarFieldModel.from_geometry(
-        Multislice(slice_thickness_A=[2.0]), LeastSquaresSqrt(), dev, (n, n), 0.3, 0.025,
+        Multislice(slice_thickness_A=[2.0, 1.5]), LeastSquaresSqrt(), dev, (n, n), 0.3, 0.025,
         n_slices, dev.real(meas), batch_size=4)
     params = {"object": dev.complex(obj), "probe": dev.complex(probe),
               "positions": dev.real(pos)}
