@@ -164,9 +164,9 @@ def fft_floor_runner(model: FarFieldModel, device: Device, n_slices: int, n_prob
 
 
 def profile(model: FarFieldModel, params: dict, top: int = 25) -> None:
-    """cProfile of one evaluation (after a warm-up), the top functions by own time."""
+    """cProfile (CPU time) of one evaluation after a warm-up: the top functions by own time."""
     model.value_and_grad(params)
-    prof = cProfile.Profile()
+    prof = cProfile.Profile(time.process_time)  # CPU time: robust on a shared machine
     prof.enable()
     model.value_and_grad(params)
     prof.disable()

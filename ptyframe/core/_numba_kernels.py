@@ -78,3 +78,27 @@ def conj_mode_sum(a, g, out):  # pragma: no cover - compiled
         for m in range(1, n_m):
             for r in range(n_r):
                 out[i, r] += a[i, m, r].conjugate() * g[i, m, r]
+
+
+@numba.njit(cache=True, nogil=True)
+def abs2_sum(flat, scale, out):  # pragma: no cover - compiled
+    """out[r] = scale * sum_l |flat[l, r]|^2 (l in order)."""
+    n_l, n_r = flat.shape
+    for r in range(n_r):
+        v = flat[0, r]
+        out[r] = v.real * v.real + v.imag * v.imag
+    for i in range(1, n_l):
+        for r in range(n_r):
+            v = flat[i, r]
+            out[r] += v.real * v.real + v.imag * v.imag
+    for r in range(n_r):
+        out[r] *= scale
+
+
+@numba.njit(cache=True, nogil=True)
+def multiply_real(a, g, scale):  # pragma: no cover - compiled
+    """a[l, r] *= g[r] * scale, in place."""
+    n_l, n_r = a.shape
+    for i in range(n_l):
+        for r in range(n_r):
+            a[i, r] *= g[r] * scale

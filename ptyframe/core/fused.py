@@ -54,6 +54,24 @@ class NumpyKernels:
         for b, (y, x) in enumerate(np.asarray(corners).tolist()):
             target[:, y:y + ny, x:x + nx] += values[:, b]
 
+    def abs2_sum(self, flat: Any, scale: float, out: Any, work: Any | None = None) -> Any:
+        """``out = scale * sum_l |flat[l]|^2``: ``flat`` (L, ...) complex, ``out`` real of
+        ``flat.shape[1:]``; ``work``: optional real buffer like ``out`` (needed when L > 1)."""
+        xp = self.xp
+        xp.square(xp.abs(flat[0], out=out), out=out)
+        if flat.shape[0] > 1:
+            tmp = work if work is not None else xp.empty_like(out)
+            for w in flat[1:]:
+                out += xp.square(xp.abs(w, out=tmp), out=tmp)
+        if scale != 1.0:
+            out *= scale
+        return out
+
+    def multiply_real(self, a: Any, g: Any, scale: float) -> Any:
+        """``a *= g * scale`` in place, ``g`` real broadcast over the leading axes of ``a``."""
+        a *= g * scale if scale != 1.0 else g
+        return a
+
     def conj_mode_sum(self, a: Any, g: Any, out: Any, axis: int, work: Any) -> None:
         """``out = sum over axis of conj(a) g`` (keepdims), ``a`` and ``g`` of one shape,
         ``work`` a buffer of that shape (the product), ``a`` may be overwritten."""
@@ -108,6 +126,21 @@ class NumbaKernels(NumpyKernels):
     def scatter_add_windows(self, target: Any, corners: Any, values: Any) -> None:
         self._k.scatter_add_windows(target, np.ascontiguousarray(corners, dtype=np.int64),
                                     values)
+
+    def abs2_sum(self, flat: Any, scale: float, out: Any, work: Any | None = None) -> Any:
+        if not (flat.flags.c_contiguous and out.flags.c_contiguous):
+            return super().abs2_sum(flat, scale, out, work)
+        n = out.size
+        self._k.abs2_sum(flat.reshape(flat.shape[0], n), out.dtype.type(scale), out.reshape(n))
+        return out
+
+    def multiply_real(self, a: Any, g: Any, scale: float) -> Any:
+        n = g.size
+        if not a.flags.c_contiguous or a.shape[a.ndim - g.ndim:] != g.shape:
+            return super().multiply_real(a, g, scale)
+        self._k.multiply_real(a.reshape(-1, n), np.ascontiguousarray(g).reshape(n),
+                              g.dtype.type(scale))
+        return a
 
     def conj_mode_sum(self, a: Any, g: Any, out: Any, axis: int, work: Any) -> None:
         axis = axis % a.ndim

@@ -89,6 +89,26 @@ def test_conj_mode_sum_equals_the_reference(dtype, axis):
                                rtol=RTOL[dtype] * 10)
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("n_fields", [1, 3])
+def test_intensity_and_real_product_equal_the_reference(dtype, n_fields):
+    rng = np.random.default_rng(4)
+    real = np.float32 if dtype == np.complex64 else np.float64
+    flat = random_complex(rng, (n_fields, 5, 8, 6), dtype)
+    expected = 0.25 * (np.abs(flat.astype(np.complex128)) ** 2).sum(axis=0)
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        out = kernels.abs2_sum(flat, 0.25, np.empty((5, 8, 6), real), np.empty((5, 8, 6), real))
+        assert out.dtype == np.dtype(real)
+        close(out, expected, dtype)
+    g = rng.standard_normal((5, 8, 6)).astype(real)
+    expected = flat.astype(np.complex128) * g * 0.5
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        a = flat.copy()
+        assert kernels.multiply_real(a, g, 0.5) is a
+        close(a, expected, dtype)
+
+
 def test_device_rejects_unknown_kernels():
     with pytest.raises(ValueError, match="fused: expected one of"):
         Device("cpu", fused="cython")
