@@ -39,33 +39,33 @@ def scatter_add_windows(target, corners, values):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def spectral_gradients(H, spec, factor, qy, qx, probe_grad, do_positions, do_probe,
                        positions_out):  # pragma: no cover - compiled
-    """One pass over H (M, B, P) per gradient: positions_out[b] = sum_p X_b(p) (qy, qx)[p] / P
-    with X_b(p) = sum_m Im(conj(H[m, b, p]) spec[m, p] factor[b, p]); probe_grad[m, p] +=
+    """One pass over H (M, B, P) and factor (B, P): positions_out[b] = sum_p X_b(p) (qy, qx)[p]
+    / P with X_b(p) = sum_m Im(conj(H[m, b, p]) spec[m, p] factor[b, p]); probe_grad[m, p] +=
     sum_b H[m, b, p] conj(factor[b, p]). Products in the arrays' precision, sums in double
     precision (fastmath: the sums may be reordered)."""
     n_m, n_b, n_p = H.shape
-    if do_positions:
-        for b in range(n_b):
-            gy = 0.0
-            gx = 0.0
-            for m in range(n_m):
-                for p in range(n_p):
-                    s = spec[m, p] * factor[b, p]
-                    h = H[m, b, p]
+    acc = np.zeros((n_m, n_p), dtype=np.complex128)
+    for b in range(n_b):
+        gy = 0.0
+        gx = 0.0
+        for m in range(n_m):
+            for p in range(n_p):
+                f = factor[b, p]
+                h = H[m, b, p]
+                if do_positions:
+                    s = spec[m, p] * f
                     x = h.real * s.imag - h.imag * s.real
                     gy += x * qy[p]
                     gx += x * qx[p]
+                if do_probe:
+                    acc[m, p] += h * f.conjugate()
+        if do_positions:
             positions_out[b, 0] = gy / n_p
             positions_out[b, 1] = gx / n_p
     if do_probe:
-        acc = np.zeros(n_p, dtype=np.complex128)
         for m in range(n_m):
-            acc[:] = 0
-            for b in range(n_b):
-                for p in range(n_p):
-                    acc[p] += H[m, b, p] * factor[b, p].conjugate()
             for p in range(n_p):
-                probe_grad[m, p] += acc[p]
+                probe_grad[m, p] += acc[m, p]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -102,3 +102,10 @@ def multiply_real(a, g, scale):  # pragma: no cover - compiled
     for i in range(n_l):
         for r in range(n_r):
             a[i, r] *= g[r] * scale
+
+
+@numba.njit(cache=True, nogil=True)
+def conj_multiply(a, g, out):  # pragma: no cover - compiled
+    """out[r] = conj(a[r]) g[r] (flat arrays)."""
+    for r in range(a.shape[0]):
+        out[r] = a[r].conjugate() * g[r]

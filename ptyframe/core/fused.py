@@ -72,6 +72,11 @@ class NumpyKernels:
         a *= g * scale if scale != 1.0 else g
         return a
 
+    def conj_multiply(self, a: Any, g: Any, out: Any) -> None:
+        """``out = conj(a) g``, all of one shape; ``a`` may be overwritten."""
+        xp = self.xp
+        xp.multiply(xp.conjugate(a, out=a), g, out=out)
+
     def conj_mode_sum(self, a: Any, g: Any, out: Any, axis: int, work: Any) -> None:
         """``out = sum over axis of conj(a) g`` (keepdims), ``a`` and ``g`` of one shape,
         ``work`` a buffer of that shape (the product), ``a`` may be overwritten."""
@@ -141,6 +146,11 @@ class NumbaKernels(NumpyKernels):
         self._k.multiply_real(a.reshape(-1, n), np.ascontiguousarray(g).reshape(n),
                               g.dtype.type(scale))
         return a
+
+    def conj_multiply(self, a: Any, g: Any, out: Any) -> None:
+        if not (a.flags.c_contiguous and g.flags.c_contiguous and out.flags.c_contiguous):
+            return super().conj_multiply(a, g, out)
+        self._k.conj_multiply(a.reshape(-1), g.reshape(-1), out.reshape(-1))
 
     def conj_mode_sum(self, a: Any, g: Any, out: Any, axis: int, work: Any) -> None:
         axis = axis % a.ndim

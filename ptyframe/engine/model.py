@@ -327,8 +327,9 @@ class PtychographyModel:
         M = spec.shape[0]
         ny, nx = self.window
         wave = ws.get("wave", (1, M, B, ny, nx), cdt)
-        xp.multiply(spec, factor, out=wave[0])
-        wave = dev.ifft2(wave, overwrite=True)
+        # the inverse FFT's 1/N goes on the small probe spectra (one pass less over the batch)
+        xp.multiply(spec * (1.0 / (ny * nx)), factor, out=wave[0])
+        wave = dev.ifft2(wave, norm="forward", overwrite=True)
         cache: dict[str, Any] = {"corner": setup["corner"]}
         tilts = setup["tilts"]
         if tilts is not None and self.tilt_before:

@@ -87,6 +87,10 @@ def test_conj_mode_sum_equals_the_reference(dtype, axis):
     close(outs[1], outs[0], dtype)
     np.testing.assert_allclose(outs[0], np.sum(np.conj(a) * g, axis=axis, keepdims=True),
                                rtol=RTOL[dtype] * 10)
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        out = np.empty(shape, dtype)
+        kernels.conj_multiply(a.copy(), g, out)
+        np.testing.assert_array_equal(out, np.conj(a) * g)
 
 
 @needs_numba
