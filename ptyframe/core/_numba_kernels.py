@@ -129,3 +129,16 @@ def conj_multiply(a, g, out):  # pragma: no cover - compiled
     """out[r] = conj(a[r]) g[r] (flat arrays)."""
     for r in range(a.shape[0]):
         out[r] = a[r].conjugate() * g[r]
+
+
+@numba.njit(cache=True, nogil=True)
+def amplitude_loss(intensity, sqrt_measured, epsilon):  # pragma: no cover - compiled
+    """sum (sqrt(I + eps) - sqrt(M))^2 (double precision), and I <- 1 - sqrt(M) / sqrt(I +
+    eps) in place (flat arrays)."""
+    total = 0.0
+    for r in range(intensity.shape[0]):
+        a = np.sqrt(intensity[r] + epsilon)
+        d = a - sqrt_measured[r]
+        total += d * d
+        intensity[r] = d / a
+    return total

@@ -72,6 +72,20 @@ class NumpyKernels:
         a *= g * scale if scale != 1.0 else g
         return a
 
+    def amplitude_loss(self, intensity: Any, sqrt_measured: Any, epsilon: float
+                       ) -> tuple[float, Any]:
+        """Amplitude least squares: (sum (sqrt(I + eps) - sqrt(M))^2 summed in double
+        precision, dL/dI = 1 - sqrt(M) / sqrt(I + eps) in the memory of ``intensity``)."""
+        xp = self.xp
+        amp = intensity
+        if epsilon:
+            amp += epsilon
+        xp.sqrt(amp, out=amp)
+        diff = amp - sqrt_measured
+        grad = xp.divide(diff, amp, out=amp)
+        value = float(xp.square(diff, out=diff).sum(dtype=xp.float64))
+        return value, grad
+
     def conj_multiply(self, a: Any, g: Any, out: Any) -> None:
         """``out = conj(a) g``, all of one shape; ``a`` may be overwritten."""
         xp = self.xp
@@ -146,6 +160,16 @@ class NumbaKernels(NumpyKernels):
         self._k.multiply_real(a.reshape(-1, n), np.ascontiguousarray(g).reshape(n),
                               g.dtype.type(scale))
         return a
+
+    def amplitude_loss(self, intensity: Any, sqrt_measured: Any, epsilon: float
+                       ) -> tuple[float, Any]:
+        if (not (intensity.flags.c_contiguous and sqrt_measured.flags.c_contiguous)
+                or intensity.shape != sqrt_measured.shape
+                or intensity.dtype != sqrt_measured.dtype):
+            return super().amplitude_loss(intensity, sqrt_measured, epsilon)
+        value = self._k.amplitude_loss(intensity.reshape(-1), sqrt_measured.reshape(-1),
+                                       intensity.dtype.type(epsilon))
+        return float(value), intensity
 
     def conj_multiply(self, a: Any, g: Any, out: Any) -> None:
         if not (a.flags.c_contiguous and g.flags.c_contiguous and out.flags.c_contiguous):

@@ -113,6 +113,24 @@ def test_intensity_and_real_product_equal_the_reference(dtype, n_fields):
         close(a, expected, dtype)
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("epsilon", [0.0, 1e-3])
+def test_amplitude_loss_equals_the_reference(dtype, epsilon):
+    rng = np.random.default_rng(5)
+    inten = rng.uniform(0.0, 4.0, (6, 8, 8)).astype(dtype)
+    sqrt_m = np.sqrt(rng.poisson(2.0, (6, 8, 8))).astype(dtype)
+    amp = np.sqrt(inten.astype(np.float64) + epsilon)
+    expected = ((amp - sqrt_m) ** 2).sum(), 1 - sqrt_m / amp
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        work = inten.copy()
+        value, grad = kernels.amplitude_loss(work, sqrt_m, epsilon)
+        assert grad is work and grad.dtype == np.dtype(dtype)
+        assert value == pytest.approx(expected[0], rel=rtol)
+        np.testing.assert_allclose(grad, expected[1], rtol=rtol, atol=rtol)
+
+
 def test_device_rejects_unknown_kernels():
     with pytest.raises(ValueError, match="fused: expected one of"):
         Device("cpu", fused="cython")
