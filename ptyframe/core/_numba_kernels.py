@@ -142,3 +142,22 @@ def amplitude_loss(intensity, sqrt_measured, epsilon):  # pragma: no cover - com
         total += d * d
         intensity[r] = d / a
     return total
+
+
+@numba.njit(cache=True, nogil=True)
+def slice_adjoint(a, g, t, out):  # pragma: no cover - compiled
+    """out[l, r] = sum_m conj(a[l, m, r]) g[l, m, r] and g[l, m, r] *= conj(t[l, r]), in one
+    pass over a and g."""
+    n_l, n_m, n_r = a.shape
+    for i in range(n_l):
+        o_row = out[i]
+        t_row = t[i]
+        for r in range(n_r):
+            o_row[r] = 0
+        for m in range(n_m):
+            a_row = a[i, m]
+            g_row = g[i, m]
+            for r in range(n_r):
+                gv = g_row[r]
+                o_row[r] += a_row[r].conjugate() * gv
+                g_row[r] = gv * t_row[r].conjugate()

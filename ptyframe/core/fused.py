@@ -98,6 +98,18 @@ class NumpyKernels:
         xp.multiply(xp.conjugate(a, out=a), g, out=work)
         xp.sum(work, axis=axis, keepdims=True, out=out)
 
+    def slice_adjoint(self, a: Any, g: Any, t: Any, out: Any, work: Any) -> None:
+        """One multislice adjoint step: ``out = sum_m conj(a) g`` over the mode axis -4
+        (keepdims) and ``g *= conj(t)``. ``a``, ``g`` (..., M, B, ny, nx); ``t``, ``out``
+        (..., 1, B, ny, nx); ``work`` a buffer like ``g``; ``a`` and ``t`` may be
+        overwritten."""
+        xp = self.xp
+        if a.shape[-4] == 1:
+            self.conj_multiply(a, g, out)
+        else:
+            self.conj_mode_sum(a, g, out, a.ndim - 4, work)
+        g *= xp.conjugate(t, out=t)
+
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:
         """Gradients from H = FFT(dL/d conj(P_n)), (M, B, ny, nx), overwritten here.
@@ -184,6 +196,15 @@ class NumbaKernels(NumpyKernels):
         rest = int(np.prod(a.shape[axis + 1:], dtype=np.int64))
         shape = (lead, a.shape[axis], rest)
         self._k.conj_mode_sum(a.reshape(shape), g.reshape(shape), out.reshape(lead, rest))
+
+    def slice_adjoint(self, a: Any, g: Any, t: Any, out: Any, work: Any) -> None:
+        if not all(x.flags.c_contiguous for x in (a, g, t, out)):
+            return super().slice_adjoint(a, g, t, out, work)
+        lead = int(np.prod(a.shape[:-4], dtype=np.int64))
+        rest = int(np.prod(a.shape[-3:], dtype=np.int64))
+        self._k.slice_adjoint(a.reshape(lead, a.shape[-4], rest),
+                              g.reshape(lead, a.shape[-4], rest), t.reshape(lead, rest),
+                              out.reshape(lead, rest))
 
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:

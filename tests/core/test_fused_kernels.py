@@ -131,6 +131,22 @@ def test_amplitude_loss_equals_the_reference(dtype, epsilon):
         np.testing.assert_allclose(grad, expected[1], rtol=rtol, atol=rtol)
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("modes", [1, 3])
+def test_slice_adjoint_equals_the_reference(dtype, modes):
+    rng = np.random.default_rng(6)
+    shape, small = (2, modes, 4, 6, 5), (2, 1, 4, 6, 5)
+    a, g = random_complex(rng, shape, dtype), random_complex(rng, shape, dtype)
+    t = random_complex(rng, small, dtype)
+    expected = (np.sum(np.conj(a) * g, axis=1, keepdims=True), g * np.conj(t))
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        g_work, out = g.copy(), np.empty(small, dtype)
+        kernels.slice_adjoint(a.copy(), g_work, t.copy(), out, np.empty(shape, dtype))
+        close(out, expected[0], dtype)
+        close(g_work, expected[1], dtype)
+
+
 def test_device_rejects_unknown_kernels():
     with pytest.raises(ValueError, match="fused: expected one of"):
         Device("cpu", fused="cython")
