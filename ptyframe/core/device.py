@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ptyframe.core.fft import FFT_PROVIDERS, make_fft_provider
+from ptyframe.core.fft import FFT_PROVIDERS, ModuleFFT, make_fft_provider
 from ptyframe.core.fused import FUSED_KERNELS, make_kernels
 
 __all__ = ["Device", "Workspace", "cupy_available"]
@@ -127,7 +127,7 @@ class Device:
         self.fft = fft
         if kind == "gpu":
             self.xp = importlib.import_module("cupy")
-            self._fft = importlib.import_module("cupy.fft")
+            self._fft = ModuleFFT(importlib.import_module("cupy.fft"), self.xp)
             self._cupyx = importlib.import_module("cupyx")
             self.xp.cuda.Device(gpu_id).use()
             self.workers = workers
@@ -176,21 +176,15 @@ class Device:
     # result is the input's own memory (no allocation). Always use the returned array; the
     # input's content is undefined afterwards.
     def fft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
-        if self.kind == "cpu":
-            return self._fft.fft2(a, norm=norm, overwrite=overwrite)
-        return self._fft.fft2(a, norm=norm, overwrite_x=overwrite)
+        return self._fft.fft2(a, norm=norm, overwrite=overwrite)
 
     def ifft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
-        if self.kind == "cpu":
-            return self._fft.ifft2(a, norm=norm, overwrite=overwrite)
-        return self._fft.ifft2(a, norm=norm, overwrite_x=overwrite)
+        return self._fft.ifft2(a, norm=norm, overwrite=overwrite)
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """Uninitialised array on this device, laid out for in-place FFTs (SIMD-aligned for
         FFTW)."""
-        if self.kind == "cpu":
-            return self._fft.empty(tuple(shape), dtype)
-        return self.xp.empty(shape, dtype=dtype)
+        return self._fft.empty(tuple(shape), dtype)
 
     def fftfreq(self, n: int, d: float = 1.0) -> Any:
         return self.xp.fft.fftfreq(n, d).astype(self.real_dtype)

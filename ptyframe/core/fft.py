@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FFT_PROVIDERS", "PlannedFFTW", "ScipyFFT", "make_fft_provider", "pyfftw_available",
-           "wisdom_path"]
+__all__ = ["FFT_PROVIDERS", "ModuleFFT", "PlannedFFTW", "ScipyFFT", "make_fft_provider",
+           "pyfftw_available", "wisdom_path"]
 
 #: provider names accepted by :func:`make_fft_provider` (and ``Device(fft=...)``)
 FFT_PROVIDERS = ("scipy", "fftw")
@@ -87,6 +87,26 @@ class ScipyFFT:
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.empty(shape, dtype=dtype)
+
+
+class ModuleFFT:
+    """Any NumPy-like FFT module (e.g. ``cupy.fft`` with its array namespace on GPU) behind
+    the provider interface."""
+
+    name = "module"
+
+    def __init__(self, fft_module: Any, xp: Any) -> None:
+        self._fft = fft_module
+        self.xp = xp
+
+    def fft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
+        return self._fft.fft2(a, norm=norm, overwrite_x=overwrite)
+
+    def ifft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
+        return self._fft.ifft2(a, norm=norm, overwrite_x=overwrite)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.xp.empty(shape, dtype=dtype)
 
 
 class PlannedFFTW:
