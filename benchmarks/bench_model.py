@@ -1,19 +1,25 @@
-"""Benchmark of one far-field loss + gradient evaluation against its FFT floor.
+"""Benchmark of one far-field loss + gradient evaluation against its FFT floors.
 
 Usage::
 
     python benchmarks/bench_model.py [--quick] [--threads 1] [--precision single|double]
-                                     [--batch-size 256] [--repeats 7]
+                                     [--batch-size 256] [--repeats 7] [--profile scipy|fftw]
 
 Synthetic data set: 1024 scan positions (a 32 x 32 raster with random sub-pixel jitter),
 64 x 64 patterns, a ~200 x 200 object, lsq_sqrt loss. For each configuration (slices S,
 probe modes M, one object mode) it reports
 
 * ``eval``: median time of one full ``FarFieldModel.value_and_grad`` over all positions,
-  gradients of object, probe and positions (after one warm-up evaluation);
-* ``FFT floor``: median time of the bare 2-D FFTs that evaluation has to do, timed in the same
-  run with the same :class:`Device` on work arrays of the same shape and dtype (in place);
-* their ratio.
+  gradients of object, probe and positions (after one warm-up evaluation), once per CPU FFT
+  provider of the Device: ``scipy`` (scipy.fft, the default) and ``fftw`` (planned FFTW via
+  pyFFTW, when the ``fftw`` extra is installed);
+* two ``FFT floors``: median time of the bare 2-D FFTs that evaluation has to do, through each
+  provider, on aligned work arrays of the same shape and dtype (in place);
+* the ratio of each evaluation to each floor, for wall time and for CPU time (process time,
+  all threads). Evaluations run with the element-wise kernels ``numpy`` (the reference) and,
+  when numba is installed, ``numba`` (fused, ``Device(fused="numba")``). The machine may be
+  shared, so all functions are timed interleaved and the medians reported; CPU time is the
+  less load-sensitive figure.
 
 FFT count per wave (one position x one probe mode x one object mode): forward 1 inverse FFT
 (sub-pixel shift of the probe) + 2 (S - 1) (Fresnel steps) + 1 (far field); backward the same
@@ -25,7 +31,9 @@ negligible and left out of the floor.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -58,6 +66,8 @@ from ptyframe_losses.intensity_losses import LeastSquaresSqrt  # noqa: E402
 from ptyframe_propagators.multislice import Multislice  # noqa: E402
 
 from ptyframe.core.device import Device  # noqa: E402
+from ptyframe.core.fft import pyfftw_available  # noqa: E402
+from ptyframe.core.fused import numba_available  # noqa: E402
 from ptyframe.engine.model import FarFieldModel  # noqa: E402
 
 N_SIDE = 32           # 32 x 32 = 1024 positions
@@ -107,20 +117,23 @@ def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: 
     return model, params
 
 
-def interleaved_medians(fns: list, repeats: int, device: Device) -> list[float]:
-    """Median wall time of each function; one warm-up call each (plans, work buffers, page
-    faults), then the timed calls alternate so that both see the same machine load."""
+def interleaved_medians(fns: list, repeats: int, device: Device
+                        ) -> list[tuple[float, float]]:
+    """Median (wall, CPU) seconds of each function; one warm-up call each (plans, work buffers,
+    page faults), then the timed calls alternate so that all see the same machine load."""
     for fn in fns:
         fn()
     device.synchronize()
-    times: list[list[float]] = [[] for _ in fns]
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, record in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
+        for fn, w, c in zip(fns, wall, cpu, strict=True):
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             device.synchronize()
-            record.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+            w.append(time.perf_counter() - t0)
+            c.append(time.process_time() - c0)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)]
 
 
 def fft_floor_runner(model: FarFieldModel, device: Device, n_slices: int, n_probe_modes: int,
@@ -132,9 +145,11 @@ def fft_floor_runner(model: FarFieldModel, device: Device, n_slices: int, n_prob
     n = model.n_measurements
     batch_sizes = [s.stop - s.start for s in model.batches(n)]
     rng = np.random.default_rng(1)
-    work = {b: xp.asarray((rng.standard_normal((n_object_modes, n_probe_modes, b, WINDOW,
-                                                 WINDOW)) + 0j).astype(device.complex_dtype))
-            for b in set(batch_sizes)}
+    work = {}
+    for b in set(batch_sizes):
+        shape = (n_object_modes, n_probe_modes, b, WINDOW, WINDOW)
+        work[b] = device.empty(shape, device.complex_dtype)  # aligned for FFTW
+        work[b][...] = xp.asarray(rng.standard_normal(shape))
     per_batch = 4 * n_slices
 
     def run() -> None:
@@ -148,6 +163,16 @@ def fft_floor_runner(model: FarFieldModel, device: Device, n_slices: int, n_prob
     return run, per_batch * n * n_probe_modes * n_object_modes
 
 
+def profile(model: FarFieldModel, params: dict, top: int = 25) -> None:
+    """cProfile (CPU time) of one evaluation after a warm-up: the top functions by own time."""
+    model.value_and_grad(params)
+    prof = cProfile.Profile(time.process_time)  # CPU time: robust on a shared machine
+    prof.enable()
+    model.value_and_grad(params)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (3)")
@@ -156,32 +181,70 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=256, help="measurements per batch")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--profile", choices=("scipy", "fftw"), default=None,
+                    help="print a cProfile of one evaluation per configuration with this "
+                         "provider (and the --profile-fused kernels) instead of timing")
+    ap.add_argument("--profile-fused", choices=("numpy", "numba"), default="numpy")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
-    device = Device(args.device, args.precision, workers=args.threads)
+    providers = ["scipy"] + (["fftw"] if pyfftw_available() and args.device == "cpu" else [])
+    fused = ["numpy"] + (["numba"] if numba_available() and args.device == "cpu" else [])
+    devices = {p: Device(args.device, args.precision, workers=args.threads, fft=p)
+               for p in providers}
+    device = devices["scipy"]
+    # (FFT provider, element-wise kernels) of the timed evaluations
+    variants = [("scipy", "numpy")] + [(p, f) for p in providers[1:] for f in fused]
+    if len(providers) == 1:
+        variants += [("scipy", f) for f in fused[1:]]
     n = N_SIDE * N_SIDE
     print(f"ptyframe model benchmark: {n} positions, {WINDOW}x{WINDOW} patterns, "
           f"object {OBJECT}x{OBJECT}, loss lsq_sqrt, gradients object+probe+positions")
-    print(f"device {device!r} ({np.dtype(device.complex_dtype).name}), "
-          f"FFT worker threads: {args.threads} "
-          f"(BLAS: {os.environ.get('OPENBLAS_NUM_THREADS')}), "
-          f"batch size {args.batch_size}, "
+    print(f"device {args.device} ({np.dtype(device.complex_dtype).name}), "
+          f"FFT providers {providers}, FFT worker threads: {args.threads} "
+          f"(BLAS: {os.environ.get('OPENBLAS_NUM_THREADS')}), batch size {args.batch_size}, "
           f"median of {repeats} interleaved repeats after 1 warm-up, numpy {np.__version__}, "
           f"CPUs visible {os.cpu_count()}")
-    header = (f"{'slices':>6} {'probe modes':>11} {'batches':>7} {'FFTs':>7} "
-              f"{'eval [s]':>9} {'FFT floor [s]':>13} {'ratio':>6} {'us/pattern':>10}")
+    if len(providers) == 1 and args.device == "cpu":
+        print("pyFFTW not installed (pip install ptyframe[fftw]): no planned-FFTW floor")
+    if args.profile is not None:
+        dev = Device(args.device, args.precision, workers=args.threads, fft=args.profile,
+                     fused=args.profile_fused)
+        for n_slices, n_modes in CONFIGS:
+            model, params = make_problem(dev, n_slices, n_modes, args.batch_size)
+            print(f"\n=== cProfile, {n_slices} slice(s), {n_modes} probe mode(s), "
+                  f"fft={args.profile}")
+            profile(model, params)
+        return 0
+    header = (f"{'slices':>6} {'modes':>5} {'FFTs':>7} {'eval fft+kernels':>16} "
+              f"{'wall [s]':>9} {'CPU [s]':>8} "
+              + " ".join(f"{'/' + p + ' floor':>12} {'(CPU)':>6}" for p in providers)
+              + f" {'us/pattern':>10}")
     print(header)
     print("-" * len(header))
     for n_slices, n_modes in CONFIGS:
-        model, params = make_problem(device, n_slices, n_modes, args.batch_size)
-        floor, count = fft_floor_runner(model, device, n_slices, n_modes, 1)
-        def evaluate(model: FarFieldModel = model, params: dict = params) -> None:
-            model.value_and_grad(params)
+        fns, floors = [], []
+        count = 0
+        for p in providers:
+            model, _ = make_problem(devices[p], n_slices, n_modes, args.batch_size)
+            floor, count = fft_floor_runner(model, devices[p], n_slices, n_modes, 1)
+            floors.append(floor)
+        for p, f in variants:
+            dev = Device(args.device, args.precision, workers=args.threads, fft=p, fused=f)
+            model, params = make_problem(dev, n_slices, n_modes, args.batch_size)
 
-        t_eval, t_fft = interleaved_medians([evaluate, floor], repeats, device)
-        n_batches = len(list(model.batches(n)))
-        print(f"{n_slices:>6} {n_modes:>11} {n_batches:>7} {count:>7} {t_eval:>9.4f} "
-              f"{t_fft:>13.4f} {t_eval / t_fft:>6.2f} {1e6 * t_eval / n:>10.1f}")
+            def evaluate(model: FarFieldModel = model, params: dict = params) -> None:
+                model.value_and_grad(params)
+
+            fns.append(evaluate)
+        times = interleaved_medians(fns + floors, repeats, device)
+        evals, floor_times = times[:len(variants)], times[len(variants):]
+        for (p, f), (wall, cpu) in zip(variants, evals, strict=True):
+            ratios = " ".join(f"{wall / fw:>12.2f} {cpu / fc:>6.2f}" for fw, fc in floor_times)
+            print(f"{n_slices:>6} {n_modes:>5} {count:>7} {p + '+' + f:>16} {wall:>9.4f} "
+                  f"{cpu:>8.4f} {ratios} {1e6 * wall / n:>10.1f}")
+        for p, (fw, fc) in zip(providers, floor_times, strict=True):
+            print(f"{'':>6} {'':>5} {count:>7} {p + ' FFT floor':>16}: wall {fw:.4f} s, "
+                  f"CPU {fc:.4f} s ({1e6 * fc / count:.2f} us CPU per 2-D FFT)")
     return 0
 
 

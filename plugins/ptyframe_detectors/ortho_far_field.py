@@ -42,34 +42,36 @@ class OrthoFarField(Detector):
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _far_field_intensity(self, waves: Any, workspace: Any | None) -> tuple[Any, Any]:
-        """(far field Psi (in place of ``waves`` when a workspace is given), I (B, ny, nx))."""
+        """(F, I): F the unnormalised FFT of ``waves`` (in place of ``waves`` when a workspace
+        is given), Psi = F / sqrt(N) for N pixels; I (B, ny, nx) = (1/(K N)) sum |F|^2.
+
+        The 1/sqrt(N) of the orthonormal transform is folded into the intensity and the
+        adjoint (no scaling pass over the complex field)."""
         dev = self._device
         xp = dev.xp
-        far = dev.fft2(waves, norm="ortho", overwrite=workspace is not None)
+        far = dev.fft2(waves, overwrite=workspace is not None)
         K = far.shape[0]
         flat = far.reshape(-1, *far.shape[2:])
         shape, rdt = flat.shape[1:], dev.real_dtype
         inten = (workspace.get("intensity", shape, rdt) if workspace is not None
                  else xp.empty(shape, dtype=rdt))
-        # abs() then square() in place: two real passes and no complex temporaries
-        xp.square(xp.abs(flat[0], out=inten), out=inten)
+        work = None
         if flat.shape[0] > 1:
-            tmp = (workspace.get("intensity_tmp", shape, rdt) if workspace is not None
-                   else xp.empty(shape, dtype=rdt))
-            for w in flat[1:]:
-                inten += xp.square(xp.abs(w, out=tmp), out=tmp)
-        if K > 1:
-            inten *= 1.0 / K
+            work = (workspace.get("intensity_tmp", shape, rdt) if workspace is not None
+                    else xp.empty(shape, dtype=rdt))
+        npx = shape[-2] * shape[-1]
+        dev.kernels.abs2_sum(flat, 1.0 / (K * npx), inten, work)
         return far, inten
 
     def _far_field_vjp(self, grad_intensity: Any, far: Any, in_place: bool) -> Any:
-        """dL/d conj(exit) = IFFT_ortho(dL/dI Psi / K)."""
+        """dL/d conj(exit) = IFFT_ortho(dL/dI Psi / K) = IFFT(dL/dI F / (K N)) with the
+        unnormalised inverse (norm="forward")."""
         K = far.shape[0]
-        scale = grad_intensity * (1.0 / K) if K > 1 else grad_intensity
+        scale = 1.0 / (K * far.shape[-2] * far.shape[-1])
         if in_place:
-            far *= scale
-            return self._device.ifft2(far, norm="ortho", overwrite=True)
-        return self._device.ifft2(far * scale, norm="ortho")
+            self._device.kernels.multiply_real(far, grad_intensity, scale)
+            return self._device.ifft2(far, norm="forward", overwrite=True)
+        return self._device.ifft2(far * (grad_intensity * scale), norm="forward")
 
     # ------------------------------------------------------------------ Detector API
     def forward(self, waves: Any, indices: np.ndarray, keep: bool = True,

@@ -127,6 +127,10 @@ class Multislice(Propagator):
     rolloff: float = attrs.field(default=0.0, converter=float)
     _kernels: list[Any] = attrs.field(factory=list, init=False, repr=False)
     _kernels_conj: list[Any] = attrs.field(factory=list, init=False, repr=False)
+    # the same kernels times 1/N (N pixels): the inverse FFT's scaling folded into the
+    # product with the kernel (one pass less over the wave per step)
+    _kernels_n: list[Any] = attrs.field(factory=list, init=False, repr=False)
+    _kernels_conj_n: list[Any] = attrs.field(factory=list, init=False, repr=False)
     _geometry: PropagationGeometry | None = attrs.field(default=None, init=False, repr=False)
     _q: tuple[Any, Any] | None = attrs.field(default=None, init=False, repr=False)
 
@@ -142,10 +146,13 @@ class Multislice(Propagator):
         self._geometry = geometry
         self._kernels = []
         self._kernels_conj = []
+        inv_n = 1.0 / (geometry.shape[0] * geometry.shape[1])
         for i in range(gaps):
             kern = self.distance_kernel(self.gap_thickness(i))
             self._kernels.append(dev.complex(kern))
             self._kernels_conj.append(dev.complex(np.conj(kern)))
+        self._kernels_n = [k * inv_n for k in self._kernels]
+        self._kernels_conj_n = [k * inv_n for k in self._kernels_conj]
         ny, nx = geometry.shape
         self._q = (dev.real(frequency_axis(ny, geometry.pixel_size_A)),
                    dev.real(frequency_axis(nx, geometry.pixel_size_A)))
@@ -172,17 +179,19 @@ class Multislice(Propagator):
         """Fresnel step across gap ``gap`` (after slice ``gap``): IFFT[FFT(psi) K].
 
         ``overwrite``: work in the memory of ``wave`` (its content is lost)."""
-        return self._filter(wave, self._kernels[gap], overwrite)
+        return self._filter(wave, self._kernels_n[gap], overwrite, prescaled=True)
 
     def propagate_adjoint(self, grad: Any, gap: int, overwrite: bool = False) -> Any:
         """Adjoint Fresnel step: IFFT[FFT(g) conj(K)]."""
-        return self._filter(grad, self._kernels_conj[gap], overwrite)
+        return self._filter(grad, self._kernels_conj_n[gap], overwrite, prescaled=True)
 
-    def _filter(self, wave: Any, kernel: Any, overwrite: bool) -> Any:
+    def _filter(self, wave: Any, kernel: Any, overwrite: bool, prescaled: bool = False) -> Any:
+        """IFFT[FFT(wave) kernel]; ``prescaled``: ``kernel`` already carries the inverse
+        transform's 1/N (the inverse is then unnormalised)."""
         dev = self._geometry.device
         spec = dev.fft2(wave, overwrite=overwrite)
         spec *= kernel
-        return dev.ifft2(spec, overwrite=True)
+        return dev.ifft2(spec, norm="forward" if prescaled else None, overwrite=True)
 
     # ------------------------------------------------------------------ forward / adjoint
     def forward(self, wave: Any, transmission: Any, keep: bool = True, *, tilts: Any = None,
@@ -283,21 +292,41 @@ class Multislice(Propagator):
                                                 self.gap_thickness(s), xp)
                     spec *= conj[id(kernels[s])]
                     g = dev.ifft2(spec, overwrite=True)
-            self._conj_product(incoming[s], g, grad_trans[s], ws, owned)
+            a, t, out = incoming[s], transmission[s], grad_trans[s]
+            if (owned and a.ndim >= 4 and a.shape == g.shape
+                    and t.shape == out.shape == (*a.shape[:-4], 1, *a.shape[-3:])):
+                # the usual step in one call: fused on CPU with Device(fused="numba")
+                dev.kernels.slice_adjoint(a, g, t, out,
+                                          ws.get("ms_product", g.shape, out.dtype))
+                continue
+            self._conj_product(a, g, out, ws, owned, dev.kernels)
             # the slice's transmission is not needed any more: conj in place when allowed
-            t_conj = xp.conjugate(transmission[s], out=transmission[s] if owned else None)
+            t_conj = xp.conjugate(t, out=t if owned else None)
             g *= t_conj
         if grad_tilts is None:
             return reduce_to_shape(g, wave_shape), grad_trans
         return reduce_to_shape(g, wave_shape), grad_trans, grad_tilts
 
     @staticmethod
-    def _conj_product(a: Any, g: Any, out: Any, ws: Workspace, owned: bool) -> None:
+    def _conj_product(a: Any, g: Any, out: Any, ws: Workspace, owned: bool,
+                      kernels: Any) -> None:
         """out = conj(a) g summed over the axes along which ``out`` is broadcast (probe modes
         for the transmission gradient). ``a`` is destroyed when ``owned``."""
         xp = ws.xp
-        a_conj = xp.conjugate(a, out=a if owned else None)
         product_shape = np.broadcast_shapes(a.shape, g.shape)
+        pairs = list(zip(out.shape, product_shape, strict=False))
+        axes = tuple(i for i, (n_out, n_prod) in enumerate(pairs) if n_out == 1 and n_prod != 1)
+        if (owned and a.shape == g.shape == product_shape and len(product_shape) == out.ndim
+                and len(axes) == 1):
+            # the usual case (one mode axis summed): the Device's kernel, fused on CPU with
+            # Device(fused="numba")
+            prod = ws.get("ms_product", product_shape, out.dtype)
+            kernels.conj_mode_sum(a, g, out, axes[0], prod)
+            return
+        if owned and a.shape == g.shape == out.shape:
+            kernels.conj_multiply(a, g, out)
+            return
+        a_conj = xp.conjugate(a, out=a if owned else None)
         if product_shape == out.shape:
             xp.multiply(a_conj, g, out=out)
             return
@@ -306,6 +335,4 @@ class Multislice(Propagator):
         if len(product_shape) != out.ndim:
             out[...] = reduce_to_shape(prod, out.shape)
             return
-        pairs = zip(out.shape, product_shape, strict=True)
-        axes = tuple(i for i, (n_out, n_prod) in enumerate(pairs) if n_out == 1 and n_prod != 1)
         xp.sum(prod, axis=axes, keepdims=True, out=out)

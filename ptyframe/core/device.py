@@ -1,17 +1,21 @@
 """Compute device: one object hides NumPy/SciPy (CPU) versus CuPy (GPU).
 
 Components never import cupy; they receive a :class:`Device` and use ``device.xp`` (the array
-namespace), ``device.fft2``/``device.ifft2`` and ``device.scatter_add``.
+namespace), ``device.fft2``/``device.ifft2`` and ``device.scatter_add``. On CPU the FFTs come
+from a provider of :mod:`ptyframe.core.fft` (scipy.fft by default, planned FFTW on request).
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from ptyframe.core.fft import FFT_PROVIDERS, ModuleFFT, make_fft_provider
+from ptyframe.core.fused import FUSED_KERNELS, make_kernels
 
 __all__ = ["Device", "Workspace", "cupy_available"]
 
@@ -43,8 +47,11 @@ class Workspace:
     ``get`` is overwritten by the next ``get`` of the same name.
     """
 
-    def __init__(self, xp: Any) -> None:
+    def __init__(self, xp: Any, empty: Callable[[tuple[int, ...], Any], Any] | None = None
+                 ) -> None:
         self.xp = xp
+        self._empty = empty if empty is not None else (lambda shape, dtype: xp.empty(
+            shape, dtype=dtype))
         self._buffers: dict[str, Any] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> Any:
@@ -52,7 +59,7 @@ class Workspace:
         size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
-            buf = self.xp.empty(size, dtype=dtype)
+            buf = self._empty((size,), dtype)
             self._buffers[name] = buf
         return buf[:size].reshape(shape)
 
@@ -74,9 +81,17 @@ class Device:
     precision:
         ``"single"`` (float32/complex64) or ``"double"`` (float64/complex128).
     workers:
-        Threads for scipy.fft on CPU (default: all cores visible to the process).
+        FFT threads on CPU (default: scipy, all cores visible to the process; fftw, the
+        fastest count measured per plan).
     gpu_id:
         CUDA device index on GPU.
+    fft:
+        CPU FFT provider: ``"scipy"`` (default, scipy.fft) or ``"fftw"`` (planned FFTW via
+        pyFFTW, the optional ``fftw`` extra; FFTW is GPL-licensed). Ignored on GPU (cuFFT).
+    fused:
+        Element-wise kernels of the model's hot path (:mod:`ptyframe.core.fused`):
+        ``"numpy"`` (default, the reference) or ``"numba"`` (single-pass CPU loops, the
+        optional ``numba`` extra). Available as :attr:`kernels`.
     """
 
     def __init__(
@@ -85,11 +100,19 @@ class Device:
         precision: str = "single",
         workers: int | None = None,
         gpu_id: int = 0,
+        fft: str = "scipy",
+        fused: str = "numpy",
     ) -> None:
         if kind not in ("cpu", "gpu", "auto"):
             raise ValueError(f"device kind: expected 'cpu', 'gpu' or 'auto', found {kind!r}")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision: expected 'single' or 'double', found {precision!r}")
+        if fft not in FFT_PROVIDERS:
+            raise ValueError(f"fft: expected one of {list(FFT_PROVIDERS)}, found {fft!r}")
+        if fused not in FUSED_KERNELS:
+            raise ValueError(f"fused: expected one of {list(FUSED_KERNELS)}, found {fused!r}")
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers: expected a positive integer or None, found {workers!r}")
         if kind == "auto":
             kind = "gpu" if cupy_available() else "cpu"
         if kind == "gpu" and not cupy_available():
@@ -101,26 +124,34 @@ class Device:
         self.precision = precision
         self.real_dtype, self.complex_dtype = _PRECISIONS[precision]
         self.gpu_id = gpu_id
-        self.workers = workers if workers is not None else (len(os.sched_getaffinity(0))
-                                                            if hasattr(os, "sched_getaffinity")
-                                                            else (os.cpu_count() or 1))
+        self.fft = fft
         if kind == "gpu":
             self.xp = importlib.import_module("cupy")
-            self._fft = importlib.import_module("cupy.fft")
+            self._fft = ModuleFFT(importlib.import_module("cupy.fft"), self.xp)
             self._cupyx = importlib.import_module("cupyx")
             self.xp.cuda.Device(gpu_id).use()
+            self.workers = workers
         else:
             self.xp = np
-            self._fft = importlib.import_module("scipy.fft")
+            self._fft = make_fft_provider(fft, workers)
             self._cupyx = None
+            self.workers = getattr(self._fft, "workers", workers)
+        self.fused = fused
+        self.kernels = make_kernels(fused, self.xp)
 
     # ------------------------------------------------------------------ description
     def __repr__(self) -> str:
-        extra = f", workers={self.workers}" if self.kind == "cpu" else f", gpu_id={self.gpu_id}"
+        extra = (f", workers={self.workers}, fft={self.fft!r}, fused={self.fused!r}"
+                 if self.kind == "cpu" else f", gpu_id={self.gpu_id}")
         return f"Device(kind={self.kind!r}, precision={self.precision!r}{extra})"
 
     def to_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "precision": self.precision}
+        config = {"kind": self.kind, "precision": self.precision}
+        if self.fft != "scipy":
+            config["fft"] = self.fft
+        if self.fused != "numpy":
+            config["fused"] = self.fused
+        return config
 
     # ------------------------------------------------------------------ arrays
     def asarray(self, a: Any, dtype: Any = None) -> Any:
@@ -141,17 +172,19 @@ class Device:
 
     # ------------------------------------------------------------------ FFTs over the last two axes
     # ``overwrite=True`` lets the FFT work in place: for a C-contiguous array of the device's
-    # complex dtype scipy.fft then returns the input's own memory (no allocation). Always use
-    # the returned array; the input's content is undefined afterwards.
+    # complex dtype (and, for FFTW, aligned: arrays from ``empty`` and work buffers are) the
+    # result is the input's own memory (no allocation). Always use the returned array; the
+    # input's content is undefined afterwards.
     def fft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
-        if self.kind == "cpu":
-            return self._fft.fft2(a, norm=norm, overwrite_x=overwrite, workers=self.workers)
-        return self._fft.fft2(a, norm=norm, overwrite_x=overwrite)
+        return self._fft.fft2(a, norm=norm, overwrite=overwrite)
 
     def ifft2(self, a: Any, norm: str | None = None, overwrite: bool = False) -> Any:
-        if self.kind == "cpu":
-            return self._fft.ifft2(a, norm=norm, overwrite_x=overwrite, workers=self.workers)
-        return self._fft.ifft2(a, norm=norm, overwrite_x=overwrite)
+        return self._fft.ifft2(a, norm=norm, overwrite=overwrite)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """Uninitialised array on this device, laid out for in-place FFTs (SIMD-aligned for
+        FFTW)."""
+        return self._fft.empty(tuple(shape), dtype)
 
     def fftfreq(self, n: int, d: float = 1.0) -> Any:
         return self.xp.fft.fftfreq(n, d).astype(self.real_dtype)
@@ -172,7 +205,7 @@ class Device:
 
     def workspace(self) -> Workspace:
         """A fresh set of reusable work buffers on this device (see :class:`Workspace`)."""
-        return Workspace(self.xp)
+        return Workspace(self.xp, self.empty)
 
     def gather_windows(self, planes: Any, corners: Any, out: Any) -> Any:
         """``out[p, b] = planes[p, y_b:y_b + ny, x_b:x_b + nx]`` for integer corners (y_b, x_b).
@@ -184,12 +217,9 @@ class Device:
             flat = self._window_flat_index(corners, planes.shape, out.shape[-2:])
             self.xp.take(planes.reshape(planes.shape[0], -1), flat, axis=1, out=out)
             return out
-        # CPU: one slice copy per window beats a fancy-index gather (no (B, ny, nx) index
-        # array to build and page in) and keeps the copies cache-friendly.
-        ny, nx = out.shape[-2:]
-        for b, (y, x) in enumerate(np.asarray(corners).tolist()):
-            out[:, b] = planes[:, y:y + ny, x:x + nx]
-        return out
+        # CPU: slice copies (reference) or one numba loop; no (B, ny, nx) index array to
+        # build and page in.
+        return self.kernels.gather_windows(planes, corners, out)
 
     def scatter_add_windows(self, target: Any, corners: Any, values: Any) -> None:
         """Adjoint of :meth:`gather_windows`: ``target[p, window_b] += values[p, b]``,
@@ -200,11 +230,8 @@ class Device:
             offsets = (self.xp.arange(target.shape[0]) * plane)[:, None, None, None]
             self.scatter_add(target, offsets + flat[None], values)
             return
-        # CPU: sequential slice adds (exact accumulation order, no index arrays). np.add.at
-        # on complex64 was measured 10-40x slower than this on real gradient data.
-        ny, nx = values.shape[-2:]
-        for b, (y, x) in enumerate(np.asarray(corners).tolist()):
-            target[:, y:y + ny, x:x + nx] += values[:, b]
+        # CPU: sequential adds in window order (exact accumulation order, no index arrays).
+        self.kernels.scatter_add_windows(target, corners, values)
 
     def _window_flat_index(self, corners: Any, plane_shape: tuple[int, ...],
                            window: tuple[int, ...]) -> Any:

@@ -330,8 +330,9 @@ class PtychographyModel:
         M = spec.shape[0]
         ny, nx = self.window
         wave = ws.get("wave", (1, M, B, ny, nx), cdt)
-        xp.multiply(spec, factor, out=wave[0])
-        wave = dev.ifft2(wave, overwrite=True)
+        # the inverse FFT's 1/N goes on the small probe spectra (one pass less over the batch)
+        xp.multiply(spec * (1.0 / (ny * nx)), factor, out=wave[0])
+        wave = dev.ifft2(wave, norm="forward", overwrite=True)
         cache: dict[str, Any] = {"corner": setup["corner"]}
         tilts = setup["tilts"]
         if tilts is not None and self.tilt_before:
@@ -515,6 +516,14 @@ class PtychographyModel:
             grad_wave = grad_wave.sum(axis=0, keepdims=True)
         H = dev.fft2(grad_wave, overwrite=True)[0]
         factor = setup["factor"]
+        if "aberrations" not in grads and probe_spectrum.ndim == 3:
+            # the common case in one call: fused on CPU with Device(fused="numba")
+            pos_grad = dev.kernels.spectral_gradients(
+                H, probe_spectrum, factor, self._q2pi, grads.get("probe"),
+                "positions" in grads)
+            if pos_grad is not None:
+                self._accumulate(grads["positions"], sel, pos_grad)
+            return float(value)
         if "positions" in grads or "aberrations" in grads:
             # X_n(q) = sum_m Im(conj(H) S), S = spectrum * A: the derivative of the loss along
             # a phase change -i theta(q) of S_n is (1/npx) sum_q X_n(q) theta(q)

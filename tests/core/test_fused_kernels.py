@@ -1,0 +1,192 @@
+"""Fused numba kernels against the NumPy reference, and the model with each kernel set."""
+
+import numpy as np
+import pytest
+from ptyframe_losses.intensity_losses import LeastSquaresSqrt
+from ptyframe_propagators.multislice import Multislice
+
+from ptyframe.core.device import Device
+from ptyframe.core.fused import NumbaKernels, NumpyKernels, numba_available
+from ptyframe.engine.model import FarFieldModel
+from ptyframe.testing import check_gradient
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba (extra 'numba') missing")
+KERNELS = ["numpy", pytest.param("numba", marks=needs_numba)]
+RTOL = {np.complex64: 2e-6, np.complex128: 1e-12}
+
+
+def random_complex(rng, shape, dtype):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+def close(a, b, dtype):
+    err = np.abs(a - b).max() / np.abs(b).max()
+    assert err <= RTOL[dtype], err
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_window_gather_and_scatter_equal_the_reference(dtype):
+    rng = np.random.default_rng(0)
+    planes = random_complex(rng, (3, 30, 34), dtype)
+    corners = rng.integers(0, 20, (9, 2))
+    corners[1] = corners[0]  # overlapping windows accumulate
+    ref, fast = NumpyKernels(np), NumbaKernels(np)
+    out_ref = ref.gather_windows(planes, corners, np.empty((3, 9, 10, 12), dtype))
+    out_fast = fast.gather_windows(planes, corners, np.empty((3, 9, 10, 12), dtype))
+    np.testing.assert_array_equal(out_fast, out_ref)
+    values = random_complex(rng, (3, 9, 10, 12), dtype)
+    t_ref, t_fast = planes.copy(), planes.copy()
+    ref.scatter_add_windows(t_ref, corners, values)
+    fast.scatter_add_windows(t_fast, corners, values)
+    np.testing.assert_array_equal(t_fast, t_ref)  # same accumulation order: bitwise
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("positions", [True, False])
+@pytest.mark.parametrize("probe", [True, False])
+def test_spectral_gradients_equal_the_reference(dtype, positions, probe):
+    rng = np.random.default_rng(1)
+    M, B, ny, nx = 3, 7, 12, 10
+    real = np.float32 if dtype == np.complex64 else np.float64
+    H = random_complex(rng, (M, B, ny, nx), dtype)
+    spec = random_complex(rng, (M, ny, nx), dtype)
+    factor = np.exp(1j * rng.uniform(0, 6, (B, ny, nx))).astype(dtype)
+    q2pi = rng.uniform(-3, 3, (ny * nx, 2)).astype(real)
+    start = random_complex(rng, (M, ny, nx), dtype)
+    results = []
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        grad = start.copy() if probe else None
+        pos = kernels.spectral_gradients(H.copy(), spec, factor, q2pi, grad, positions)
+        results.append((pos, grad))
+    (pos_ref, grad_ref), (pos_fast, grad_fast) = results
+    if positions:
+        assert pos_fast.dtype == pos_ref.dtype == np.dtype(real)
+        close(pos_fast, pos_ref, dtype)
+    else:
+        assert pos_ref is None and pos_fast is None
+    if probe:
+        close(grad_fast, grad_ref, dtype)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("axis", [0, 1, -3])
+def test_conj_mode_sum_equals_the_reference(dtype, axis):
+    rng = np.random.default_rng(2)
+    shape = (2, 3, 4, 6, 5)
+    a, g = random_complex(rng, shape, dtype), random_complex(rng, shape, dtype)
+    out_shape = list(shape)
+    out_shape[axis] = 1
+    outs = []
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        out = np.empty(out_shape, dtype)
+        kernels.conj_mode_sum(a.copy(), g, out, axis, np.empty(shape, dtype))
+        outs.append(out)
+    close(outs[1], outs[0], dtype)
+    np.testing.assert_allclose(outs[0], np.sum(np.conj(a) * g, axis=axis, keepdims=True),
+                               rtol=RTOL[dtype] * 10)
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        out = np.empty(shape, dtype)
+        kernels.conj_multiply(a.copy(), g, out)
+        close(out, np.conj(a) * g, dtype)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("n_fields", [1, 3])
+def test_intensity_and_real_product_equal_the_reference(dtype, n_fields):
+    rng = np.random.default_rng(4)
+    real = np.float32 if dtype == np.complex64 else np.float64
+    flat = random_complex(rng, (n_fields, 5, 8, 6), dtype)
+    expected = 0.25 * (np.abs(flat.astype(np.complex128)) ** 2).sum(axis=0)
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        out = kernels.abs2_sum(flat, 0.25, np.empty((5, 8, 6), real), np.empty((5, 8, 6), real))
+        assert out.dtype == np.dtype(real)
+        close(out, expected, dtype)
+    g = rng.standard_normal((5, 8, 6)).astype(real)
+    expected = flat.astype(np.complex128) * g * 0.5
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        a = flat.copy()
+        assert kernels.multiply_real(a, g, 0.5) is a
+        close(a, expected, dtype)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("epsilon", [0.0, 1e-3])
+def test_amplitude_loss_equals_the_reference(dtype, epsilon):
+    rng = np.random.default_rng(5)
+    inten = rng.uniform(0.0, 4.0, (6, 8, 8)).astype(dtype)
+    sqrt_m = np.sqrt(rng.poisson(2.0, (6, 8, 8))).astype(dtype)
+    amp = np.sqrt(inten.astype(np.float64) + epsilon)
+    expected = ((amp - sqrt_m) ** 2).sum(), 1 - sqrt_m / amp
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        work = inten.copy()
+        value, grad = kernels.amplitude_loss(work, sqrt_m, epsilon)
+        assert grad is work and grad.dtype == np.dtype(dtype)
+        assert value == pytest.approx(expected[0], rel=rtol)
+        np.testing.assert_allclose(grad, expected[1], rtol=rtol, atol=rtol)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("modes", [1, 3])
+def test_slice_adjoint_equals_the_reference(dtype, modes):
+    rng = np.random.default_rng(6)
+    shape, small = (2, modes, 4, 6, 5), (2, 1, 4, 6, 5)
+    a, g = random_complex(rng, shape, dtype), random_complex(rng, shape, dtype)
+    t = random_complex(rng, small, dtype)
+    expected = (np.sum(np.conj(a) * g, axis=1, keepdims=True), g * np.conj(t))
+    for kernels in (NumpyKernels(np), NumbaKernels(np)):
+        g_work, out = g.copy(), np.empty(small, dtype)
+        kernels.slice_adjoint(a.copy(), g_work, t.copy(), out, np.empty(shape, dtype))
+        close(out, expected[0], dtype)
+        close(g_work, expected[1], dtype)
+
+
+def test_device_rejects_unknown_kernels():
+    with pytest.raises(ValueError, match="fused: expected one of"):
+        Device("cpu", fused="cython")
+
+
+def make_model(fused, precision, n_slices=3, n_probe_modes=2, seed=3, n=16, N=9):
+    rng = np.random.default_rng(seed)
+    dev = Device("cpu", precision, workers=1, fused=fused)
+    shape = (n_slices, 1, 40, 40)
+    obj = np.exp(1j * 0.3 * rng.standard_normal(shape)) * (1 - 0.05 * rng.random(shape))
+    probe = rng.standard_normal((n_probe_modes, n, n)) + 1j * rng.standard_normal(
+        (n_probe_modes, n, n))
+    pos = rng.random((N, 2)) * 20 + 2
+    meas = rng.poisson(5, (N, n, n)).astype(float)
+    model = FarFieldModel.from_geometry(
+        Multislice(slice_thickness_A=[2.0, 1.5]), LeastSquaresSqrt(), dev, (n, n), 0.3, 0.025,
+        n_slices, dev.real(meas), batch_size=4)
+    params = {"object": dev.complex(obj), "probe": dev.complex(probe),
+              "positions": dev.real(pos)}
+    return model, params, rng
+
+
+@pytest.mark.parametrize("fused", KERNELS)
+@pytest.mark.parametrize("block", ["object", "probe", "positions"])
+def test_model_gradient_check_with_each_kernel_set(fused, block):
+    model, params, rng = make_model(fused, "double")
+    _, grads = model.value_and_grad(params)
+    check_gradient(lambda p: model.value_and_grad(p, refine=())[0], params, grads, block,
+                   rng=rng, rtol=1e-5)
+
+
+@needs_numba
+@pytest.mark.parametrize("precision", ["single", "double"])
+def test_model_with_numba_equals_the_numpy_reference(precision):
+    model_a, params, _ = make_model("numpy", precision)
+    model_b, _, _ = make_model("numba", precision)
+    va, ga = model_a.value_and_grad(params)
+    vb, gb = model_b.value_and_grad(params)
+    rtol = 1e-5 if precision == "single" else 1e-12
+    assert va == pytest.approx(vb, rel=rtol)
+    for key in ga:
+        err = np.abs(ga[key] - gb[key]).max() / np.abs(ga[key]).max()
+        assert err <= 10 * rtol, (key, err)
