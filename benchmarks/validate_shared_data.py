@@ -32,8 +32,10 @@ def truth_on_recon_grid(path: Path, result, positions_A: np.ndarray):
         nominal = fh["positions_nominal_A"][()]
         origin = np.array(fh.attrs.get("gt_origin_yx_A", [0, 0]), dtype=float)
     dx = result.grid.pixel_size_A
-    # frame offset between our scan-grid frame and the simulation frame (nominal scan origin)
-    frame = nominal[0] - positions_A[0]
+    # frame offset between our scan-grid frame and the simulation frame: both rasters are
+    # rotated about their centres, so the centres correspond (the first corners do not when
+    # the scan is rotated)
+    frame = nominal.mean(axis=0) - positions_A.mean(axis=0)
     lo = nominal.min(axis=0)
     hi = nominal.max(axis=0)
     gy = np.arange(gt.shape[0]) * dx + origin[0]

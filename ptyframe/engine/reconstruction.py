@@ -37,6 +37,7 @@ from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_out
 from ptyframe.core.schedules import Constant, Schedule
 from ptyframe.engine.model import PtychographyModel
 from ptyframe.engine.monitor import EpochReport, RunMonitor
+from ptyframe.engine.position_scaling import position_preconditioner
 from ptyframe.engine.specs import (
     INITIALIZER_KINDS,
     SPEC_CLASSES,
@@ -418,6 +419,15 @@ class Reconstruction(Problem):
 
     def reset_history(self, epoch: int) -> bool:
         return bool(self.solver.reset_history(epoch))
+
+    def preconditioner(self, params: Mapping[str, Any], blocks: tuple[str, ...],
+                       epoch: int) -> dict[str, Any]:
+        """The positions block's per-position Gauss-Newton scaling when positions are
+        refined and ``position_scaling`` is on (see :mod:`ptyframe.engine.position_scaling`)."""
+        if "positions" not in blocks or not self.solver.position_scaling:
+            return {}
+        return {"positions": position_preconditioner(params["object"], params["probe"],
+                                                     params["positions"], self.device)}
 
     def active_blocks(self, epoch: int) -> tuple[str, ...]:
         return tuple(row.name for row in PARAMETER_BLOCKS

@@ -301,7 +301,8 @@ class SolverSpec(_Spec):
     ``quasi_newton`` and ``full_batch``); ``regularizers``: extra loss terms;
     ``constraints``: by-hand projections; ``loss_weight``: factor (or Schedule) on the data
     term; ``reset_history``: Schedule of bool, True at an epoch forgets the optimizer's
-    history.
+    history; ``position_scaling``: precondition the scan-position update per position by its
+    local Gauss-Newton curvature (:mod:`ptyframe.engine.position_scaling`).
     """
 
     section: ClassVar[str] = "solver"
@@ -320,6 +321,7 @@ class SolverSpec(_Spec):
                                          metadata={"components": "constraint"})
     loss_weight: Schedule = attrs.field(default=1.0, converter=as_schedule)
     reset_history: Schedule = attrs.field(default=False, converter=as_schedule)
+    position_scaling: bool = attrs.field(default=True, validator=boolean())
 
 
 def _sequence(value: Any) -> Any:
