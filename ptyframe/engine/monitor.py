@@ -13,14 +13,16 @@ from ptyframe.io.results import OutputFolder
 __all__ = ["EpochReport", "RunMonitor", "LOG_COLUMNS"]
 
 #: loss.csv columns before the regularizer terms
-LOG_COLUMNS = ("epoch", "time_s", "loss", "data_loss", "regularization", "step_size",
+LOG_COLUMNS = ("epoch", "time_s", "loss", "data_loss", "validation_loss", "regularization",
+               "step_size",
                "evaluations", "accepted", "line_search", "blocks", "n_measurements",
                "memory_mb")
 
 
 @attrs.define
 class EpochReport:
-    """What a callback sees after each epoch. ``params`` are the live device arrays."""
+    """What a callback sees after each epoch. ``params`` are the live device arrays;
+    ``validation_loss``: data loss per held-out pattern (None: nothing held out)."""
 
     epoch: int
     loss: float
@@ -32,6 +34,7 @@ class EpochReport:
     blocks: tuple[str, ...]
     params: Mapping[str, Any]
     info: dict[str, Any] = attrs.field(factory=dict)
+    validation_loss: float | None = None
 
 
 class RunMonitor:
@@ -71,6 +74,8 @@ class RunMonitor:
         terms = report.info.get("terms", {})
         self.log.append(epoch=report.epoch, time_s=report.elapsed_s, loss=report.loss,
                         data_loss=report.data_loss,
+                        validation_loss=(float("nan") if report.validation_loss is None
+                                         else report.validation_loss),
                         regularization=report.loss - report.data_loss,
                         step_size=report.step_size, evaluations=report.evaluations,
                         accepted=report.accepted,
@@ -83,10 +88,17 @@ class RunMonitor:
     def _display(self, report: EpochReport) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{report.loss:.5g}", step=f"{report.step_size:.2g}")
+            postfix = {"loss": f"{report.loss:.5g}"}
+            if report.validation_loss is not None:
+                postfix["val"] = f"{report.validation_loss:.5g}"
+            postfix["step"] = f"{report.step_size:.2g}"
+            self.bar.set_postfix(postfix)
             return
         if self.verbosity >= 2:
-            line = (f"epoch {report.epoch}: loss {report.loss:.6g} step {report.step_size:.3g} "
+            val = ("" if report.validation_loss is None
+                   else f"validation {report.validation_loss:.6g} ")
+            line = (f"epoch {report.epoch}: loss {report.loss:.6g} {val}"
+                    f"step {report.step_size:.3g} "
                     f"evaluations {report.evaluations} blocks {'+'.join(report.blocks)} "
                     f"{report.elapsed_s:.1f} s")
             if self.verbosity >= 3:

@@ -48,6 +48,7 @@ from ptyframe.engine.specs import (
     SolverSpec,
     route_settings,
 )
+from ptyframe.engine.validation import follow_neighbours, held_out_indices, neighbour_table
 from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
 from ptyframe.io.data import Dataset
 from ptyframe.io.results import OutputFolder
@@ -67,6 +68,11 @@ DEFAULT_COMPONENTS = {
     "position_initializer": {"type": "scan_grid"},
 }
 
+#: epochs after position refinement starts during which no new best-validated epoch is
+#: chosen: the held-out positions are fitted at once to an object made with the training
+#: positions still wrong, which flatters the validation loss until those have moved
+SETTLE_EPOCHS = 5
+
 #: a callback returns True to stop the run
 Callback = Callable[[EpochReport], "bool | None"]
 
@@ -79,7 +85,10 @@ class ReconstructionResult:
     (or (n_probes, n_probe_modes, ny, nx) with a probe marker); ``positions_A``: (N, 2) probe
     positions (y, x) in Å; ``loss``: loss per epoch run; ``extra``: the other refinable
     blocks present (``tilts`` (radians), ``beam_current``, ``static_background`` as the
-    background intensity s**2 on the measured grid, centred, ``aberrations`` (Å)).
+    background intensity s**2 on the measured grid, centred, ``aberrations`` (Å));
+    ``validation_loss``: data loss per held-out pattern per epoch (empty: none held out);
+    ``best_epoch``: the epoch whose parameters these are when the best-validated epoch was
+    kept (None: the last epoch's).
     """
 
     object: np.ndarray
@@ -90,6 +99,8 @@ class ReconstructionResult:
     epochs: int
     output_dir: Path | None = None
     extra: dict[str, np.ndarray] = attrs.field(factory=dict)
+    validation_loss: list[float] = attrs.field(factory=list)
+    best_epoch: int | None = None
 
     @property
     def phase(self) -> np.ndarray:
@@ -164,6 +175,15 @@ class Reconstruction(Problem):
         self._load_settings()
         self.epoch = 0
         self.loss_history: list[float] = []
+        self.validation_history: list[float] = []
+        self._held_out = np.zeros(0, dtype=np.int64)
+        self._neighbours = np.zeros((0, 0), dtype=np.int64)
+        self._start_positions: Any = None
+        self._best: tuple[int, float, dict[str, np.ndarray]] | None = None
+        self._held_state: Any = None
+        self._refining_positions = False
+        self._settled_at = 0
+        self._held_residual: Any = None
         self.params: dict[str, Any] | None = None
         self.grid: ReconstructionGrid | None = None
         self.model: PtychographyModel | None = None
@@ -405,14 +425,26 @@ class Reconstruction(Problem):
 
     # ------------------------------------------------------------------ Problem
     def indices(self, epoch: int) -> np.ndarray | None:
-        if self.reading.sequence is None:
-            return None
-        value = self.reading.sequence(epoch)
-        if value is None:
-            return None
-        seq = np.asarray(value, dtype=np.int64).ravel()
-        self._check_sequence(seq)
-        return seq
+        """The epoch's sequence (None: all measurements) less the held-out patterns."""
+        seq = None
+        if self.reading.sequence is not None:
+            value = self.reading.sequence(epoch)
+            if value is not None:
+                seq = np.asarray(value, dtype=np.int64).ravel()
+                self._check_sequence(seq)
+        if self._held_out.size == 0:
+            return seq
+        base = np.arange(self.n_measurements) if seq is None else seq
+        training = base[~np.isin(base, self._held_out)]
+        if training.size == 0:
+            raise ValueError(f"sequence: every measurement of epoch {epoch} is held out for "
+                             "validation; use a longer sequence or validation_fraction 0")
+        return training
+
+    @property
+    def held_out(self) -> np.ndarray:
+        """Indices of the measurements held out of the fit (sorted; empty: none)."""
+        return self._held_out.copy()
 
     def loss_weight(self, epoch: int) -> float:
         return float(self.solver.loss_weight(epoch))
@@ -518,6 +550,10 @@ class Reconstruction(Problem):
         self.model.check_blocks(self.params)
         for component in (*self.regularizers, *self.constraints, self.optimizer):
             component.prepare(self.context)
+        self._held_out = held_out_indices(self.n_measurements, self.reading.validation_fraction,
+                                          self.seed)
+        self._neighbours = neighbour_table(positions_A, self._held_out)
+        self._start_positions = self.params["positions"].copy()
         return self.params
 
     def _grid(self, positions_A: np.ndarray, window: tuple[int, int], pixel: float
@@ -701,6 +737,7 @@ class Reconstruction(Problem):
                                                            outcome)
                 self.epoch += 1
                 self.loss_history.append(outcome.loss)
+                validation = self._validate(outcome.blocks)
                 report = EpochReport(
                     epoch=self.epoch, loss=outcome.loss,
                     data_loss=outcome.terms.get("data_loss", outcome.loss),
@@ -708,7 +745,8 @@ class Reconstruction(Problem):
                     accepted=outcome.accepted, elapsed_s=time.perf_counter() - start,
                     blocks=outcome.blocks, params=self.params,
                     info=dict(outcome.info, terms=outcome.terms,
-                              n_measurements=outcome.n_measurements))
+                              n_measurements=outcome.n_measurements),
+                    validation_loss=validation)
                 monitor.report(report, self._memory_mb())
                 if output is not None and (self.epoch % self.output.save_every == 0 or (
                         self.output.checkpoint_every
@@ -720,7 +758,74 @@ class Reconstruction(Problem):
             monitor.close()
         if output is not None and self.epoch % self.output.save_every:
             self._checkpoint(output)
+        if output is not None and self._keeps_best():
+            self._save_best()
         return self.result()
+
+    def _validate(self, blocks: tuple[str, ...]) -> float | None:
+        """Data loss per held-out pattern at the current parameters (None: none held out);
+        remembers the parameters of the best epoch so far."""
+        if self._held_out.size == 0:
+            return None
+        if "positions" in blocks:
+            self._fit_held_out_positions()
+        value, _ = self.model.value_and_grad(self.params, refine=(), indices=self._held_out)
+        value = float(value) / self._held_out.size
+        self.validation_history.append(value)
+        refining_positions = "positions" in blocks
+        if refining_positions != self._refining_positions:
+            self._refining_positions = refining_positions
+            if refining_positions:
+                self._settled_at = self.epoch + SETTLE_EPOCHS
+        settled = self.epoch >= self._settled_at
+        if self.output.keep_best and np.isfinite(value) and (
+                self._best is None or (settled and value < self._best[1])):
+            self._best = (self.epoch, value, self._host_state())
+        return value
+
+    def _fit_held_out_positions(self, steps: int = 3) -> None:
+        """Positions of the held-out patterns while the training positions are refined: the
+        mean correction of their training neighbours (drift, rotation) plus their own
+        residual, fitted by a few optimizer steps on the held-out patterns alone with every
+        other block fixed (2 numbers per pattern of thousands of pixels: no noise to fit)."""
+        xp = self.device.xp
+        rows = xp.asarray(self._held_out)
+        current = self.params["positions"]
+        followed = follow_neighbours(current, self._start_positions, self._held_out,
+                                     self._neighbours, xp)
+        if self._held_residual is not None:
+            followed[rows] += self._held_residual
+        held = self._held_out
+
+        def objective(sub: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
+            trial = dict(self.params, positions=sub["positions"])
+            if not self._in_bounds(sub["positions"]):
+                return float("inf"), {"positions": xp.zeros_like(sub["positions"])}
+            return self.model.value_and_grad(trial, refine=("positions",), indices=held)
+
+        if self._held_state is None:
+            self._held_state = self.optimizer.init_state()
+        point = {"positions": followed}
+        value, grads = objective(point)
+        for _ in range(steps):
+            step = self.optimizer.step(point, value, grads, objective, self._held_state)
+            point, value, grads = step.params, step.value, step.grads
+            if not step.accepted:
+                break
+        self.params["positions"] = point["positions"]
+        base = follow_neighbours(point["positions"], self._start_positions, self._held_out,
+                                 self._neighbours, xp)
+        self._held_residual = point["positions"][rows] - base[rows]
+
+    def _keeps_best(self) -> bool:
+        return self.output.keep_best and self._best is not None
+
+    def _save_best(self) -> None:
+        """The best-validated parameters to ``output_dir``/best (a checkpoint folder)."""
+        epoch, value, state = self._best
+        best = OutputFolder(self.output_dir / "best")
+        best.save_state(state, epoch, info={"validation_loss": value,
+                                            "grid": self.grid.to_config()})
 
     def _project(self, epoch: int) -> bool:
         """By-hand changes after the step: constraints and object growth. True when the
@@ -780,7 +885,13 @@ class Reconstruction(Problem):
         return state
 
     def result(self) -> ReconstructionResult:
-        state = self._host_state()
+        """Host copies of the parameters: those of the best-validated epoch when patterns
+        are held out and ``keep_best`` (the default), else the current ones."""
+        best_epoch = None
+        if self._keeps_best():
+            best_epoch, _, state = self._best
+        else:
+            state = self._host_state()
         extra = {}
         for row in PARAMETER_BLOCKS:
             if row.optional and row.name in state:
@@ -790,7 +901,7 @@ class Reconstruction(Problem):
             object=state["object"], probe=state["probe"],
             positions_A=self.grid.pixels_to_positions(state["positions"]), grid=self.grid,
             loss=list(self.loss_history), epochs=self.epoch, output_dir=self.output_dir,
-            extra=extra)
+            extra=extra, validation_loss=list(self.validation_history), best_epoch=best_epoch)
 
     def _open_output(self) -> OutputFolder | None:
         if self.output_dir is None:

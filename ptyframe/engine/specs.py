@@ -27,7 +27,14 @@ import numpy as np
 
 from ptyframe.core.blocks import BLOCK_NAMES, PARAMETER_BLOCKS
 from ptyframe.core.schedules import Constant, Schedule, as_schedule
-from ptyframe.core.validators import boolean, non_negative_int, one_of, positive_int
+from ptyframe.core.validators import (
+    boolean,
+    in_range,
+    non_negative_int,
+    one_of,
+    positive_int,
+    to_float,
+)
 
 __all__ = ["ModelSpec", "BlockPlan", "RefineSpec", "SolverSpec", "ReadingSpec", "OutputSpec",
            "SPEC_CLASSES", "route_settings", "config_value", "TILT_MODES"]
@@ -341,7 +348,10 @@ class ReadingSpec(_Spec):
     covers every measurement; ``batch_size``: measurements per vectorised batch (None: from
     free memory); ``load_one_by_one``: stream measurements from the dataset every evaluation
     instead of keeping them on the device; ``data_dtype``: storage type of the measurements
-    on the device ("float16", "float32", "float64"; None: the device's real type).
+    on the device ("float16", "float32", "float64"; None: the device's real type);
+    ``validation_fraction``: fraction of the measurements held out of the fit, chosen with the
+    reconstruction's seed, whose loss is tracked as a validation loss
+    (:mod:`ptyframe.engine.validation`; 0, or fewer than 4 patterns: none).
     """
 
     section: ClassVar[str] = "reading"
@@ -353,6 +363,8 @@ class ReadingSpec(_Spec):
     data_dtype: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(
             one_of(("float16", "float32", "float64"))))
+    validation_fraction: float = attrs.field(default=0.05, converter=to_float,
+                                             validator=in_range(0.0, 0.5, high_open=True))
 
 
 @attrs.define
@@ -363,7 +375,9 @@ class OutputSpec(_Spec):
     ``save_every``: epochs between overwritable checkpoints; ``checkpoint_every``: epochs
     between kept per-epoch checkpoints (None: none); ``verbosity``: 0 silent, 1 a progress
     bar, 2 one line per epoch, 3 also every loss term (None: 1 when ``progress`` else 0);
-    ``progress``: see ``verbosity``; ``save_loss_log``: write loss.csv.
+    ``progress``: see ``verbosity``; ``save_loss_log``: write loss.csv; ``keep_best``: with
+    held-out patterns, return (and write to ``dir``/best) the parameters of the epoch with the
+    lowest validation loss rather than the last.
     """
 
     section: ClassVar[str] = "output"
@@ -376,6 +390,7 @@ class OutputSpec(_Spec):
         one_of((0, 1, 2, 3))))
     progress: bool = attrs.field(default=True, validator=boolean())
     save_loss_log: bool = attrs.field(default=True, validator=boolean())
+    keep_best: bool = attrs.field(default=True, validator=boolean())
 
     @property
     def level(self) -> int:
