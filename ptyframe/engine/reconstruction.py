@@ -12,8 +12,9 @@ or, with the specifications spelled out (:mod:`ptyframe.engine.specs`)::
                          refine=RefineSpec({"positions": FromEpoch(10)}),
                          output=OutputSpec(dir="out"))
 
-Components default to the registry's standard ones (multislice, far-field detector, lsq_sqrt,
-quasi_newton, the full_batch engine, aperture probe, vacuum object, scan-grid positions).
+Components default to the registry's standard ones (multislice, far-field detector, ml for
+counting data and lsq_sqrt otherwise, quasi_newton, the full_batch engine, aperture probe,
+vacuum object, scan-grid positions).
 
 One epoch is a template of steps: the engine's epoch (evaluate, step), the projections
 (constraints, object growth), the report, the checkpoint (parameters and engine state).
@@ -108,6 +109,33 @@ class ReconstructionResult:
         return np.angle(self.object[:, 0]).sum(axis=0)
 
 
+#: patterns sampled to tell counting data from intensities
+_COUNT_SAMPLE = 64
+
+
+def looks_like_counts(data: Any) -> bool:
+    """Whether ``data`` (a :class:`Dataset` or an array of patterns) holds detector counts:
+    non-negative whole numbers, at least one count per pattern on average (sampled from up
+    to 64 patterns). Counting data have Poisson noise, for which ``ml`` is the right loss;
+    intensities (normalised, background-subtracted, or noise-free simulations) are better
+    served by ``lsq_sqrt``."""
+    if isinstance(data, Dataset):
+        n = len(data)
+        rows = np.unique(np.linspace(0, n - 1, min(n, _COUNT_SAMPLE)).astype(np.int64))
+        sample = data.read(rows, np.float32)
+    else:
+        array = np.asarray(data)
+        if array.ndim < 2 or array.size == 0:
+            return False
+        step = max(1, array.shape[0] // _COUNT_SAMPLE)
+        sample = np.asarray(array[::step][:_COUNT_SAMPLE], dtype=np.float64)
+    if sample.size == 0 or not np.all(np.isfinite(sample)) or sample.min() < 0:
+        return False
+    if not np.allclose(sample, np.round(sample), atol=1e-3):
+        return False
+    return float(sample.reshape(sample.shape[0], -1).sum(axis=1).mean()) >= 1.0
+
+
 def _check_int(name: str, value: Any, low: int) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name}: expected an integer >= {low}, found {value!r}")
@@ -169,7 +197,7 @@ class Reconstruction(Problem):
         self.solver: SolverSpec = specs["solver"]
         self.reading: ReadingSpec = specs["reading"]
         self.output: OutputSpec = specs["output"]
-        self._resolve_defaults()
+        self._resolve_defaults(data)
         self.device = device if device is not None else Device("auto")
         self._attach_data(data)
         self._load_settings()
@@ -223,14 +251,19 @@ class Reconstruction(Problem):
     def _default(self, kind: str) -> Any:
         return self.registry.create(kind, DEFAULT_COMPONENTS[kind])
 
-    def _resolve_defaults(self) -> None:
+    def _resolve_defaults(self, data: Any) -> None:
         """Fill every component left None with the registry's default, so that the
-        specifications (and parameters.json) name what actually runs."""
+        specifications (and parameters.json) name what actually runs. The default loss is
+        ``ml`` (Poisson) for counting data, ``lsq_sqrt`` otherwise (:func:`looks_like_counts`)."""
         m, s = self.model_spec, self.solver
         self.model_spec = attrs.evolve(
             m, propagator=m.propagator or self._default("propagator"),
             detector=m.detector or self._default("detector"))
-        self.solver = attrs.evolve(s, loss=s.loss or self._default("loss"),
+        loss = s.loss
+        if loss is None:
+            loss = self.registry.create("loss", {"type": "ml" if looks_like_counts(data)
+                                                 else DEFAULT_COMPONENTS["loss"]["type"]})
+        self.solver = attrs.evolve(s, loss=loss,
                                    optimizer=s.optimizer or self._default("optimizer"),
                                    engine=s.engine or self._default("engine"))
         for name, kind in INITIALIZER_KINDS.items():

@@ -304,8 +304,9 @@ class RefineSpec(_Spec):
 class SolverSpec(_Spec):
     """How the loss is minimised.
 
-    ``loss``, ``optimizer``, ``engine``: components (None: the registry's ``lsq_sqrt``,
-    ``quasi_newton`` and ``full_batch``); ``regularizers``: extra loss terms;
+    ``loss``, ``optimizer``, ``engine``: components (None: the registry's ``ml`` for counting
+    data, else ``lsq_sqrt``; ``quasi_newton``; ``full_batch``); ``regularizers``: extra loss
+    terms;
     ``constraints``: by-hand projections; ``loss_weight``: factor (or Schedule) on the data
     term; ``reset_history``: Schedule of bool, True at an epoch forgets the optimizer's
     history; ``position_scaling``: precondition the scan-position update per position by its

@@ -102,3 +102,18 @@ def test_no_held_out_patterns_keeps_the_last_epoch():
     result = rec.run(3)
     assert rec.held_out.size == 0 and rec.indices(0) is None
     assert result.best_epoch is None and result.validation_loss == []
+
+
+def test_default_loss_is_ml_for_counts_and_lsq_sqrt_for_intensities():
+    from ptyframe.engine.reconstruction import looks_like_counts
+
+    sim = simulate_low_dose()  # Poisson counts
+    assert looks_like_counts(sim.patterns)
+    assert not looks_like_counts(sim.patterns / sim.patterns.sum(axis=(1, 2), keepdims=True))
+    assert not looks_like_counts(sim.patterns - 0.5)  # negative after a background subtraction
+    counts = Reconstruction(sim.patterns, sim.experiment, positions_A=sim.positions_A,
+                            progress=False)
+    assert counts.loss.name == "ml"
+    fractions = Reconstruction(sim.patterns / 1000.0, sim.experiment,
+                               positions_A=sim.positions_A, progress=False)
+    assert fractions.loss.name == "lsq_sqrt"
