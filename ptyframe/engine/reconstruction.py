@@ -36,6 +36,7 @@ from ptyframe.core.blocks import block as block_row
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_outside_object
 from ptyframe.core.schedules import Constant, Schedule
+from ptyframe.engine.metadata_checks import bright_field_disc, check_metadata, check_scan_shape
 from ptyframe.engine.model import PtychographyModel
 from ptyframe.engine.monitor import EpochReport, RunMonitor
 from ptyframe.engine.position_scaling import position_preconditioner
@@ -564,6 +565,8 @@ class Reconstruction(Problem):
             raise ValueError(f"data: expected square patterns, found {measured_shape}")
         pixel = float(self.detector.object_pixel_size_A(exp, measured_shape))
         mean_pattern = self._mean_pattern(window)
+        if self.reading.check_metadata:
+            self._check_metadata()
         context = InitContext(exp, None, mean_pattern, self.n_measurements,
                               np.random.default_rng(self.seed))
         positions_A = self._initial("positions")
@@ -588,6 +591,31 @@ class Reconstruction(Problem):
         self._neighbours = neighbour_table(positions_A, self._held_out)
         self._start_positions = self.params["positions"].copy()
         return self.params
+
+    def _check_metadata(self) -> None:
+        """The experiment against the patterns (:mod:`ptyframe.engine.metadata_checks`):
+        ranges, the bright-field disc of the mean pattern (far-field diffraction data) and,
+        for a non-square scan, its shape against the bright-field signal."""
+        exp = self.experiment
+        diffraction = (self.dataset is not None
+                       and self.detector.measurement_space == "diffraction"
+                       and self.detector.name == "far_field")
+        mean = self.dataset.mean_pattern() if diffraction else None
+        check_metadata(exp, mean)
+        shape = exp.scan_shape
+        if mean is None or shape is None or shape[0] == shape[1]:
+            return
+        disc = bright_field_disc(mean)
+        if disc is None:
+            return
+        radius, (cy, cx) = disc
+        yy, xx = np.mgrid[0:mean.shape[0], 0:mean.shape[1]]
+        mask = np.hypot(yy - cy, xx - cx) <= 0.8 * radius
+        n, signal = len(self.dataset), []
+        for start in range(0, n, 512):
+            chunk = self.dataset.read(np.arange(start, min(start + 512, n)), np.float32)
+            signal.append(chunk[:, mask].sum(axis=1))
+        check_scan_shape(shape, np.concatenate(signal))
 
     def _grid(self, positions_A: np.ndarray, window: tuple[int, int], pixel: float
               ) -> ReconstructionGrid:

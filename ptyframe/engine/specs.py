@@ -352,7 +352,10 @@ class ReadingSpec(_Spec):
     on the device ("float16", "float32", "float64"; None: the device's real type);
     ``validation_fraction``: fraction of the measurements held out of the fit, chosen with the
     reconstruction's seed, whose loss is tracked as a validation loss
-    (:mod:`ptyframe.engine.validation`; 0, or fewer than 4 patterns: none).
+    (:mod:`ptyframe.engine.validation`; 0, or fewer than 4 patterns: none);
+    ``check_metadata``: before iterating, check voltage and angle ranges, the bright-field
+    disc against angle, voltage and calibration, and the scan shape against the data
+    (:mod:`ptyframe.engine.metadata_checks`).
     """
 
     section: ClassVar[str] = "reading"
@@ -366,6 +369,7 @@ class ReadingSpec(_Spec):
             one_of(("float16", "float32", "float64"))))
     validation_fraction: float = attrs.field(default=0.05, converter=to_float,
                                              validator=in_range(0.0, 0.5, high_open=True))
+    check_metadata: bool = attrs.field(default=True, validator=boolean())
 
 
 @attrs.define
