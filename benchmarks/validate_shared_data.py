@@ -20,7 +20,7 @@ import numpy as np
 from ptyframe_initializers.positions import scan_grid
 
 from ptyframe import Dataset, Device, FromEpoch, Reconstruction, load_experiment, load_registry
-from ptyframe.testing.validation import phase_correlation
+from ptyframe.testing.validation import phase_correlation, position_error_A
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -57,8 +57,17 @@ def main() -> None:
     parser.add_argument("--slice-thickness", type=float, default=None,
                         help="Å; default: sample thickness / slices from the metadata")
     parser.add_argument("--probe-modes", type=int, default=1)
-    parser.add_argument("--loss", default="ml",
-                        help="ml (Poisson; right for counting data) or lsq_sqrt")
+    parser.add_argument("--loss", default=None,
+                        help="ml (Poisson; right for counting data) or lsq_sqrt (default: the "
+                             "Reconstruction's: ml for counts)")
+    parser.add_argument("--validation-fraction", type=float, default=0.05,
+                        help="patterns held out for the validation loss (0: none)")
+    parser.add_argument("--last", action="store_true",
+                        help="keep the last epoch, not the best-validated one")
+    parser.add_argument("--no-position-scaling", action="store_true",
+                        help="no per-position Gauss-Newton scaling of the position update")
+    parser.add_argument("--positions-from", type=int, default=5,
+                        help="epoch position refinement starts at (with --positions)")
     parser.add_argument("--precision", default="single")
     parser.add_argument("--positions", action="store_true", help="refine scan positions")
     parser.add_argument("--output", default=None)
@@ -81,9 +90,12 @@ def main() -> None:
         dataset, experiment,
         propagator=registry.create("propagator", {"type": "multislice",
                                                   "slice_thickness_A": dz}),
-        loss=registry.create("loss", {"type": args.loss}),
+        loss=registry.create("loss", {"type": args.loss}) if args.loss else None,
         n_slices=args.slices, n_probe_modes=args.probe_modes,
-        refine_probe=FromEpoch(5), refine_positions=FromEpoch(30) if args.positions else False,
+        refine_probe=FromEpoch(5),
+        refine_positions=FromEpoch(args.positions_from) if args.positions else False,
+        validation_fraction=args.validation_fraction, keep_best=not args.last,
+        position_scaling=not args.no_position_scaling,
         device=Device("auto", args.precision), output_dir=args.output, progress=False)
     start = time.perf_counter()
     result = rec.run(args.epochs)
@@ -98,7 +110,16 @@ def main() -> None:
           f"{args.epochs} epochs in {elapsed:.1f} s on {rec.device}")
     print(f"  final loss {result.loss[-1]:.6g} (first {result.loss[0]:.6g})")
     print(f"  phase correlation with ground truth: {corr:.4f} (low-pass 0.5 px), "
-          f"{corr_raw:.4f} (raw), over {gt_crop.shape} px of the scanned area")
+          f"{corr_raw:.4f} (raw), over {gt_crop.shape} px of the scanned area; result from "
+          f"epoch {result.best_epoch or result.epochs} (loss {rec.loss.name})")
+    with h5py.File(path, "r") as fh:
+        true = fh["positions_A"][()]
+        nominal = fh["positions_nominal_A"][()]
+    # the true positions in our frame (both rasters are centred on the same point)
+    true_ours = true - (nominal.mean(axis=0) - nominal_ours.mean(axis=0))
+    print(f"  position error (rms, global shift removed): "
+          f"{position_error_A(result.positions_A, true_ours):.4f} Å "
+          f"(nominal grid: {position_error_A(nominal_ours, true_ours):.4f} Å)")
 
 
 if __name__ == "__main__":

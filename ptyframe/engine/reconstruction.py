@@ -594,10 +594,13 @@ class Reconstruction(Problem):
 
     def _check_metadata(self) -> None:
         """The experiment against the patterns (:mod:`ptyframe.engine.metadata_checks`):
-        ranges, the bright-field disc of the mean pattern (far-field diffraction data) and,
-        for a non-square scan, its shape against the bright-field signal."""
+        ranges, the bright-field disc of the mean pattern (far-field diffraction data without
+        illumination tilts) and, for a non-square scan, its shape against the bright-field
+        signal."""
         exp = self.experiment
-        diffraction = (self.dataset is not None
+        tilts = self.refine_spec.blocks["tilts"]
+        tilted = tilts.initial is not None or not tilts.never  # discs moved by the tilts
+        diffraction = (self.dataset is not None and not tilted
                        and self.detector.measurement_space == "diffraction"
                        and self.detector.name == "far_field")
         mean = self.dataset.mean_pattern() if diffraction else None
