@@ -211,6 +211,7 @@ class Reconstruction(Problem):
         self._best: tuple[int, float, dict[str, np.ndarray]] | None = None
         self._held_state: Any = None
         self._refining_positions = False
+        self._best_saved: int | None = None
         self._settled_at = 0
         self._held_residual: Any = None
         self.params: dict[str, Any] | None = None
@@ -816,13 +817,15 @@ class Reconstruction(Problem):
                         self.output.checkpoint_every
                         and self.epoch % self.output.checkpoint_every == 0)):
                     self._checkpoint(output)
+                    if self._keeps_best() and self._best[0] != self._best_saved:
+                        self._save_best()
                 if any(bool(cb(report)) for cb in callbacks):
                     break
         finally:
             monitor.close()
         if output is not None and self.epoch % self.output.save_every:
             self._checkpoint(output)
-        if output is not None and self._keeps_best():
+        if output is not None and self._keeps_best() and self._best[0] != self._best_saved:
             self._save_best()
         return self.result()
 
@@ -890,6 +893,7 @@ class Reconstruction(Problem):
         best = OutputFolder(self.output_dir / "best")
         best.save_state(state, epoch, info={"validation_loss": value,
                                             "grid": self.grid.to_config()})
+        self._best_saved = epoch
 
     def _project(self, epoch: int) -> bool:
         """By-hand changes after the step: constraints and object growth. True when the
@@ -1028,6 +1032,16 @@ class Reconstruction(Problem):
             history = read_loss_log(log_path)
             keep = history["epoch"] <= epoch
             self.loss_history = [float(v) for v in history["loss"][keep]]
+            if "validation_loss" in history and self._held_out.size:
+                self.validation_history = [float(v) for v in history["validation_loss"][keep]]
+        self._best = self._best_saved = None
+        best_dir = folder / "best"
+        if self._held_out.size and self.output.keep_best and (best_dir / "state.json").exists():
+            best_arrays, best_epoch = load_state(best_dir)
+            if best_epoch <= epoch:
+                value = float(load_state_info(best_dir).get("validation_loss", np.inf))
+                self._best = (int(best_epoch), value, best_arrays)
+                self._best_saved = int(best_epoch)
         return self.epoch
 
     # ------------------------------------------------------------------ configuration

@@ -117,3 +117,23 @@ def test_default_loss_is_ml_for_counts_and_lsq_sqrt_for_intensities():
     fractions = Reconstruction(sim.patterns / 1000.0, sim.experiment,
                                positions_A=sim.positions_A, progress=False)
     assert fractions.loss.name == "lsq_sqrt"
+
+
+def test_resumed_run_keeps_the_best_epoch_found_before_it_stopped(tmp_path):
+    sim = simulate_low_dose()
+
+    def build(folder):
+        return Reconstruction(sim.patterns, sim.experiment, positions_A=sim.positions_A,
+                              device=Device("cpu", "double"), progress=False,
+                              output_dir=folder, seed=5)
+
+    whole = build(tmp_path / "whole").run(20)
+    first = build(tmp_path / "split")
+    first.run(10)
+    second = build(tmp_path / "split")
+    assert second.load_checkpoint() == 10
+    resumed = second.run(10)
+    assert whole.best_epoch <= 10  # measured: 7, found before the stop
+    assert resumed.best_epoch == whole.best_epoch
+    assert np.allclose(resumed.validation_loss, whole.validation_loss)
+    assert np.allclose(resumed.object, whole.object)
