@@ -20,7 +20,7 @@ import numpy as np
 from ptyframe_initializers.positions import scan_grid
 
 from ptyframe import Dataset, Device, FromEpoch, Reconstruction, load_experiment, load_registry
-from ptyframe.testing.validation import phase_correlation
+from ptyframe.testing.validation import phase_correlation, position_error_A
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -32,8 +32,10 @@ def truth_on_recon_grid(path: Path, result, positions_A: np.ndarray):
         nominal = fh["positions_nominal_A"][()]
         origin = np.array(fh.attrs.get("gt_origin_yx_A", [0, 0]), dtype=float)
     dx = result.grid.pixel_size_A
-    # frame offset between our scan-grid frame and the simulation frame (nominal scan origin)
-    frame = nominal[0] - positions_A[0]
+    # frame offset between our scan-grid frame and the simulation frame: both rasters are
+    # rotated about their centres, so the centres correspond (the first corners do not when
+    # the scan is rotated)
+    frame = nominal.mean(axis=0) - positions_A.mean(axis=0)
     lo = nominal.min(axis=0)
     hi = nominal.max(axis=0)
     gy = np.arange(gt.shape[0]) * dx + origin[0]
@@ -58,8 +60,17 @@ def main() -> None:
     parser.add_argument("--slice-thickness", type=float, default=None,
                         help="Å; default: sample thickness / slices from the metadata")
     parser.add_argument("--probe-modes", type=int, default=1)
-    parser.add_argument("--loss", default="ml",
-                        help="ml (Poisson; right for counting data) or lsq_sqrt")
+    parser.add_argument("--loss", default=None,
+                        help="ml (Poisson; right for counting data) or lsq_sqrt (default: the "
+                             "Reconstruction's: ml for counts)")
+    parser.add_argument("--validation-fraction", type=float, default=0.05,
+                        help="patterns held out for the validation loss (0: none)")
+    parser.add_argument("--last", action="store_true",
+                        help="keep the last epoch, not the best-validated one")
+    parser.add_argument("--no-position-scaling", action="store_true",
+                        help="no per-position Gauss-Newton scaling of the position update")
+    parser.add_argument("--positions-from", type=int, default=5,
+                        help="epoch position refinement starts at (with --positions)")
     parser.add_argument("--precision", default="single")
     parser.add_argument("--positions", action="store_true", help="refine scan positions")
     parser.add_argument("--output", default=None)
@@ -82,9 +93,12 @@ def main() -> None:
         dataset, experiment,
         propagator=registry.create("propagator", {"type": "multislice",
                                                   "slice_thickness_A": dz}),
-        loss=registry.create("loss", {"type": args.loss}),
+        loss=registry.create("loss", {"type": args.loss}) if args.loss else None,
         n_slices=args.slices, n_probe_modes=args.probe_modes,
-        refine_probe=FromEpoch(5), refine_positions=FromEpoch(30) if args.positions else False,
+        refine_probe=FromEpoch(5),
+        refine_positions=FromEpoch(args.positions_from) if args.positions else False,
+        validation_fraction=args.validation_fraction, keep_best=not args.last,
+        position_scaling=not args.no_position_scaling,
         device=Device("auto", args.precision), output_dir=args.output, progress=False,
         figures=False, result_file=False)
     start = time.perf_counter()
@@ -100,7 +114,16 @@ def main() -> None:
           f"{args.epochs} epochs in {elapsed:.1f} s on {rec.device}")
     print(f"  final loss {result.loss[-1]:.6g} (first {result.loss[0]:.6g})")
     print(f"  phase correlation with ground truth: {corr:.4f} (low-pass 0.5 px), "
-          f"{corr_raw:.4f} (raw), over {gt_crop.shape} px of the scanned area")
+          f"{corr_raw:.4f} (raw), over {gt_crop.shape} px of the scanned area; result from "
+          f"epoch {result.best_epoch or result.epochs} (loss {rec.loss.name})")
+    with h5py.File(path, "r") as fh:
+        true = fh["positions_A"][()]
+        nominal = fh["positions_nominal_A"][()]
+    # the true positions in our frame (both rasters are centred on the same point)
+    true_ours = true - (nominal.mean(axis=0) - nominal_ours.mean(axis=0))
+    print(f"  position error (rms, global shift removed): "
+          f"{position_error_A(result.positions_A, true_ours):.4f} Å "
+          f"(nominal grid: {position_error_A(nominal_ours, true_ours):.4f} Å)")
 
 
 if __name__ == "__main__":

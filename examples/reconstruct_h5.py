@@ -28,7 +28,7 @@ rec = Reconstruction(
     experiment,
     propagator=registry.create("propagator", {"type": "multislice",
                                               "slice_thickness_A": args.slice_thickness}),
-    loss=registry.create("loss", {"type": "lsq_sqrt"}),
+    loss=registry.create("loss", {"type": "ml"}),  # Poisson: counting data
     optimizer=registry.create("optimizer", {"type": "quasi_newton", "history_length": 10}),
     n_slices=args.slices,
     n_probe_modes=args.probe_modes,

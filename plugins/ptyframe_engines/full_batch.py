@@ -73,7 +73,9 @@ class FullBatch(Engine):
             return value, grads
 
         step = problem.optimizer.step({b: problem.params[b] for b in blocks}, state.value,
-                                      state.grads, objective, state.optimizer)
+                                      state.grads, objective, state.optimizer,
+                                      preconditioner=problem.preconditioner(
+                                          problem.params, blocks, epoch))
         problem.params.update(step.params)
         state.value, state.grads = step.value, dict(step.grads)
         # the terms of the point the optimizer ended on: the evaluation whose gradient arrays

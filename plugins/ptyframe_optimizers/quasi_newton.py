@@ -18,6 +18,15 @@ pair (``block_scaling=False``: one shared ``gamma = Re<s, y> / Re<y, y>``). A pa
 when ``Re<s, y> > 0``. A block whose own curvature is not positive keeps its previous factor
 (or the shared one).
 
+Preconditioner
+--------------
+An optional diagonal preconditioner ``{block: M_b}`` (positive real arrays broadcasting
+against the block, e.g. one factor per scan position from its local Gauss-Newton curvature)
+shapes the initial inverse Hessian: ``H0 = diag(gamma_b M_b)`` with
+``gamma_b = Re<s_b, y_b> / Re<y_b, M_b y_b>``; the unscaled direction is ``-M g``. The line
+search still uses the true gradient, so the preconditioner changes the path, not the
+objective.
+
 Initial trial step
 ------------------
 * With curvature information (pairs, or the per-block factors remembered across a
@@ -302,9 +311,15 @@ class QuasiNewton(Optimizer):
         state.scales = None
 
     # ----------------------------------------------------------------- direction
-    def _direction(self, grads: dict[str, Any], state: QuasiNewtonState, xp: Any
+    def _direction(self, grads: dict[str, Any], state: QuasiNewtonState, xp: Any,
+                   precond: Mapping[str, Any] | None = None
                    ) -> tuple[dict[str, Any], float, bool]:
         """(d = -H g, first trial step, whether d carries curvature scaling)."""
+        precond = precond or {}
+
+        def apply(k: str, v: Any) -> Any:
+            return v * precond[k] if k in precond else v
+
         if self.max_history != 0 and (state.history or state.scales):
             q = dict(grads)
             alphas = []
@@ -312,28 +327,30 @@ class QuasiNewton(Optimizer):
                 alpha = pair.rho * _dot(pair.s, q, xp)
                 q = {k: q[k] - alpha * pair.y[k] for k in q}
                 alphas.append(alpha)
-            r = {k: state.scales[k] * q[k] for k in q}
+            r = {k: state.scales[k] * apply(k, q[k]) for k in q}
             for pair, alpha in zip(state.history, reversed(alphas), strict=True):
                 beta = pair.rho * _dot(pair.y, r, xp)
                 r = {k: r[k] + (alpha - beta) * pair.s[k] for k in r}
             return {k: -r[k] for k in r}, 1.0, True
+        d = {k: -apply(k, g) for k, g in grads.items()}
         if state.gd_step > 0:
             a0 = state.gd_step
         else:
-            norm = math.sqrt(max(_dot(grads, grads, xp), 0.0))
+            norm = math.sqrt(max(_dot(d, d, xp), 0.0))
             a0 = self.initial_step * min(1.0, 1.0 / norm) if norm > 0 else self.initial_step
-        return {k: -g for k, g in grads.items()}, a0, False
+        return d, a0, False
 
     # ----------------------------------------------------------------- curvature pair
     def _update_history(self, state: QuasiNewtonState, old: dict[str, Any],
                         new: dict[str, Any], g_old: dict[str, Any], g_new: dict[str, Any],
-                        xp: Any) -> bool:
+                        xp: Any, precond: Mapping[str, Any] | None = None) -> bool:
         if self.max_history == 0:
             return False
+        precond = precond or {}
         s = {k: new[k] - old[k] for k in new}
         y = {k: g_new[k] - g_old[k] for k in new}
         sy_b = {k: _bdot(s[k], y[k], xp) for k in s}
-        yy_b = {k: _bdot(y[k], y[k], xp) for k in s}
+        yy_b = {k: _bdot(y[k], y[k] * precond[k] if k in precond else y[k], xp) for k in s}
         sy, yy = sum(sy_b.values()), sum(yy_b.values())
         if not (math.isfinite(sy) and math.isfinite(yy) and sy > 0 and yy > 0):
             state.skipped_pairs += 1
@@ -355,9 +372,32 @@ class QuasiNewton(Optimizer):
         return True
 
     # ----------------------------------------------------------------- step
+    @staticmethod
+    def _check_preconditioner(preconditioner: Mapping[str, Any] | None,
+                              params: Mapping[str, Any], xp: Any) -> dict[str, Any]:
+        """The preconditioner's entries for the blocks stepped here, checked: real, finite,
+        positive, broadcasting against the block."""
+        out: dict[str, Any] = {}
+        for k, m in (preconditioner or {}).items():
+            if k not in params:
+                continue
+            if xp.iscomplexobj(m):
+                raise ValueError(f"preconditioner[{k!r}]: expected a real array, found complex")
+            try:
+                np.broadcast_shapes(tuple(m.shape), tuple(params[k].shape))
+            except ValueError:
+                raise ValueError(f"preconditioner[{k!r}]: expected a shape broadcasting to "
+                                 f"{tuple(params[k].shape)}, found {tuple(m.shape)}") from None
+            if not bool(xp.all(xp.isfinite(m))) or not bool(xp.all(m > 0)):
+                raise ValueError(f"preconditioner[{k!r}]: expected finite values > 0")
+            out[k] = m
+        return out
+
     def step(self, params: Mapping[str, Any], value: float, grads: Mapping[str, Any],
-             objective: Objective, state: QuasiNewtonState) -> StepResult:
+             objective: Objective, state: QuasiNewtonState,
+             preconditioner: Mapping[str, Any] | None = None) -> StepResult:
         xp = self.device.xp
+        precond = self._check_preconditioner(preconditioner, params, xp)
         f0 = float(value)
         if not math.isfinite(f0):
             raise ValueError(f"value: expected a finite objective value at the current point, "
@@ -378,13 +418,13 @@ class QuasiNewton(Optimizer):
                 was_reset = True
             state.layout = layout
 
-        d, a0, scaled = self._direction(g0, state, xp)
+        d, a0, scaled = self._direction(g0, state, xp, precond)
         dphi0 = 2.0 * _dot(g0, d, xp)
         if scaled and not (math.isfinite(dphi0) and dphi0 < 0):
             # not a descent direction: drop the curvature information, use -g
             self._forget(state)
             was_reset = True
-            d, a0, scaled = self._direction(g0, state, xp)
+            d, a0, scaled = self._direction(g0, state, xp, precond)
             dphi0 = 2.0 * _dot(g0, d, xp)
         d = {k: _like(d[k], params[k], xp) for k in params}
 
@@ -441,7 +481,7 @@ class QuasiNewton(Optimizer):
         if not scaled:
             state.gd_step = a
         state.step_size = a
-        self._update_history(state, params, new, g0, g, xp)
+        self._update_history(state, params, new, g0, g, xp, precond)
         return result(new, f, g, a, evals, True, status)
 
 

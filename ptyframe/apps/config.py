@@ -15,8 +15,8 @@ Layout (TOML shown; JSON has the same structure)::
     [propagator]
     type = "multislice"
     slice_thickness_A = 2.0
-    [loss]
-    type = "lsq_sqrt"
+    [loss]                      # default: "ml" (Poisson) for counts, else "lsq_sqrt"
+    type = "ml"
     [refine]
     object = true
     probe = {type = "from", start = 5}

@@ -61,6 +61,12 @@ class Problem(abc.ABC):
     def reset_history(self, epoch: int) -> bool:
         """Whether the configuration asks to forget curvature history at ``epoch``."""
 
+    def preconditioner(self, params: Mapping[str, Any], blocks: tuple[str, ...],
+                       epoch: int) -> dict[str, Any]:
+        """Diagonal preconditioners ``{block: M}`` for the optimizer's step at ``epoch`` (see
+        :meth:`Optimizer.step`); default none."""
+        return {}
+
 
 @attrs.define
 class EpochOutcome:

@@ -61,8 +61,14 @@ class Optimizer(ModelComponent):
 
     @abc.abstractmethod
     def step(self, params: Mapping[str, Any], value: float, grads: Mapping[str, Any],
-             objective: Objective, state: Any) -> StepResult:
-        """One iteration from ``params`` where the objective is ``value`` with ``grads``."""
+             objective: Objective, state: Any,
+             preconditioner: Mapping[str, Any] | None = None) -> StepResult:
+        """One iteration from ``params`` where the objective is ``value`` with ``grads``.
+
+        ``preconditioner``: optional ``{block: M}`` with M a positive real array that
+        broadcasts against the block: an element-wise (diagonal) approximation of the inverse
+        Hessian's shape within that block (its overall scale is the optimizer's business). A
+        block without an entry is preconditioned by 1."""
 
     @abc.abstractmethod
     def export_state(self, state: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

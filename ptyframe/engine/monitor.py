@@ -24,9 +24,9 @@ __all__ = ["EpochReport", "RunMonitor", "LOG_COLUMNS", "relative_loss", "LOGGER_
 LOGGER_NAME = "ptyframe"
 
 #: loss.csv columns before the regularizer terms
-LOG_COLUMNS = ("epoch", "time_s", "loss", "loss_relative", "data_loss", "regularization",
-               "step_size", "evaluations", "accepted", "line_search", "blocks",
-               "n_measurements", "memory_mb")
+LOG_COLUMNS = ("epoch", "time_s", "loss", "loss_relative", "data_loss", "validation_loss",
+               "regularization", "step_size", "evaluations", "accepted", "line_search",
+               "blocks", "n_measurements", "memory_mb")
 
 
 def relative_loss(loss: float, reference: float) -> float:
@@ -45,7 +45,8 @@ def relative_loss(loss: float, reference: float) -> float:
 @attrs.define
 class EpochReport:
     """What a callback sees after each epoch. ``params`` are the live device arrays;
-    ``loss_relative``: :func:`relative_loss` of ``loss``."""
+    ``loss_relative``: :func:`relative_loss` of ``loss``.
+    ``validation_loss``: data loss per held-out pattern (None: nothing held out)."""
 
     epoch: int
     loss: float
@@ -58,6 +59,7 @@ class EpochReport:
     params: Mapping[str, Any]
     info: dict[str, Any] = attrs.field(factory=dict)
     loss_relative: float = float("nan")
+    validation_loss: float | None = None
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -122,6 +124,8 @@ class RunMonitor:
         terms = report.info.get("terms", {})
         self.log.append(epoch=report.epoch, time_s=report.elapsed_s, loss=report.loss,
                         loss_relative=report.loss_relative, data_loss=report.data_loss,
+                        validation_loss=(float("nan") if report.validation_loss is None
+                                         else report.validation_loss),
                         regularization=report.loss - report.data_loss,
                         step_size=report.step_size, evaluations=report.evaluations,
                         accepted=report.accepted,
@@ -134,7 +138,10 @@ class RunMonitor:
     def line(self, report: EpochReport) -> str:
         """The one-line summary of an epoch."""
         line = (f"epoch {report.epoch}: loss {report.loss:.6g} (relative "
-                f"{report.loss_relative:.4g}) step {report.step_size:.3g} evaluations "
+                f"{report.loss_relative:.4g}) "
+                + ("" if report.validation_loss is None
+                   else f"validation {report.validation_loss:.6g} ")
+                + f"step {report.step_size:.3g} evaluations "
                 f"{report.evaluations} blocks {'+'.join(report.blocks)} "
                 f"{report.elapsed_s:.1f} s")
         if self.verbosity >= 3:
@@ -147,9 +154,11 @@ class RunMonitor:
             return
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{report.loss:.5g}",
-                                 relative=f"{report.loss_relative:.3g}",
-                                 step=f"{report.step_size:.2g}")
+            postfix = {"loss": f"{report.loss:.5g}", "relative": f"{report.loss_relative:.3g}"}
+            if report.validation_loss is not None:
+                postfix["val"] = f"{report.validation_loss:.5g}"
+            postfix["step"] = f"{report.step_size:.2g}"
+            self.bar.set_postfix(postfix)
             return
         self.emit(self.line(report))
 

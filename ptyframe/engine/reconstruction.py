@@ -12,8 +12,9 @@ or, with the specifications spelled out (:mod:`ptyframe.engine.specs`)::
                          refine=RefineSpec({"positions": FromEpoch(10)}),
                          output=OutputSpec(dir="out"))
 
-Components default to the registry's standard ones (multislice, far-field detector, lsq_sqrt,
-quasi_newton, the full_batch engine, aperture probe, vacuum object, scan-grid positions).
+Components default to the registry's standard ones (multislice, far-field detector, ml for
+counting data and lsq_sqrt otherwise, quasi_newton, the full_batch engine, aperture probe,
+vacuum object, scan-grid positions).
 
 One epoch is a template of steps: the engine's epoch (evaluate, step), the projections
 (constraints, object growth), the report, the checkpoint (parameters and engine state).
@@ -39,8 +40,10 @@ from ptyframe.core.experiment import Experiment, ReconstructionGrid, windows_out
 from ptyframe.core.schedules import Constant, Schedule
 from ptyframe.engine.communicator import Communicator, SingleProcess
 from ptyframe.engine.health import HealthWatch
+from ptyframe.engine.metadata_checks import bright_field_disc, check_metadata, check_scan_shape
 from ptyframe.engine.model import PtychographyModel
 from ptyframe.engine.monitor import EpochReport, RunMonitor, relative_loss
+from ptyframe.engine.position_scaling import position_preconditioner
 from ptyframe.engine.run_record import (
     ForeignRunError,
     differences,
@@ -59,6 +62,7 @@ from ptyframe.engine.specs import (
     SolverSpec,
     route_settings,
 )
+from ptyframe.engine.validation import follow_neighbours, held_out_indices, neighbour_table
 from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
 from ptyframe.io.data import Dataset
 from ptyframe.io.folder_lock import FolderLock
@@ -92,6 +96,11 @@ DEFAULT_COMPONENTS = {
     "position_initializer": {"type": "scan_grid"},
 }
 
+#: epochs after position refinement starts during which no new best-validated epoch is
+#: chosen: the held-out positions are fitted at once to an object made with the training
+#: positions still wrong, which flatters the validation loss until those have moved
+SETTLE_EPOCHS = 5
+
 #: a callback returns True to stop the run
 Callback = Callable[[EpochReport], "bool | None"]
 
@@ -104,7 +113,10 @@ class ReconstructionResult:
     (or (n_probes, n_probe_modes, ny, nx) with a probe marker); ``positions_A``: (N, 2) probe
     positions (y, x) in Å; ``loss``: loss per epoch run; ``extra``: the other refinable
     blocks present (``tilts`` (radians), ``beam_current``, ``static_background`` as the
-    background intensity s**2 on the measured grid, centred, ``aberrations`` (Å)).
+    background intensity s**2 on the measured grid, centred, ``aberrations`` (Å));
+    ``validation_loss``: data loss per held-out pattern per epoch (empty: none held out);
+    ``best_epoch``: the epoch whose parameters these are when the best-validated epoch was
+    kept (None: the last epoch's).
     """
 
     object: np.ndarray
@@ -115,11 +127,40 @@ class ReconstructionResult:
     epochs: int
     output_dir: Path | None = None
     extra: dict[str, np.ndarray] = attrs.field(factory=dict)
+    validation_loss: list[float] = attrs.field(factory=list)
+    best_epoch: int | None = None
 
     @property
     def phase(self) -> np.ndarray:
         """Total phase (rad) of the first object mode summed over slices, (Y, X)."""
         return np.angle(self.object[:, 0]).sum(axis=0)
+
+
+#: patterns sampled to tell counting data from intensities
+_COUNT_SAMPLE = 64
+
+
+def looks_like_counts(data: Any) -> bool:
+    """Whether ``data`` (a :class:`Dataset` or an array of patterns) holds detector counts:
+    non-negative whole numbers, at least one count per pattern on average (sampled from up
+    to 64 patterns). Counting data have Poisson noise, for which ``ml`` is the right loss;
+    intensities (normalised, background-subtracted, or noise-free simulations) are better
+    served by ``lsq_sqrt``."""
+    if isinstance(data, Dataset):
+        n = len(data)
+        rows = np.unique(np.linspace(0, n - 1, min(n, _COUNT_SAMPLE)).astype(np.int64))
+        sample = data.read(rows, np.float32)
+    else:
+        array = np.asarray(data)
+        if array.ndim < 2 or array.size == 0:
+            return False
+        step = max(1, array.shape[0] // _COUNT_SAMPLE)
+        sample = np.asarray(array[::step][:_COUNT_SAMPLE], dtype=np.float64)
+    if sample.size == 0 or not np.all(np.isfinite(sample)) or sample.min() < 0:
+        return False
+    if not np.allclose(sample, np.round(sample), atol=1e-3):
+        return False
+    return float(sample.reshape(sample.shape[0], -1).sum(axis=1).mean()) >= 1.0
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -187,7 +228,7 @@ class Reconstruction(Problem):
         self.solver: SolverSpec = specs["solver"]
         self.reading: ReadingSpec = specs["reading"]
         self.output: OutputSpec = specs["output"]
-        self._resolve_defaults()
+        self._resolve_defaults(data)
         self.device = device if device is not None else Device("auto")
         if communicator is not None and not isinstance(communicator, Communicator):
             raise TypeError(f"communicator: expected a Communicator, found "
@@ -197,6 +238,16 @@ class Reconstruction(Problem):
         self._load_settings()
         self.epoch = 0
         self.loss_history: list[float] = []
+        self.validation_history: list[float] = []
+        self._held_out = np.zeros(0, dtype=np.int64)
+        self._neighbours = np.zeros((0, 0), dtype=np.int64)
+        self._start_positions: Any = None
+        self._best: tuple[int, float, dict[str, np.ndarray]] | None = None
+        self._held_state: Any = None
+        self._refining_positions = False
+        self._best_saved: int | None = None
+        self._settled_at = 0
+        self._held_residual: Any = None
         self.params: dict[str, Any] | None = None
         self.grid: ReconstructionGrid | None = None
         self.model: PtychographyModel | None = None
@@ -241,14 +292,19 @@ class Reconstruction(Problem):
     def _default(self, kind: str) -> Any:
         return self.registry.create(kind, DEFAULT_COMPONENTS[kind])
 
-    def _resolve_defaults(self) -> None:
+    def _resolve_defaults(self, data: Any) -> None:
         """Fill every component left None with the registry's default, so that the
-        specifications (and parameters.json) name what actually runs."""
+        specifications (and parameters.json) name what actually runs. The default loss is
+        ``ml`` (Poisson) for counting data, ``lsq_sqrt`` otherwise (:func:`looks_like_counts`)."""
         m, s = self.model_spec, self.solver
         self.model_spec = attrs.evolve(
             m, propagator=m.propagator or self._default("propagator"),
             detector=m.detector or self._default("detector"))
-        self.solver = attrs.evolve(s, loss=s.loss or self._default("loss"),
+        loss = s.loss
+        if loss is None:
+            loss = self.registry.create("loss", {"type": "ml" if looks_like_counts(data)
+                                                 else DEFAULT_COMPONENTS["loss"]["type"]})
+        self.solver = attrs.evolve(s, loss=loss,
                                    optimizer=s.optimizer or self._default("optimizer"),
                                    engine=s.engine or self._default("engine"))
         for name, kind in INITIALIZER_KINDS.items():
@@ -443,20 +499,41 @@ class Reconstruction(Problem):
 
     # ------------------------------------------------------------------ Problem
     def indices(self, epoch: int) -> np.ndarray | None:
-        if self.reading.sequence is None:
-            return None
-        value = self.reading.sequence(epoch)
-        if value is None:
-            return None
-        seq = np.asarray(value, dtype=np.int64).ravel()
-        self._check_sequence(seq)
-        return seq
+        """The epoch's sequence (None: all measurements) less the held-out patterns."""
+        seq = None
+        if self.reading.sequence is not None:
+            value = self.reading.sequence(epoch)
+            if value is not None:
+                seq = np.asarray(value, dtype=np.int64).ravel()
+                self._check_sequence(seq)
+        if self._held_out.size == 0:
+            return seq
+        base = np.arange(self.n_measurements) if seq is None else seq
+        training = base[~np.isin(base, self._held_out)]
+        if training.size == 0:
+            raise ValueError(f"sequence: every measurement of epoch {epoch} is held out for "
+                             "validation; use a longer sequence or validation_fraction 0")
+        return training
+
+    @property
+    def held_out(self) -> np.ndarray:
+        """Indices of the measurements held out of the fit (sorted; empty: none)."""
+        return self._held_out.copy()
 
     def loss_weight(self, epoch: int) -> float:
         return float(self.solver.loss_weight(epoch))
 
     def reset_history(self, epoch: int) -> bool:
         return bool(self.solver.reset_history(epoch))
+
+    def preconditioner(self, params: Mapping[str, Any], blocks: tuple[str, ...],
+                       epoch: int) -> dict[str, Any]:
+        """The positions block's per-position Gauss-Newton scaling when positions are
+        refined and ``position_scaling`` is on (see :mod:`ptyframe.engine.position_scaling`)."""
+        if "positions" not in blocks or not self.solver.position_scaling:
+            return {}
+        return {"positions": position_preconditioner(params["object"], params["probe"],
+                                                     params["positions"], self.device)}
 
     def active_blocks(self, epoch: int) -> tuple[str, ...]:
         return tuple(row.name for row in PARAMETER_BLOCKS
@@ -557,6 +634,8 @@ class Reconstruction(Problem):
             raise ValueError(f"data: expected square patterns, found {measured_shape}")
         pixel = float(self.detector.object_pixel_size_A(exp, measured_shape))
         mean_pattern = self._mean_pattern(window)
+        if self.reading.check_metadata:
+            self._check_metadata()
         context = InitContext(exp, None, mean_pattern, self.n_measurements,
                               np.random.default_rng(self.seed))
         positions_A = self._initial("positions")
@@ -576,7 +655,39 @@ class Reconstruction(Problem):
         self.model.check_blocks(self.params)
         for component in (*self.regularizers, *self.constraints, self.optimizer):
             component.prepare(self.context)
+        self._held_out = held_out_indices(self.n_measurements, self.reading.validation_fraction,
+                                          self.seed)
+        self._neighbours = neighbour_table(positions_A, self._held_out)
+        self._start_positions = self.params["positions"].copy()
         return self.params
+
+    def _check_metadata(self) -> None:
+        """The experiment against the patterns (:mod:`ptyframe.engine.metadata_checks`):
+        ranges, the bright-field disc of the mean pattern (far-field diffraction data without
+        illumination tilts) and, for a non-square scan, its shape against the bright-field
+        signal."""
+        exp = self.experiment
+        tilts = self.refine_spec.blocks["tilts"]
+        tilted = tilts.initial is not None or not tilts.never  # discs moved by the tilts
+        diffraction = (self.dataset is not None and not tilted
+                       and self.detector.measurement_space == "diffraction"
+                       and self.detector.name == "far_field")
+        mean = self.dataset.mean_pattern() if diffraction else None
+        check_metadata(exp, mean)
+        shape = exp.scan_shape
+        if mean is None or shape is None or shape[0] == shape[1]:
+            return
+        disc = bright_field_disc(mean)
+        if disc is None:
+            return
+        radius, (cy, cx) = disc
+        yy, xx = np.mgrid[0:mean.shape[0], 0:mean.shape[1]]
+        mask = np.hypot(yy - cy, xx - cx) <= 0.8 * radius
+        n, signal = len(self.dataset), []
+        for start in range(0, n, 512):
+            chunk = self.dataset.read(np.arange(start, min(start + 512, n)), np.float32)
+            signal.append(chunk[:, mask].sum(axis=1))
+        check_scan_shape(shape, np.concatenate(signal))
 
     def _grid(self, positions_A: np.ndarray, window: tuple[int, int], pixel: float
               ) -> ReconstructionGrid:
@@ -857,6 +968,7 @@ class Reconstruction(Problem):
                     outcome.info.get("line_search") == "converged", self.params)
                 self.epoch += 1
                 self.loss_history.append(outcome.loss)
+                validation = self._validate(outcome.blocks)
                 report = EpochReport(
                     epoch=self.epoch, loss=outcome.loss,
                     data_loss=outcome.terms.get("data_loss", outcome.loss),
@@ -864,12 +976,15 @@ class Reconstruction(Problem):
                     accepted=outcome.accepted, elapsed_s=time.perf_counter() - start,
                     blocks=outcome.blocks, params=self.params,
                     info=dict(outcome.info, terms=outcome.terms,
-                              n_measurements=outcome.n_measurements))
+                              n_measurements=outcome.n_measurements),
+                    validation_loss=validation)
                 monitor.report(report, self._memory_mb())
                 if output is not None and (self.epoch % self.output.save_every == 0 or (
                         self.output.checkpoint_every
                         and self.epoch % self.output.checkpoint_every == 0)):
                     self._checkpoint(output)
+                    if self._keeps_best() and self._best[0] != self._best_saved:
+                        self._save_best()
                 if output is not None and figures_every and self.epoch % figures_every == 0:
                     self._write_figures(output)
                 if any(bool(cb(report)) for cb in callbacks):
@@ -879,6 +994,8 @@ class Reconstruction(Problem):
         if output is not None:
             if self.epoch % self.output.save_every:
                 self._checkpoint(output)
+            if self._keeps_best() and self._best[0] != self._best_saved:
+                self._save_best()
             self._finish_output(output, time.perf_counter() - start, monitor)
         return self.result()
 
@@ -927,6 +1044,72 @@ class Reconstruction(Problem):
         if self.output.figures:
             self._write_figures(output)
             monitor.emit(f"figures in {output.path / FIGURES_FOLDER}")
+
+    def _validate(self, blocks: tuple[str, ...]) -> float | None:
+        """Data loss per held-out pattern at the current parameters (None: none held out);
+        remembers the parameters of the best epoch so far."""
+        if self._held_out.size == 0:
+            return None
+        if "positions" in blocks:
+            self._fit_held_out_positions()
+        value, _ = self._data_term(self.params, (), self._held_out)
+        value = float(value) / self._held_out.size
+        self.validation_history.append(value)
+        refining_positions = "positions" in blocks
+        if refining_positions != self._refining_positions:
+            self._refining_positions = refining_positions
+            if refining_positions:
+                self._settled_at = self.epoch + SETTLE_EPOCHS
+        settled = self.epoch >= self._settled_at
+        if self.output.keep_best and np.isfinite(value) and (
+                self._best is None or (settled and value < self._best[1])):
+            self._best = (self.epoch, value, self._host_state())
+        return value
+
+    def _fit_held_out_positions(self, steps: int = 3) -> None:
+        """Positions of the held-out patterns while the training positions are refined: the
+        mean correction of their training neighbours (drift, rotation) plus their own
+        residual, fitted by a few optimizer steps on the held-out patterns alone with every
+        other block fixed (2 numbers per pattern of thousands of pixels: no noise to fit)."""
+        xp = self.device.xp
+        rows = xp.asarray(self._held_out)
+        current = self.params["positions"]
+        followed = follow_neighbours(current, self._start_positions, self._held_out,
+                                     self._neighbours, xp)
+        if self._held_residual is not None:
+            followed[rows] += self._held_residual
+        held = self._held_out
+
+        def objective(sub: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
+            trial = dict(self.params, positions=sub["positions"])
+            if not self._in_bounds(sub["positions"]):
+                return float("inf"), {"positions": xp.zeros_like(sub["positions"])}
+            return self._data_term(trial, ("positions",), held)
+
+        if self._held_state is None:
+            self._held_state = self.optimizer.init_state()
+        point = {"positions": followed}
+        value, grads = objective(point)
+        for _ in range(steps):
+            step = self.optimizer.step(point, value, grads, objective, self._held_state)
+            point, value, grads = step.params, step.value, step.grads
+            if not step.accepted:
+                break
+        self.params["positions"] = point["positions"]
+        base = follow_neighbours(point["positions"], self._start_positions, self._held_out,
+                                 self._neighbours, xp)
+        self._held_residual = point["positions"][rows] - base[rows]
+
+    def _keeps_best(self) -> bool:
+        return self.output.keep_best and self._best is not None
+
+    def _save_best(self) -> None:
+        """The best-validated parameters to ``output_dir``/best (a checkpoint folder)."""
+        epoch, value, state = self._best
+        best = OutputFolder(self.output_dir / "best")
+        best.save_state(state, epoch, info={"validation_loss": value,
+                                            "grid": self.grid.to_config()})
+        self._best_saved = epoch
 
     def _project(self, epoch: int) -> bool:
         """By-hand changes after the step: constraints and object growth. True when the
@@ -986,7 +1169,13 @@ class Reconstruction(Problem):
         return state
 
     def result(self) -> ReconstructionResult:
-        state = self._host_state()
+        """Host copies of the parameters: those of the best-validated epoch when patterns
+        are held out and ``keep_best`` (the default), else the current ones."""
+        best_epoch = None
+        if self._keeps_best():
+            best_epoch, _, state = self._best
+        else:
+            state = self._host_state()
         extra = {}
         for row in PARAMETER_BLOCKS:
             if row.optional and row.name in state:
@@ -996,7 +1185,7 @@ class Reconstruction(Problem):
             object=state["object"], probe=state["probe"],
             positions_A=self.grid.pixels_to_positions(state["positions"]), grid=self.grid,
             loss=list(self.loss_history), epochs=self.epoch, output_dir=self.output_dir,
-            extra=extra)
+            extra=extra, validation_loss=list(self.validation_history), best_epoch=best_epoch)
 
     def _open_output(self) -> OutputFolder | None:
         """The output folder, its fingerprint and configuration written. A folder holding a
@@ -1032,11 +1221,40 @@ class Reconstruction(Problem):
     def _checkpoint(self, output: OutputFolder) -> None:
         """Parameters and the engine's state, committed together."""
         arrays, info = self.engine.export_state(self, self._engine_state)
-        output.save_state(self._host_state(), self.epoch,
-                          resume_arrays={f"engine.{k}": v for k, v in arrays.items()},
+        resume = {f"engine.{k}": v for k, v in arrays.items()}
+        held, held_info = self._held_out_state()
+        resume.update(held)
+        output.save_state(self._host_state(), self.epoch, resume_arrays=resume,
                           info={"engine": self.engine.name, "engine_state": info,
                                 "batch_size": self.model.batch_size,
-                                "grid": self.grid.to_config()})
+                                "grid": self.grid.to_config(), "held_out": held_info})
+
+    def _held_out_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What the fit of the held-out positions carries between epochs (its residual and
+        its optimizer's state), for an exact resume."""
+        arrays: dict[str, np.ndarray] = {}
+        info: dict[str, Any] = {"refining_positions": self._refining_positions,
+                                "settled_at": int(self._settled_at)}
+        if self._held_residual is not None:
+            arrays["held_out.residual"] = self.device.to_host(self._held_residual)
+        if self._held_state is not None:
+            opt_arrays, info["optimizer"] = self.optimizer.export_state(self._held_state)
+            arrays.update({f"held_out.optimizer.{k}": v for k, v in opt_arrays.items()})
+        return arrays, info
+
+    def _restore_held_out_state(self, arrays: Mapping[str, np.ndarray],
+                                info: Mapping[str, Any]) -> None:
+        self._refining_positions = bool(info.get("refining_positions", False))
+        self._settled_at = int(info.get("settled_at", 0))
+        residual = arrays.get("held_out.residual")
+        self._held_residual = (None if residual is None else
+                               self.device.asarray(residual, dtype=self.params["positions"].dtype))
+        self._held_state = None
+        if "optimizer" in info:
+            prefix = "held_out.optimizer."
+            self._held_state = self.optimizer.import_state(
+                {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+                info["optimizer"], self.device)
 
     def load_checkpoint(self, folder: str | Path | None = None) -> int:
         """Restore every refinable block, the grid and the engine's state from an output
@@ -1074,6 +1292,7 @@ class Reconstruction(Problem):
             self.model.batch_size = int(info["batch_size"])  # the same summation order
         self.epoch = int(epoch)
         self._engine_state = None
+        self._restore_held_out_state(arrays, info.get("held_out", {}))
         if info.get("engine") == self.engine.name:
             prefix = "engine."
             self._engine_state = self.engine.import_state(
@@ -1084,6 +1303,16 @@ class Reconstruction(Problem):
             history = read_loss_log(log_path)
             keep = history["epoch"] <= epoch
             self.loss_history = [float(v) for v in history["loss"][keep]]
+            if "validation_loss" in history and self._held_out.size:
+                self.validation_history = [float(v) for v in history["validation_loss"][keep]]
+        self._best = self._best_saved = None
+        best_dir = folder / "best"
+        if self._held_out.size and self.output.keep_best and (best_dir / "state.json").exists():
+            best_arrays, best_epoch = load_state(best_dir)
+            if best_epoch <= epoch:
+                value = float(load_state_info(best_dir).get("validation_loss", np.inf))
+                self._best = (int(best_epoch), value, best_arrays)
+                self._best_saved = int(best_epoch)
         return self.epoch
 
     # ------------------------------------------------------------------ configuration

@@ -28,7 +28,14 @@ import numpy as np
 
 from ptyframe.core.blocks import BLOCK_NAMES, PARAMETER_BLOCKS
 from ptyframe.core.schedules import Constant, Schedule, as_schedule
-from ptyframe.core.validators import boolean, non_negative_int, one_of, positive_int
+from ptyframe.core.validators import (
+    boolean,
+    in_range,
+    non_negative_int,
+    one_of,
+    positive_int,
+    to_float,
+)
 
 __all__ = ["ModelSpec", "BlockPlan", "RefineSpec", "SolverSpec", "ReadingSpec", "OutputSpec",
            "SPEC_CLASSES", "route_settings", "config_value", "TILT_MODES"]
@@ -334,12 +341,15 @@ class RefineSpec(_Spec):
 class SolverSpec(_Spec):
     """How the loss is minimised.
 
-    ``loss``, ``optimizer``, ``engine``: components (None: the registry's ``lsq_sqrt``,
-    ``quasi_newton`` and ``full_batch``); ``regularizers``: extra loss terms;
+    ``loss``, ``optimizer``, ``engine``: components (None: the registry's ``ml`` for counting
+    data, else ``lsq_sqrt``; ``quasi_newton``; ``full_batch``); ``regularizers``: extra loss
+    terms;
     ``constraints``: by-hand projections; ``loss_weight``: factor (or Schedule) on the data
     term; ``reset_history``: Schedule of bool, True at an epoch forgets the optimizer's
     history; ``max_rejected_epochs``: epochs in a row whose step was rejected after which the
-    run stops with an error (a run that cannot make progress never reports success).
+    run stops with an error (a run that cannot make progress never reports success);
+    ``position_scaling``: precondition the scan-position update per position by its local
+    Gauss-Newton curvature (:mod:`ptyframe.engine.position_scaling`).
     """
 
     section: ClassVar[str] = "solver"
@@ -359,6 +369,7 @@ class SolverSpec(_Spec):
     loss_weight: Schedule = attrs.field(default=1.0, converter=as_schedule)
     reset_history: Schedule = attrs.field(default=False, converter=as_schedule)
     max_rejected_epochs: int = attrs.field(default=5, validator=positive_int())
+    position_scaling: bool = attrs.field(default=True, validator=boolean())
 
 
 def _sequence(value: Any) -> Any:
@@ -378,7 +389,13 @@ class ReadingSpec(_Spec):
     covers every measurement; ``batch_size``: measurements per vectorised batch (None: from
     free memory); ``load_one_by_one``: stream measurements from the dataset every evaluation
     instead of keeping them on the device; ``data_dtype``: storage type of the measurements
-    on the device ("float16", "float32", "float64"; None: the device's real type).
+    on the device ("float16", "float32", "float64"; None: the device's real type);
+    ``validation_fraction``: fraction of the measurements held out of the fit, chosen with the
+    reconstruction's seed, whose loss is tracked as a validation loss
+    (:mod:`ptyframe.engine.validation`; 0, or fewer than 4 patterns: none);
+    ``check_metadata``: before iterating, check voltage and angle ranges, the bright-field
+    disc against angle, voltage and calibration, and the scan shape against the data
+    (:mod:`ptyframe.engine.metadata_checks`).
     """
 
     section: ClassVar[str] = "reading"
@@ -390,6 +407,9 @@ class ReadingSpec(_Spec):
     data_dtype: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(
             one_of(("float16", "float32", "float64"))))
+    validation_fraction: float = attrs.field(default=0.05, converter=to_float,
+                                             validator=in_range(0.0, 0.5, high_open=True))
+    check_metadata: bool = attrs.field(default=True, validator=boolean())
 
 
 @attrs.define
@@ -404,7 +424,9 @@ class OutputSpec(_Spec):
     the PNG figures (object, probe, positions, loss) to ``<dir>/figures`` at the end of each
     run; ``figures_every``: also redraw them every that many epochs (None: only at the end);
     ``result_file``: write the NeXus result file ``<dir>/result.nxs`` at the end of each run.
-    Figures and the result file need ``dir``; benchmarks turn them off.
+    Figures and the result file need ``dir``; benchmarks turn them off. ``keep_best``: with
+    held-out patterns, return (and write to ``dir``/best) the parameters of the epoch with the
+    lowest validation loss rather than the last.
     """
 
     section: ClassVar[str] = "output"
@@ -420,6 +442,7 @@ class OutputSpec(_Spec):
     figures: bool = attrs.field(default=True, validator=boolean())
     figures_every: int | None = attrs.field(default=None, validator=positive_int(optional=True))
     result_file: bool = attrs.field(default=True, validator=boolean())
+    keep_best: bool = attrs.field(default=True, validator=boolean())
 
     @property
     def level(self) -> int:
