@@ -115,8 +115,9 @@ class WDD(DirectMethod):
     * ``edge_width_px``: width of the linear soft edge of the modelled aperture, detector
       pixels (0 = hard edge)
     * ``chunk_mb``: device memory of one block of work, MiB
-    * ``spill_mb``: largest half spectrum kept in host memory, MiB; a larger one goes to a
-      temporary HDF5 file in ``spill_dir`` (None: the system's temporary folder)
+    * ``spill_mb``: largest half spectrum kept in host memory, MiB (a larger one goes to a
+      temporary HDF5 file, deleted after the run)
+    * ``spill_dir``: folder of that temporary file (None: the system's temporary folder)
 
     Result arrays: ``phase`` (sy, sx) rad; ``amplitude`` (sy, sx) (WDD: |O| normalised to a
     mean object of 1; SSB: not produced); ``spectrum_weight`` (sy, sx): |chi_P| summed over
