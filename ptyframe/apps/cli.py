@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="DIR", default=None, help="output folder")
     p.add_argument("--epochs", type=int, metavar="N", default=None,
                    help="number of epochs (overrides the configuration)")
+    p.add_argument("--gpus", metavar="IDS", default=None,
+                   help="one MPI rank per GPU of this node, e.g. 0,1,2,3 (starts mpiexec)")
 
     p = sub.add_parser("demo", help="simulate a small dataset and reconstruct it")
     p.add_argument("--output", metavar="DIR", default="ptyframe-demo",
@@ -81,8 +83,18 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ptyframe.apps.config import run_config_file
+    from ptyframe.apps.config import load_config, run_config_file
+    from ptyframe.apps.launch import gpus_from_environment, launch, parse_gpus
 
+    if args.gpus is not None and gpus_from_environment() is None:
+        gpus = parse_gpus(args.gpus)
+        device = load_config(args.config).get("device", {})
+        if isinstance(device, dict) and device.get("kind", "auto") == "cpu":
+            raise ValueError("--gpus: the configuration's [device] kind is 'cpu'; expected "
+                             "'gpu' or 'auto'")
+        extra = [a for k, v in (("--output", args.output), ("--epochs", args.epochs))
+                 if v is not None for a in (k, str(v))]
+        return launch(args.config, gpus, extra)
     kwargs = {k: v for k, v in (("output", args.output), ("epochs", args.epochs))
               if v is not None}
     run_config_file(args.config, **kwargs)
