@@ -83,10 +83,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ptyframe.apps.config import load_config, run_config_file
     from ptyframe.apps.launch import gpus_from_environment, launch, parse_gpus
 
     if args.gpus is not None and gpus_from_environment() is None:
+        from ptyframe.apps.config import load_config
+
         gpus = parse_gpus(args.gpus)
         device = load_config(args.config).get("device", {})
         if isinstance(device, dict) and device.get("kind", "auto") == "cpu":
@@ -95,6 +96,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         extra = [a for k, v in (("--output", args.output), ("--epochs", args.epochs))
                  if v is not None for a in (k, str(v))]
         return launch(args.config, gpus, extra)
+    from ptyframe.apps.config import run_config_file
+
     kwargs = {k: v for k, v in (("output", args.output), ("epochs", args.epochs))
               if v is not None}
     run_config_file(args.config, **kwargs)
