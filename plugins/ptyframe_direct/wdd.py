@@ -37,16 +37,23 @@ data and is set to 0 (those Q are never computed).
 
 Memory: the data is streamed in blocks of whole scan rows; each block is FFT'd along the fast
 scan axis (rfft, only the kept |Qx| <= 2 alpha columns are stored), then the slow axis is
-FFT'd in column blocks. The only large array is this half spectrum on the host, complex,
-(sy, n_Qx, ky * kx) -- at most about as many bytes as the data in float32 and not the full
-complex 4D array; the per-Q work is done on the device in chunks of ``chunk_mb``.
+FFT'd in column blocks. The only large array is this half spectrum, complex,
+(sy, n_Qx, n_k) -- at most about as many bytes as the data in float32 and not the full
+complex 4D array; SSB keeps only the n_k detector pixels inside the aperture (the trotters
+vanish elsewhere), WDD the whole detector. A half spectrum larger than ``spill_mb`` is kept
+in a temporary HDF5 file and read back in blocks of scan rows, so that host memory stays
+bounded for any scan (a 256 x 256 x 128^2 scan is 4.3 GB as a WDD half spectrum). The per-Q
+work is done on the device in chunks of ``chunk_mb``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -108,6 +115,9 @@ class WDD(DirectMethod):
     * ``edge_width_px``: width of the linear soft edge of the modelled aperture, detector
       pixels (0 = hard edge)
     * ``chunk_mb``: device memory of one block of work, MiB
+    * ``spill_mb``: largest half spectrum kept in host memory, MiB (a larger one goes to a
+      temporary HDF5 file, deleted after the run)
+    * ``spill_dir``: folder of that temporary file (None: the system's temporary folder)
 
     Result arrays: ``phase`` (sy, sx) rad; ``amplitude`` (sy, sx) (WDD: |O| normalised to a
     mean object of 1; SSB: not produced); ``spectrum_weight`` (sy, sx): |chi_P| summed over
@@ -128,6 +138,8 @@ class WDD(DirectMethod):
                                        validator=non_negative(unit="detector pixels"))
     chunk_mb: float = attrs.field(default=64.0, converter=to_float,
                                   validator=positive())
+    spill_mb: float = attrs.field(default=2048.0, converter=to_float, validator=positive())
+    spill_dir: str | None = attrs.field(default=None, converter=attrs.converters.optional(str))
 
     # ------------------------------------------------------------------ helpers
     def _probe(self, qy: Any, qx: Any, experiment: Experiment, xp: Any) -> Any:
@@ -137,27 +149,51 @@ class WDD(DirectMethod):
         q_cut = angle_to_frequency(experiment.convergence_angle_mrad, experiment.wavelength_A)
         return 2.0 * (q_cut + 0.5 * self.edge_width_px * experiment.dk_inv_A) * (1 + 1e-9)
 
+    @contextlib.contextmanager
+    def _half_store(self, shape: tuple[int, int, int], dtype: Any) -> Iterator[Any]:
+        """An array-like (sy, n_Qx, n_k) for the half spectrum: in memory up to ``spill_mb``,
+        else an HDF5 dataset in a temporary file (deleted on exit)."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if nbytes <= self.spill_mb * 2**20:
+            yield np.empty(shape, dtype=dtype)
+            return
+        import h5py
+
+        if self.spill_dir is not None and not Path(self.spill_dir).is_dir():
+            raise ValueError(f"WDD.spill_dir: expected an existing folder, found "
+                             f"{self.spill_dir!r}")
+        with tempfile.TemporaryDirectory(dir=self.spill_dir, prefix="ptyframe-wdd-") as tmp:
+            with h5py.File(Path(tmp) / "half_spectrum.h5", "w") as f:
+                yield f.create_dataset("half", shape=shape, dtype=dtype,
+                                       chunks=(1, 1, shape[2]))
+
     def scan_spectrum(self, dataset: Any, scan: tuple[int, int], step: tuple[float, float],
-                      q_max: float, device: Device) -> tuple[np.ndarray, np.ndarray]:
-        """Half spectrum over the scan: ``G[iy, j, :] = G(Qy[iy], Qx[u_j], k)`` (host,
-        complex, detector in FFT order, flattened) and the kept column indices ``u``."""
+                      q_max: float, device: Device, half: Any = None,
+                      pixels: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
+        """Half spectrum over the scan: ``G[iy, j, :] = G(Qy[iy], Qx[u_j], k)`` (complex,
+        detector in FFT order, flattened; only the flat detector ``pixels`` when given) and
+        the kept column indices ``u``. ``half``: where to write it (an array-like of shape
+        (sy, n_Qx, n_k), see :meth:`kept_columns`; default: a new host array)."""
         xp = device.xp
         sy, sx = scan
         ny, nx = dataset.pattern_shape
-        kk = ny * nx
-        qx_all = np.arange(sx // 2 + 1) / (sx * step[1])
-        kept = np.flatnonzero(qx_all <= q_max)
+        kept = self.kept_columns(sx, step, q_max)
+        kk = ny * nx if pixels is None else int(pixels.size)
         budget = self.chunk_mb * 2**20
         item = np.dtype(device.complex_dtype).itemsize
-        half = np.empty((sy, kept.size, kk), dtype=device.complex_dtype)
+        if half is None:
+            half = np.empty((sy, kept.size, kk), dtype=device.complex_dtype)
         kept_dev = device.asarray(kept)
+        pix_dev = None if pixels is None else device.asarray(pixels)
         # rows budget: float32 block + complex rfft output (sx // 2 + 1 columns)
         row_bytes_factor = 1.0 + (sx // 2 + 1) * item / (4.0 * sx)
         for y0, y1, block in iter_scan_rows(dataset, scan, budget / (2 * row_bytes_factor)):
             b = device.asarray(block, dtype=device.real_dtype)
             if self.transpose:
                 b = xp.swapaxes(b, -1, -2)
-            b = xp.fft.ifftshift(b, axes=(-2, -1)).reshape(y1 - y0, sx, kk)
+            b = xp.fft.ifftshift(b, axes=(-2, -1)).reshape(y1 - y0, sx, ny * nx)
+            if pix_dev is not None:
+                b = xp.take(b, pix_dev, axis=2)
             spec = xp.fft.rfft(b, axis=1)
             half[y0:y1] = device.to_host(xp.take(spec, kept_dev, axis=1))
         cols = max(1, int(budget // max(2 * sy * kk * item, 1)))
@@ -166,6 +202,12 @@ class WDD(DirectMethod):
             block = device.asarray(half[:, j0:j1])
             half[:, j0:j1] = device.to_host(xp.fft.fft(block, axis=0))
         return half, kept
+
+    @staticmethod
+    def kept_columns(sx: int, step: tuple[float, float], q_max: float) -> np.ndarray:
+        """Indices u of the rfft columns Qx = u / (sx step_x) <= q_max that are stored."""
+        qx_all = np.arange(sx // 2 + 1) / (sx * step[1])
+        return np.flatnonzero(qx_all <= q_max)
 
     # ------------------------------------------------------------------ run
     def run(self, dataset: Any, experiment: Experiment, device: Device | None = None
@@ -181,9 +223,31 @@ class WDD(DirectMethod):
             ny, nx = nx, ny
         sy, sx = scan
         q_max = self._q_max(experiment)
-        half, kept = self.scan_spectrum(dataset, scan, step, q_max, device)
-        timings["scan_fft"] = time.perf_counter() - t0
+        qy, qx = spatial_frequencies((ny, nx), spacing_inv_A=experiment.dk_inv_A, xp=xp,
+                                     dtype=device.real_dtype)
+        p0 = self._probe(qy, qx, experiment, xp).astype(device.complex_dtype)
+        # SSB: the trotters contain P~(k) in every term, so only pixels inside the aperture
+        # are needed; WDD transforms over the whole detector
+        pixels = (np.flatnonzero(device.to_host(xp.abs(p0)).ravel() > 0)
+                  if self.mode == "ssb" else None)
+        n_k = ny * nx if pixels is None else int(pixels.size)
+        shape = (sy, int(self.kept_columns(sx, step, q_max).size), n_k)
+        with self._half_store(shape, device.complex_dtype) as half:
+            half, kept = self.scan_spectrum(dataset, scan, step, q_max, device, half, pixels)
+            timings["scan_fft"] = time.perf_counter() - t0
+            result = self._deconvolve(device, experiment, half, kept, pixels, p0, qy, qx,
+                                      scan, step, q_max, timings, t0)
+            result.values["half_spectrum_in_memory"] = isinstance(half, np.ndarray)
+        return result
 
+    def _deconvolve(self, device: Device, experiment: Experiment, half: Any, kept: np.ndarray,
+                    pixels: np.ndarray | None, p0: Any, qy: Any, qx: Any,
+                    scan: tuple[int, int], step: tuple[float, float], q_max: float,
+                    timings: dict[str, float], t0: float) -> DirectResult:
+        """Per-Q deconvolution from the half spectrum, the inverse FFT and the result."""
+        xp = device.xp
+        sy, sx = scan
+        ny, nx = p0.shape
         t1 = time.perf_counter()
         rot = experiment.scan_rotation_deg if self.rotation_deg is None else self.rotation_deg
         theta = math.radians(rot)
@@ -197,10 +261,8 @@ class WDD(DirectMethod):
         qy_det = math.sin(theta) * q_scan_x[use] + math.cos(theta) * q_scan_y[use]
         qx_det = math.cos(theta) * q_scan_x[use] - math.sin(theta) * q_scan_y[use]
 
-        qy, qx = spatial_frequencies((ny, nx), spacing_inv_A=experiment.dk_inv_A, xp=xp,
-                                     dtype=device.real_dtype)
-        p0 = self._probe(qy, qx, experiment, xp).astype(device.complex_dtype)
         p0_power = p0.real ** 2 + p0.imag ** 2
+        pix_dev = None if pixels is None else device.asarray(pixels)
         item = np.dtype(device.complex_dtype).itemsize
         per_q = 10 * ny * nx * item
         chunk = max(1, int(self.chunk_mb * 2**20 // per_q))
@@ -216,7 +278,10 @@ class WDD(DirectMethod):
             sel = slice(c0, c0 + chunk)
             iy = pairs[sel, 0]
             j = pairs[sel, 1]
-            g = device.asarray(half[iy, j]).reshape(len(iy), ny, nx)
+            r0, r1 = int(iy.min()), int(iy.max()) + 1  # a block of whole rows (HDF5 too)
+            g = device.asarray(half[r0:r1][iy - r0, j])
+            if pixels is None:
+                g = g.reshape(len(iy), ny, nx)
             dqy = device.asarray(qy_det[sel], dtype=device.real_dtype)[:, None, None]
             dqx = device.asarray(qx_det[sel], dtype=device.real_dtype)[:, None, None]
             p_plus = self._probe(qy + dqy, qx + dqx, experiment, xp)
@@ -237,9 +302,10 @@ class WDD(DirectMethod):
                     spectrum[my, mu] = s_minus
                     weight[my, mu] = w_minus
             else:
-                m = p_minus * xp.conj(p0) - p0 * xp.conj(p_plus)
-                num = (g * xp.conj(m)).sum(axis=(-2, -1))
-                den = (m.real ** 2 + m.imag ** 2).sum(axis=(-2, -1))
+                m = (p_minus * xp.conj(p0) - p0 * xp.conj(p_plus)).reshape(len(iy), -1)
+                m = xp.take(m, pix_dev, axis=1)
+                num = (g * xp.conj(m)).sum(axis=-1)
+                den = (m.real ** 2 + m.imag ** 2).sum(axis=-1)
                 phi = device.to_host(num / (1j * (den + eps)))
                 den_h = device.to_host(den)
                 spectrum[iy, u] = phi
@@ -263,8 +329,9 @@ class WDD(DirectMethod):
             units["amplitude"] = "1"
         else:
             # intensity scale: G(0, k) = N_scan c0 |P~(k)|^2
-            g0 = device.asarray(half[0, 0]).reshape(ny, nx)
-            c_scale = float(device.to_host((g0.real * p0_power).sum())) / (
+            g0 = device.asarray(half[0, 0])
+            c_scale = float(device.to_host((g0.real * xp.take(p0_power.ravel(), pix_dev))
+                                           .sum())) / (
                 sy * sx * float(device.to_host((p0_power**2).sum())))
             if not c_scale > 0:
                 raise ValueError("data: no intensity inside the bright-field disk; check the "

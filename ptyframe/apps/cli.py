@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "when the configuration or data changed (the change is recorded)")
     mode.add_argument("--overwrite", dest="mode", action="store_const", const="overwrite",
                       help="discard the run in the output folder and start afresh")
+    p.add_argument("--gpus", metavar="IDS", default=None,
+                   help="one MPI rank per GPU of this node, e.g. 0,1,2,3 (starts mpiexec)")
 
     p = sub.add_parser("validate", help="check a configuration without running it: data, "
                        "metadata and components are read and validated")
@@ -150,6 +152,22 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ptyframe.apps.launch import gpus_from_environment, launch, parse_gpus
+
+    if args.gpus is not None and gpus_from_environment() is None:
+        from ptyframe.apps.config import load_config
+
+        gpus = parse_gpus(args.gpus)
+        device = load_config(args.config).get("device", {})
+        if isinstance(device, dict) and device.get("kind", "auto") == "cpu":
+            raise ValueError("--gpus: the configuration's [device] kind is 'cpu'; expected "
+                             "'gpu' or 'auto'")
+        extra = [a for k, v in (("--output", args.output), ("--epochs", args.epochs))
+                 if v is not None for a in (k, str(v))]
+        extra += [a for text in _overrides(args) for a in ("--set", text)]
+        if args.mode != "auto":
+            extra.append(f"--{args.mode}")
+        return launch(args.config, gpus, extra)
     from ptyframe.apps.config import run_config_file
 
     kwargs: dict[str, object] = {k: v for k, v in (("output", args.output),

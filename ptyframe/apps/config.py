@@ -44,6 +44,7 @@ from typing import Any
 
 import attrs
 
+from ptyframe.apps.launch import gpu_for_rank, gpus_from_environment
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
 from ptyframe.engine.communicator import Communicator, launcher_rank, make_communicator
@@ -259,7 +260,15 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     seed = config.get("seed", 0)
     communicator = build_communicator(_section(config, "parallel"))
     device = _section(config, "device")
-    if communicator.size > 1 and device.get("kind", "auto") != "cpu":
+    gpus = gpus_from_environment()
+    if gpus is not None:  # started by `ptyframe run --gpus`
+        if device.get("kind", "auto") == "cpu":
+            raise ValueError("--gpus: the configuration's [device] kind is 'cpu'; expected "
+                             "'gpu' or 'auto'")
+        device["kind"] = "gpu"
+        local = int(getattr(communicator, "local_rank", communicator.rank))
+        device["gpu_id"] = gpu_for_rank(gpus, local)
+    elif communicator.size > 1 and device.get("kind", "auto") != "cpu":
         device.setdefault("gpu_id", _local_gpu(communicator))
     rec = Reconstruction(dataset, experiment, **specs, device=Device(**device),
                          communicator=communicator, seed=seed, registry=registry,

@@ -52,7 +52,9 @@ __all__ = ["PtychographyModel", "FarFieldModel", "BLOCKS", "TILT_MODES"]
 #: refinable blocks understood by the model (the block table's names)
 BLOCKS = PARAMETER_BLOCKS
 
-#: reads measured rows (host int indices) already in detector order, host or device arrays
+#: reads measured rows (host int indices) already in detector order, host or device arrays;
+#: a reader with a ``stream(batches)`` method (e.g. :class:`ptyframe.io.stream.PatternStream`)
+#: is given each evaluation's batches in advance so that it can read ahead
 MeasuredReader = Callable[[np.ndarray], Any]
 
 
@@ -402,9 +404,13 @@ class PtychographyModel:
         return inten
 
     # ------------------------------------------------------------------ loss + gradient
-    def _measured_rows(self, sel: Any, idx: np.ndarray) -> Any:
+    def _measured_rows(self, sel: Any, idx: np.ndarray, rows: Any = None) -> Any:
+        """Prepared measurements of one batch: ``rows`` already read by a stream, a read
+        through the reader, or the rows kept in memory."""
         if self._reader is not None:
-            rows = self.device.asarray(self._reader(idx), dtype=self.device.real_dtype)
+            if rows is None:
+                rows = self._reader(idx)
+            rows = self.device.asarray(rows, dtype=self.device.real_dtype)
             return self.loss.prepare_measured(rows)
         if self.first_row:
             sel = (slice(sel.start - self.first_row, sel.stop - self.first_row)
@@ -436,12 +442,15 @@ class PtychographyModel:
             grads["probe"] = xp.zeros(probe_spectrum.shape, dtype=probe_spectrum.dtype)
         total = 0.0
         order = np.arange(n_total) if indices is None else np.asarray(indices, dtype=np.int64)
-        for sel_local in self.batches(order.size):
-            idx = order[sel_local]
+        batches = [order[s] for s in self.batches(order.size)]
+        streamed = (self._reader.stream(batches) if hasattr(self._reader, "stream")
+                    else iter([None] * len(batches)))
+        for idx, rows in zip(batches, streamed, strict=True):
             contiguous = idx.size == idx[-1] - idx[0] + 1 and bool(np.all(np.diff(idx) == 1))
             sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else xp.asarray(idx)
             total += self._batch_value_and_grad(params, probe_spectrum, chi_factor, sel, idx,
-                                                grads)
+                                                grads, rows)
+            del rows
         if "probe" in grads:
             # adjoint of P -> IFFT(FFT(P) A) is G -> IFFT(conj(A) FFT(G)), accumulated in
             # the spectral domain
@@ -450,8 +459,9 @@ class PtychographyModel:
 
     def _batch_value_and_grad(self, params: Mapping[str, Any], probe_spectrum: Any,
                               chi_factor: Any, sel: Any, idx: np.ndarray,
-                              grads: dict[str, Any]) -> float:
-        """Loss of one batch; its gradients are accumulated into ``grads``."""
+                              grads: dict[str, Any], rows: Any = None) -> float:
+        """Loss of one batch; its gradients are accumulated into ``grads``. ``rows``: the
+        batch's measurements when a stream has read them already."""
         dev, xp = self.device, self.device.xp
         obj = params["object"]
         setup = self._batch_setup(params, probe_spectrum, chi_factor, sel, idx)
@@ -469,7 +479,8 @@ class PtychographyModel:
             inten *= current
         if "static_background" in params:
             inten += params["static_background"] ** 2
-        measured = self._measured_rows(sel, idx)
+        measured = self._measured_rows(sel, idx, rows)
+        del rows
         if self._loss_overwrite:
             value, dldi = self.loss.value_and_grad(inten, measured, overwrite=True)
         else:

@@ -75,6 +75,7 @@ from ptyframe.io.results import (
     read_loss_log,
 )
 from ptyframe.io.run_result import INITIAL_POSITIONS_FILE, RunResult
+from ptyframe.io.stream import PatternStream
 
 __all__ = ["Reconstruction", "ReconstructionResult", "EpochReport", "Callback",
            "DEFAULT_COMPONENTS", "FIGURES_FOLDER"]
@@ -610,12 +611,8 @@ class Reconstruction(Problem):
                                                                np.float32)
             return dev.asarray(self.detector.to_detector_order(rows), dtype=dtype)
         if self.reading.load_one_by_one:
-            dataset, detector = self.dataset, self.detector
-
-            def read_rows(indices: np.ndarray) -> np.ndarray:
-                return detector.to_detector_order(dataset.read(indices, np.float32))
-
-            return read_rows
+            return PatternStream(self.dataset, transform=self.detector.to_detector_order,
+                                 prefetch=self.reading.prefetch)
         return dev.asarray(self.detector.to_detector_order(self.dataset.load_all(np.float32)),
                            dtype=dtype)
 

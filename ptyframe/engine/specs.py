@@ -388,8 +388,11 @@ class ReadingSpec(_Spec):
     lists; None: all); ``use_full_fov``: with a fixed sequence, whether the object still
     covers every measurement; ``batch_size``: measurements per vectorised batch (None: from
     free memory); ``load_one_by_one``: stream measurements from the dataset every evaluation
-    instead of keeping them on the device; ``data_dtype``: storage type of the measurements
-    on the device ("float16", "float32", "float64"; None: the device's real type);
+    instead of keeping them on the device (host memory then holds only the batches in
+    flight); ``prefetch``: with ``load_one_by_one``, batches read ahead by a background
+    thread while the current one is computed (0: read synchronously); ``data_dtype``:
+    storage type of the measurements on the device ("float16", "float32", "float64"; None:
+    the device's real type);
     ``validation_fraction``: fraction of the measurements held out of the fit, chosen with the
     reconstruction's seed, whose loss is tracked as a validation loss
     (:mod:`ptyframe.engine.validation`; 0, or fewer than 4 patterns: none);
@@ -404,6 +407,7 @@ class ReadingSpec(_Spec):
     use_full_fov: bool = attrs.field(default=True, validator=boolean())
     batch_size: int | None = attrs.field(default=None, validator=positive_int(optional=True))
     load_one_by_one: bool = attrs.field(default=False, validator=boolean())
+    prefetch: int = attrs.field(default=1, validator=non_negative_int())
     data_dtype: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(
             one_of(("float16", "float32", "float64"))))

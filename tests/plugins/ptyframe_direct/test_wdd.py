@@ -147,6 +147,28 @@ def test_memory_is_a_cropped_half_spectrum(focused, defocused):
     assert phase_correlation(single.arrays["phase"], r.arrays["phase"], align=False) > 0.9999
 
 
+@pytest.mark.parametrize("mode", ["wdd", "ssb"])
+def test_half_spectrum_spilled_to_disk_gives_the_same_result(defocused, mode, tmp_path):
+    whole = WDD(mode=mode).run(defocused.patterns, defocused.experiment, DEVICE)
+    spilled = WDD(mode=mode, spill_mb=1e-3, spill_dir=str(tmp_path), chunk_mb=0.2).run(
+        defocused.patterns, defocused.experiment, DEVICE)
+    assert whole.values["half_spectrum_in_memory"] is True
+    assert spilled.values["half_spectrum_in_memory"] is False
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+    np.testing.assert_allclose(spilled.arrays["phase"], whole.arrays["phase"], atol=1e-10)
+    with pytest.raises(ValueError, match="WDD.spill_dir: expected an existing folder"):
+        WDD(mode=mode, spill_mb=1e-3, spill_dir=str(tmp_path / "missing")).run(
+            defocused.patterns, defocused.experiment, DEVICE)
+
+
+def test_ssb_keeps_only_the_aperture_pixels(focused):
+    wdd = WDD(mode="wdd").run(focused.patterns, focused.experiment, DEVICE)
+    ssb = WDD(mode="ssb").run(focused.patterns, focused.experiment, DEVICE)
+    # the aperture (with its 1-px soft edge) covers about a fifth of the 32 x 32 detector;
+    # measured ratio 0.22
+    assert ssb.values["half_spectrum_bytes"] < 0.3 * wdd.values["half_spectrum_bytes"]
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(("settings", "word"), [
     ({"mode": "fast"}, "mode"),
