@@ -68,6 +68,27 @@ def _show(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE_CHARS else text[:_MAX_VALUE_CHARS - 3] + "..."
 
 
+@attrs.frozen
+class BrightFieldDisc:
+    """The bright-field disc of the mean pattern: ``centre_px`` (y, x) and ``radius_px``
+    measured, ``predicted_radius_px`` from the convergence angle and the detector
+    calibration (None without them)."""
+
+    centre_px: tuple[float, float]
+    radius_px: float
+    predicted_radius_px: float | None
+
+
+@attrs.frozen
+class CountStatistics:
+    """``mean_counts`` per pattern; ``totals_cv``: coefficient of variation of the total
+    counts over the patterns; ``pattern_cv``: that of the mean pattern over its pixels."""
+
+    mean_counts: float
+    totals_cv: float
+    pattern_cv: float
+
+
 @attrs.frozen(kw_only=True)
 class DataReport:
     """Everything :func:`inspect_data` found (see :meth:`format`)."""
@@ -82,12 +103,32 @@ class DataReport:
     metadata: list[tuple[str, str, str]]  # (key, value as text, origin)
     experiment: Experiment | None
     experiment_error: str | None
-    disc_centre_px: tuple[float, float]
-    disc_radius_px: float
-    predicted_radius_px: float | None
-    mean_counts: float
-    totals_cv: float
-    pattern_cv: float
+    disc: BrightFieldDisc
+    counts: CountStatistics
+
+    @property
+    def disc_centre_px(self) -> tuple[float, float]:
+        return self.disc.centre_px
+
+    @property
+    def disc_radius_px(self) -> float:
+        return self.disc.radius_px
+
+    @property
+    def predicted_radius_px(self) -> float | None:
+        return self.disc.predicted_radius_px
+
+    @property
+    def mean_counts(self) -> float:
+        return self.counts.mean_counts
+
+    @property
+    def totals_cv(self) -> float:
+        return self.counts.totals_cv
+
+    @property
+    def pattern_cv(self) -> float:
+        return self.counts.pattern_cv
 
     @property
     def radius_error(self) -> float | None:
@@ -199,10 +240,9 @@ def inspect_data(path: str | Path, reader: Any = None, dataset_name: str | None 
     return DataReport(path=p, reader=ds.reader.name, source=ds.source.description,
                       n_patterns=len(ds), raw_pattern_shape=ds.raw_pattern_shape,
                       dtype=str(ds.source.dtype), scan_shape=scan, metadata=items,
-                      experiment=experiment, experiment_error=error, disc_centre_px=(cy, cx),
-                      disc_radius_px=radius, predicted_radius_px=predicted,
-                      mean_counts=float(totals.mean()), totals_cv=_cv(totals),
-                      pattern_cv=_cv(mean))
+                      experiment=experiment, experiment_error=error,
+                      disc=BrightFieldDisc((cy, cx), radius, predicted),
+                      counts=CountStatistics(float(totals.mean()), _cv(totals), _cv(mean)))
 
 
 def _toml(value: Any) -> str:
