@@ -20,6 +20,7 @@ import numpy as np
 
 from ptyframe.components import FileMetadata, PatternSource, Reader
 from ptyframe.components.reader import SNIFF_CONTENT, SNIFF_SUFFIX
+from ptyframe.core.validators import positive_int_pair
 from ptyframe.io.data import DataError, check_dtype, split_4d
 
 from ._h5 import decode, is_hdf5, open_h5
@@ -33,15 +34,7 @@ _INSTALL = "pip install 'ptyframe[formats]'"
 def _scan_shape(value: Any) -> Any:
     if value is None:
         return None
-    try:
-        pair = tuple(int(v) for v in value)
-        ok = len(pair) == 2 and min(pair) >= 1 and all(int(v) == v for v in value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise DataError(f"navigation_shape: expected two positive integers (sy, sx), found "
-                        f"{value!r}")
-    return list(pair)
+    return list(positive_int_pair(value, "navigation_shape", DataError))
 
 
 def _ordered_axes(signal: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -12,16 +12,18 @@ import attrs
 if TYPE_CHECKING:
     from ptyframe.core.device import Device
 
-__all__ = ["Alias", "Component", "ModelComponent", "component_config"]
+__all__ = ["Alias", "Component", "ModelComponent", "component_config", "jsonable"]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """JSON-ready form of a setting: ``to_config()`` of schedules and components, lists for
+    tuples and numpy scalars/arrays, nested containers converted item by item."""
     if hasattr(value, "to_config"):
         return value.to_config()
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if hasattr(value, "tolist"):  # numpy scalars and small arrays
         return value.tolist()
     return value
@@ -33,7 +35,7 @@ def component_config(obj: Any) -> dict[str, Any]:
     for field in attrs.fields(type(obj)):
         if not field.init or field.name.startswith("_"):
             continue
-        out[field.name] = _jsonable(getattr(obj, field.name))
+        out[field.name] = jsonable(getattr(obj, field.name))
     return out
 
 

@@ -234,6 +234,19 @@ def int_pair(*, low: int | None = None, what: str = "(y, x)", integral_floats: b
     return attrs.Converter(convert, takes_self=True, takes_field=True)
 
 
+def positive_int_pair(value: Any, label: str, error: ErrorType = ValueError) -> tuple[int, int]:
+    """``value`` as two positive integers (sy, sx) (integral floats accepted); otherwise one
+    ``error`` naming ``label``. For shapes read from files and metadata, outside attrs."""
+    try:
+        pair = tuple(int(v) for v in value)
+        ok = len(pair) == 2 and min(pair) >= 1 and all(int(v) == v for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise error(f"{label}: expected two positive integers (sy, sx), found {value!r}")
+    return pair  # type: ignore[return-value]
+
+
 def npy_path(*, must_exist: bool = False, optional: bool = True, error: ErrorType = ValueError
              ) -> attrs.Converter:
     """attrs converter: the path (str or path-like) of a ``.npy`` file -> str; None passes

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
+from ptyframe.components.base import jsonable
 from ptyframe.core.blocks import BLOCK_NAMES, PARAMETER_BLOCKS
 from ptyframe.core.schedules import Constant, Schedule, as_schedule
 from ptyframe.core.validators import (
@@ -36,6 +37,7 @@ from ptyframe.core.validators import (
     positive_int,
     to_float,
 )
+from ptyframe.io.array_settings import ArraySetting
 
 __all__ = ["ModelSpec", "BlockPlan", "RefineSpec", "SolverSpec", "ReadingSpec", "OutputSpec",
            "SPEC_CLASSES", "route_settings", "config_value", "TILT_MODES"]
@@ -79,23 +81,16 @@ def _resize(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 # --------------------------------------------------------------------------- serialisation
 
 def config_value(value: Any) -> Any:
-    """JSON-ready form of a specification field (schedules, components, array settings,
-    arrays, nested containers)."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float, np.integer, np.floating, np.bool_)):
-        return value.item() if hasattr(value, "item") else value
-    if hasattr(value, "to_config"):
-        return value.to_config()
+    """JSON-ready form of a specification field: arrays as an :class:`ArraySetting` writes
+    them (inline when small and real, else a placeholder), containers item by item, the rest
+    as components write their settings (schedules and components by ``to_config``)."""
     if isinstance(value, np.ndarray):
-        if value.size <= 4096 and not np.iscomplexobj(value):
-            return value.tolist()
-        return {"in_memory_array": list(value.shape), "dtype": str(value.dtype)}
+        return ArraySetting("", value).to_config()
     if isinstance(value, Mapping):
         return {str(k): config_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [config_value(v) for v in value]
-    return value
+    return jsonable(value)
 
 
 #: ``n: ...`` or ``EveryN.n: ...`` (a class-qualified field label) at a message's start

@@ -31,7 +31,14 @@ import h5py
 import numpy as np
 
 from ptyframe.components.reader import PatternSource
-from ptyframe.core.validators import boolean, int_pair, non_negative_int, positive, positive_int
+from ptyframe.core.validators import (
+    boolean,
+    int_pair,
+    non_negative_int,
+    positive,
+    positive_int,
+    positive_int_pair,
+)
 
 __all__ = ["DataError", "Preprocessing", "Dataset", "MIN_PATTERN_PX", "DEFAULT_CHUNK_BYTES",
            "ArraySource", "H5Source", "split_4d", "check_dtype"]
@@ -334,14 +341,7 @@ class Dataset:
         from_file = self._source.shape4d
         if scan_shape is None:
             return from_file
-        try:
-            pair = tuple(int(v) for v in scan_shape)
-            ok = len(pair) == 2 and min(pair) >= 1 and all(int(v) == v for v in scan_shape)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise DataError(f"scan_shape: expected two positive integers (sy, sx), "
-                            f"found {scan_shape!r}")
+        pair = positive_int_pair(scan_shape, "scan_shape", DataError)
         if from_file is not None and pair != from_file:
             raise DataError(f"scan_shape: the 4D data in {self._source.description} has scan "
                             f"shape {from_file}, but scan_shape={pair} was given")

@@ -45,6 +45,7 @@ import numpy as np
 from ptyframe.components.reader import FileMetadata
 from ptyframe.core.experiment import Experiment
 from ptyframe.core.physics import ABERRATION_NAMES
+from ptyframe.core.validators import positive_int_pair
 from ptyframe.io.data import DataError
 
 __all__ = [
@@ -231,14 +232,7 @@ def _defocus_m(path: str, value: Any) -> float:
 
 
 def _pair(path: str, value: Any) -> tuple[int, int]:
-    try:
-        pair = tuple(int(v) for v in value)
-        ok = len(pair) == 2 and min(pair) >= 1 and all(int(v) == v for v in value)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise MetadataError(f"{path}: expected two positive integers (sy, sx), found {value!r}")
-    return pair  # type: ignore[return-value]
+    return positive_int_pair(value, path, MetadataError)
 
 
 def _c10(meta: Mapping[str, Any]) -> float | None:

@@ -30,7 +30,6 @@ import datetime
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -198,10 +197,7 @@ def export_nexus(output_folder: str | os.PathLike, nxs_path: str | os.PathLike |
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
 
     nxs.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=nxs.parent, prefix=f".{nxs.name}.",
-                                    suffix=".ptyframe-tmp")
-    os.close(fd)
-    try:
+    with results.atomic_path(nxs) as tmp_name:
         with h5py.File(tmp_name, "w") as f:
             _set_nx(f, "NXroot", default="entry", file_name=nxs.name, file_time=now,
                     creator="ptyframe", creator_version=_version(),
@@ -253,14 +249,4 @@ def export_nexus(output_folder: str | os.PathLike, nxs_path: str | os.PathLike |
                         log.create_dataset(column, data=values)
                     if column.endswith("time_s"):
                         log[column].attrs["units"] = "s"
-        fd = os.open(tmp_name, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp_name, nxs)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
     return nxs

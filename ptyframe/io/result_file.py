@@ -32,10 +32,8 @@ use_default=True)``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ import h5py
 import numpy as np
 
 from ptyframe.io.provenance import now_iso
+from ptyframe.io.results import atomic_path
 from ptyframe.io.run_result import RunResult, open_result
 
 __all__ = ["write_result_file", "read_result_file", "export_result", "RESULT_FILE",
@@ -172,10 +171,7 @@ def write_result_file(result: RunResult, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prov = result.provenance
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                               suffix=".ptyframe-tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["NX_class"] = "NXroot"
             f.attrs["default"] = "entry"
@@ -225,11 +221,6 @@ def write_result_file(result: RunResult, path: str | os.PathLike) -> Path:
                        columns=["y", "x"], long_name="probe positions at the start (y, x)")
                 pos.attrs["auxiliary_signals"] = ["initial_positions"]
             _process(entry, result)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -59,7 +59,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,6 +72,7 @@ from ptyframe.io.safe_paths import UnsafePathError, file_mode, path_inside, safe
 __all__ = [
     "OutputFolder", "LossLog", "load_state", "load_state_info", "read_loss_log", "load_parameters",
     "atomic_save_npy", "atomic_write_text", "atomic_write_json", "atomic_write_bytes",
+    "atomic_path",
     "to_reference_layout", "from_reference_layout",
     "CHECKPOINT_FILES", "EPOCH_CHECKPOINT_NAMES", "STATE_FILE", "LOSS_FILE", "PARAMETERS_FILE",
 ]
@@ -147,6 +148,35 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
         raise
     _fsync_dir(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file name beside ``path`` for writers that need a name (HDF5): created
+    with the user's umask, fsync-ed and renamed onto ``path`` when the block succeeds,
+    removed when it fails (a link at ``path`` is replaced, never followed)."""
+    path = Path(path)
+    tmp = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX, delete=False
+    )
+    tmp.close()
+    try:
+        os.chmod(tmp.name, file_mode())
+        yield Path(tmp.name)
+        fd = os.open(tmp.name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp.name, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        raise _write_error(path, exc) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -9,8 +9,8 @@ from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.core.device import Device
 from ptyframe.core.fft import PlannedFFTW, ScipyFFT, pyfftw_available
-from ptyframe.engine.model import FarFieldModel
 from ptyframe.testing import check_gradient
+from ptyframe.testing.problems import random_far_field_problem
 
 needs_fftw = pytest.mark.skipif(not pyfftw_available(), reason="pyFFTW (extra 'fftw') missing")
 PROVIDERS = ["scipy", pytest.param("fftw", marks=needs_fftw)]
@@ -136,20 +136,10 @@ def test_device_to_config_round_trips_the_provider():
 
 
 def make_model(fft, precision="double", n_slices=2, n_probe_modes=2, seed=1, n=16, N=7):
-    rng = np.random.default_rng(seed)
-    dev = Device("cpu", precision, workers=1, fft=fft)
-    shape = (n_slices, 1, 40, 40)
-    obj = np.exp(1j * 0.3 * rng.standard_normal(shape)) * (1 - 0.05 * rng.random(shape))
-    probe = rng.standard_normal((n_probe_modes, n, n)) + 1j * rng.standard_normal(
-        (n_probe_modes, n, n))
-    pos = rng.random((N, 2)) * 20 + 2
-    meas = rng.poisson(5, (N, n, n)).astype(float)
-    model = FarFieldModel.from_geometry(
-        Multislice(slice_thickness_A=[2.0]), LeastSquaresSqrt(), dev, (n, n), 0.3, 0.025,
-        n_slices, dev.real(meas), batch_size=3)
-    params = {"object": dev.complex(obj), "probe": dev.complex(probe),
-              "positions": dev.real(pos)}
-    return model, params, rng
+    return random_far_field_problem(
+        Device("cpu", precision, workers=1, fft=fft), Multislice(slice_thickness_A=[2.0]),
+        LeastSquaresSqrt(), n_slices=n_slices, n_probe_modes=n_probe_modes, seed=seed, n=n,
+        n_measurements=N)
 
 
 @pytest.mark.parametrize("fft", PROVIDERS)

@@ -7,26 +7,17 @@ from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.components import PropagationGeometry
 from ptyframe.core.device import Device
-from ptyframe.engine.model import FarFieldModel
 from ptyframe.testing import check_adjoint, check_gradient, random_like
+from ptyframe.testing.problems import random_far_field_problem
 
 LOSSES = [LeastSquaresSqrt(), PoissonML(), LeastSquares()]
 
 
 def make_problem(n_slices, n_obj_modes, n_probe_modes, loss, batch_size=3, seed=1, n=16, N=7):
-    rng = np.random.default_rng(seed)
-    dev = Device("cpu", "double")
-    shape = (n_slices, n_obj_modes, 40, 40)
-    obj = np.exp(1j * 0.3 * rng.standard_normal(shape)) * (1 - 0.05 * rng.random(shape))
-    probe = rng.standard_normal((n_probe_modes, n, n)) + 1j * rng.standard_normal(
-        (n_probe_modes, n, n))
-    pos = rng.random((N, 2)) * 20 + 2
-    meas = rng.poisson(5, (N, n, n)).astype(float)
-    model = FarFieldModel.from_geometry(
-        Multislice(slice_thickness_A=[2.0] * max(n_slices - 1, 1)), loss, dev,
-                          (n, n), 0.3, 0.025, n_slices, meas, batch_size=batch_size)
-    params = {"object": obj, "probe": probe, "positions": pos}
-    return model, params, rng
+    return random_far_field_problem(
+        Device("cpu", "double"), Multislice(slice_thickness_A=[2.0] * max(n_slices - 1, 1)),
+        loss, n_slices=n_slices, n_object_modes=n_obj_modes, n_probe_modes=n_probe_modes,
+        batch_size=batch_size, seed=seed, n=n, n_measurements=N)
 
 
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda c: c.name)

@@ -7,8 +7,8 @@ from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.core.device import Device
 from ptyframe.core.fused import NumbaKernels, NumpyKernels, numba_available
-from ptyframe.engine.model import FarFieldModel
 from ptyframe.testing import check_gradient
+from ptyframe.testing.problems import random_far_field_problem
 
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba (extra 'numba') missing")
 KERNELS = ["numpy", pytest.param("numba", marks=needs_numba)]
@@ -153,20 +153,10 @@ def test_device_rejects_unknown_kernels():
 
 
 def make_model(fused, precision, n_slices=3, n_probe_modes=2, seed=3, n=16, N=9):
-    rng = np.random.default_rng(seed)
-    dev = Device("cpu", precision, workers=1, fused=fused)
-    shape = (n_slices, 1, 40, 40)
-    obj = np.exp(1j * 0.3 * rng.standard_normal(shape)) * (1 - 0.05 * rng.random(shape))
-    probe = rng.standard_normal((n_probe_modes, n, n)) + 1j * rng.standard_normal(
-        (n_probe_modes, n, n))
-    pos = rng.random((N, 2)) * 20 + 2
-    meas = rng.poisson(5, (N, n, n)).astype(float)
-    model = FarFieldModel.from_geometry(
-        Multislice(slice_thickness_A=[2.0, 1.5]), LeastSquaresSqrt(), dev, (n, n), 0.3, 0.025,
-        n_slices, dev.real(meas), batch_size=4)
-    params = {"object": dev.complex(obj), "probe": dev.complex(probe),
-              "positions": dev.real(pos)}
-    return model, params, rng
+    return random_far_field_problem(
+        Device("cpu", precision, workers=1, fused=fused),
+        Multislice(slice_thickness_A=[2.0, 1.5]), LeastSquaresSqrt(), n_slices=n_slices,
+        n_probe_modes=n_probe_modes, batch_size=4, seed=seed, n=n, n_measurements=N)
 
 
 @pytest.mark.parametrize("fused", KERNELS)
