@@ -1,5 +1,6 @@
 """The ``ptyframe`` command: ``plugins``, ``run CONFIG``, ``validate CONFIG``, ``inspect DATA``,
-``info``, ``plot DIR``, ``export DIR``, ``demo``, ``migrate``, ``docs`` and ``direct``;
+``info``, ``plot DIR``, ``export DIR``, ``demo``, ``migrate``, ``docs``, ``direct`` and
+``geometry DATA``;
 ``--version``.
 
 ``--verbose``/``--quiet`` (before the command) set the level of the ``ptyframe`` logger,
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="discard the run in the output folder and start afresh")
     p.add_argument("--gpus", metavar="IDS", default=None,
                    help="one MPI rank per GPU of this node, e.g. 0,1,2,3 (starts mpiexec)")
+    p.add_argument("--geometry", choices=("off", "check", "auto"), default=None,
+                   help="geometry step before iterating (overrides [geometry] mode): find the "
+                        "scan rotation, transpose and defocus by tcBF; check: report only; "
+                        "auto: refuse when not confident, else apply")
+    p.add_argument("--force-geometry", action="store_true",
+                   help="apply the geometry found even when it is not confident")
 
     p = sub.add_parser("validate", help="check a configuration without running it: data, "
                        "metadata and components are read and validated")
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", default=None,
                    help="file to write (default: print to stdout)")
     _add_direct_parser(sub)
+    _add_geometry_parser(sub)
     return parser
 
 
@@ -309,7 +317,8 @@ def _add_override_arguments(p: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     """The --set values, with a relative ``data.path`` made relative to the current folder
-    (as a command-line path is), and --device as ``device.kind``."""
+    (as a command-line path is), --device as ``device.kind``, --geometry as
+    ``geometry.mode`` and --force-geometry as ``geometry.force``."""
     out: list[str] = []
     if args.overrides:
         import json
@@ -323,6 +332,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(text)
     if args.device is not None:
         out.append(f'device.kind="{args.device}"')
+    if getattr(args, "geometry", None) is not None:
+        out.append(f'geometry.mode="{args.geometry}"')
+    if getattr(args, "force_geometry", False):
+        out.append("geometry.force=true")
     return out
 
 
@@ -367,6 +380,50 @@ def _cmd_direct(args: argparse.Namespace) -> int:
 
 
 _COMMANDS["direct"] = _cmd_direct
+
+
+# -- ``ptyframe geometry``: the geometry step alone on a data file ---------------------------
+def _add_geometry_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("geometry", help="find the scan rotation, detector transpose, defocus "
+                       "and astigmatism of a data file (tcBF, DPC near focus) with a "
+                       "confidence figure; exit status 1 when not confident")
+    p.add_argument("data", metavar="DATA", help="data file (.h5 or .npy with metadata)")
+    p.add_argument("--dataset-name", default=None,
+                   help="HDF5 dataset (default: data, else the single 3D/4D dataset)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   dest="overrides", help="Experiment field replacing the metadata, e.g. "
+                   "scan_rotation_deg=30; repeatable")
+    p.add_argument("--transpose", action="store_true",
+                   help="read the detector transposed (as [data] preprocessing transpose)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--precision", choices=("single", "double"), default="single")
+
+
+def _cmd_geometry(args: argparse.Namespace) -> int:
+    from ptyframe.apps.config import parse_override
+    from ptyframe.apps.geometry import GeometrySettings, find_geometry, report
+    from ptyframe.core.device import Device
+    from ptyframe.io.data import Dataset, Preprocessing
+    from ptyframe.io.metadata import load_experiment
+
+    overrides = {".".join(k): v for k, v in map(parse_override, args.overrides)}
+    experiment = load_experiment(args.data, dataset_name=args.dataset_name, **overrides)
+    dataset = Dataset.from_file(args.data, dataset_name=args.dataset_name,
+                                scan_shape=experiment.scan_shape,
+                                preprocessing=Preprocessing(transpose=args.transpose))
+    findings = find_geometry(dataset, experiment, GeometrySettings(mode="check"),
+                             device=Device(args.device, args.precision))
+    report(findings)
+    transpose = args.transpose != findings.transpose
+    ab = findings.aberrations_A
+    print(f"ptyframe: geometry: as configuration: [experiment] scan_rotation_deg = "
+          f"{findings.rotation_deg:.3f}, aberrations = {{C10 = {ab.get('C10', 0.0):.1f}, "
+          f"C12a = {ab.get('C12a', 0.0):.1f}, C12b = {ab.get('C12b', 0.0):.1f}}}; [data] "
+          f"preprocessing = {{transpose = {str(transpose).lower()}}}")
+    return 0 if findings.confident else 1
+
+
+_COMMANDS["geometry"] = _cmd_geometry
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -24,6 +24,8 @@ Layout (TOML shown; JSON has the same structure)::
     [output]
     dir = "out"
     checkpoint_every = 10
+    [geometry]                  # optional: scan rotation, transpose, defocus found by tcBF
+    mode = "auto"               # off (default), check (report only), auto (refuse or apply)
     [parallel]                  # optional: data parallelism (mpiexec -n 4 ptyframe run ...)
     backend = "auto"            # auto (MPI when launched by mpiexec/srun), single, mpi, nccl
     deterministic = false       # true: results independent of the number of ranks
@@ -44,12 +46,28 @@ from typing import Any
 
 import attrs
 
+from ptyframe.apps.geometry import (
+    GeometryFindings,
+    GeometrySettings,
+    apply_geometry,
+    find_geometry,
+    read_geometry,
+    remove_geometry,
+    report,
+    require_confidence,
+    write_geometry,
+)
 from ptyframe.apps.launch import gpu_for_rank, gpus_from_environment
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
 from ptyframe.engine.communicator import Communicator, launcher_rank, make_communicator
 from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
-from ptyframe.engine.run_record import RESUME_MODES, check_compatible, run_fingerprint
+from ptyframe.engine.run_record import (
+    RESUME_MODES,
+    check_compatible,
+    has_checkpoint,
+    run_fingerprint,
+)
 from ptyframe.engine.specs import SPEC_CLASSES, OutputSpec, located, route_settings
 from ptyframe.io.data import Dataset, Preprocessing
 from ptyframe.io.folder_lock import FolderLock
@@ -59,7 +77,8 @@ __all__ = ["load_config", "build_reconstruction", "run_config", "run_config_file
            "apply_overrides", "parse_override", "validate_config_file", "DATA_KEYS"]
 
 #: top-level tables that are not settings of the specifications
-_SECTIONS = ("epochs", "data", "experiment", "device", "output", "grid", "seed", "parallel")
+_SECTIONS = ("epochs", "data", "experiment", "device", "output", "grid", "seed", "parallel",
+             "geometry")
 
 #: keys of the [parallel] table
 _PARALLEL_KEYS = ("backend", "deterministic", "chunk")
@@ -236,6 +255,7 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
         from ptyframe.registry.loader import load_registry
 
         registry = load_registry()
+    GeometrySettings.from_config(config.get("geometry"))  # checked here, run by run_config
     settings = {k: v for k, v in config.items() if k not in _SECTIONS}
     try:
         routed = route_settings(_component_tables(settings, base_dir))
@@ -322,18 +342,23 @@ def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
     config = dict(config)
     if output is not None:
         config["output"] = dict(_section(config, "output"), dir=str(Path(output).resolve()))
+    geometry = GeometrySettings.from_config(config.get("geometry"))
     rec, n_epochs = build_reconstruction(config, base_dir)
     if epochs is not None:
         n_epochs = _check_epochs("--epochs", epochs)
     if rec.output_dir is None:
+        rec, _ = _geometry_step(config, base_dir, rec, geometry, None)
         return rec.run(n_epochs)
     comm = rec.communicator
     if not comm.is_root:  # rank 0 alone looks at (and writes) the folder; the rest follow
+        rec, _ = _geometry_step(config, base_dir, rec, geometry, _recorded(rec, mode),
+                                quiet=True)
         rec.initialize()
         if comm.broadcast_flag(False):
             n_epochs = max(0, n_epochs - rec.load_checkpoint())
         return rec.run(n_epochs)
     with FolderLock(rec.output_dir) as lock:
+        rec, findings = _geometry_step(config, base_dir, rec, geometry, _recorded(rec, mode))
         rec.hold_folder_lock(lock)
         rec.initialize()
         resuming = check_compatible(rec.output_dir, run_fingerprint(rec), mode)
@@ -341,11 +366,50 @@ def run_config(config: Mapping[str, Any], base_dir: str | Path = ".",
             removed = OutputFolder(rec.output_dir).clear_run()
             if removed:
                 print(f"ptyframe: overwriting the run in {rec.output_dir}", flush=True)
+        if not resuming:  # a fresh run: its geometry (or none) is the one recorded
+            if findings is not None:
+                write_geometry(rec.output_dir, findings)
+            else:
+                remove_geometry(rec.output_dir)
         if comm.broadcast_flag(resuming):
             done = rec.load_checkpoint()
             print(f"ptyframe: resuming from epoch {done} in {rec.output_dir}", flush=True)
             n_epochs = max(0, n_epochs - done)
         return rec.run(n_epochs)
+
+
+def _recorded(rec: Reconstruction, mode: str) -> GeometryFindings | None:
+    """The geometry recorded with the checkpoint a run may resume (None: a fresh run)."""
+    if mode == "overwrite" or not has_checkpoint(rec.output_dir):
+        return None
+    return read_geometry(rec.output_dir)
+
+
+def _geometry_step(config: Mapping[str, Any], base_dir: str | Path, rec: Reconstruction,
+                   settings: GeometrySettings, recorded: GeometryFindings | None,
+                   quiet: bool = False) -> tuple[Reconstruction, GeometryFindings | None]:
+    """Run the geometry step of ``settings`` on the reconstruction's data (or reuse the
+    ``recorded`` findings of the run being resumed) and, in mode "auto", rebuild the
+    reconstruction with the findings applied. Returns (reconstruction, findings to record)."""
+    if settings.mode == "off":
+        return rec, None
+    if recorded is not None:  # a resume uses the recorded geometry, never a recomputed one
+        if not quiet:
+            report(recorded, reused=True)
+        findings = recorded
+    else:
+        findings = find_geometry(rec.dataset, rec.experiment, settings, device=rec.device,
+                                 registry=rec.registry)
+        if not quiet:
+            report(findings)
+        if settings.mode == "check":
+            return rec, None
+        require_confidence(findings, settings)
+    if settings.mode == "check":
+        return rec, None
+    applied = apply_geometry(config, findings, rec.experiment)
+    rebuilt, _ = build_reconstruction(applied, base_dir, registry=rec.registry)
+    return rebuilt, findings
 
 
 def validate_config_file(path: str | Path, overrides: list[str] = (), write_output: bool = True
