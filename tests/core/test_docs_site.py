@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from ptyframe.apps.config import _PARALLEL_KEYS, _SECTIONS, DATA_KEYS
+from ptyframe.apps.geometry import GeometrySettings
 from ptyframe.core.blocks import PARAMETER_BLOCKS
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
@@ -69,6 +70,7 @@ def test_configuration_page_names_every_key():
         "device": set(inspect.signature(Device).parameters),
         "output": set(OutputSpec.field_names()),
         "parallel": set(_PARALLEL_KEYS),
+        "geometry": {f.name for f in attrs.fields(GeometrySettings)},
     }
     missing = sorted(keys - named)
     for name, fields in sections.items():
