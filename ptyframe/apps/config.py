@@ -407,7 +407,7 @@ def _geometry_step(config: Mapping[str, Any], base_dir: str | Path, rec: Reconst
         require_confidence(findings, settings)
     if settings.mode == "check":
         return rec, None
-    applied = apply_geometry(config, findings, rec.experiment)
+    applied = apply_geometry(config, findings, rec.experiment, settings.apply)
     rebuilt, _ = build_reconstruction(applied, base_dir, registry=rec.registry)
     return rebuilt, findings
 

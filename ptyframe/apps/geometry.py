@@ -40,6 +40,8 @@ __all__ = ["GEOMETRY_FILE", "GEOMETRY_MODES", "GeometryError", "GeometrySettings
 
 GEOMETRY_FILE = "geometry.json"
 GEOMETRY_MODES = ("off", "check", "auto")
+#: what the step can apply
+APPLICABLE = ("rotation", "transpose", "defocus", "astigmatism")
 _DPC_MODES = ("auto", "always", "never")
 #: coefficients the geometry step fits and applies
 APPLIED_ABERRATIONS = ("C10", "C12a", "C12b")
@@ -49,6 +51,14 @@ NEAR_FOCUS_BLUR_STEPS = 4.0
 #: metadata differing from the findings by more than these are reported
 METADATA_ROTATION_DEG = 2.0
 METADATA_DEFOCUS_FRACTION = 0.2
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) \
+            or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"geometry apply: expected a list of names such as [\"rotation\", "
+                         f"\"transpose\"], found {value!r}")
+    return tuple(value)
 
 
 class GeometryError(ValueError):
@@ -71,6 +81,8 @@ class GeometrySettings:
       fits of tcBF
     * ``dpc``: DPC cross-check of the rotation: "auto" (near focus), "always", "never"
     * ``max_dpc_disagreement_deg``: largest DPC/tcBF rotation difference, degrees
+    * ``apply``: what mode "auto" applies, some of "rotation", "transpose", "defocus"
+      (C10), "astigmatism" (C12a, C12b)
     * ``tcbf``: settings of the ``tcbf`` direct method replacing the step's defaults
     """
 
@@ -91,7 +103,15 @@ class GeometrySettings:
     dpc: str = attrs.field(default="auto", validator=one_of(_DPC_MODES))
     max_dpc_disagreement_deg: float = attrs.field(default=2.0, converter=to_float,
                                                   validator=positive())
+    apply: tuple[str, ...] = attrs.field(default=APPLICABLE, converter=_names)
     tcbf: dict[str, Any] = attrs.field(factory=dict)
+
+    @apply.validator
+    def _check_apply(self, _attribute: Any, value: tuple[str, ...]) -> None:
+        unknown = [v for v in value if v not in APPLICABLE]
+        if unknown:
+            raise ValueError(f"geometry apply: expected some of {list(APPLICABLE)}, found "
+                             f"{unknown}")
 
     @tcbf.validator
     def _check_tcbf(self, _attribute: Any, value: Any) -> None:
@@ -194,7 +214,8 @@ class GeometryFindings:
                        transpose=bool(record["transpose"]),
                        aberrations_A={str(k): float(v)
                                       for k, v in record["aberrations_A"].items()},
-                       checks=tuple(Check(str(c["name"]), float(c["value"] or math.nan),
+                       checks=tuple(Check(str(c["name"]),
+                                          math.nan if c["value"] is None else float(c["value"]),
                                           float(c["limit"]), bool(c["passed"]), str(c["text"]))
                                     for c in record.get("checks", [])),
                        notes=tuple(str(n) for n in record.get("notes", [])),
@@ -384,19 +405,26 @@ def require_confidence(findings: GeometryFindings, settings: GeometrySettings) -
 
 
 def apply_geometry(config: Mapping[str, Any], findings: GeometryFindings,
-                   experiment: Experiment) -> dict[str, Any]:
-    """A copy of ``config`` with the findings applied: ``[experiment]`` scan_rotation_deg and
-    aberrations (``experiment``'s, with C10, C12a, C12b replaced; ``defocus_A`` dropped) and,
-    when transposed, ``[data] preprocessing transpose`` toggled."""
+                   experiment: Experiment, apply: tuple[str, ...] = APPLICABLE
+                   ) -> dict[str, Any]:
+    """A copy of ``config`` with the findings named in ``apply`` applied: ``[experiment]``
+    scan_rotation_deg ("rotation") and aberrations (``experiment``'s, with C10 ("defocus") and
+    C12a, C12b ("astigmatism") replaced; ``defocus_A`` dropped) and, when transposed,
+    ``[data] preprocessing transpose`` toggled ("transpose")."""
     out = json.loads(json.dumps(config))
     section = dict(out.get("experiment") or {})
-    section.pop("defocus_A", None)
-    aberrations = dict(experiment.aberrations)
-    aberrations.update(findings.aberrations_A)
-    section["aberrations"] = aberrations
-    section["scan_rotation_deg"] = float(findings.rotation_deg)
+    replaced = {k: v for k, v in findings.aberrations_A.items()
+                if ("defocus" in apply and k == "C10")
+                or ("astigmatism" in apply and k in ("C12a", "C12b"))}
+    if replaced:
+        section.pop("defocus_A", None)
+        aberrations = dict(experiment.aberrations)
+        aberrations.update(replaced)
+        section["aberrations"] = aberrations
+    if "rotation" in apply:
+        section["scan_rotation_deg"] = float(findings.rotation_deg)
     out["experiment"] = section
-    if findings.transpose:
+    if findings.transpose and "transpose" in apply:
         data = dict(out.get("data") or {})
         pre = dict(data.get("preprocessing") or {})
         pre["transpose"] = not bool(pre.get("transpose", False))

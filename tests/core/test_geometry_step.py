@@ -78,6 +78,7 @@ path = "{data}"
 from_metadata = true
 [geometry]
 mode = "{mode}"
+{geometry}
 [refine]
 object = true
 [device]
@@ -89,9 +90,9 @@ checkpoint_every = 1
 """
 
 
-def _config(tmp_path, data, mode="auto", extra=""):
+def _config(tmp_path, data, mode="auto", geometry=""):
     path = tmp_path / "run.toml"
-    path.write_text(CONFIG.format(data=data, mode=mode) + extra)
+    path.write_text(CONFIG.format(data=data, mode=mode, geometry=geometry))
     return path
 
 
@@ -141,7 +142,9 @@ def test_parallax_fit_rejects_bad_input():
 @pytest.mark.parametrize("section, message", [
     ({"mode": "on"}, "mode"), ({"colour": 1}, "unknown keys"),
     ({"tcbf": {"type": "dpc"}}, "geometry tcbf"), ("auto", "expected a table"),
-    ({"max_rotation_sigma_deg": -1}, "max_rotation_sigma_deg")])
+    ({"max_rotation_sigma_deg": -1}, "max_rotation_sigma_deg"),
+    ({"apply": ["rotation", "scale"]}, "geometry apply: expected some of"),
+    ({"apply": "rotation"}, "expected a list of names")])
 def test_bad_geometry_settings_name_the_key(section, message):
     with pytest.raises(ValueError, match=message):
         GeometrySettings.from_config(section)
@@ -270,6 +273,14 @@ def test_resume_uses_the_recorded_geometry(tmp_path, files, cached, found, capsy
     assert len(cached) == 2
 
 
+def test_apply_only_what_is_asked(tmp_path, files, cached, found):
+    path = _config(tmp_path, files["rotated"], geometry='apply = ["rotation"]')
+    run_config_file(path)
+    experiment = _parameters(tmp_path)["experiment"]
+    assert experiment["scan_rotation_deg"] == pytest.approx(found["rotated"].rotation_deg)
+    assert experiment["aberrations"] == {"C10": -300.0}  # the metadata's defocus, kept
+
+
 def test_geometry_off_removes_a_stale_record(tmp_path, files, cached):
     path = _config(tmp_path, files["rotated"])
     run_config_file(path)
@@ -286,6 +297,10 @@ def test_record_round_trip_and_bad_record(tmp_path, found):
     assert again.rotation_deg == findings.rotation_deg and again.transpose is False
     assert again.checks == findings.checks and again.confident
     assert again.aberrations_A == findings.aberrations_A
+    # a check whose value is not finite (C10 of 0: relative error infinite) reads back as NaN
+    record = findings.to_record()
+    record["checks"][0]["value"] = None
+    assert math.isnan(GeometryFindings.from_record(record).checks[0].value)
     (tmp_path / "geometry.json").write_text('{"format": "other"}')
     with pytest.raises(GeometryError, match="ptyframe.geometry"):
         read_geometry(tmp_path)
@@ -294,6 +309,7 @@ def test_record_round_trip_and_bad_record(tmp_path, found):
 
 
 # ---------------------------------------------------------------------------- command line
+@pytest.mark.slow
 def test_cli_geometry_command_and_refusal(tmp_path, files, capsys):
     assert main(["geometry", str(files["noise"])]) == 1  # not confident: exit status 1
     out = capsys.readouterr().out
