@@ -55,6 +55,7 @@ from ptyframe.apps.geometry import (
     remove_geometry,
     report,
     require_confidence,
+    tcbf_config,
     write_geometry,
 )
 from ptyframe.apps.launch import gpu_for_rank, gpus_from_environment
@@ -255,7 +256,12 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
         from ptyframe.registry.loader import load_registry
 
         registry = load_registry()
-    GeometrySettings.from_config(config.get("geometry"))  # checked here, run by run_config
+    geometry = GeometrySettings.from_config(config.get("geometry"))  # run by run_config
+    if geometry.mode != "off":  # its tcBF settings are checked before anything runs
+        try:
+            registry.create("direct_method", tcbf_config(geometry))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config [geometry] tcbf: {exc}") from None
     settings = {k: v for k, v in config.items() if k not in _SECTIONS}
     try:
         routed = route_settings(_component_tables(settings, base_dir))

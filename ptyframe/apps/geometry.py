@@ -36,7 +36,7 @@ from ptyframe.io.results import atomic_write_json
 
 __all__ = ["GEOMETRY_FILE", "GEOMETRY_MODES", "GeometryError", "GeometrySettings", "Check",
            "GeometryFindings", "find_geometry", "require_confidence", "apply_geometry",
-           "write_geometry", "read_geometry", "remove_geometry"]
+           "write_geometry", "read_geometry", "remove_geometry", "report", "tcbf_config"]
 
 GEOMETRY_FILE = "geometry.json"
 GEOMETRY_MODES = ("off", "check", "auto")
@@ -230,7 +230,9 @@ def _wrap_deg(angle: float) -> float:
     return (angle + 180.0) % 360.0 - 180.0
 
 
-def _tcbf_config(settings: GeometrySettings) -> dict[str, Any]:
+def tcbf_config(settings: GeometrySettings) -> dict[str, Any]:
+    """The ``tcbf`` direct method's configuration of the step: both transposes tried, C10,
+    C12a and C12b fitted, then ``settings.tcbf``."""
     return {"type": "tcbf", "transpose": None, "fit_aberrations": list(APPLIED_ABERRATIONS),
             **settings.tcbf}
 
@@ -249,7 +251,7 @@ def find_geometry(dataset: Any, experiment: Experiment, settings: GeometrySettin
         registry = load_registry()
     device = device if device is not None else Device("auto")
     try:
-        result = run_direct(_tcbf_config(settings), dataset, experiment, device=device,
+        result = run_direct(tcbf_config(settings), dataset, experiment, device=device,
                             registry=registry)
     except ValueError as exc:
         raise GeometryError(f"geometry: tcBF could not measure the parallax ({exc}); give the "

@@ -150,6 +150,13 @@ def test_bad_geometry_settings_name_the_key(section, message):
         GeometrySettings.from_config(section)
 
 
+def test_bad_tcbf_settings_are_refused_when_the_configuration_is_built(tmp_path, files):
+    path = _config(tmp_path, files["rotated"], geometry="tcbf = {binning = [0]}")
+    with pytest.raises(ValueError, match=r"config \[geometry\] tcbf.*binning"):
+        run_config_file(path)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 # ---------------------------------------------------------------------------- runs
 @pytest.fixture(scope="module")
 def found(files):
