@@ -18,18 +18,21 @@ phase Pearson correlation with the ground truth, computed as in
 ``validate_shared_data.py``: the reconstruction cropped to the scanned area at the place
 its own position convention predicts, then aligned to the truth by a sub-pixel shift,
 low-passed (sigma 0.5 px) and correlated (global phase offset removed). It prints the
-trace, the time each code takes to reach Pearson 0.99, 0.98 and 0.95, and the ratio
-py4DSTEM / ptyframe; ``--json`` writes all of it.
+trace, the time each code takes to reach Pearson 0.99, 0.98 and 0.95, the median time of
+one iteration after the first, and the ratios py4DSTEM / ptyframe; ``--json`` writes all of
+it. CPU time is the figure to read on a shared machine.
 
-Without py4DSTEM installed (``pip install py4DSTEM``, which needs numpy < 2 at the time of
-writing: use a separate virtual environment) only ptyframe runs, with a message saying so.
+Without py4DSTEM installed (``pip install -e ".[compare]"``; py4DSTEM 0.14 needs numpy < 2:
+use a separate virtual environment) only ptyframe runs, with a message saying so.
 
 Settings (see docs/benchmarks.md for the reasons): ptyframe as validate_shared_data.py
-runs it (ml loss for counts, quasi-Newton full batch, probe refined from epoch 5, no
-held-out patterns so both codes fit all data); py4DSTEM gradient descent with its
-defaults (step 0.5, normalization_min 1, probe refined from the start with its centre of
-mass fixed) in mini-batches of ``--py4dstem-batch`` patterns (default 64), the rotation
-forced to 0 and no transpose (the detector axes are parallel to the scan axes).
+runs it (ml loss for counts, lsq_sqrt otherwise, quasi-Newton full batch, probe refined
+from epoch 5, no held-out patterns so both codes fit all data); py4DSTEM gradient descent
+with its defaults (step 0.5, normalization_min 1, aperture rolloff 2 mrad, probe refined
+from the start with its centre of mass fixed) in mini-batches of ``--py4dstem-batch``
+patterns (default 16, the fastest to 0.99 of 8 to 576 on sto_thin; its own default, all
+patterns, is the slowest), the rotation forced to 0 and no transpose (the detector axes
+are parallel to the scan axes in these files).
 """
 
 from __future__ import annotations
@@ -101,13 +104,17 @@ LOWPASS_PX = 0.5
 
 @attrs.define
 class Row:
-    """One iteration: times (s) since the start of the code's setup, scoring excluded."""
+    """One iteration: times (s) since the start of the code's setup, scoring excluded;
+    ``error``: the code's own normalised error (ptyframe: the relative loss, 1 at the first
+    epoch; py4DSTEM: its error_iterations)."""
 
     iteration: int
     wall_s: float
     cpu_s: float
     pearson: float
     error: float
+    #: loss+gradient evaluations of the epoch (ptyframe; None for py4DSTEM's passes)
+    evaluations: int | None = None
 
 
 @attrs.define
@@ -209,7 +216,7 @@ class Scorer:
 def run_ptyframe(patterns: np.ndarray, path: Path, scorer: Scorer,
                  args: argparse.Namespace) -> Trace:
     settings = {"loss": args.loss or "default", "engine": "full_batch",
-                "optimizer": "quasi_newton", "refine_probe_from_epoch": 5,
+                "optimizer": "quasi_newton", "refine_probe_from_epoch": args.probe_from,
                 "validation_fraction": 0.0, "precision": args.precision,
                 "fft": args.fft, "fused": args.fused, "workers": args.threads,
                 "epochs": args.epochs}
@@ -220,7 +227,8 @@ def run_ptyframe(patterns: np.ndarray, path: Path, scorer: Scorer,
     dataset = Dataset.from_array(patterns, scan_shape=experiment.scan_shape)
     loss = load_registry().create("loss", {"type": args.loss}) if args.loss else None
     rec = Reconstruction(
-        dataset, experiment, loss=loss, n_slices=1, n_probe_modes=1, refine_probe=FromEpoch(5),
+        dataset, experiment, loss=loss, n_slices=1, n_probe_modes=1,
+        refine_probe=FromEpoch(args.probe_from),
         validation_fraction=0.0, keep_best=False,
         device=Device("cpu", args.precision, workers=args.threads, fft=args.fft,
                       fused=args.fused),
@@ -236,7 +244,8 @@ def run_ptyframe(patterns: np.ndarray, path: Path, scorer: Scorer,
     def on_epoch(report: Any) -> bool:
         wall, cpu = clock.now()
         pearson = clock.pause_for(score)
-        trace.rows.append(Row(report.epoch, wall, cpu, pearson, float(report.loss_relative)))
+        trace.rows.append(Row(report.epoch, wall, cpu, pearson, float(report.loss_relative),
+                              int(report.evaluations)))
         return args.stop_at is not None and pearson >= args.stop_at
 
     rec.run(args.epochs, callbacks=[on_epoch])
@@ -344,10 +353,12 @@ def print_report(traces: list[Trace]) -> None:
     for trace in traces:
         print(f"\n{trace.code}: setup {trace.setup_wall_s:.2f} s wall "
               f"{trace.setup_cpu_s:.2f} s CPU; settings {trace.settings}")
-        print(f"  {'it':>4} {'wall s':>8} {'CPU s':>8} {'Pearson':>8} {'error':>10}")
+        print(f"  {'it':>4} {'wall s':>8} {'CPU s':>8} {'Pearson':>8} {'error':>10} "
+              f"{'evals':>5}")
         for row in trace.rows:
+            evals = "" if row.evaluations is None else str(row.evaluations)
             print(f"  {row.iteration:4d} {row.wall_s:8.2f} {row.cpu_s:8.2f} "
-                  f"{row.pearson:8.4f} {row.error:10.4g}")
+                  f"{row.pearson:8.4f} {row.error:10.4g} {evals:>5}")
     print("\ntime to reach the phase Pearson (setup included, scoring excluded)")
     for trace in traces:
         best = trace.best()
@@ -391,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loss", default=None,
                         help="ptyframe loss: ml or lsq_sqrt (default: its choice, ml for counts "
                              "and lsq_sqrt otherwise; py4DSTEM fits amplitudes, like lsq_sqrt)")
+    parser.add_argument("--probe-from", type=int, default=5,
+                        help="ptyframe epoch from which the probe is refined (default 5, as "
+                             "validate_shared_data.py)")
     parser.add_argument("--noiseless", action="store_true",
                         help="reconstruct data_noiseless x electrons_per_pattern instead of the "
                              "Poisson counts")

@@ -119,6 +119,7 @@ def test_runs_ptyframe_alone_without_py4dstem(compare, scan_file, tmp_path, monk
     assert trace["code"] == "ptyframe" and trace["settings"]["loss"] == "ml"
     rows = trace["rows"]
     assert [r["iteration"] for r in rows] == list(range(1, 9))
+    assert all(r["evaluations"] >= 1 for r in rows)
     walls = [r["wall_s"] for r in rows]
     assert all(b > a for a, b in zip(walls, walls[1:], strict=False))
     assert rows[-1]["pearson"] > 0.9  # a real reconstruction of the simulated phase
