@@ -429,6 +429,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, found "
                          f"{getattr(args, name)}")
+    for name in ("probe_from", "py4dstem_fix_probe"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 0, found "
+                         f"{getattr(args, name)}")
+    if not (np.isfinite(args.py4dstem_step) and args.py4dstem_step > 0):
+        parser.error(f"--py4dstem-step: expected a finite number > 0, found "
+                     f"{args.py4dstem_step}")
+    if not (np.isfinite(args.py4dstem_rolloff) and args.py4dstem_rolloff >= 0):
+        parser.error(f"--py4dstem-rolloff: expected a finite number >= 0 (mrad), found "
+                     f"{args.py4dstem_rolloff}")
     codes = [c.strip().lower() for c in args.codes.split(",") if c.strip()]
     unknown = sorted(set(codes) - {"ptyframe", "py4dstem"})
     if unknown or not codes:

@@ -134,8 +134,10 @@ def test_runs_ptyframe_alone_without_py4dstem(compare, scan_file, tmp_path, monk
 def test_bad_arguments_are_named(compare, scan_file):
     with pytest.raises(SystemExit, match="--data"):
         compare.main(["--data", "no_such_dataset"])
-    with pytest.raises(SystemExit):
-        compare.main(["--data", str(scan_file), "--codes", "ptypy"])
+    for argv in (["--codes", "ptypy"], ["--epochs", "0"], ["--probe-from", "-1"],
+                 ["--py4dstem-step", "0"], ["--py4dstem-rolloff", "nan"]):
+        with pytest.raises(SystemExit):
+            compare.main(["--data", str(scan_file), *argv])
 
 
 def test_py4dstem_conventions_match(compare, scan_file, tmp_path):
