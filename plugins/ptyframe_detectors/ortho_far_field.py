@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ptyframe.components import Detector, ModelContext
+from ptyframe.core.fused import PixelLoss
 from ptyframe.io.data import Dataset
 
 __all__ = ["OrthoFarField"]
@@ -81,3 +82,24 @@ class OrthoFarField(Detector):
 
     def vjp(self, grad_intensity: Any, cache: Any) -> Any:
         return self._far_field_vjp(grad_intensity, cache["far"], cache["in_place"])
+
+    @property
+    def fuses_pixel_loss(self) -> bool:
+        return True
+
+    def loss_and_vjp(self, waves: Any, indices: np.ndarray, measured: Any, loss: PixelLoss,
+                     workspace: Any) -> tuple[float, Any]:
+        """FFT in place, then intensity, loss, dL/dI and its product with the far field in
+        one kernel (:meth:`ptyframe.core.fused.NumpyKernels.far_field_loss`), then the
+        inverse FFT: the 1/(K N) of the intensity and of the adjoint as in :meth:`forward`
+        and :meth:`vjp`."""
+        dev = self._device
+        far = dev.fft2(waves, overwrite=True)
+        K = far.shape[0]
+        flat = far.reshape(-1, *far.shape[2:])
+        shape, rdt = flat.shape[1:], dev.real_dtype
+        work = workspace.get("intensity", shape, rdt)
+        work2 = workspace.get("intensity_tmp", shape, rdt) if flat.shape[0] > 1 else None
+        scale = 1.0 / (K * shape[-2] * shape[-1])
+        value = dev.kernels.far_field_loss(flat, measured, loss, scale, scale, work, work2)
+        return value, dev.ifft2(far, norm="forward", overwrite=True)

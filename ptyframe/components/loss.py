@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
+from ptyframe.core.fused import PixelLoss
+
 from .base import ModelComponent
 
 __all__ = ["LossMetric"]
@@ -34,6 +36,13 @@ class LossMetric(ModelComponent):
     @abc.abstractmethod
     def value_and_grad(self, intensity: Any, measured: Any) -> tuple[float, Any]:
         ...
+
+    def pixel_loss(self) -> PixelLoss | None:
+        """This loss as a :class:`~ptyframe.core.fused.PixelLoss` (a pixel-wise form the
+        Device's kernels evaluate in one pass with the far-field intensity and its adjoint),
+        or None (default) when it has none. It must equal :meth:`value_and_grad` on the
+        rows of :meth:`prepare_measured` within round-off."""
+        return None
 
     def prepare_measured(self, measured: Any) -> Any:
         """Hook to precompute from the data once (e.g. sqrt(M)); default: unchanged."""
