@@ -296,3 +296,18 @@ def spectral_gradients_separable(H, spec, ey, ex, qy, qx, probe_grad, do_positio
                 a_i = acc_i[m, i]
                 for j in range(nx):
                     g_row[j] += a_r[j] + 1j * a_i[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def slice_adjoint_add(a, g, t, out, first):  # pragma: no cover - compiled
+    """out[r] (+)= conj(a[r]) g[r] (= when first), then g[r] *= conj(t[r]) (flat arrays)."""
+    if first:
+        for r in range(a.shape[0]):
+            gv = g[r]
+            out[r] = a[r].conjugate() * gv
+            g[r] = gv * t[r].conjugate()
+    else:
+        for r in range(a.shape[0]):
+            gv = g[r]
+            out[r] += a[r].conjugate() * gv
+            g[r] = gv * t[r].conjugate()

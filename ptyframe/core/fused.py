@@ -175,6 +175,17 @@ class NumpyKernels:
             self.conj_mode_sum(a, g, out, a.ndim - 4, work)
         g *= xp.conjugate(t, out=t)
 
+    def slice_adjoint_add(self, a: Any, g: Any, t: Any, out: Any, first: bool) -> None:
+        """One probe mode's share of :meth:`slice_adjoint`, all arrays of one shape:
+        ``out (+)= conj(a) g`` (``=`` when ``first``) and ``g *= conj(t)``; ``a`` and ``t``
+        are not modified."""
+        xp = self.xp
+        if first:
+            xp.multiply(xp.conjugate(a), g, out=out)
+        else:
+            out += xp.conjugate(a) * g
+        g *= xp.conjugate(t)
+
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:
         """Gradients from H = FFT(dL/d conj(P_n)), (M, B, ny, nx), overwritten here.
@@ -301,6 +312,12 @@ class NumbaKernels(NumpyKernels):
         self._k.slice_adjoint(a.reshape(lead, a.shape[-4], rest),
                               g.reshape(lead, a.shape[-4], rest), t.reshape(lead, rest),
                               out.reshape(lead, rest))
+
+    def slice_adjoint_add(self, a: Any, g: Any, t: Any, out: Any, first: bool) -> None:
+        if not all(x.flags.c_contiguous for x in (a, g, t, out)):
+            return super().slice_adjoint_add(a, g, t, out, first)
+        self._k.slice_adjoint_add(a.reshape(-1), g.reshape(-1), t.reshape(-1), out.reshape(-1),
+                                  first)
 
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:

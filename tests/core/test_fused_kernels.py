@@ -6,6 +6,7 @@ from ptyframe_losses.intensity_losses import LeastSquares, LeastSquaresSqrt, Poi
 from ptyframe_propagators.multislice import Multislice
 
 from ptyframe.core.device import Device
+from ptyframe.core.fft import pyfftw_available
 from ptyframe.core.fused import (
     NumbaKernels,
     NumpyKernels,
@@ -329,3 +330,20 @@ def test_model_gradient_check_with_fused_losses(fused, loss):
     for block in ("object", "probe", "positions"):
         check_gradient(lambda p: model.value_and_grad(p, refine=())[0], params, grads, block,
                        rng=rng, rtol=1e-5)
+
+
+@pytest.mark.skipif(not (numba_available() and pyfftw_available()),
+                    reason="numba and pyFFTW (extras 'numba', 'fftw') needed")
+@pytest.mark.parametrize("block", ["object", "probe", "positions"])
+def test_model_gradient_check_on_the_fastest_path(block):
+    """Planned FFTW, numba kernels, fused loss, separable shift and chunked multislice steps
+    (3 planes per chunk: several chunks per batch)."""
+    device = Device("cpu", "double", workers=1, fft="fftw", fused="numba")
+    device.CHUNK_BYTES = 3 * 16 * 16 * 16
+    model, params, rng = random_far_field_problem(
+        device, Multislice(slice_thickness_A=[2.0, 1.5]), LeastSquaresSqrt(), n_slices=3,
+        n_probe_modes=2, batch_size=7, seed=3, n=16, n_measurements=9)
+    assert model.fuses_loss
+    _, grads = model.value_and_grad(params)
+    check_gradient(lambda p: model.value_and_grad(p, refine=())[0], params, grads, block,
+                   rng=rng, rtol=1e-5)
