@@ -92,14 +92,42 @@ class OrthoFarField(Detector):
         """FFT in place, then intensity, loss, dL/dI and its product with the far field in
         one kernel (:meth:`ptyframe.core.fused.NumpyKernels.far_field_loss`), then the
         inverse FFT: the 1/(K N) of the intensity and of the adjoint as in :meth:`forward`
-        and :meth:`vjp`."""
+        and :meth:`vjp`. With ``Device.chunk_planes`` (planned FFTW on CPU) the three run
+        chunk by chunk of measurements while the chunk is in cache (several fields: through
+        a small contiguous buffer); the loss is then summed chunk by chunk."""
         dev = self._device
-        far = dev.fft2(waves, overwrite=True)
-        K = far.shape[0]
-        flat = far.reshape(-1, *far.shape[2:])
-        shape, rdt = flat.shape[1:], dev.real_dtype
-        work = workspace.get("intensity", shape, rdt)
-        work2 = workspace.get("intensity_tmp", shape, rdt) if flat.shape[0] > 1 else None
-        scale = 1.0 / (K * shape[-2] * shape[-1])
-        value = dev.kernels.far_field_loss(flat, measured, loss, scale, scale, work, work2)
-        return value, dev.ifft2(far, norm="forward", overwrite=True)
+        K, M, B = waves.shape[:3]
+        L = K * M
+        window = waves.shape[-2:]
+        npx = window[0] * window[1]
+        scale = 1.0 / (K * npx)
+        chunk = dev.chunk_planes(L * npx * waves.dtype.itemsize, waves.nbytes)
+        if chunk is None or waves.ndim != 5 or not waves.flags.c_contiguous or chunk >= B:
+            far = dev.fft2(waves, overwrite=True)
+            flat = far.reshape(L, B, *window)
+            shape, rdt = flat.shape[1:], dev.real_dtype
+            work = workspace.get("intensity", shape, rdt)
+            work2 = workspace.get("intensity_tmp", shape, rdt) if L > 1 else None
+            value = dev.kernels.far_field_loss(flat, measured, loss, scale, scale, work, work2)
+            return value, dev.ifft2(far, norm="forward", overwrite=True)
+        flat = waves.reshape(L, B, *window)
+        rdt = dev.real_dtype
+        value = 0.0
+        for b0 in range(0, B, chunk):
+            b1 = min(b0 + chunk, B)
+            c = b1 - b0
+            if L == 1:
+                planes = flat[0, b0:b1]  # contiguous (c, ny, nx): in place
+            else:
+                buf = workspace.get("far_chunk", (L, c, *window), waves.dtype)
+                buf[...] = flat[:, b0:b1]
+                planes = buf.reshape(L * c, *window)
+            spec = dev.fft2(planes, overwrite=True)
+            work = workspace.get("intensity", (c, *window), rdt)
+            work2 = workspace.get("intensity_tmp", (c, *window), rdt) if L > 1 else None
+            value += dev.kernels.far_field_loss(spec.reshape(L, c, *window), measured[b0:b1],
+                                                loss, scale, scale, work, work2)
+            out = dev.ifft2(spec, norm="forward", overwrite=True)
+            if L > 1 or out is not planes:  # from the buffer, or not computed in place
+                flat[:, b0:b1] = out.reshape(L, c, *window)
+        return value, waves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import attrs
@@ -283,7 +284,8 @@ class Multislice(Propagator):
                 or wave.dtype != transmission.dtype
                 or not (wave.flags.c_contiguous and transmission.flags.c_contiguous)):
             return None
-        return dev.chunk_planes(wave.shape[-2] * wave.shape[-1] * wave.dtype.itemsize)
+        plane = wave.shape[-2] * wave.shape[-1] * wave.dtype.itemsize
+        return dev.chunk_planes(plane, plane * K * math.prod(wave.shape[1:3]))
 
     def _filter_in_place(self, block: Any, kernel: Any) -> None:
         """block <- IFFT[FFT(block) kernel], ``kernel`` carrying the inverse's 1/N."""

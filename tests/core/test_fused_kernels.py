@@ -340,6 +340,7 @@ def test_model_gradient_check_on_the_fastest_path(block):
     (3 planes per chunk: several chunks per batch)."""
     device = Device("cpu", "double", workers=1, fft="fftw", fused="numba")
     device.CHUNK_BYTES = 3 * 16 * 16 * 16
+    device.CHUNK_MIN_BYTES = 0
     model, params, rng = random_far_field_problem(
         device, Multislice(slice_thickness_A=[2.0, 1.5]), LeastSquaresSqrt(), n_slices=3,
         n_probe_modes=2, batch_size=7, seed=3, n=16, n_measurements=9)

@@ -19,7 +19,7 @@ def run(device, chunked, wave, trans, grad_exit):
     """(exit wave, dL/d conj(wave), dL/d conj(T)) through a workspace; ``chunked=False``
     forces whole-array steps on the same device."""
     if not chunked:
-        device.chunk_planes = lambda plane_bytes: None
+        device.chunk_planes = lambda plane_bytes, total_bytes=None: None
     prop = Multislice(slice_thickness_A=[2.0, 1.0, 3.0])
     prop.prepare(PropagationGeometry((16, 12), 0.4, 0.02, trans.shape[0], device))
     ws = device.workspace()
@@ -49,6 +49,7 @@ def test_chunked_steps_equal_whole_array_steps(precision, fused, wave_rows):
     for chunked in (True, False):
         device = Device("cpu", precision, workers=1, fft="fftw", fused=fused)
         device.CHUNK_BYTES = 4 * 16 * 12 * np.dtype(dtype).itemsize  # 4 planes per chunk
+        device.CHUNK_MIN_BYTES = 0
         results.append(run(device, chunked, wave, trans, grad_exit))
     rtol = 2e-6 if precision == "single" else 1e-12
     for fast, ref in zip(*results, strict=True):
@@ -57,8 +58,11 @@ def test_chunked_steps_equal_whole_array_steps(precision, fused, wave_rows):
         assert err <= rtol, err
 
 
-def test_chunking_only_with_planned_fftw_on_cpu():
-    assert Device("cpu", fft="scipy").chunk_planes(32768) is None
+def test_chunking_only_with_planned_fftw_on_cpu_for_large_arrays():
+    big = Device.CHUNK_MIN_BYTES
+    assert Device("cpu", fft="scipy").chunk_planes(32768, big) is None
     if pyfftw_available():
-        assert Device("cpu", fft="fftw").chunk_planes(32768) == Device.CHUNK_BYTES // 32768
-        assert Device("cpu", fft="fftw").chunk_planes(10**9) == 1
+        fftw = Device("cpu", fft="fftw")
+        assert fftw.chunk_planes(32768, big) == Device.CHUNK_BYTES // 32768
+        assert fftw.chunk_planes(10**9) == 1
+        assert fftw.chunk_planes(32768, big - 1) is None
