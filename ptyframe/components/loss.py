@@ -44,6 +44,19 @@ class LossMetric(ModelComponent):
         rows of :meth:`prepare_measured` within round-off."""
         return None
 
+    def fusable_pixel_loss(self) -> PixelLoss | None:
+        """:meth:`pixel_loss`, but None when a subclass overrides :meth:`value_and_grad` or
+        :meth:`prepare_measured` below the class that declared the pixel form (the form
+        would no longer describe the loss in use). The model asks this, not
+        :meth:`pixel_loss`."""
+        mro = type(self).__mro__
+        owner = next(k for k in mro if "pixel_loss" in vars(k))
+        for method in ("value_and_grad", "prepare_measured"):
+            defining = next(k for k in mro if method in vars(k))
+            if not issubclass(owner, defining):
+                return None
+        return self.pixel_loss()
+
     def prepare_measured(self, measured: Any) -> Any:
         """Hook to precompute from the data once (e.g. sqrt(M)); default: unchanged."""
         return measured

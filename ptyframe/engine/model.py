@@ -158,7 +158,7 @@ class PtychographyModel:
         self._loss_overwrite = loss is not None and loss.can_overwrite
         # the loss's pixel-wise form when the detector can fuse it with its forward and
         # adjoint (same result within round-off; one pass over the far field less)
-        self._pixel_loss = (loss.pixel_loss() if (fuse_loss and loss is not None
+        self._pixel_loss = (loss.fusable_pixel_loss() if (fuse_loss and loss is not None
                                                   and self._detector_ws
                                                   and self.detector.fuses_pixel_loss)
                             else None)

@@ -348,3 +348,29 @@ def test_model_gradient_check_on_the_fastest_path(block):
     _, grads = model.value_and_grad(params)
     check_gradient(lambda p: model.value_and_grad(p, refine=())[0], params, grads, block,
                    rng=rng, rtol=1e-5)
+
+
+def test_a_subclass_overriding_value_and_grad_is_not_fused():
+    """The inherited pixel form no longer describes a subclass's own loss: unfused path."""
+
+    class Scaled(LeastSquaresSqrt):
+        def value_and_grad(self, intensity, measured, overwrite=False):
+            value, grad = super().value_and_grad(intensity, measured, overwrite)
+            return 2 * value, 2 * grad
+
+    class Declared(Scaled):
+        def pixel_loss(self):
+            return None
+
+    assert LeastSquaresSqrt().fusable_pixel_loss() == PixelLoss(kind="amplitude",
+                                                                epsilon=1e-6)
+    assert Scaled().fusable_pixel_loss() is None
+    assert Declared().fusable_pixel_loss() is None
+    values = []
+    for loss in (LeastSquaresSqrt(), Scaled()):
+        model, params, _ = random_far_field_problem(
+            Device("cpu", "double", workers=1), Multislice(slice_thickness_A=2.0), loss,
+            n_slices=2, batch_size=4, seed=5, n=16, n_measurements=9)
+        assert model.fuses_loss == (type(loss) is LeastSquaresSqrt)
+        values.append(model.value_and_grad(params)[0])
+    assert values[1] == pytest.approx(2 * values[0], rel=1e-12)
