@@ -2,8 +2,9 @@
 
 Usage::
 
-    python benchmarks/bench_model.py [--quick] [--threads 1] [--precision single|double]
+    python benchmarks/bench_model.py [--quick] [--threads 1] [--precision single|double|both]
                                      [--batch-size 256] [--repeats 7] [--profile scipy|fftw]
+                                     [--profile-fused numpy|numba] [--parallel]
 
 Synthetic data set: 1024 scan positions (a 32 x 32 raster with random sub-pixel jitter),
 64 x 64 patterns, a ~200 x 200 object, lsq_sqrt loss. For each configuration (slices S,
@@ -20,6 +21,11 @@ probe modes M, one object mode) it reports
   when numba is installed, ``numba`` (fused, ``Device(fused="numba")``). The machine may be
   shared, so all functions are timed interleaved and the medians reported; CPU time is the
   less load-sensitive figure.
+
+Both precisions (complex64, complex128) by default; a closing summary gives, per precision and
+configuration, the fastest evaluation's ratio to the planned-FFTW floor as the median and the
+range of the per-repeat ratios (evaluation and floor timed in the same round). ``--parallel``
+instead measures batch-level parallelism over two threads (see :func:`parallel_batches`).
 
 FFT count per wave (one position x one probe mode x one object mode): forward 1 inverse FFT
 (sub-pixel shift of the probe) + 2 (S - 1) (Fresnel steps) + 1 (far field); backward the same
@@ -117,10 +123,11 @@ def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: 
     return model, params
 
 
-def interleaved_medians(fns: list, repeats: int, device: Device
-                        ) -> list[tuple[float, float]]:
-    """Median (wall, CPU) seconds of each function; one warm-up call each (plans, work buffers,
-    page faults), then the timed calls alternate so that all see the same machine load."""
+def interleaved_times(fns: list, repeats: int, device: Device
+                      ) -> list[tuple[list[float], list[float]]]:
+    """(wall, CPU) seconds of every timed call of each function; one warm-up call each
+    (plans, work buffers, page faults), then the timed calls alternate so that all see the
+    same machine load."""
     for fn in fns:
         fn()
     device.synchronize()
@@ -133,7 +140,21 @@ def interleaved_medians(fns: list, repeats: int, device: Device
             device.synchronize()
             w.append(time.perf_counter() - t0)
             c.append(time.process_time() - c0)
-    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)]
+    return list(zip(wall, cpu, strict=True))
+
+
+def interleaved_medians(fns: list, repeats: int, device: Device
+                        ) -> list[tuple[float, float]]:
+    """Median (wall, CPU) seconds of each function (see :func:`interleaved_times`)."""
+    return [(statistics.median(w), statistics.median(c))
+            for w, c in interleaved_times(fns, repeats, device)]
+
+
+def ratio_spread(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of the per-repeat ratios num[i] / den[i] (the two timed in the same
+    round, so under about the same machine load)."""
+    r = [a / b for a, b in zip(num, den, strict=True)]
+    return statistics.median(r), min(r), max(r)
 
 
 def fft_floor_runner(model: FarFieldModel, device: Device, n_slices: int, n_probe_modes: int,
@@ -173,23 +194,52 @@ def profile(model: FarFieldModel, params: dict, top: int = 25) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (3)")
-    ap.add_argument("--threads", type=int, default=1, help="FFT worker threads (default 1)")
-    ap.add_argument("--precision", choices=("single", "double"), default="single")
-    ap.add_argument("--batch-size", type=int, default=256, help="measurements per batch")
-    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
-    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--profile", choices=("scipy", "fftw"), default=None,
-                    help="print a cProfile of one evaluation per configuration with this "
-                         "provider (and the --profile-fused kernels) instead of timing")
-    ap.add_argument("--profile-fused", choices=("numpy", "numba"), default="numpy")
-    args = ap.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
+def parallel_batches(precision: str, n_slices: int, n_modes: int, batch_size: int,
+                     repeats: int) -> None:
+    """Batch-level parallelism on this machine: one evaluation on one thread against the same
+    evaluation split in two halves (measurement indices) evaluated by two threads at once
+    (two models: own work buffers; pyFFTW and the numba kernels release the GIL), and
+    against FFTW's own two threads per transform. Prints wall and CPU time and the speed-up
+    of the wall time (> 1: parallelism pays)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dev = Device("cpu", precision, workers=1, fft="fftw", fused="numba")
+    one, params = make_problem(dev, n_slices, n_modes, batch_size)
+    halves = [make_problem(Device("cpu", precision, workers=1, fft="fftw", fused="numba"),
+                           n_slices, n_modes, batch_size)[0] for _ in range(2)]
+    dev2 = Device("cpu", precision, workers=2, fft="fftw", fused="numba")
+    fftw2, params2 = make_problem(dev2, n_slices, n_modes, batch_size)
+    n = one.n_measurements
+    parts = [np.arange(0, n // 2), np.arange(n // 2, n)]
+    pool = ThreadPoolExecutor(2)
+
+    def split() -> None:
+        futures = [pool.submit(m.value_and_grad, params, indices=idx)
+                   for m, idx in zip(halves, parts, strict=True)]
+        results = [f.result() for f in futures]
+        for key in results[0][1]:  # the reduction a batch-parallel engine has to do
+            results[0][1][key] += results[1][1][key]
+
+    fns = [lambda: one.value_and_grad(params), split, lambda: fftw2.value_and_grad(params2)]
+    labels = ["1 thread", "2 threads over batches", "FFTW 2 threads/transform"]
+    times = interleaved_times(fns, repeats, dev)
+    pool.shutdown()
+    print(f"\nbatch-level parallelism, {precision}, {n_slices} slice(s), {n_modes} mode(s): "
+          f"median of {repeats}, speed-up = 1-thread wall / wall (same round)")
+    for label, (w, c) in zip(labels, times, strict=True):
+        med, lo, hi = ratio_spread(times[0][0], w)
+        print(f"  {label:>26}: wall {statistics.median(w):.4f} s, CPU "
+              f"{statistics.median(c):.4f} s, speed-up {med:.2f} ({lo:.2f}-{hi:.2f})")
+
+
+def run_table(args: argparse.Namespace, precision: str, repeats: int,
+              summary: list[tuple]) -> None:
+    """Time every variant and both floors for each configuration at ``precision``; print
+    the table rows and add the Done-means figures (fastest variant / fftw floor) to
+    ``summary``."""
     providers = ["scipy"] + (["fftw"] if pyfftw_available() and args.device == "cpu" else [])
     fused = ["numpy"] + (["numba"] if numba_available() and args.device == "cpu" else [])
-    devices = {p: Device(args.device, args.precision, workers=args.threads, fft=p)
+    devices = {p: Device(args.device, precision, workers=args.threads, fft=p)
                for p in providers}
     device = devices["scipy"]
     # (FFT provider, element-wise kernels) of the timed evaluations
@@ -197,27 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(providers) == 1:
         variants += [("scipy", f) for f in fused[1:]]
     n = N_SIDE * N_SIDE
-    print(f"ptyframe model benchmark: {n} positions, {WINDOW}x{WINDOW} patterns, "
-          f"object {OBJECT}x{OBJECT}, loss lsq_sqrt, gradients object+probe+positions")
-    print(f"device {args.device} ({np.dtype(device.complex_dtype).name}), "
-          f"FFT providers {providers}, FFT worker threads: {args.threads} "
-          f"(BLAS: {os.environ.get('OPENBLAS_NUM_THREADS')}), batch size {args.batch_size}, "
-          f"median of {repeats} interleaved repeats after 1 warm-up, numpy {np.__version__}, "
-          f"CPUs visible {os.cpu_count()}")
-    if len(providers) == 1 and args.device == "cpu":
-        print("pyFFTW not installed (pip install ptyframe[fftw]): no planned-FFTW floor")
-    if args.profile is not None:
-        dev = Device(args.device, args.precision, workers=args.threads, fft=args.profile,
-                     fused=args.profile_fused)
-        for n_slices, n_modes in CONFIGS:
-            model, params = make_problem(dev, n_slices, n_modes, args.batch_size)
-            print(f"\n=== cProfile, {n_slices} slice(s), {n_modes} probe mode(s), "
-                  f"fft={args.profile}")
-            profile(model, params)
-        return 0
-    header = (f"{'slices':>6} {'modes':>5} {'FFTs':>7} {'eval fft+kernels':>16} "
+    dtype = np.dtype(device.complex_dtype).name
+    print(f"\n{dtype}: median of {repeats} interleaved repeats after 1 warm-up; ratios = "
+          f"evaluation / FFT floor (wall, CPU)")
+    header = (f"{'dtype':>10} {'slices':>6} {'modes':>5} {'FFTs':>6} {'fft+kernels':>12} "
               f"{'wall [s]':>9} {'CPU [s]':>8} "
-              + " ".join(f"{'/' + p + ' floor':>12} {'(CPU)':>6}" for p in providers)
+              + " ".join(f"{'/' + p + ' wall':>11} {'CPU':>5}" for p in providers)
               + f" {'us/pattern':>10}")
     print(header)
     print("-" * len(header))
@@ -229,22 +264,87 @@ def main(argv: list[str] | None = None) -> int:
             floor, count = fft_floor_runner(model, devices[p], n_slices, n_modes, 1)
             floors.append(floor)
         for p, f in variants:
-            dev = Device(args.device, args.precision, workers=args.threads, fft=p, fused=f)
+            dev = Device(args.device, precision, workers=args.threads, fft=p, fused=f)
             model, params = make_problem(dev, n_slices, n_modes, args.batch_size)
 
             def evaluate(model: FarFieldModel = model, params: dict = params) -> None:
                 model.value_and_grad(params)
 
             fns.append(evaluate)
-        times = interleaved_medians(fns + floors, repeats, device)
+        times = interleaved_times(fns + floors, repeats, device)
         evals, floor_times = times[:len(variants)], times[len(variants):]
         for (p, f), (wall, cpu) in zip(variants, evals, strict=True):
-            ratios = " ".join(f"{wall / fw:>12.2f} {cpu / fc:>6.2f}" for fw, fc in floor_times)
-            print(f"{n_slices:>6} {n_modes:>5} {count:>7} {p + '+' + f:>16} {wall:>9.4f} "
-                  f"{cpu:>8.4f} {ratios} {1e6 * wall / n:>10.1f}")
+            w, c = statistics.median(wall), statistics.median(cpu)
+            ratios = " ".join(f"{ratio_spread(wall, fw)[0]:>11.2f} {ratio_spread(cpu, fc)[0]:>5.2f}"
+                              for fw, fc in floor_times)
+            print(f"{dtype:>10} {n_slices:>6} {n_modes:>5} {count:>6} {p + '+' + f:>12} {w:>9.4f} "
+                  f"{c:>8.4f} {ratios} {1e6 * w / n:>10.1f}")
         for p, (fw, fc) in zip(providers, floor_times, strict=True):
-            print(f"{'':>6} {'':>5} {count:>7} {p + ' FFT floor':>16}: wall {fw:.4f} s, "
-                  f"CPU {fc:.4f} s ({1e6 * fc / count:.2f} us CPU per 2-D FFT)")
+            fw, fc = statistics.median(fw), statistics.median(fc)
+            print(f"{'':>10} {'':>6} {'':>5} {count:>6} {p + ' floor':>12} {fw:>9.4f} {fc:>8.4f}"
+                  f"  ({1e6 * fc / count:.2f} us CPU per 2-D FFT)")
+        best = len(variants) - 1  # the last variant: fftw+numba when both are installed
+        floor_w, floor_c = floor_times[-1]
+        summary.append((dtype, n_slices, n_modes, "+".join(variants[best]), providers[-1],
+                        ratio_spread(evals[best][1], floor_c),
+                        ratio_spread(evals[best][0], floor_w)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (3)")
+    ap.add_argument("--threads", type=int, default=1, help="FFT worker threads (default 1)")
+    ap.add_argument("--precision", choices=("single", "double", "both"), default="both")
+    ap.add_argument("--batch-size", type=int, default=256, help="measurements per batch")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--profile", choices=("scipy", "fftw"), default=None,
+                    help="print a cProfile of one evaluation per configuration with this "
+                         "provider (and the --profile-fused kernels) instead of timing")
+    ap.add_argument("--profile-fused", choices=("numpy", "numba"), default="numpy")
+    ap.add_argument("--parallel", action="store_true",
+                    help="measure batch-level parallelism over 2 threads (fftw+numba) instead "
+                         "of the table")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    precisions = ["single", "double"] if args.precision == "both" else [args.precision]
+    print(f"ptyframe model benchmark: {N_SIDE * N_SIDE} positions, {WINDOW}x{WINDOW} patterns, "
+          f"object {OBJECT}x{OBJECT}, loss lsq_sqrt, gradients object+probe+positions")
+    print(f"device {args.device}, FFT worker threads {args.threads} (BLAS "
+          f"{os.environ.get('OPENBLAS_NUM_THREADS')}), batch size {args.batch_size}, "
+          f"numpy {np.__version__}, CPUs visible {os.cpu_count()}, load average "
+          f"{os.getloadavg()[0]:.2f} (the machine may be shared: CPU time is the steadier "
+          f"figure)")
+    if not pyfftw_available() and args.device == "cpu":
+        print("pyFFTW not installed (pip install ptyframe[fftw]): no planned-FFTW floor")
+    if args.profile is not None:
+        for precision in precisions:
+            dev = Device(args.device, precision, workers=args.threads, fft=args.profile,
+                         fused=args.profile_fused)
+            for n_slices, n_modes in CONFIGS:
+                model, params = make_problem(dev, n_slices, n_modes, args.batch_size)
+                print(f"\n=== cProfile, {precision}, {n_slices} slice(s), {n_modes} probe "
+                      f"mode(s), fft={args.profile}, fused={args.profile_fused}")
+                profile(model, params)
+        return 0
+    if args.parallel:
+        if not (pyfftw_available() and numba_available()):
+            print("--parallel needs pyFFTW and numba (extras 'fftw', 'numba')")
+            return 1
+        for precision in precisions:
+            for n_slices, n_modes in CONFIGS:
+                parallel_batches(precision, n_slices, n_modes, args.batch_size, repeats)
+        return 0
+    summary: list[tuple] = []
+    for precision in precisions:
+        run_table(args, precision, repeats, summary)
+    print(f"\nSummary: fastest evaluation / {summary[0][4]} FFT floor, median (min-max) of "
+          f"the per-repeat ratios")
+    print(f"{'dtype':>10} {'slices':>6} {'modes':>5} {'variant':>12} {'CPU ratio':>20} "
+          f"{'wall ratio':>20}")
+    for dtype, n_slices, n_modes, variant, _, c, w in summary:
+        print(f"{dtype:>10} {n_slices:>6} {n_modes:>5} {variant:>12} "
+              f"{c[0]:>7.2f} ({c[1]:.2f}-{c[2]:.2f}) {w[0]:>7.2f} ({w[1]:.2f}-{w[2]:.2f})")
     return 0
 
 

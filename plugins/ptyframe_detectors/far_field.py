@@ -112,6 +112,10 @@ class FarFieldDetector(OrthoFarField):
             return inten, cache
         return self._reduce(inten), cache
 
+    @property
+    def fuses_pixel_loss(self) -> bool:
+        return self._plain  # padding / upsampling: intensities are reduced before the loss
+
     def vjp(self, grad_intensity: Any, cache: Any) -> Any:
         if not self._plain:
             grad_intensity = self._expand(grad_intensity)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ptyframe.components import Detector, ModelContext
+from ptyframe.core.fused import PixelLoss
 from ptyframe.io.data import Dataset
 
 __all__ = ["OrthoFarField"]
@@ -81,3 +82,52 @@ class OrthoFarField(Detector):
 
     def vjp(self, grad_intensity: Any, cache: Any) -> Any:
         return self._far_field_vjp(grad_intensity, cache["far"], cache["in_place"])
+
+    @property
+    def fuses_pixel_loss(self) -> bool:
+        return True
+
+    def loss_and_vjp(self, waves: Any, indices: np.ndarray, measured: Any, loss: PixelLoss,
+                     workspace: Any) -> tuple[float, Any]:
+        """FFT in place, then intensity, loss, dL/dI and its product with the far field in
+        one kernel (:meth:`ptyframe.core.fused.NumpyKernels.far_field_loss`), then the
+        inverse FFT: the 1/(K N) of the intensity and of the adjoint as in :meth:`forward`
+        and :meth:`vjp`. With ``Device.chunk_planes`` (planned FFTW on CPU) the three run
+        chunk by chunk of measurements while the chunk is in cache (several fields: through
+        a small contiguous buffer); the loss is then summed chunk by chunk."""
+        dev = self._device
+        K, M, B = waves.shape[:3]
+        L = K * M
+        window = waves.shape[-2:]
+        npx = window[0] * window[1]
+        scale = 1.0 / (K * npx)
+        chunk = dev.chunk_planes(L * npx * waves.dtype.itemsize, waves.nbytes)
+        if chunk is None or waves.ndim != 5 or not waves.flags.c_contiguous or chunk >= B:
+            far = dev.fft2(waves, overwrite=True)
+            flat = far.reshape(L, B, *window)
+            shape, rdt = flat.shape[1:], dev.real_dtype
+            work = workspace.get("intensity", shape, rdt)
+            work2 = workspace.get("intensity_tmp", shape, rdt) if L > 1 else None
+            value = dev.kernels.far_field_loss(flat, measured, loss, scale, scale, work, work2)
+            return value, dev.ifft2(far, norm="forward", overwrite=True)
+        flat = waves.reshape(L, B, *window)
+        rdt = dev.real_dtype
+        value = 0.0
+        for b0 in range(0, B, chunk):
+            b1 = min(b0 + chunk, B)
+            c = b1 - b0
+            if L == 1:
+                planes = flat[0, b0:b1]  # contiguous (c, ny, nx): in place
+            else:
+                buf = workspace.get("far_chunk", (L, c, *window), waves.dtype)
+                buf[...] = flat[:, b0:b1]
+                planes = buf.reshape(L * c, *window)
+            spec = dev.fft2(planes, overwrite=True)
+            work = workspace.get("intensity", (c, *window), rdt)
+            work2 = workspace.get("intensity_tmp", (c, *window), rdt) if L > 1 else None
+            value += dev.kernels.far_field_loss(spec.reshape(L, c, *window), measured[b0:b1],
+                                                loss, scale, scale, work, work2)
+            out = dev.ifft2(spec, norm="forward", overwrite=True)
+            if L > 1 or out is not planes:  # from the buffer, or not computed in place
+                flat[:, b0:b1] = out.reshape(L, c, *window)
+        return value, waves

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from ptyframe.components import LossMetric
+from ptyframe.core.fused import PixelLoss
 from ptyframe.core.validators import non_negative, positive, to_float
 
 __all__ = ["LeastSquaresSqrt", "PoissonML", "LeastSquares", "ModifiedGaussian"]
@@ -38,6 +39,9 @@ class LeastSquaresSqrt(LossMetric):
 
     def prepare_measured(self, measured: Any) -> Any:
         return self.device.xp.sqrt(measured)
+
+    def pixel_loss(self) -> PixelLoss:
+        return PixelLoss(kind="amplitude", epsilon=self.epsilon)
 
     def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
@@ -61,6 +65,9 @@ class PoissonML(LossMetric):
     can_overwrite = True
     epsilon: float = attrs.field(default=1e-2, converter=to_float, validator=positive())
 
+    def pixel_loss(self) -> PixelLoss:
+        return PixelLoss(kind="poisson", epsilon=self.epsilon)
+
     def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:
         xp = self.device.xp
@@ -80,6 +87,9 @@ class LeastSquares(LossMetric):
 
     name = "lsq"
     can_overwrite = True
+
+    def pixel_loss(self) -> PixelLoss:
+        return PixelLoss(kind="intensity")
 
     def value_and_grad(self, intensity: Any, measured: Any,
                        overwrite: bool = False) -> tuple[float, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import attrs
@@ -230,9 +231,17 @@ class Multislice(Propagator):
             kernels = [by_distance[self.gap_thickness(s)] for s in range(n_slices - 1)]
         incoming = [wave]
         psi = wave
+        chunk = self._chunk(wave, transmission, owned, tilts)
         for s in range(n_slices):
             # keep=True: every slice's incident wave stays for the adjoint (own buffer each);
             # keep=False: after the first product everything happens in one buffer.
+            if chunk is not None and s < n_slices - 1:
+                # product, Fresnel step, in cache-sized chunks (one pass over memory)
+                dst = ws.get(f"ms_wave{s + 1}", shape, dtype) if (s == 0 or keep) else psi
+                psi = self._product_step(psi, transmission[s], dst, s, chunk)
+                if keep:
+                    incoming.append(psi)
+                continue
             if s == 0 or keep:
                 name = "ms_exit" if s == n_slices - 1 else f"ms_wave{s + 1}"
                 psi = xp.multiply(psi, transmission[s], out=ws.get(name, shape, dtype))
@@ -256,8 +265,68 @@ class Multislice(Propagator):
         if not keep:
             return psi, None
         cache = (incoming, transmission, wave.shape, ws, owned,
-                 None if tilts is None else (kernels, spectra))
+                 None if tilts is None else (kernels, spectra), chunk)
         return psi, cache
+
+    # ------------------------------------------------------------------ cache-sized chunks
+    def _chunk(self, wave: Any, transmission: Any, owned: bool, tilts: Any) -> int | None:
+        """Planes per chunk for the fused untilted steps, or None for whole-array steps
+        (GPU, tilts, no workspace, a subclass's own Fresnel step, other layouts). The
+        layout: wave (1 or K, M, B, ny, nx), transmission (S, K, 1, B, ny, nx), one dtype,
+        C-contiguous."""
+        dev = self._geometry.device
+        if (not owned or tilts is not None or wave.ndim != 5 or transmission.ndim != 6
+                or type(self).propagate is not Multislice.propagate
+                or type(self).propagate_adjoint is not Multislice.propagate_adjoint):
+            return None
+        K = transmission.shape[1]
+        if (wave.shape[0] not in (1, K) or transmission.shape[2:] != (1, *wave.shape[2:])
+                or wave.dtype != transmission.dtype
+                or not (wave.flags.c_contiguous and transmission.flags.c_contiguous)):
+            return None
+        plane = wave.shape[-2] * wave.shape[-1] * wave.dtype.itemsize
+        return dev.chunk_planes(plane, plane * K * math.prod(wave.shape[1:3]))
+
+    def _filter_in_place(self, block: Any, kernel: Any) -> None:
+        """block <- IFFT[FFT(block) kernel], ``kernel`` carrying the inverse's 1/N."""
+        dev = self._geometry.device
+        spec = dev.fft2(block, overwrite=True)
+        spec *= kernel
+        out = dev.ifft2(spec, norm="forward", overwrite=True)
+        if out is not block:  # providers that could not work in place
+            block[...] = out
+
+    def _product_step(self, psi: Any, t: Any, dst: Any, gap: int, chunk: int) -> Any:
+        """dst[k, m] = P_gap(psi[k, m] t[k, 0]) (psi broadcast over k when it has one row),
+        chunk by chunk along the measurement axis: the product, FFT, kernel and inverse FFT of
+        each chunk run while it is in cache. ``dst`` may be ``psi``."""
+        xp = self._geometry.device.xp
+        kernel = self._kernels_n[gap]
+        K, M, B = dst.shape[:3]
+        for k in range(K):
+            for m in range(M):
+                src = psi[k if psi.shape[0] > 1 else 0, m]
+                for b0 in range(0, B, chunk):
+                    block = dst[k, m, b0:b0 + chunk]
+                    xp.multiply(src[b0:b0 + chunk], t[k, 0, b0:b0 + chunk], out=block)
+                    self._filter_in_place(block, kernel)
+        return dst
+
+    def _adjoint_step(self, g: Any, a: Any, t: Any, out: Any, gap: int, chunk: int) -> None:
+        """g <- P_gap^H g, then out[k] = sum_m conj(a[k, m]) g[k, m] and g *= conj(t), chunk by
+        chunk (modes added in order m = 0, 1, ... as in the whole-array kernel)."""
+        kernels = self._geometry.device.kernels
+        kernel = self._kernels_conj_n[gap]
+        K, M, B = g.shape[:3]
+        for k in range(K):
+            for m in range(M):
+                src = a[k if a.shape[0] > 1 else 0, m]
+                for b0 in range(0, B, chunk):
+                    block = g[k, m, b0:b0 + chunk]
+                    self._filter_in_place(block, kernel)
+                    kernels.slice_adjoint_add(src[b0:b0 + chunk], block,
+                                              t[k, 0, b0:b0 + chunk], out[k, 0, b0:b0 + chunk],
+                                              first=m == 0)
 
     def vjp(self, grad_exit: Any, cache: Any) -> tuple[Any, ...]:
         """Adjoint, slice by slice from the exit surface:
@@ -266,7 +335,7 @@ class Multislice(Propagator):
         g_{s-1} = P_{s-1}^H (g_s conj(T_s)),  dL/d conj(wave) = g_0 summed to the wave shape.
         With tilts, also 1/2 dL/dt (B, 2) from each step (see :func:`tilt_gradient`).
         """
-        incoming, transmission, wave_shape, ws, owned, tilted = cache
+        incoming, transmission, wave_shape, ws, owned, tilted, chunk = cache
         dev = self._geometry.device
         xp = dev.xp
         n_slices = transmission.shape[0]
@@ -283,6 +352,9 @@ class Multislice(Propagator):
                                                              k.shape, k.dtype))
         g = grad_exit if owned else grad_exit.copy()
         for s in range(n_slices - 1, -1, -1):
+            if chunk is not None and s < n_slices - 1:
+                self._adjoint_step(g, incoming[s], transmission[s], grad_trans[s], s, chunk)
+                continue
             if s < n_slices - 1:
                 if tilted is None:
                     g = self.propagate_adjoint(g, s, overwrite=True)

@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ptyframe.core.fused import PixelLoss
+
 from .base import ModelComponent
 from .context import ModelContext
 
@@ -71,3 +73,16 @@ class Detector(ModelComponent):
     @abc.abstractmethod
     def vjp(self, grad_intensity: Any, cache: Any) -> Any:
         """dL/d conj(waves) from dL/dI."""
+
+    @property
+    def fuses_pixel_loss(self) -> bool:
+        """True when :meth:`loss_and_vjp` is available (default False)."""
+        return False
+
+    def loss_and_vjp(self, waves: Any, indices: np.ndarray, measured: Any, loss: PixelLoss,
+                     workspace: Any) -> tuple[float, Any]:
+        """Forward, a pixel-wise loss and the adjoint in one pass (fused kernels): (L,
+        dL/d conj(waves)) for intensities compared with ``measured`` (prepared rows, detector
+        order) through ``loss``; ``waves`` may be overwritten. Equals :meth:`forward`, the
+        loss and :meth:`vjp` within round-off. Only called when :attr:`fuses_pixel_loss`."""
+        raise NotImplementedError(f"detector {type(self).__name__}: no fused pixel loss")

@@ -6,6 +6,10 @@
   (the window gather/scatter exactly: same accumulation order).
 
 Choose with ``Device(fused="numba")``; ``Device.kernels`` is the instance in use.
+
+:class:`PixelLoss` describes a pixel-wise loss in a form both kernel sets evaluate together
+with the far-field intensity and the detector adjoint (:meth:`NumpyKernels.far_field_loss`):
+a loss component offers one through ``LossMetric.pixel_loss()``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,39 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import attrs
 import numpy as np
 
-__all__ = ["FUSED_KERNELS", "NumbaKernels", "NumpyKernels", "make_kernels", "numba_available"]
+from ptyframe.core.validators import non_negative, one_of, to_float
+
+__all__ = ["FUSED_KERNELS", "PIXEL_LOSS_KINDS", "NumbaKernels", "NumpyKernels", "PixelLoss",
+           "make_kernels", "numba_available"]
 
 #: kernel set names accepted by :func:`make_kernels` (and ``Device(fused=...)``)
 FUSED_KERNELS = ("numpy", "numba")
+
+#: pixel-wise loss forms the kernels know (see :class:`PixelLoss`)
+PIXEL_LOSS_KINDS = ("amplitude", "poisson", "intensity")
+
+
+@attrs.frozen(kw_only=True)
+class PixelLoss:
+    """A loss L = sum over pixels of f(I, m), I the modelled intensity (counts), m the prepared
+    measurement of that pixel (``LossMetric.prepare_measured``).
+
+    * ``kind``: ``"amplitude"``: f = (sqrt(I + eps) - m)^2 with m = sqrt(M), df/dI = 1 - m /
+      sqrt(I + eps); ``"poisson"``: f = (I + eps) - m log(I + eps), df/dI = 1 - m / (I +
+      eps); ``"intensity"``: f = (I - m)^2, df/dI = 2 (I - m) (eps unused)
+    * ``epsilon``: intensity floor eps, counts (>= 0)
+    """
+
+    kind: str = attrs.field(validator=one_of(PIXEL_LOSS_KINDS))
+    epsilon: float = attrs.field(default=0.0, converter=to_float, validator=non_negative())
+
+    @property
+    def code(self) -> int:
+        """Index of ``kind`` in :data:`PIXEL_LOSS_KINDS` (the compiled kernels' switch)."""
+        return PIXEL_LOSS_KINDS.index(self.kind)
 
 
 def numba_available() -> bool:
@@ -86,6 +117,40 @@ class NumpyKernels:
         value = float(xp.square(diff, out=diff).sum(dtype=xp.float64))
         return value, grad
 
+    def pixel_loss(self, intensity: Any, measured: Any, loss: PixelLoss) -> tuple[float, Any]:
+        """(L, dL/dI) of :class:`PixelLoss` ``loss``, L summed in double precision, dL/dI in
+        the memory of ``intensity``."""
+        xp = self.xp
+        if loss.kind == "amplitude":
+            return self.amplitude_loss(intensity, measured, loss.epsilon)
+        if loss.kind == "poisson":
+            floored = intensity
+            if loss.epsilon:
+                floored += loss.epsilon
+            value = float(floored.sum(dtype=xp.float64))
+            log = xp.log(floored)
+            log *= measured
+            value -= float(log.sum(dtype=xp.float64))
+            grad = xp.divide(measured, floored, out=floored)
+            xp.subtract(1.0, grad, out=grad)
+            return value, grad
+        diff = xp.subtract(intensity, measured, out=intensity)
+        value = float(xp.square(diff).sum(dtype=xp.float64))
+        diff *= 2.0
+        return value, diff
+
+    def far_field_loss(self, far: Any, measured: Any, loss: PixelLoss, intensity_scale: float,
+                       grad_scale: float, work: Any, work2: Any | None = None) -> float:
+        """Far-field intensity, loss and detector adjoint in one call:
+        I = intensity_scale sum_l |far[l]|^2, (L, g) = ``loss``(I, measured), far[l] *=
+        grad_scale g in place; returns L. ``far`` (L, ...) complex C-contiguous, ``measured``
+        and ``work`` (a real buffer, overwritten) of ``far.shape[1:]``; ``work2``: a second
+        such buffer (needed when L > 1)."""
+        inten = self.abs2_sum(far, intensity_scale, work, work2)
+        value, grad = self.pixel_loss(inten, measured, loss)
+        self.multiply_real(far, grad, grad_scale)
+        return value
+
     def conj_multiply(self, a: Any, g: Any, out: Any) -> None:
         """``out = conj(a) g``, all of one shape; ``a`` may be overwritten."""
         xp = self.xp
@@ -110,6 +175,17 @@ class NumpyKernels:
             self.conj_mode_sum(a, g, out, a.ndim - 4, work)
         g *= xp.conjugate(t, out=t)
 
+    def slice_adjoint_add(self, a: Any, g: Any, t: Any, out: Any, first: bool) -> None:
+        """One probe mode's share of :meth:`slice_adjoint`, all arrays of one shape:
+        ``out (+)= conj(a) g`` (``=`` when ``first``) and ``g *= conj(t)``; ``a`` and ``t``
+        are not modified."""
+        xp = self.xp
+        if first:
+            xp.multiply(xp.conjugate(a), g, out=out)
+        else:
+            out += xp.conjugate(a) * g
+        g *= xp.conjugate(t)
+
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:
         """Gradients from H = FFT(dL/d conj(P_n)), (M, B, ny, nx), overwritten here.
@@ -133,11 +209,29 @@ class NumpyKernels:
             probe_grad += H.sum(axis=1)
         return out
 
+    # With ``separable_shift`` the model hands the sub-pixel shift factor A_b = exp(-2 pi i
+    # q.f_b) = ey[b, i] ex[b, j] over as its two factors (B, ny) and (B, nx) and never builds
+    # the (B, ny, nx) array; the reference builds it here (the model then builds it itself).
+    separable_shift = False
+
+    def shifted_waves(self, spec: Any, ey: Any, ex: Any, scale: float, out: Any) -> Any:
+        """``out[m, b] = (spec[m] scale) A_b`` with A_b = ey[b, :, None] ex[b, None, :];
+        ``spec`` (M, ny, nx), ``out`` (M, B, ny, nx)."""
+        factor = ey[:, :, None] * ex[:, None, :]
+        return self.xp.multiply(spec[:, None] * scale, factor, out=out)
+
+    def spectral_gradients_separable(self, H: Any, spec: Any, ey: Any, ex: Any, q2pi: Any,
+                                     probe_grad: Any | None, positions: bool) -> Any | None:
+        """:meth:`spectral_gradients` with A_b = ey[b, :, None] ex[b, None, :]."""
+        factor = ey[:, :, None] * ex[:, None, :]
+        return self.spectral_gradients(H, spec, factor, q2pi, probe_grad, positions)
+
 
 class NumbaKernels(NumpyKernels):
     """The reference's operations as single-pass numba loops (CPU only)."""
 
     name = "numba"
+    separable_shift = True
 
     def __init__(self, xp: Any) -> None:
         if xp is not np:
@@ -183,6 +277,19 @@ class NumbaKernels(NumpyKernels):
                                        intensity.dtype.type(epsilon))
         return float(value), intensity
 
+    def far_field_loss(self, far: Any, measured: Any, loss: PixelLoss, intensity_scale: float,
+                       grad_scale: float, work: Any, work2: Any | None = None) -> float:
+        n = measured.size
+        real = work.dtype
+        if (not (far.flags.c_contiguous and measured.flags.c_contiguous)
+                or far.size != far.shape[0] * n or measured.dtype != real):
+            return super().far_field_loss(far, measured, loss, intensity_scale, grad_scale,
+                                          work, work2)
+        return float(self._k.far_field_loss(
+            far.reshape(far.shape[0], n), measured.reshape(n), loss.code,
+            real.type(loss.epsilon), real.type(intensity_scale), real.type(grad_scale),
+            work.reshape(-1)))
+
     def conj_multiply(self, a: Any, g: Any, out: Any) -> None:
         if not (a.flags.c_contiguous and g.flags.c_contiguous and out.flags.c_contiguous):
             return super().conj_multiply(a, g, out)
@@ -206,6 +313,12 @@ class NumbaKernels(NumpyKernels):
                               g.reshape(lead, a.shape[-4], rest), t.reshape(lead, rest),
                               out.reshape(lead, rest))
 
+    def slice_adjoint_add(self, a: Any, g: Any, t: Any, out: Any, first: bool) -> None:
+        if not all(x.flags.c_contiguous for x in (a, g, t, out)):
+            return super().slice_adjoint_add(a, g, t, out, first)
+        self._k.slice_adjoint_add(a.reshape(-1), g.reshape(-1), t.reshape(-1), out.reshape(-1),
+                                  first)
+
     def spectral_gradients(self, H: Any, spec: Any, factor: Any, q2pi: Any,
                            probe_grad: Any | None, positions: bool) -> Any | None:
         if probe_grad is not None and not probe_grad.flags.c_contiguous:
@@ -223,6 +336,34 @@ class NumbaKernels(NumpyKernels):
             np.ascontiguousarray(spec, dtype=H.dtype).reshape(M, npx),
             np.ascontiguousarray(factor, dtype=H.dtype).reshape(B, npx),
             q[0], q[1], probe, positions, do_probe, out)
+        return out if positions else None
+
+
+    def shifted_waves(self, spec: Any, ey: Any, ex: Any, scale: float, out: Any) -> Any:
+        if not (spec.flags.c_contiguous and out.flags.c_contiguous
+                and spec.dtype == out.dtype == ey.dtype == ex.dtype):
+            return super().shifted_waves(spec, ey, ex, scale, out)
+        real = np.empty(0, dtype=out.dtype).real.dtype
+        self._k.shifted_waves(spec, np.ascontiguousarray(ey), np.ascontiguousarray(ex),
+                              real.type(scale), out)
+        return out
+
+    def spectral_gradients_separable(self, H: Any, spec: Any, ey: Any, ex: Any, q2pi: Any,
+                                     probe_grad: Any | None, positions: bool) -> Any | None:
+        if ((probe_grad is not None and not probe_grad.flags.c_contiguous)
+                or not spec.flags.c_contiguous or H.ndim != 4):
+            return super().spectral_gradients_separable(H, spec, ey, ex, q2pi, probe_grad,
+                                                        positions)
+        M, B, ny, nx = H.shape
+        real = np.empty(0, dtype=H.real.dtype).dtype
+        out = np.empty((B, 2), dtype=real)
+        do_probe = probe_grad is not None
+        probe = probe_grad if do_probe else np.zeros((M, ny, nx), dtype=H.dtype)
+        q = np.asarray(q2pi, dtype=real).reshape(ny, nx, 2)
+        self._k.spectral_gradients_separable(
+            np.ascontiguousarray(H), spec, np.ascontiguousarray(ey, dtype=H.dtype),
+            np.ascontiguousarray(ex, dtype=H.dtype), np.ascontiguousarray(q[:, 0, 0]),
+            np.ascontiguousarray(q[0, :, 1]), probe, positions, do_probe, out)
         return out if positions else None
 
 

@@ -86,6 +86,10 @@ class PtychographyModel:
     phase_plates: (N, ny, nx) complex factors on the probe spectrum, FFT order, on device.
     first_row: the measurement index of ``measured[0]`` (a rank of a data-parallel run holds
         only its own contiguous range of measurements); indices stay global.
+    fuse_loss: evaluate intensity, loss and detector adjoint in one kernel when the loss has
+        a pixel-wise form (``LossMetric.pixel_loss``) and the detector can fuse it
+        (``Detector.fuses_pixel_loss``), without beam current or background blocks; the
+        result equals the unfused path within round-off (False: always unfused).
     """
 
     def __init__(self, propagator: Propagator, loss: LossMetric | None,
@@ -93,7 +97,8 @@ class PtychographyModel:
                  detector: Detector | None = None, batch_size: int = 256, tilt_mode: int = 0,
                  probe_marker: np.ndarray | None = None,
                  aberration_marker: np.ndarray | None = None,
-                 phase_plates: Any | None = None, first_row: int = 0) -> None:
+                 phase_plates: Any | None = None, first_row: int = 0,
+                 fuse_loss: bool = True) -> None:
         if tilt_mode not in TILT_MODES:
             raise ValueError(f"tilt_mode: expected one of {sorted(TILT_MODES)}, found "
                              f"{tilt_mode!r}")
@@ -151,6 +156,12 @@ class PtychographyModel:
         self._propagator_ws = propagator.uses_workspace
         self._detector_ws = self.detector.uses_workspace
         self._loss_overwrite = loss is not None and loss.can_overwrite
+        # the loss's pixel-wise form when the detector can fuse it with its forward and
+        # adjoint (same result within round-off; one pass over the far field less)
+        self._pixel_loss = (loss.fusable_pixel_loss() if (fuse_loss and loss is not None
+                                                  and self._detector_ws
+                                                  and self.detector.fuses_pixel_loss)
+                            else None)
         self._basis_cache: dict[int, Any] = {}
 
     @classmethod
@@ -189,6 +200,12 @@ class PtychographyModel:
     @property
     def n_measurements(self) -> int:
         return self._n_measurements
+
+    @property
+    def fuses_loss(self) -> bool:
+        """True when intensity, loss and detector adjoint run as one fused pass (see
+        ``fuse_loss``; batches with beam current or background blocks never do)."""
+        return self._pixel_loss is not None
 
     def batches(self, n: int) -> Iterator[slice]:
         for start in range(0, n, self.batch_size):
@@ -300,9 +317,17 @@ class PtychographyModel:
         corner = xp.floor(pos)
         frac = (pos - corner).astype(dev.real_dtype, copy=False)
         corner = corner.astype(np.int64)
-        # A_n = exp(-2 pi i q.f_n) as one (B, ny, nx) outer product of the separable factors
-        factor = xp.multiply(self._phase_factor(frac[:, 0], self._qy)[:, :, None],
-                             self._phase_factor(frac[:, 1], self._qx)[:, None, :],
+        # A_n = exp(-2 pi i q.f_n) = ey_n(q_y) ex_n(q_x), separable
+        ey = self._phase_factor(frac[:, 0], self._qy)
+        ex = self._phase_factor(frac[:, 1], self._qx)
+        spec = probe_spectrum[:, None] if probe_spectrum.ndim == 3 else None
+        if (dev.kernels.separable_shift and chi_factor is None and self.phase_plates is None
+                and spec is not None):
+            # the kernels build A_n on the fly from its factors (no (B, ny, nx) array)
+            return {"corner": corner, "factor": None, "ey": ey, "ex": ex,
+                    "spec": spec, "tilts": self._batch_tilts(params, sel, B), "B": B}
+        # one (B, ny, nx) outer product
+        factor = xp.multiply(ey[:, :, None], ex[:, None, :],
                              out=ws.get("factor", (B, ny, nx), cdt))
         if chi_factor is not None:
             rows = (xp.zeros(B, dtype=np.int64) if self.aberration_marker is None
@@ -310,17 +335,20 @@ class PtychographyModel:
             factor *= xp.take(chi_factor, rows, axis=0)
         if self.phase_plates is not None:
             factor *= self._take_rows("plates", self.phase_plates, sel)
-        if probe_spectrum.ndim == 4:  # one probe per sub-scan: (M, B, ny, nx)
+        if spec is None:  # one probe per sub-scan: (M, B, ny, nx)
             spec = xp.take(probe_spectrum, xp.asarray(self.probe_marker[idx]), axis=0)
             spec = xp.moveaxis(spec, 1, 0)
-        else:
-            spec = probe_spectrum[:, None]
-        tilts = None
-        if "tilts" in params:
-            t = params["tilts"]
-            tilts = xp.broadcast_to(t, (B, 6)) if t.shape[0] == 1 else self._take_rows(
-                "tilts", t, sel)
-        return {"corner": corner, "factor": factor, "spec": spec, "tilts": tilts, "B": B}
+        return {"corner": corner, "factor": factor, "spec": spec,
+                "tilts": self._batch_tilts(params, sel, B), "B": B}
+
+    def _batch_tilts(self, params: Mapping[str, Any], sel: Any, B: int) -> Any:
+        """The batch's tilts (B, 6), or None without a tilts block."""
+        if "tilts" not in params:
+            return None
+        t = params["tilts"]
+        if t.shape[0] == 1:
+            return self.device.xp.broadcast_to(t, (B, 6))
+        return self._take_rows("tilts", t, sel)
 
     def _exit_waves(self, obj: Any, setup: dict[str, Any], keep: bool, keep_fields: bool
                     ) -> tuple[Any, dict[str, Any]]:
@@ -333,7 +361,11 @@ class PtychographyModel:
         ny, nx = self.window
         wave = ws.get("wave", (1, M, B, ny, nx), cdt)
         # the inverse FFT's 1/N goes on the small probe spectra (one pass less over the batch)
-        xp.multiply(spec * (1.0 / (ny * nx)), factor, out=wave[0])
+        if factor is None:
+            dev.kernels.shifted_waves(spec[:, 0], setup["ey"], setup["ex"], 1.0 / (ny * nx),
+                                      wave[0])
+        else:
+            xp.multiply(spec * (1.0 / (ny * nx)), factor, out=wave[0])
         wave = dev.ifft2(wave, norm="forward", overwrite=True)
         cache: dict[str, Any] = {"corner": setup["corner"]}
         tilts = setup["tilts"]
@@ -467,32 +499,18 @@ class PtychographyModel:
         setup = self._batch_setup(params, probe_spectrum, chi_factor, sel, idx)
         refine_tilts = "tilts" in grads
         exit_wave, cache = self._exit_waves(obj, setup, keep=True, keep_fields=refine_tilts)
-        inten, det_cache = self._detect(exit_wave, idx, keep=True)
-        del exit_wave
-        current = None
-        raw = None
-        if "beam_current" in params:
-            current = self._take_rows("current", params["beam_current"], sel)
-            current = current.reshape(-1, *([1] * (inten.ndim - 1)))
-            if "beam_current" in grads:
-                raw = inten.copy()
-            inten *= current
-        if "static_background" in params:
-            inten += params["static_background"] ** 2
-        measured = self._measured_rows(sel, idx, rows)
-        del rows
-        if self._loss_overwrite:
-            value, dldi = self.loss.value_and_grad(inten, measured, overwrite=True)
+        if self._pixel_loss is not None and not ({"beam_current", "static_background"}
+                                                  & set(params)):
+            # intensity, loss, dL/dI and the detector adjoint in one fused pass
+            measured = self._measured_rows(sel, idx, rows)
+            del rows
+            value, grad_exit = self.detector.loss_and_vjp(exit_wave, idx, measured,
+                                                          self._pixel_loss, self._ws)
+            del exit_wave
         else:
-            value, dldi = self.loss.value_and_grad(inten, measured)
-        if "static_background" in grads:
-            grads["static_background"] += params["static_background"] * dldi.sum(axis=0)
-        if raw is not None:
-            per_n = (dldi * raw).reshape(raw.shape[0], -1).sum(axis=1)
-            self._accumulate(grads["beam_current"], sel, 0.5 * per_n)
-        if current is not None:
-            dldi = dldi * current
-        grad_exit = self.detector.vjp(dldi, det_cache)
+            value, grad_exit = self._loss_and_detector_vjp(params, exit_wave, sel, idx, grads,
+                                                           rows)
+            del exit_wave, rows
         tilt_grad = None
         if refine_tilts:
             tilt_grad = xp.zeros((setup["B"], 6), dtype=dev.real_dtype)
@@ -527,6 +545,13 @@ class PtychographyModel:
             grad_wave = grad_wave.sum(axis=0, keepdims=True)
         H = dev.fft2(grad_wave, overwrite=True)[0]
         factor = setup["factor"]
+        if factor is None:  # separable shift factor (fused kernels), no aberrations or plates
+            pos_grad = dev.kernels.spectral_gradients_separable(
+                H, probe_spectrum, setup["ey"], setup["ex"], self._q2pi, grads.get("probe"),
+                "positions" in grads)
+            if pos_grad is not None:
+                self._accumulate(grads["positions"], sel, pos_grad)
+            return float(value)
         if "aberrations" not in grads and probe_spectrum.ndim == 3:
             # the common case in one call: fused on CPU with Device(fused="numba")
             pos_grad = dev.kernels.spectral_gradients(
@@ -565,6 +590,38 @@ class PtychographyModel:
             else:
                 grads["probe"] += H.sum(axis=1)
         return float(value)
+
+    def _loss_and_detector_vjp(self, params: Mapping[str, Any], exit_wave: Any, sel: Any,
+                               idx: np.ndarray, grads: dict[str, Any], rows: Any
+                               ) -> tuple[float, Any]:
+        """Detector forward, beam current and background, loss, and the detector adjoint
+        (accumulating the current and background gradients): (L, dL/d conj(exit_wave))."""
+        inten, det_cache = self._detect(exit_wave, idx, keep=True)
+        del exit_wave
+        current = None
+        raw = None
+        if "beam_current" in params:
+            current = self._take_rows("current", params["beam_current"], sel)
+            current = current.reshape(-1, *([1] * (inten.ndim - 1)))
+            if "beam_current" in grads:
+                raw = inten.copy()
+            inten *= current
+        if "static_background" in params:
+            inten += params["static_background"] ** 2
+        measured = self._measured_rows(sel, idx, rows)
+        del rows
+        if self._loss_overwrite:
+            value, dldi = self.loss.value_and_grad(inten, measured, overwrite=True)
+        else:
+            value, dldi = self.loss.value_and_grad(inten, measured)
+        if "static_background" in grads:
+            grads["static_background"] += params["static_background"] * dldi.sum(axis=0)
+        if raw is not None:
+            per_n = (dldi * raw).reshape(raw.shape[0], -1).sum(axis=1)
+            self._accumulate(grads["beam_current"], sel, 0.5 * per_n)
+        if current is not None:
+            dldi = dldi * current
+        return value, self.detector.vjp(dldi, det_cache)
 
     def _accumulate(self, target: Any, sel: Any, values: Any) -> None:
         values = values.astype(target.dtype, copy=False)

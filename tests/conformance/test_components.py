@@ -51,6 +51,7 @@ from ptyframe.components import (
 )
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment, ReconstructionGrid
+from ptyframe.core.fused import PixelLoss, numba_available
 from ptyframe.core.physics import wavelength_A
 from ptyframe.registry.loader import load_registry
 from ptyframe.registry.registry import ComponentConfigError
@@ -323,6 +324,35 @@ def test_loss_keeps_single_precision(kind, name, cls, tmp_path):
     value, dldi = loss.value_and_grad(intensity.astype(np.float32), prepared)
     assert math.isfinite(value)
     assert dldi.dtype == np.float32, "float32 in, float32 out (no silent upcast on the GPU)"
+
+
+@pytest.mark.parametrize("fused", ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+    not numba_available(), reason="numba (extra 'numba') missing"))])
+@pytest.mark.parametrize(("kind", "name", "cls"), [
+    e for e in entries("loss") if e.values[2].pixel_loss is not LossMetric.pixel_loss])
+def test_loss_pixel_form_equals_value_and_grad(kind, name, cls, tmp_path, fused):
+    """A loss offering a PixelLoss (fused with the far-field detector) gets the same value and
+    dL/dI from the Device's kernels as from its own value_and_grad."""
+    loss = build(kind, name, tmp_path)
+    pixel = loss.pixel_loss()
+    assert isinstance(pixel, PixelLoss)
+    device = Device("cpu", "double", fused=fused)
+    loss.prepare(model_context(device))
+    intensity, measured = _loss_data(4)
+    prepared = loss.prepare_measured(device.real(measured))
+    value, dldi = loss.value_and_grad(intensity.copy(), prepared)
+    fast_value, fast_dldi = device.kernels.pixel_loss(intensity.copy(), prepared, pixel)
+    assert fast_value == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(fast_dldi, dldi, rtol=1e-12, atol=1e-14)
+    # the fused far-field form: intensity = sum |far|^2 / 2 over two fields, adjoint product
+    rng = np.random.default_rng(5)
+    far = np.sqrt(intensity)[None] * np.exp(1j * rng.uniform(0, 6, (2, *intensity.shape)))
+    work = far.copy()
+    fused_value = device.kernels.far_field_loss(work, prepared, pixel, 0.5, 0.25,
+                                                np.empty(intensity.shape),
+                                                np.empty(intensity.shape))
+    assert fused_value == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(work, far * (0.25 * dldi), rtol=1e-12, atol=1e-14)
 
 
 # =================================================================================== propagators
