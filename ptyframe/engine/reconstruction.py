@@ -52,6 +52,7 @@ from ptyframe.engine.run_record import (
     run_fingerprint,
     write_fingerprint,
 )
+from ptyframe.engine.scan_model import global_basis, project_scan
 from ptyframe.engine.specs import (
     INITIALIZER_KINDS,
     SPEC_CLASSES,
@@ -243,6 +244,8 @@ class Reconstruction(Problem):
         self._held_out = np.zeros(0, dtype=np.int64)
         self._neighbours = np.zeros((0, 0), dtype=np.int64)
         self._start_positions: Any = None
+        self._scan_rows = np.zeros(0, dtype=np.int64)
+        self._scan_basis: np.ndarray | None = None
         self._best: tuple[int, float, dict[str, np.ndarray]] | None = None
         self._held_state: Any = None
         self._refining_positions = False
@@ -656,7 +659,25 @@ class Reconstruction(Problem):
                                           self.seed)
         self._neighbours = neighbour_table(positions_A, self._held_out)
         self._start_positions = self.params["positions"].copy()
+        self._scan_rows, self._scan_basis = self._scan_fit(self.device.to_host(
+            self._start_positions))
         return self.params
+
+    def _scan_fit(self, start: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows the global scan model is fitted to (the training measurements) and its
+        basis on their starting positions (None: ``scan_model`` "none")."""
+        rows = np.setdiff1d(np.arange(self.n_measurements), self._held_out)
+        if self.solver.scan_model == "none":
+            return rows, None
+        order, slow_row = self.solver.scan_drift_order, None
+        if order:
+            shape = self.experiment.scan_shape
+            if shape is None or int(shape[0]) * int(shape[1]) != self.n_measurements:
+                raise ValueError(f"scan_drift_order: needs the experiment's scan_shape (rows, "
+                                 f"cols) with rows * cols = {self.n_measurements}, found "
+                                 f"{shape!r}")
+            slow_row = rows // int(shape[1])  # row-major raster: y slow
+        return rows, global_basis(start[rows], slow_row, order)
 
     def _check_metadata(self) -> None:
         """The experiment against the patterns (:mod:`ptyframe.engine.metadata_checks`):
@@ -1112,6 +1133,11 @@ class Reconstruction(Problem):
         """By-hand changes after the step: constraints and object growth. True when the
         parameters changed."""
         changed = False
+        if self._scan_basis is not None and "positions" in self.active_blocks(epoch):
+            self.params["positions"] = project_scan(
+                self.params["positions"], self._start_positions, self._scan_rows,
+                self._scan_basis, self.solver.jitter_damping, self.device.xp)
+            changed = True
         for constraint in self.constraints:
             if constraint.is_active(epoch):
                 changed |= bool(constraint.apply(self.params, epoch))

@@ -344,7 +344,12 @@ class SolverSpec(_Spec):
     history; ``max_rejected_epochs``: epochs in a row whose step was rejected after which the
     run stops with an error (a run that cannot make progress never reports success);
     ``position_scaling``: precondition the scan-position update per position by its local
-    Gauss-Newton curvature (:mod:`ptyframe.engine.position_scaling`).
+    Gauss-Newton curvature (:mod:`ptyframe.engine.position_scaling`);
+    ``scan_model``: "affine" fits the correction of the refined positions after every
+    position step as an affine map of the starting scan (plus a slow-axis drift of order
+    ``scan_drift_order``) and a local jitter, holds the mean translation, and multiplies the
+    jitter by ``1 - jitter_damping`` (:mod:`ptyframe.engine.scan_model`); "none": no
+    projection.
     """
 
     section: ClassVar[str] = "solver"
@@ -365,6 +370,10 @@ class SolverSpec(_Spec):
     reset_history: Schedule = attrs.field(default=False, converter=as_schedule)
     max_rejected_epochs: int = attrs.field(default=5, validator=positive_int())
     position_scaling: bool = attrs.field(default=True, validator=boolean())
+    scan_model: str = attrs.field(default="affine", validator=one_of(("affine", "none")))
+    scan_drift_order: int = attrs.field(default=0, validator=non_negative_int())
+    jitter_damping: float = attrs.field(default=0.0, converter=to_float,
+                                        validator=in_range(0.0, 1.0, high_open=True))
 
 
 def _sequence(value: Any) -> Any:

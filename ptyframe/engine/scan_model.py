@@ -1,0 +1,99 @@
+"""Global scan model: the scan's affine map and slow drift, fitted apart from the local jitter.
+
+A scan position is written as its starting (nominal) value plus a correction, and the
+correction of the training positions is split in two by least squares:
+
+    p_n - p0_n = G_n c + r_n
+
+* the *global* part ``G c``: an affine map of the starting positions (translation, rotation,
+  scale, shear: columns 1, y0, x0 of ``G``, the same for both components) plus, with
+  ``drift_order`` k > 0, a drift along the slow scan axis in powers 2 .. k + 1 of the
+  measurement's slow-axis row (a drift linear in time is already affine);
+* the *local* jitter ``r``, what the global part leaves.
+
+:func:`project_scan` returns the positions with the global part kept, the mean translation
+removed (a common shift of every position is a shift of the object: the data cannot tell it,
+so it is held where it started) and the jitter multiplied by ``1 - damping`` (0: kept as
+is). Applied after every position step (a projection), it lets the data move the global part
+freely while the jitter is shrunk towards zero, the maximum a-posteriori estimate when the
+jitter is an independent Gaussian per position: each projection is the proximal step of a
+penalty ``damping / (1 - damping) / 2 * |r|^2`` (pixels^2) in the optimizer's metric.
+
+The Reconstruction applies it in its projection step, so the engine forgets its optimizer
+history after every position step (a by-hand change of the parameters). Measured on the
+project's simulator (tests/core/test_scan_model.py), that is what keeps low-dose positions
+from running away; the split itself matters for ``drift_order`` and ``damping``.
+
+Stateless: everything depends on the starting positions and the scan shape, so a resumed run
+projects exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["global_basis", "project_scan", "split_correction"]
+
+
+def global_basis(start: np.ndarray, slow_row: np.ndarray | None = None,
+                 drift_order: int = 0) -> np.ndarray:
+    """(N, k) orthonormal basis of the global corrections of ``start`` (N, 2) positions (any
+    unit): affine (1, y0, x0), plus powers 2 .. ``drift_order`` + 1 of ``slow_row`` (N,), the
+    slow-axis row of each position in the raster (required when ``drift_order`` > 0).
+    Columns without support (a single row, collinear positions) are dropped."""
+    start = np.asarray(start, dtype=float)
+    if start.ndim != 2 or start.shape[1] != 2:
+        raise ValueError(f"positions: expected shape (N, 2), found {start.shape}")
+    if isinstance(drift_order, bool) or not isinstance(drift_order, (int, np.integer)) \
+            or drift_order < 0:
+        raise ValueError(f"scan_drift_order: expected an integer >= 0, found {drift_order!r}")
+    n = start.shape[0]
+    centred = start - start.mean(axis=0)
+    scale = float(np.abs(centred).max()) or 1.0
+    columns = [np.ones(n), centred[:, 0] / scale, centred[:, 1] / scale]
+    if drift_order > 0:
+        if slow_row is None or np.shape(slow_row) != (n,):
+            raise ValueError(f"scan_drift_order: needs the slow-axis row of each of the {n} "
+                             f"positions (a raster scan_shape), found "
+                             f"{None if slow_row is None else np.shape(slow_row)}")
+        t = np.asarray(slow_row, dtype=float)
+        span = float(t.max() - t.min()) or 1.0
+        t = 2.0 * (t - t.min()) / span - 1.0  # in [-1, 1]
+        columns += [t ** (k + 2) for k in range(int(drift_order))]
+    design = np.stack(columns, axis=1)
+    u, s, _ = np.linalg.svd(design, full_matrices=False)
+    rank = int(np.sum(s > 1e-9 * s[0]))
+    return u[:, :rank]
+
+
+def split_correction(current: np.ndarray, start: np.ndarray, basis: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(global, local) parts of the correction ``current - start`` (N, 2) on the orthonormal
+    ``basis`` (N, k) (host arrays)."""
+    delta = np.asarray(current, dtype=float) - np.asarray(start, dtype=float)
+    fitted = basis @ (basis.T @ delta)
+    return fitted, delta - fitted
+
+
+def project_scan(current: Any, start: Any, rows: np.ndarray, basis: np.ndarray,
+                 damping: float, xp: Any) -> Any:
+    """``current`` (N, 2) with the correction of ``rows`` (the positions fitted; ``basis``
+    (len(rows), k) built on their starting values) replaced by its global part less the mean
+    translation plus ``1 - damping`` times its local part; other rows unchanged. Device
+    arrays in and out (the fit itself is a small host computation, in double precision)."""
+    if not 0 <= damping < 1:
+        raise ValueError(f"jitter_damping: expected a number in [0, 1), found {damping!r}")
+    host_cur = np.asarray(_to_host(current, xp), dtype=float)[rows]
+    host_start = np.asarray(_to_host(start, xp), dtype=float)[rows]
+    fitted, local = split_correction(host_cur, host_start, basis)
+    fitted -= (host_cur - host_start).mean(axis=0)
+    new = host_start + fitted + (1.0 - damping) * local
+    out = current.copy()
+    out[xp.asarray(rows)] = xp.asarray(new, dtype=current.dtype)
+    return out
+
+
+def _to_host(array: Any, xp: Any) -> np.ndarray:
+    return array.get() if hasattr(array, "get") and xp is not np else np.asarray(array)
