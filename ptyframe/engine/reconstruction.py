@@ -52,7 +52,7 @@ from ptyframe.engine.run_record import (
     run_fingerprint,
     write_fingerprint,
 )
-from ptyframe.engine.scan_model import global_basis, project_scan
+from ptyframe.engine.scan_model import global_basis, jitter_prior, project_scan
 from ptyframe.engine.specs import (
     INITIALIZER_KINDS,
     SPEC_CLASSES,
@@ -663,6 +663,11 @@ class Reconstruction(Problem):
             self._start_positions))
         return self.params
 
+    @property
+    def _prior_on(self) -> bool:
+        """Whether the Gaussian jitter prior is a term of the loss."""
+        return self._scan_basis is not None and self.solver.jitter_prior_A > 0
+
     def _scan_fit(self, start: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Rows the global scan model is fitted to (the training measurements) and its
         basis on their starting positions (None: ``scan_model`` "none")."""
@@ -875,6 +880,13 @@ class Reconstruction(Problem):
             for block, g in reg_grads.items():
                 if block in grads:
                     grads[block] = grads[block] + g
+        if self._prior_on and "positions" in blocks:
+            value, g = jitter_prior(params["positions"], self._start_positions,
+                                    self._scan_rows, self._scan_basis,
+                                    self.solver.jitter_prior_A / self.grid.pixel_size_A, xp)
+            terms["jitter_prior"] = value
+            total += value
+            grads["positions"] = grads["positions"] + g
         for constraint in self.constraints:
             if constraint.is_active(epoch):
                 grads = constraint.project_gradient(grads, params, epoch)
@@ -959,7 +971,8 @@ class Reconstruction(Problem):
         root = self.communicator.is_root
         output = self._open_output() if root else None
         monitor = RunMonitor(self.output.level if root else 0, epochs, output,
-                             self._term_names, resume_from_epoch=self.epoch or None,
+                             self._term_names + (["jitter_prior"] if self._prior_on else []),
+                             resume_from_epoch=self.epoch or None,
                              write_log=self.output.save_loss_log,
                              reference_loss=self.loss_history[0] if self.loss_history else None)
         if self._engine_state is None:

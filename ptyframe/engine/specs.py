@@ -349,7 +349,8 @@ class SolverSpec(_Spec):
     position step as an affine map of the starting scan (plus a slow-axis drift of order
     ``scan_drift_order``) and a local jitter, holds the mean translation, and multiplies the
     jitter by ``1 - jitter_damping`` (:mod:`ptyframe.engine.scan_model`); "none": no
-    projection.
+    projection; ``jitter_prior_A``: with the affine scan model, the expected rms jitter per
+    axis (Å) of a Gaussian prior on the local jitter added to the loss (0: none).
     """
 
     section: ClassVar[str] = "solver"
@@ -374,6 +375,8 @@ class SolverSpec(_Spec):
     scan_drift_order: int = attrs.field(default=0, validator=non_negative_int())
     jitter_damping: float = attrs.field(default=0.0, converter=to_float,
                                         validator=in_range(0.0, 1.0, high_open=True))
+    jitter_prior_A: float = attrs.field(default=0.2, converter=to_float,
+                                        validator=in_range(0.0, 10.0, unit="Å"))
 
 
 def _sequence(value: Any) -> Any:
