@@ -71,8 +71,9 @@ def main() -> None:
                         help="no per-position Gauss-Newton scaling of the position update")
     parser.add_argument("--scan-model", default="affine", choices=("affine", "none"),
                         help="global scan model of the refined positions (default: affine)")
-    parser.add_argument("--jitter-prior", type=float, default=0.2,
-                        help="Å: rms of the Gaussian prior on the local jitter (0: none)")
+    parser.add_argument("--jitter-prior", type=float, default=None,
+                        help="Å: rms of the Gaussian prior on the local jitter (0: none; "
+                             "default: 0.2 with the ml loss)")
     parser.add_argument("--positions-from", type=int, default=5,
                         help="epoch position refinement starts at (with --positions)")
     parser.add_argument("--precision", default="single")

@@ -52,7 +52,12 @@ from ptyframe.engine.run_record import (
     run_fingerprint,
     write_fingerprint,
 )
-from ptyframe.engine.scan_model import global_basis, jitter_prior, project_scan
+from ptyframe.engine.scan_model import (
+    DEFAULT_JITTER_PRIOR_A,
+    global_basis,
+    jitter_prior,
+    project_scan,
+)
 from ptyframe.engine.specs import (
     INITIALIZER_KINDS,
     SPEC_CLASSES,
@@ -666,7 +671,16 @@ class Reconstruction(Problem):
     @property
     def _prior_on(self) -> bool:
         """Whether the Gaussian jitter prior is a term of the loss."""
-        return self._scan_basis is not None and self.solver.jitter_prior_A > 0
+        return self._scan_basis is not None and self.jitter_prior_A > 0
+
+    @property
+    def jitter_prior_A(self) -> float:
+        """The jitter prior in use (Å; 0: none): ``jitter_prior_A`` when given, else the
+        default with the ``ml`` loss and none with another loss."""
+        given = self.solver.jitter_prior_A
+        if given is not None:
+            return float(given)
+        return DEFAULT_JITTER_PRIOR_A if getattr(self.loss, "name", None) == "ml" else 0.0
 
     def _scan_fit(self, start: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Rows the global scan model is fitted to (the training measurements) and its
@@ -883,7 +897,7 @@ class Reconstruction(Problem):
         if self._prior_on and "positions" in blocks:
             value, g = jitter_prior(params["positions"], self._start_positions,
                                     self._scan_rows, self._scan_basis,
-                                    self.solver.jitter_prior_A / self.grid.pixel_size_A, xp)
+                                    self.jitter_prior_A / self.grid.pixel_size_A, xp)
             terms["jitter_prior"] = value
             total += value
             grads["positions"] = grads["positions"] + g
@@ -1146,7 +1160,8 @@ class Reconstruction(Problem):
         """By-hand changes after the step: constraints and object growth. True when the
         parameters changed."""
         changed = False
-        if self._scan_basis is not None and "positions" in self.active_blocks(epoch):
+        if (self._scan_basis is not None and self.solver.jitter_damping > 0
+                and "positions" in self.active_blocks(epoch)):
             self.params["positions"] = project_scan(
                 self.params["positions"], self._start_positions, self._scan_rows,
                 self._scan_basis, self.solver.jitter_damping, self.device.xp)

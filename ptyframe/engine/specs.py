@@ -345,12 +345,15 @@ class SolverSpec(_Spec):
     run stops with an error (a run that cannot make progress never reports success);
     ``position_scaling``: precondition the scan-position update per position by its local
     Gauss-Newton curvature (:mod:`ptyframe.engine.position_scaling`);
-    ``scan_model``: "affine" fits the correction of the refined positions after every
-    position step as an affine map of the starting scan (plus a slow-axis drift of order
-    ``scan_drift_order``) and a local jitter, holds the mean translation, and multiplies the
-    jitter by ``1 - jitter_damping`` (:mod:`ptyframe.engine.scan_model`); "none": no
-    projection; ``jitter_prior_A``: with the affine scan model, the expected rms jitter per
-    axis (Å) of a Gaussian prior on the local jitter added to the loss (0: none).
+    ``scan_model``: "affine" splits the correction of the refined positions into an affine
+    map of the starting scan (plus a slow-axis drift of order ``scan_drift_order``) and a
+    local jitter (:mod:`ptyframe.engine.scan_model`); "none": no split, no prior, no damping;
+    ``jitter_damping``: with the affine model and > 0, after every position step the mean
+    translation is removed and the jitter multiplied by ``1 - jitter_damping`` (a projection:
+    the optimizer's history is forgotten); ``jitter_prior_A``: with the affine scan model,
+    the expected rms jitter per axis (Å) of a Gaussian prior on the local jitter added to
+    the loss (0: none; None: :data:`~ptyframe.engine.scan_model.DEFAULT_JITTER_PRIOR_A`
+    with the ``ml`` loss, whose units make it the Bayesian prior, none with another loss).
     """
 
     section: ClassVar[str] = "solver"
@@ -375,8 +378,9 @@ class SolverSpec(_Spec):
     scan_drift_order: int = attrs.field(default=0, validator=non_negative_int())
     jitter_damping: float = attrs.field(default=0.0, converter=to_float,
                                         validator=in_range(0.0, 1.0, high_open=True))
-    jitter_prior_A: float = attrs.field(default=0.2, converter=to_float,
-                                        validator=in_range(0.0, 10.0, unit="Å"))
+    jitter_prior_A: float | None = attrs.field(
+        default=None, converter=attrs.converters.optional(to_float),
+        validator=in_range(0.0, 10.0, unit="Å", optional=True))
 
 
 def _sequence(value: Any) -> Any:
