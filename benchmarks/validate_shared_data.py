@@ -69,6 +69,11 @@ def main() -> None:
                         help="keep the last epoch, not the best-validated one")
     parser.add_argument("--no-position-scaling", action="store_true",
                         help="no per-position Gauss-Newton scaling of the position update")
+    parser.add_argument("--scan-model", default="affine", choices=("affine", "none"),
+                        help="global scan model of the refined positions (default: affine)")
+    parser.add_argument("--jitter-prior", type=float, default=None,
+                        help="Å: rms of the Gaussian prior on the local jitter (0: none; "
+                             "default: 0.2 with the ml loss)")
     parser.add_argument("--positions-from", type=int, default=5,
                         help="epoch position refinement starts at (with --positions)")
     parser.add_argument("--precision", default="single")
@@ -98,7 +103,8 @@ def main() -> None:
         refine_probe=FromEpoch(5),
         refine_positions=FromEpoch(args.positions_from) if args.positions else False,
         validation_fraction=args.validation_fraction, keep_best=not args.last,
-        position_scaling=not args.no_position_scaling,
+        position_scaling=not args.no_position_scaling, scan_model=args.scan_model,
+        jitter_prior_A=args.jitter_prior,
         device=Device("auto", args.precision), output_dir=args.output, progress=False,
         figures=False, result_file=False)
     start = time.perf_counter()

@@ -52,6 +52,12 @@ from ptyframe.engine.run_record import (
     run_fingerprint,
     write_fingerprint,
 )
+from ptyframe.engine.scan_model import (
+    DEFAULT_JITTER_PRIOR_A,
+    global_basis,
+    jitter_prior,
+    project_scan,
+)
 from ptyframe.engine.specs import (
     INITIALIZER_KINDS,
     SPEC_CLASSES,
@@ -243,6 +249,8 @@ class Reconstruction(Problem):
         self._held_out = np.zeros(0, dtype=np.int64)
         self._neighbours = np.zeros((0, 0), dtype=np.int64)
         self._start_positions: Any = None
+        self._scan_rows = np.zeros(0, dtype=np.int64)
+        self._scan_basis: np.ndarray | None = None
         self._best: tuple[int, float, dict[str, np.ndarray]] | None = None
         self._held_state: Any = None
         self._refining_positions = False
@@ -656,7 +664,39 @@ class Reconstruction(Problem):
                                           self.seed)
         self._neighbours = neighbour_table(positions_A, self._held_out)
         self._start_positions = self.params["positions"].copy()
+        self._scan_rows, self._scan_basis = self._scan_fit(self.device.to_host(
+            self._start_positions))
         return self.params
+
+    @property
+    def _prior_on(self) -> bool:
+        """Whether the Gaussian jitter prior is a term of the loss."""
+        return self._scan_basis is not None and self.jitter_prior_A > 0
+
+    @property
+    def jitter_prior_A(self) -> float:
+        """The jitter prior in use (Å; 0: none): ``jitter_prior_A`` when given, else the
+        default with the ``ml`` loss and none with another loss."""
+        given = self.solver.jitter_prior_A
+        if given is not None:
+            return float(given)
+        return DEFAULT_JITTER_PRIOR_A if getattr(self.loss, "name", None) == "ml" else 0.0
+
+    def _scan_fit(self, start: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Rows the global scan model is fitted to (the training measurements) and its
+        basis on their starting positions (None: ``scan_model`` "none")."""
+        rows = np.setdiff1d(np.arange(self.n_measurements), self._held_out)
+        if self.solver.scan_model == "none":
+            return rows, None
+        order, slow_row = self.solver.scan_drift_order, None
+        if order:
+            shape = self.experiment.scan_shape
+            if shape is None or int(shape[0]) * int(shape[1]) != self.n_measurements:
+                raise ValueError(f"scan_drift_order: needs the experiment's scan_shape (rows, "
+                                 f"cols) with rows * cols = {self.n_measurements}, found "
+                                 f"{shape!r}")
+            slow_row = rows // int(shape[1])  # row-major raster: y slow
+        return rows, global_basis(start[rows], slow_row, order)
 
     def _check_metadata(self) -> None:
         """The experiment against the patterns (:mod:`ptyframe.engine.metadata_checks`):
@@ -854,6 +894,13 @@ class Reconstruction(Problem):
             for block, g in reg_grads.items():
                 if block in grads:
                     grads[block] = grads[block] + g
+        if self._prior_on and "positions" in blocks:
+            value, g = jitter_prior(params["positions"], self._start_positions,
+                                    self._scan_rows, self._scan_basis,
+                                    self.jitter_prior_A / self.grid.pixel_size_A, xp)
+            terms["jitter_prior"] = value
+            total += value
+            grads["positions"] = grads["positions"] + g
         for constraint in self.constraints:
             if constraint.is_active(epoch):
                 grads = constraint.project_gradient(grads, params, epoch)
@@ -938,7 +985,8 @@ class Reconstruction(Problem):
         root = self.communicator.is_root
         output = self._open_output() if root else None
         monitor = RunMonitor(self.output.level if root else 0, epochs, output,
-                             self._term_names, resume_from_epoch=self.epoch or None,
+                             self._term_names + (["jitter_prior"] if self._prior_on else []),
+                             resume_from_epoch=self.epoch or None,
                              write_log=self.output.save_loss_log,
                              reference_loss=self.loss_history[0] if self.loss_history else None)
         if self._engine_state is None:
@@ -1112,6 +1160,12 @@ class Reconstruction(Problem):
         """By-hand changes after the step: constraints and object growth. True when the
         parameters changed."""
         changed = False
+        if (self._scan_basis is not None and self.solver.jitter_damping > 0
+                and "positions" in self.active_blocks(epoch)):
+            self.params["positions"] = project_scan(
+                self.params["positions"], self._start_positions, self._scan_rows,
+                self._scan_basis, self.solver.jitter_damping, self.device.xp)
+            changed = True
         for constraint in self.constraints:
             if constraint.is_active(epoch):
                 changed |= bool(constraint.apply(self.params, epoch))

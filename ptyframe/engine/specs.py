@@ -344,7 +344,16 @@ class SolverSpec(_Spec):
     history; ``max_rejected_epochs``: epochs in a row whose step was rejected after which the
     run stops with an error (a run that cannot make progress never reports success);
     ``position_scaling``: precondition the scan-position update per position by its local
-    Gauss-Newton curvature (:mod:`ptyframe.engine.position_scaling`).
+    Gauss-Newton curvature (:mod:`ptyframe.engine.position_scaling`);
+    ``scan_model``: "affine" splits the correction of the refined positions into an affine
+    map of the starting scan (plus a slow-axis drift of order ``scan_drift_order``) and a
+    local jitter (:mod:`ptyframe.engine.scan_model`); "none": no split, no prior, no damping;
+    ``jitter_damping``: with the affine model and > 0, after every position step the mean
+    translation is removed and the jitter multiplied by ``1 - jitter_damping`` (a projection:
+    the optimizer's history is forgotten); ``jitter_prior_A``: with the affine scan model,
+    the expected rms jitter per axis (Å) of a Gaussian prior on the local jitter added to
+    the loss (0: none; None: :data:`~ptyframe.engine.scan_model.DEFAULT_JITTER_PRIOR_A`
+    with the ``ml`` loss, whose units make it the Bayesian prior, none with another loss).
     """
 
     section: ClassVar[str] = "solver"
@@ -365,6 +374,13 @@ class SolverSpec(_Spec):
     reset_history: Schedule = attrs.field(default=False, converter=as_schedule)
     max_rejected_epochs: int = attrs.field(default=5, validator=positive_int())
     position_scaling: bool = attrs.field(default=True, validator=boolean())
+    scan_model: str = attrs.field(default="affine", validator=one_of(("affine", "none")))
+    scan_drift_order: int = attrs.field(default=0, validator=non_negative_int())
+    jitter_damping: float = attrs.field(default=0.0, converter=to_float,
+                                        validator=in_range(0.0, 1.0, high_open=True))
+    jitter_prior_A: float | None = attrs.field(
+        default=None, converter=attrs.converters.optional(to_float),
+        validator=in_range(0.0, 10.0, unit="Å", optional=True))
 
 
 def _sequence(value: Any) -> Any:
