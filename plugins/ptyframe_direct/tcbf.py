@@ -189,22 +189,36 @@ def _transfer_terms(xp: Any, qy: Any, qx: Any, k_yx: np.ndarray, grad: np.ndarra
                     edge_inv_A: float) -> Any:
     """T_k(q) for a batch of pixels k (B, 2) with removed gradients ``grad`` (B, 2) rad·Å;
     returns (B, *q.shape) complex (see :func:`tcbf_transfer`)."""
+    minus, plus = _transfer_sides(xp, qy, qx, k_yx, grad, wavelength, coeffs,
+                                  aperture_inv_A, edge_inv_A)
+    return minus - plus
+
+
+def _transfer_sides(xp: Any, qy: Any, qx: Any, k_yx: np.ndarray, grad: np.ndarray,
+                    wavelength: float, coeffs: np.ndarray, aperture_inv_A: float,
+                    edge_inv_A: float) -> tuple[Any, Any]:
+    """The two side bands of :func:`_transfer_terms`: (i A(k - q) e^{i D-} / A(k),
+    i A(k + q) e^{i D+} / A(k)), each (B, *q.shape) complex, so that T_k = first - second."""
 
     def amp(ky: Any, kx: Any) -> Any:
         return soft_aperture(xp.hypot(ky, kx), aperture_inv_A, edge_inv_A, xp)
 
-    expand = (slice(None),) + (None,) * qy.ndim  # (B, 1, ..., 1) against q
+    expand = (slice(None),) + (None,) * qy.ndim
     kk = xp.asarray(np.asarray(k_yx, dtype=float))
     gg = xp.asarray(np.asarray(grad, dtype=float))
     ky = kk[:, 0][expand]
     kx = kk[:, 1][expand]
-    lin = qy * gg[:, 0][expand] + qx * gg[:, 1][expand]
     a0 = xp.maximum(amp(ky, kx), 1e-3)
-    chi0 = aberration_function(ky, kx, wavelength, coeffs, xp)
-    d_minus = chi0 - aberration_function(ky - qy, kx - qx, wavelength, coeffs, xp) - lin
-    d_plus = aberration_function(ky + qy, kx + qx, wavelength, coeffs, xp) - chi0 - lin
-    return 1j * (amp(ky - qy, kx - qx) * xp.exp(1j * d_minus)
-                 - amp(ky + qy, kx + qx) * xp.exp(1j * d_plus)) / a0
+    minus = 1j * amp(ky - qy, kx - qx) / a0
+    plus = 1j * amp(ky + qy, kx + qx) / a0
+    if np.any(np.asarray(coeffs) != 0.0):
+        lin = qy * gg[:, 0][expand] + qx * gg[:, 1][expand]
+        chi0 = aberration_function(ky, kx, wavelength, coeffs, xp)
+        minus = minus * xp.exp(1j * (chi0 - aberration_function(ky - qy, kx - qx, wavelength,
+                                                                 coeffs, xp) - lin))
+        plus = plus * xp.exp(1j * (aberration_function(ky + qy, kx + qx, wavelength, coeffs,
+                                                       xp) - chi0 - lin))
+    return minus, plus
 
 
 def tcbf_transfer(xp: Any, q_yx: tuple[Any, Any], k_yx: np.ndarray, wavelength: float,
@@ -798,37 +812,43 @@ class TiltCorrectedBF(DirectMethod):
         window_spec = device.asarray(np.fft.fft2(window), dtype=device.complex_dtype)
         rot = _rotation_yx(theta)
         qs_y, qs_x = spatial_frequencies((py, px), step)
-        q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
-        q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
-        qsy = device.asarray(qs_y)
-        qsx = device.asarray(qs_x)
         i10 = ABERRATION_NAMES.index("C10")
         k_sel = k_phys[pick]
+        # Every term that depends on C10 is cheap to update (chi is linear in the
+        # coefficients and the C10 part of the residual phases D-+ is -+ pi lambda C10 q^2,
+        # independent of k), so the transfers of the other coefficients are formed once:
+        # conj(T_k) = Cm_k E - Cp_k conj(E), E = exp(i pi lambda C10 q^2).
+        rest = coeffs_all.copy()
+        rest[i10] = 0.0
+        grad_rest = aberration_gradient(k_sel[:, 0], k_sel[:, 1], lam, rest)
+        grad_10 = aberration_gradient_basis(k_sel[:, 0], k_sel[:, 1], lam, ("C10",))[0]
+        q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
+        q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
+        s_m = xp.empty_like(spec)
+        s_p = xp.empty_like(spec)
+        for start in range(0, len(pick), 16):
+            sel = slice(start, start + 16)
+            c_m, c_p = _transfer_sides(xp, q_y, q_x, k_sel[sel], grad_rest[sel], lam, rest,
+                                       aperture[0], aperture[1])
+            s_m[sel] = spec[sel] * xp.conj(c_m)
+            s_p[sel] = spec[sel] * xp.conj(c_p)
+        phase_q2 = device.asarray(np.pi * lam * (qs_y**2 + qs_x**2))
+        fy1 = qs_y[:, 0]
+        fx1 = qs_x[0, :]
 
         def negative_alignment(c10: float) -> float:
-            coeffs = coeffs_all.copy()
-            coeffs[i10] = c10
-            grad = aberration_gradient(k_sel[:, 0], k_sel[:, 1], lam, coeffs)
+            grad = grad_rest + c10 * grad_10
             shifts = (-grad / (2 * np.pi)) @ rot  # scan frame, Å
-            total = xp.zeros((py, px), dtype=device.complex_dtype)
-            total_w = xp.zeros((py, px), dtype=device.complex_dtype)
-            self_a = 0.0
-            self_w = 0.0
-            for start in range(0, len(pick), 16):
-                sel = slice(start, start + 16)
-                t = _transfer_terms(xp, q_y, q_x, k_sel[sel], grad[sel], lam, coeffs,
-                                    aperture[0], aperture[1])
-                sh = device.asarray(shifts[sel])
-                ramp = xp.exp(2j * np.pi * (qsy * sh[:, 0, None, None]
-                                            + qsx * sh[:, 1, None, None]))
-                a = spec[sel] * ramp * xp.conj(t)
-                w = window_spec * ramp
-                total += a.sum(axis=0)
-                total_w += w.sum(axis=0)
-                self_a += float(xp.sum(xp.abs(a) ** 2))
-                self_w += float(xp.sum(xp.abs(w) ** 2))
-            num = float(xp.sum(xp.abs(total) ** 2)) - self_a
-            den = float(xp.sum(xp.abs(total_w) ** 2)) - self_w
+            ey = device.asarray(np.exp(2j * np.pi * shifts[:, 0, None] * fy1),
+                                dtype=device.complex_dtype)
+            ex = device.asarray(np.exp(2j * np.pi * shifts[:, 1, None] * fx1),
+                                dtype=device.complex_dtype)
+            ramp = ey[:, :, None] * ex[:, None, :]
+            e = xp.exp(1j * c10 * phase_q2).astype(device.complex_dtype)
+            a = ramp * (s_m * e - s_p * xp.conj(e))
+            w = window_spec * ramp
+            num = float(xp.sum(xp.abs(a.sum(axis=0)) ** 2)) - float(xp.sum(xp.abs(a) ** 2))
+            den = float(xp.sum(xp.abs(w.sum(axis=0)) ** 2)) - float(xp.sum(xp.abs(w) ** 2))
             return -num / max(den, 1e-300)
 
         c0 = float(coeffs_all[i10])
@@ -894,13 +914,18 @@ class TiltCorrectedBF(DirectMethod):
         fy = device.fftfreq(py)[:, None]
         fx = device.fftfreq(px)[None, :]
         lowpass = xp.exp(-2 * np.pi**2 * self.correlation_sigma_px**2 * (fy**2 + fx**2))
-        shifts = device.asarray(current_px, dtype=device.real_dtype)
+        lowpass = lowpass.astype(device.real_dtype)
+        shifts = device.asarray(current_px, dtype=float)
         batch = max(1, int(2**26 // (py * px * 16 * 4)))
+        fy1 = fy[:, 0]
+        fx1 = fx[0, :]
 
         def ramps(sel: slice) -> Any:
+            # exp(2 pi i (fy sy + fx sx)) is separable: outer product of two 1-D ramps
             s = shifts[sel]
-            ramp = xp.exp(2j * np.pi * (fy * s[:, 0, None, None] + fx * s[:, 1, None, None]))
-            return ramp.astype(device.complex_dtype)
+            ey = xp.exp(2j * np.pi * s[:, 0, None] * fy1).astype(device.complex_dtype)
+            ex = xp.exp(2j * np.pi * s[:, 1, None] * fx1).astype(device.complex_dtype)
+            return ey[:, :, None] * ex[:, None, :]
 
         def aligned(sel: slice) -> Any:
             buf = xp.zeros((sel.stop - sel.start, py, px), dtype=device.complex_dtype)
@@ -962,8 +987,10 @@ class TiltCorrectedBF(DirectMethod):
             ex = xp.exp(2j * np.pi * fx[:, None] * (peak[:, 1, None] + offsets)[:, None, :])
             ey = ey.astype(prod.dtype)
             ex = ex.astype(prod.dtype)
-            num = (ey @ prod @ ex).real
-            den = (ey @ env_prod @ ex).real
+            # two plain einsum contractions: numpy's stacked complex matmul goes through
+            # many small (multi-threaded) BLAS calls and was 10-100x slower here
+            num = xp.einsum("gax,gxb->gab", xp.einsum("gay,gyx->gax", ey, prod), ex).real
+            den = xp.einsum("gax,gxb->gab", xp.einsum("gay,gyx->gax", ey, env_prod), ex).real
             local = num / xp.maximum(den, 1e-12 * xp.abs(den).max())
             kk = 2 * u + 1
             best = xp.argmax(local.reshape(g, -1), axis=1)
@@ -1036,7 +1063,7 @@ class TiltCorrectedBF(DirectMethod):
         q_y = rot[0, 0] * qs_y + rot[0, 1] * qs_x
         q_x = rot[1, 0] * qs_y + rot[1, 1] * qs_x
         n_k = len(k_phys)
-        pick = np.unique(np.linspace(0, n_k - 1, min(n_k, 256)).round().astype(int))
+        pick = np.unique(np.linspace(0, n_k - 1, min(n_k, 128)).round().astype(int))
         transfer = tcbf_transfer(xp, (device.asarray(q_y), device.asarray(q_x)),
                                  k_phys[pick], lam, coeffs, aperture[0], aperture[1])
         spec = device.fft2(device.asarray(img, dtype=device.complex_dtype))
