@@ -43,6 +43,7 @@ the experiment's ``scan_rotation_deg``); the defocus sign is meaningful relative
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -75,6 +76,11 @@ from ptyframe.core.validators import (
 )
 from ptyframe.io.data import Dataset
 
+from ._common import skewness
+from ._shift_stats import prune_by_significance, standard_errors
+
+_LOG = logging.getLogger("ptyframe")
+
 __all__ = [
     "TiltCorrectedBF",
     "ShiftModel",
@@ -84,9 +90,15 @@ __all__ = [
 
 _BF_MASKS = ("threshold", "aperture")
 _LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
+_RESOLVE_180 = ("skewness", "prior")
 
 
 # ---------------------------------------------------------------------------- geometry
+def _angle_diff(a: float, b: float) -> float:
+    """|a - b| modulo 360, degrees in [0, 180]."""
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
 def _rotation_yx(theta: float) -> np.ndarray:
     """R(theta) acting on (y, x) column vectors (x' = c x - s y, y' = s x + c y)."""
     c, s = math.cos(theta), math.sin(theta)
@@ -128,6 +140,11 @@ class ShiftModel:
         for j, name in enumerate(used):
             fixed_v += scale * self.fixed[ABERRATION_NAMES.index(name)] * grads[nfit + j]
         self._fixed_v = fixed_v
+
+    @property
+    def basis(self) -> np.ndarray:
+        """Specimen-frame shift (Å) per Å of each fitted coefficient, (nC, G, 2)."""
+        return self._basis
 
     @property
     def n_params(self) -> int:
@@ -303,6 +320,16 @@ class TiltCorrectedBF(DirectMethod):
       (None: unlimited)
     * ``refine_defocus``: refine C10 by the transfer-matched alignment (crystals)
     * ``defocus_search``: seed C10 and the rotation by a grid search
+    * ``seed_candidates``: distinct seeds of that search iterated at the first level (the
+      one whose shifts fit best continues)
+    * ``significance``: |coefficient| / standard error needed to keep a coefficient other
+      than C10 at the last level (0: keep all)
+    * ``min_shift_px``: a kept coefficient other than C10 must also shift some image by at
+      least this much, scan pixels
+    * ``resolve_180``: how the 180-degree ambiguity (theta + 180 deg with every coefficient
+      negated predicts the same data) is resolved: "skewness" (the phase estimate has
+      positive skewness: atoms are positive phase peaks) or "prior" (the branch within 90
+      deg of ``rotation_guess_deg``)
     * ``loss``: scipy least_squares loss of the shift fit ("linear", "soft_l1", ...)
     * ``outlier_scale_px``: f_scale of that loss, scan pixels
     * ``wiener_epsilon``: Wiener constant of the phase estimate, fraction of max abs(T)^2
@@ -368,7 +395,7 @@ class TiltCorrectedBF(DirectMethod):
     fit_aberrations: tuple[str, ...] = attrs.field(
         default=("C10", "C12a", "C12b", "C21a", "C21b", "C23a", "C23b"), converter=_names)
     fit_rotation: bool = attrs.field(default=True, validator=boolean())
-    transpose: bool | None = attrs.field(default=False, validator=boolean(optional=True))
+    transpose: bool | None = attrs.field(default=None, validator=boolean(optional=True))
     rotation_guess_deg: float | None = attrs.field(
         default=None, converter=to_float, validator=finite(unit="degrees", optional=True))
     use_experiment_aberrations: bool = attrs.field(
@@ -392,6 +419,12 @@ class TiltCorrectedBF(DirectMethod):
                                        validator=boolean())
     defocus_search: bool = attrs.field(default=True,
                                        validator=boolean())
+    seed_candidates: int = attrs.field(default=4, validator=positive_int())
+    significance: float = attrs.field(default=3.0, converter=to_float,
+                                      validator=in_range(0.0, 1e3))
+    min_shift_px: float = attrs.field(default=0.25, converter=to_float,
+                                      validator=in_range(0.0, 1e3))
+    resolve_180: str = attrs.field(default="prior", validator=one_of(_RESOLVE_180))
     loss: str = attrs.field(default="soft_l1", validator=one_of(_LOSSES))
     outlier_scale_px: float = attrs.field(default=1.0, converter=to_float,
                                           validator=in_range(0.0, 1e6, low_open=True))
@@ -445,7 +478,12 @@ class TiltCorrectedBF(DirectMethod):
         all_coeffs = best["all_coeffs"]
         if self.refine_defocus and "C10" in self.fit_aberrations:
             t1 = time.perf_counter()
-            candidates = [c for c in (best.get("seed_C10"), all_coeffs[0]) if c is not None]
+            # the seed brackets the search only when it describes the same hypothesis (the
+            # fit may have moved to the equivalent branch theta + 180 deg, -C10)
+            seed = best.get("seed_C10")
+            fit_c10 = float(all_coeffs[0])
+            candidates = [fit_c10] + ([seed] if seed is not None and abs(seed - fit_c10)
+                                      < 0.3 * abs(fit_c10) + 20.0 else [])
             all_coeffs, refined = self._refine_defocus(device, contrast_px, k_phys, all_coeffs,
                                                        candidates, best["theta"], scan_shape,
                                                        step, lam, aperture)
@@ -465,6 +503,7 @@ class TiltCorrectedBF(DirectMethod):
                 refit["levels"][-1]["stage"] = "refit_with_refined_C10"
                 best.update({k: refit[k] for k in ("measured", "fitted", "group_k",
                                                    "residual_rms_A", "theta", "offset")})
+                best["stats"] = {**best["stats"], **refit["stats"]}
                 best["levels"] += refit["levels"]
                 all_coeffs = refit["all_coeffs"]
                 timings["refit"] = time.perf_counter() - t1
@@ -483,6 +522,35 @@ class TiltCorrectedBF(DirectMethod):
         phase = self._phase(device, tcbf, weight, step, k_phys, lam, all_coeffs,
                             best["theta"], aperture)
         timings["phase"] = time.perf_counter() - t2
+
+        # ------------------------------------------------ 180-degree branch, uncertainties
+        theta = float(best["theta"])
+        valid = weight >= 0.25 * weight.max()
+        skew = skewness(phase[valid])
+        if self.resolve_180 == "skewness":
+            flip = skew < 0  # atoms are positive phase peaks
+        else:
+            flip = _angle_diff(np.rad2deg(theta) + 180.0, prior_deg) < _angle_diff(
+                np.rad2deg(theta), prior_deg)
+        if flip:
+            # (O, chi, theta) and (conj O(-r), -chi, theta + 180 deg) give the same data
+            theta += np.pi
+            all_coeffs = -all_coeffs
+            phase = -phase
+            skew = -skew
+        theta = float((theta + np.pi) % (2 * np.pi) - np.pi)
+        stats = best["stats"]
+        significant = [n for n in self.fit_aberrations
+                       if n in stats and (n == "C10" or all_coeffs[ABERRATION_NAMES.index(n)]
+                                          != 0.0)]
+        uncertainties = {}
+        if "rotation" in stats:
+            uncertainties["rotation_deg"] = float(np.rad2deg(stats["rotation"]["error"]))
+        uncertainties.update({f"{n}_A": stats[n]["error"] for n in self.fit_aberrations
+                              if n in stats})
+        warnings = self._warnings(fits, best, all_coeffs, uncertainties, skew)
+        for text in warnings:
+            _LOG.warning("tcbf: %s", text)
         timings["total"] = time.perf_counter() - t0
 
         aberrations = {name: float(v) for name, v in zip(ABERRATION_NAMES, all_coeffs,
@@ -491,8 +559,13 @@ class TiltCorrectedBF(DirectMethod):
         values = {
             "aberrations_A": aberrations,
             "defocus_A": -aberrations.get("C10", 0.0),
-            "rotation_deg": float(np.rad2deg(best["theta"])),
+            "rotation_deg": float(np.rad2deg(theta)),
             "transpose": bool(best["transpose"]),
+            "uncertainties": uncertainties,
+            "significant_terms": significant,
+            "warnings": warnings,
+            "rotation_180_from": self.resolve_180,
+            "phase_skewness": float(skew),
             "residual_rms_A": float(best["residual_rms_A"]),
             "levels": best["levels"],
             "center_px": [float(c) for c in center],
@@ -524,6 +597,53 @@ class TiltCorrectedBF(DirectMethod):
         return DirectResult(method=self.name, arrays=arrays, values=values,
                             pixel_size_A=float(step[0]) / self.upsample, timings_s=timings,
                             units=units)
+
+    def _warnings(self, fits: list[dict[str, Any]], best: dict[str, Any],
+                  coeffs: np.ndarray, uncertainties: dict[str, float], skew: float
+                  ) -> list[str]:
+        """Plain sentences for the geometry the data do not pin down."""
+        out = []
+        if len(fits) > 1:
+            other = max(f["residual_rms_A"] for f in fits if f is not best)
+            if best["residual_rms_A"] > 0.7 * other:
+                out.append(
+                    f"transpose: the fits with and without a transposed detector leave similar "
+                    f"shift residuals ({best['residual_rms_A']:.3g} Å for transpose="
+                    f"{best['transpose']} vs {other:.3g} Å); the transpose and rotation are "
+                    f"uncertain")
+        seeds = next((lv["seed_candidates"] for lv in best["levels"]
+                      if "seed_candidates" in lv), [])
+        if len(seeds) > 1:
+            ranked = sorted(seeds, key=lambda c: c["residual_rms_A"])
+
+            def branch(c: dict[str, Any]) -> tuple[float, float]:
+                c10, rot = c["fitted_C10_A"], c["fitted_rotation_deg"]
+                return (-c10, rot + 180.0) if c10 < 0 else (c10, rot)
+
+            c1, r1 = branch(ranked[0])
+            for cand in ranked[1:]:
+                c2, r2 = branch(cand)
+                distinct = (_angle_diff(r1, r2) > 2.0
+                            or abs(c1 - c2) > 0.05 * max(abs(c1), abs(c2)) + 5.0)
+                if distinct and cand["residual_rms_A"] < 1.15 * ranked[0]["residual_rms_A"]:
+                    out.append(
+                        f"rotation: two seed hypotheses fit the coarse shifts almost equally "
+                        f"well (C10 {ranked[0]['fitted_C10_A']:.4g} Å at "
+                        f"{ranked[0]['fitted_rotation_deg']:.1f} deg: "
+                        f"{ranked[0]['residual_rms_A']:.3g} Å rms; C10 "
+                        f"{cand['fitted_C10_A']:.4g} Å at {cand['fitted_rotation_deg']:.1f} "
+                        f"deg: {cand['residual_rms_A']:.3g} Å rms)")
+                    break
+        c10 = float(coeffs[ABERRATION_NAMES.index("C10")])
+        s10 = uncertainties.get("C10_A")
+        if s10 is not None and not s10 <= 0.03 * abs(c10):
+            out.append(f"defocus: C10 = {c10:.4g} Å is poorly determined (one-sigma "
+                       f"{s10:.3g} Å, more than 3 %); the shifts are small or noisy")
+        if self.resolve_180 == "skewness" and self.fit_rotation and abs(skew) < 0.1:
+            out.append(f"rotation: the 180-degree branch was chosen by the sign of the phase "
+                       f"skewness, which is small ({skew:.3g}); rotation + 180 deg with all "
+                       f"aberrations negated fits the data as well")
+        return out
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
@@ -619,7 +739,10 @@ class TiltCorrectedBF(DirectMethod):
                     ) -> dict[str, Any]:
         """Shift measurement and aberration fit over the binning levels (default: the
         ``binning`` field; ``names``: the coefficients fitted, default ``fit_aberrations``;
-        ``search``: seed C10 and the rotation by :meth:`_search_seed` first)."""
+        ``search``: seed C10 and the rotation by :meth:`_search_seed` first: each of its
+        candidates is iterated at the first level and the one with the smallest shift
+        residual continues). At the last level the coefficients other than C10 are pruned by
+        significance (:func:`prune_by_significance`) and standard errors are returned."""
         binning = self.binning if binning is None else binning
         all_names = tuple(self.fit_aberrations) if names is None else tuple(names)
         seed_c10 = None
@@ -631,66 +754,179 @@ class TiltCorrectedBF(DirectMethod):
         timings: dict[str, float] = {}
         images_dev = device.asarray(images, dtype=device.real_dtype)
         last: dict[str, Any] = {}
+        stats: dict[str, dict[str, float]] = {}
         for level, b in enumerate(binning):
             tl = time.perf_counter()
             groups = self._groups(pixels, center, b)
             if len(groups) < 6:
                 raise ValueError(f"binning: level {b} leaves {len(groups)} pixel groups in the "
                                  f"bright field (at least 6 needed); use smaller binning values")
-            member = np.zeros((len(groups), len(pixels)), dtype=np.float64)
-            for g, idx in enumerate(groups):
-                member[g, idx] = 1.0
-            w_g = member @ weights_px
-            k_g = (member * weights_px) @ k_phys / w_g[:, None]
-            sums = device.asarray(member, dtype=device.real_dtype) @ images_dev
-            g_contrast = sums / device.asarray(w_g, dtype=device.real_dtype)[:, None] - 1.0
-            g_contrast = g_contrast.reshape(len(groups), *scan_shape)
-            if level == 0 and search and self.defocus_search and "C10" in all_names:
-                coeffs_all, theta = self._search_seed(device, g_contrast, k_g, lam, coeffs_all,
-                                                      theta, step)
-                seed_c10 = float(coeffs_all[0])
+            g_contrast, k_g = self._group_images(device, groups, weights_px, images_dev,
+                                                 k_phys, scan_shape)
             names = self._active_names(all_names, level, len(binning), len(groups))
-            index = [ABERRATION_NAMES.index(n) for n in names]
-            fixed = coeffs_all.copy()
-            fixed[index] = 0.0
-            model = ShiftModel(k_g, lam, names, fixed, fit_rotation=self.fit_rotation,
-                               theta=theta)
-            x = model.pack(coeffs_all[index], theta, offset)
-            current = model.predict(x) / step  # pixels
-            n_iter = 0
-            for _ in range(self.iterations_per_level):
-                n_iter += 1
-                measured_px = current + self._measure(device, g_contrast, current)
-                measured = measured_px * step
-                x = self._fit(model, measured, prior_deg, step)
-                new = model.predict(x) / step
-                change = float(np.max(np.abs(new - current)))
-                current = new
-                if change < 0.01:
-                    break
-            coeffs, theta, offset = model.unpack(x)
-            coeffs_all[index] = coeffs
-            fitted = model.predict(x)
-            rms = float(np.sqrt(np.mean(np.sum((fitted - measured) ** 2, axis=1))))
+            entry: dict[str, Any] = {}
+            if level == 0 and search and self.defocus_search and "C10" in all_names:
+                # each seed is iterated at this level, then judged by one measurement and
+                # fit at the finest level: coarse groups are blurred by the spread of shifts
+                # within a block, so their residuals do not tell the seeds apart
+                i10 = ABERRATION_NAMES.index("C10")
+                fine_groups = self._groups(pixels, center, binning[-1])
+                fine, k_fine = self._group_images(device, fine_groups, weights_px,
+                                                  images_dev, k_phys, scan_shape)
+                first = tuple(n for n in all_names if n[1] == "1") or names
+                trials = []
+                for c10, t_seed, score in self._search_seed(device, g_contrast, k_g, lam,
+                                                             coeffs_all, theta, step):
+                    start = coeffs_all.copy()
+                    start[i10] = c10
+                    trial = self._iterate_level(device, g_contrast, k_g, lam, names, start,
+                                                t_seed, offset, prior_deg, step)
+                    judge = self._iterate_level(device, fine, k_fine, lam, first,
+                                                trial["coeffs_all"], trial["theta"],
+                                                trial["offset"], prior_deg, step,
+                                                iterations=1)
+                    trials.append((trial, c10, t_seed, score, judge["rms"]))
+                best_trial = min(trials, key=lambda tr: tr[4])
+                seed_c10 = float(best_trial[1])
+                it = best_trial[0]
+                entry["seed_candidates"] = [
+                    {"C10_A": float(c), "rotation_deg": float(np.rad2deg(t)),
+                     "score": float(sc), "residual_rms_A": float(judged),
+                     "fitted_C10_A": float(tr["coeffs_all"][i10]),
+                     "fitted_rotation_deg": float(np.rad2deg(tr["theta"]))}
+                    for tr, c, t, sc, judged in trials]
+                del fine
+            else:
+                it = self._iterate_level(device, g_contrast, k_g, lam, names, coeffs_all,
+                                         theta, offset, prior_deg, step)
+            if level == len(binning) - 1:
+                it, stats = self._prune(it, k_g, lam, step)
+                names = it["names"]
+            coeffs_all, theta, offset = it["coeffs_all"], it["theta"], it["offset"]
+            measured, fitted, rms = it["measured"], it["fitted"], it["rms"]
             dt = time.perf_counter() - tl
             timings[f"level{level}_bin{b}"] = dt
             levels.append({
-                "binning": int(b), "groups": int(len(groups)), "iterations": n_iter,
+                "binning": int(b), "groups": int(len(groups)), "iterations": it["iterations"],
                 "fitted": list(names), "residual_rms_A": rms, "time_s": dt,
                 "rotation_deg": float(np.rad2deg(theta)),
                 "aberrations_A": {n: float(coeffs_all[ABERRATION_NAMES.index(n)])
                                   for n in self.fit_aberrations},
+                **entry,
             })
             last = {"measured": measured, "fitted": fitted, "group_k": k_g,
                     "residual_rms_A": rms}
-            del sums, g_contrast
+            del g_contrast
         return {**last, "theta": float(theta), "offset": np.asarray(offset),
                 "all_coeffs": coeffs_all, "levels": levels, "timings": timings,
-                "seed_C10": seed_c10}
+                "seed_C10": seed_c10, "stats": stats}
+
+    def _group_images(self, device: Any, groups: list[np.ndarray], weights_px: np.ndarray,
+                      images_dev: Any, k_phys: np.ndarray, scan_shape: tuple[int, int]
+                      ) -> tuple[Any, np.ndarray]:
+        """Contrast images (G, sy, sx) of pixel groups (count-weighted sums) and their mean
+        frequencies (G, 2) 1/Å."""
+        member = np.zeros((len(groups), len(weights_px)), dtype=np.float64)
+        for g, idx in enumerate(groups):
+            member[g, idx] = 1.0
+        w_g = member @ weights_px
+        k_g = (member * weights_px) @ k_phys / w_g[:, None]
+        sums = device.asarray(member, dtype=device.real_dtype) @ images_dev
+        g_contrast = sums / device.asarray(w_g, dtype=device.real_dtype)[:, None] - 1.0
+        return g_contrast.reshape(len(groups), *scan_shape), k_g
+
+    def _iterate_level(self, device: Any, g_contrast: Any, k_g: np.ndarray, lam: float,
+                       names: tuple[str, ...], coeffs_all: np.ndarray, theta: float,
+                       offset: np.ndarray, prior_deg: float, step: np.ndarray,
+                       iterations: int | None = None) -> dict[str, Any]:
+        """``iterations`` (default ``iterations_per_level``) passes of shift measurement and
+        fit of ``names`` (Å), the rotation and the offset at one binning level, starting from
+        the given model."""
+        coeffs_all = np.asarray(coeffs_all, dtype=float).copy()
+        index = [ABERRATION_NAMES.index(n) for n in names]
+        fixed = coeffs_all.copy()
+        fixed[index] = 0.0
+        model = ShiftModel(k_g, lam, names, fixed, fit_rotation=self.fit_rotation,
+                           theta=theta)
+        x = model.pack(coeffs_all[index], theta, offset)
+        current = model.predict(x) / step  # pixels
+        n_iter = 0
+        measured = current * step
+        for _ in range(self.iterations_per_level if iterations is None else iterations):
+            n_iter += 1
+            measured = (current + self._measure(device, g_contrast, current)) * step
+            x = self._fit(model, measured, prior_deg, step)
+            new = model.predict(x) / step
+            change = float(np.max(np.abs(new - current)))
+            current = new
+            if change < 0.01:
+                break
+        coeffs, theta_fit, offset_fit = model.unpack(x)
+        coeffs_all[index] = coeffs
+        fitted = model.predict(x)
+        rms = float(np.sqrt(np.mean(np.sum((fitted - measured) ** 2, axis=1))))
+        return {"coeffs_all": coeffs_all, "theta": float(theta_fit),
+                "offset": np.asarray(offset_fit), "measured": measured, "fitted": fitted,
+                "rms": rms, "iterations": n_iter, "names": tuple(names), "x": x}
+
+    def _prune(self, it: dict[str, Any], k_g: np.ndarray, lam: float, step: np.ndarray
+               ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        """Refit the last level's shifts keeping only significant coefficients (C10 is always
+        kept; the others need |C| / standard error >= ``significance``). Returns the updated
+        level result and {name: {"value", "error", "t"}}, plus "rotation" (rad)."""
+        measured = it["measured"]
+        theta0, offset0 = it["theta"], it["offset"]
+        coeffs0 = it["coeffs_all"]
+        all_fitted = it["names"]
+
+        def fit(names: tuple[str, ...]) -> tuple[ShiftModel, np.ndarray]:
+            fixed = coeffs0.copy()
+            fixed[[ABERRATION_NAMES.index(n) for n in all_fitted]] = 0.0
+            model = ShiftModel(k_g, lam, names, fixed, fit_rotation=self.fit_rotation,
+                               theta=theta0)
+            start = model.pack(coeffs0[[ABERRATION_NAMES.index(n) for n in names]], theta0,
+                               offset0)
+            return model, self._fit(model, measured, None, step, start=start)
+
+        min_shift_A = self.min_shift_px * float(np.mean(step))
+
+        def assess(result: tuple[ShiftModel, np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            model, x = result
+            errors = standard_errors(model.jacobian(x),
+                                     model.predict(x).reshape(-1) - measured.reshape(-1))
+            n = len(model.fit_names)
+            values = np.asarray(x[:n])
+            # largest shift (Å) each term gives any group, over the smallest worth keeping
+            largest = np.linalg.norm(model.basis, axis=2).max(axis=1) * np.abs(values)
+            return values, errors[:n], largest / max(min_shift_A, 1e-300)
+
+        (model, x), kept, record = prune_by_significance(
+            all_fitted, fit, assess, lambda n: n != "C10", self.significance)
+        errors = standard_errors(model.jacobian(x),
+                                 model.predict(x).reshape(-1) - measured.reshape(-1))
+        coeffs, theta, offset = model.unpack(x)
+        coeffs_all = coeffs0.copy()
+        coeffs_all[[ABERRATION_NAMES.index(n) for n in all_fitted]] = 0.0
+        coeffs_all[[ABERRATION_NAMES.index(n) for n in kept]] = coeffs
+        for j, name in enumerate(kept):
+            record[name] = {**record[name], "value": float(coeffs[j]),
+                            "error": float(errors[j]),
+                            "t": float(abs(coeffs[j]) / errors[j]) if errors[j] > 0
+                            else float("inf")}
+        if self.fit_rotation:
+            record["rotation"] = {"value": float(theta), "error": float(errors[len(kept)]),
+                                  "t": float("inf")}
+        fitted = model.predict(x)
+        rms = float(np.sqrt(np.mean(np.sum((fitted - measured) ** 2, axis=1))))
+        out = {**it, "coeffs_all": coeffs_all, "theta": float(theta),
+               "offset": np.asarray(offset), "fitted": fitted, "rms": rms, "names": kept,
+               "x": x}
+        return out, record
 
     def _search_seed(self, device: Any, images: Any, k_g: np.ndarray, lam: float,
                      coeffs_all: np.ndarray, theta: float, step: np.ndarray
-                     ) -> tuple[np.ndarray, float]:
+                     ) -> list[tuple[float, float, float]]:
         """Seed C10 (and the rotation) by a grid search: maximise the overlap-normalised
         energy of the aligned sum, sum_{g<h} corr_gh(sigma_h - sigma_g) / sum overlap, over a
         subset of at most 32 images (central crop of at most 64 x 64 scan points).
@@ -699,7 +935,12 @@ class TiltCorrectedBF(DirectMethod):
         read bilinearly), so each trial costs one lookup per pair. C10 spans shifts of up to
         half the (cropped) field at the largest |k| in steps of 0.5 px there; the rotation
         spans +-90 deg around ``theta`` in steps of at most 3 deg (0.5 px at the largest
-        shift) when fitted.
+        shift) when fitted (with both signs of C10 this covers every rotation).
+
+        Returns up to ``seed_candidates`` (C10 Å, theta rad, score), best first, whose
+        predicted shifts differ by more than 1 scan pixel rms: on noisy or crystalline data
+        the best score is not always the truth (a lattice aligns at several wrong shifts),
+        so the caller iterates each and keeps the one the measured shifts fit best.
         """
         xp = device.xp
         g_all, sy0, sx0 = images.shape
@@ -759,21 +1000,50 @@ class TiltCorrectedBF(DirectMethod):
             thetas = theta + np.deg2rad(np.arange(-90.0, 90.0, d_theta))
         else:
             thetas = np.array([theta])
-        best = (-np.inf, coeffs_all[i10], theta)
-        for t in thetas:
+        def scores_at(c10_values: np.ndarray, t: float) -> np.ndarray:
             rot = _rotation_yx(float(t))
-            shifts = (v0[None] + c10s[:, None, None] * b10[None]) @ rot / step  # (T, g, 2)
-            d = shifts[:, jj] - shifts[:, ii]
+            shifts = (v0[None] + c10_values[:, None, None] * b10[None]) @ rot / step
+            d = shifts[:, jj] - shifts[:, ii]  # (T, pairs, 2) scan pixels
             overlap = (np.clip(cy - np.abs(d[..., 0]), 0, None)
                        * np.clip(cx - np.abs(d[..., 1]), 0, None)).sum(axis=1)
             score = lookup(d).sum(axis=1) / np.maximum(overlap, 1e-12)
             score[overlap < 0.3 * len(ii) * cy * cx] = -np.inf
-            j = int(np.argmax(score))
-            if score[j] > best[0]:
-                best = (float(score[j]), float(c10s[j]), float(t))
-        out = coeffs_all.copy()
-        out[i10] = best[1]
-        return out, best[2]
+            return score
+
+        scores = np.stack([scores_at(c10s, float(t)) for t in thetas])
+        # the best grid points that predict clearly different shifts (> 1 px rms apart),
+        # each refined on a finer local grid (the alignment peak is about a pixel wide,
+        # narrower than the coarse grid's half step at the largest shifts)
+        dc = float(c10s[1] - c10s[0]) if len(c10s) > 1 else 1.0
+        dt = float(thetas[1] - thetas[0]) if len(thetas) > 1 else 0.0
+        chosen: list[tuple[float, float, float]] = []
+        fields: list[np.ndarray] = []
+
+        def field_of(c: float, t: float) -> np.ndarray:
+            return (v0 + c * b10) @ _rotation_yx(float(t)) / step
+
+        for flat in np.argsort(scores, axis=None)[::-1]:
+            i, j = np.unravel_index(int(flat), scores.shape)
+            if not np.isfinite(scores[i, j]) or len(chosen) >= 3 * self.seed_candidates:
+                break
+            field = field_of(c10s[j], thetas[i])
+            if all(np.sqrt(np.mean(np.sum((field - f) ** 2, axis=1))) > 1.0 for f in fields):
+                fields.append(field)
+                c, t, sc = float(c10s[j]), float(thetas[i]), float(scores[i, j])
+                for shrink in (0.5, 0.25):
+                    cs = c + shrink * dc * np.arange(-2, 3)
+                    for tt in t + shrink * dt * np.arange(-2, 3) if dt else [t]:
+                        local = scores_at(cs, float(tt))
+                        k = int(np.argmax(local))
+                        if local[k] > sc:
+                            sc, best_c, best_t = float(local[k]), float(cs[k]), float(tt)
+                            c_new, t_new = best_c, best_t
+                    if sc > float(scores[i, j]):
+                        c, t = c_new, t_new
+                chosen.append((c, t, sc))
+        chosen.sort(key=lambda item: -item[2])
+        chosen = chosen[:self.seed_candidates]
+        return chosen or [(float(coeffs_all[i10]), float(theta), float("nan"))]
 
     def _refine_defocus(self, device: Any, contrast_px: np.ndarray, k_phys: np.ndarray,
                         coeffs_all: np.ndarray, candidates: list[float], theta: float,
@@ -871,11 +1141,16 @@ class TiltCorrectedBF(DirectMethod):
                 "time_s": time.perf_counter() - t0}
         return out, info
 
-    def _fit(self, model: ShiftModel, measured: np.ndarray, prior_deg: float,
-             step: np.ndarray) -> np.ndarray:
-        """Global rotation search within +-90 deg of the prior (linear least squares at each
-        angle), then refinement of all parameters with the analytic Jacobian."""
-        if model.fit_rotation:
+    def _fit(self, model: ShiftModel, measured: np.ndarray, prior_deg: float | None,
+             step: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+        """Global rotation search (linear least squares at each 1-deg step over 180 deg
+        around ``prior_deg``, which covers every shift hypothesis: theta + 180 deg with all
+        coefficients negated predicts the same shifts), then refinement of all parameters
+        with the analytic Jacobian. ``prior_deg`` None: start from ``start`` (or the model's
+        theta) without a global search."""
+        if start is not None:
+            pass
+        elif model.fit_rotation and prior_deg is not None:
             prior = np.deg2rad(prior_deg)
             best_x, best_cost = model.linear_fit(measured, float(prior))
             for t in prior + np.deg2rad(np.arange(-89.5, 90.0, 1.0)):
