@@ -5,7 +5,7 @@ Near the solution it is linear in its parameters, so with the Jacobian J (2G x p
 parameter unit) and a residual scale s (Å) the one-sigma standard errors are
 ``sqrt(diag(s^2 (J^T J)^-1))``. The residual scale is robust (1.4826 x the median absolute
 residual, corrected for the fitted degrees of freedom) so that a few failed correlation peaks
-do not inflate every error bar; it is never below the plain RMS / 3.
+(which the soft-l1 fit down-weights) do not inflate every error bar.
 
 A coefficient is *significant* when |value| / standard error >= ``threshold`` and its effect
 on the data is large enough (for tcBF: it moves some image by a minimum fraction of a scan
@@ -30,13 +30,15 @@ __all__ = ["robust_scale", "standard_errors", "prune_by_significance"]
 
 def robust_scale(residuals: np.ndarray, n_params: int) -> float:
     """Robust one-sigma scale (units of ``residuals``) of a fit with ``n_params`` parameters:
-    1.4826 median |r| x sqrt(n / (n - p)), at least RMS / 3 and > 0."""
+    1.4826 median |r| x sqrt(n / (n - p)) (the RMS where more than half the residuals are 0;
+    always > 0)."""
     r = np.asarray(residuals, dtype=float).ravel()
     n = r.size
     dof = max(n - n_params, 1)
     mad = 1.4826 * float(np.median(np.abs(r))) * np.sqrt(n / dof)
-    rms = float(np.sqrt(np.sum(r * r) / dof))
-    return max(mad, rms / 3.0, 1e-300)
+    if mad > 0:
+        return mad
+    return max(float(np.sqrt(np.sum(r * r) / dof)), 1e-300)
 
 
 def standard_errors(jacobian: np.ndarray, residuals: np.ndarray) -> np.ndarray:
