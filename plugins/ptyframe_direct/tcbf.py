@@ -419,7 +419,7 @@ class TiltCorrectedBF(DirectMethod):
                                        validator=boolean())
     defocus_search: bool = attrs.field(default=True,
                                        validator=boolean())
-    seed_candidates: int = attrs.field(default=4, validator=positive_int())
+    seed_candidates: int = attrs.field(default=10, validator=positive_int())
     significance: float = attrs.field(default=3.0, converter=to_float,
                                       validator=in_range(0.0, 1e3))
     min_shift_px: float = attrs.field(default=0.25, converter=to_float,
@@ -477,24 +477,30 @@ class TiltCorrectedBF(DirectMethod):
         k_phys = k_det[:, ::-1] if best["transpose"] else k_det
         all_coeffs = best["all_coeffs"]
         if self.refine_defocus and "C10" in self.fit_aberrations:
-            t1 = time.perf_counter()
-            # the seed brackets the search only when it describes the same hypothesis (the
-            # fit may have moved to the equivalent branch theta + 180 deg, -C10)
-            seed = best.get("seed_C10")
-            fit_c10 = float(all_coeffs[0])
-            candidates = [fit_c10] + ([seed] if seed is not None and abs(seed - fit_c10)
-                                      < 0.3 * abs(fit_c10) + 20.0 else [])
-            all_coeffs, refined = self._refine_defocus(device, contrast_px, k_phys, all_coeffs,
-                                                       candidates, best["theta"], scan_shape,
-                                                       step, lam, aperture)
-            best["levels"].append(refined)
-            timings["refine_defocus"] = time.perf_counter() - t1
             others = tuple(n for n in self.fit_aberrations if n != "C10")
-            moved = abs(refined["C10_A"] - refined["C10_shift_fit_A"])
-            if others and moved > 0.01 * abs(refined["C10_A"]) + 1.0:
+            for round_ in range(2):
+                # the transfer-matched refinement uses the fitted rotation; when the refit
+                # (C10 held) then moves the rotation, C10 is refined once more
+                t1 = time.perf_counter()
+                # the seed brackets the search only when it describes the same hypothesis (the
+                # fit may have moved to the equivalent branch theta + 180 deg, -C10)
+                seed = best.get("seed_C10") if round_ == 0 else None
+                fit_c10 = float(all_coeffs[0])
+                candidates = [fit_c10] + ([seed] if seed is not None and abs(seed - fit_c10)
+                                          < 0.3 * abs(fit_c10) + 20.0 else [])
+                all_coeffs, refined = self._refine_defocus(
+                    device, contrast_px, k_phys, all_coeffs, candidates, best["theta"],
+                    scan_shape, step, lam, aperture)
+                best["levels"].append(refined)
+                timings[f"refine_defocus{'_again' if round_ else ''}"] = (
+                    time.perf_counter() - t1)
+                moved = abs(refined["C10_A"] - refined["C10_shift_fit_A"])
+                if not (others and moved > 0.01 * abs(refined["C10_A"]) + 1.0):
+                    break
                 # the other coefficients were fitted together with a C10 the refinement
                 # rejected: fit them again at the finest level with C10 held
                 t1 = time.perf_counter()
+                theta_before = best["theta"]
                 refit = self._fit_levels(device, weights_px, images, pixels, k_phys,
                                          scan_shape, step, lam, all_coeffs,
                                          float(np.rad2deg(best["theta"])), aperture,
@@ -506,7 +512,9 @@ class TiltCorrectedBF(DirectMethod):
                 best["stats"] = {**best["stats"], **refit["stats"]}
                 best["levels"] += refit["levels"]
                 all_coeffs = refit["all_coeffs"]
-                timings["refit"] = time.perf_counter() - t1
+                timings[f"refit{'_again' if round_ else ''}"] = time.perf_counter() - t1
+                if abs(best["theta"] - theta_before) < np.deg2rad(0.25):
+                    break
 
         # ---------------------------------------------------------------- upsampled image
         t1 = time.perf_counter()
@@ -764,43 +772,46 @@ class TiltCorrectedBF(DirectMethod):
             g_contrast, k_g = self._group_images(device, groups, weights_px, images_dev,
                                                  k_phys, scan_shape)
             names = self._active_names(all_names, level, len(binning), len(groups))
+            # the passes fit the first-order terms (a stiff model that cannot wander off
+            # with noise); the higher orders are fitted to the last level's final shifts
+            # and kept only if significant (:meth:`_prune`)
+            iter_names = tuple(n for n in names if n[1] == "1") or names
             entry: dict[str, Any] = {}
             if level == 0 and search and self.defocus_search and "C10" in all_names:
-                # each seed is iterated at this level, then judged by one measurement and
-                # fit at the finest level: coarse groups are blurred by the spread of shifts
-                # within a block, so their residuals do not tell the seeds apart
+                # each seed is judged by one shift measurement and fit at the finest level
+                # (at most 128 evenly spread groups): coarse groups are blurred by the spread
+                # of shifts within a block and do not tell the seeds apart; the seed whose
+                # shifts fit best is then iterated through the levels
                 i10 = ABERRATION_NAMES.index("C10")
                 fine_groups = self._groups(pixels, center, binning[-1])
-                fine, k_fine = self._group_images(device, fine_groups, weights_px,
-                                                  images_dev, k_phys, scan_shape)
-                first = tuple(n for n in all_names if n[1] == "1") or names
+                pick = np.unique(np.linspace(0, len(fine_groups) - 1,
+                                             min(len(fine_groups), 128)).round().astype(int))
+                fine, k_fine = self._group_images(device, [fine_groups[i] for i in pick],
+                                                  weights_px, images_dev, k_phys, scan_shape)
                 trials = []
                 for c10, t_seed, score in self._search_seed(device, g_contrast, k_g, lam,
                                                              coeffs_all, theta, step):
                     start = coeffs_all.copy()
                     start[i10] = c10
-                    trial = self._iterate_level(device, g_contrast, k_g, lam, names, start,
-                                                t_seed, offset, prior_deg, step)
-                    judge = self._iterate_level(device, fine, k_fine, lam, first,
-                                                trial["coeffs_all"], trial["theta"],
-                                                trial["offset"], prior_deg, step,
-                                                iterations=1)
-                    trials.append((trial, c10, t_seed, score, judge["rms"]))
-                best_trial = min(trials, key=lambda tr: tr[4])
-                seed_c10 = float(best_trial[1])
-                it = best_trial[0]
+                    judge = self._iterate_level(device, fine, k_fine, lam, iter_names, start,
+                                                t_seed, offset, prior_deg, step, iterations=1)
+                    trials.append((start, t_seed, score, judge))
+                start, t_seed, _, _ = min(trials, key=lambda tr: tr[3]["rms"])
+                seed_c10 = float(start[i10])
+                it = self._iterate_level(device, g_contrast, k_g, lam, iter_names, start,
+                                         t_seed, offset, prior_deg, step)
                 entry["seed_candidates"] = [
-                    {"C10_A": float(c), "rotation_deg": float(np.rad2deg(t)),
-                     "score": float(sc), "residual_rms_A": float(judged),
-                     "fitted_C10_A": float(tr["coeffs_all"][i10]),
-                     "fitted_rotation_deg": float(np.rad2deg(tr["theta"]))}
-                    for tr, c, t, sc, judged in trials]
+                    {"C10_A": float(st[i10]), "rotation_deg": float(np.rad2deg(t)),
+                     "score": float(sc), "residual_rms_A": float(judge["rms"]),
+                     "fitted_C10_A": float(judge["coeffs_all"][i10]),
+                     "fitted_rotation_deg": float(np.rad2deg(judge["theta"]))}
+                    for st, t, sc, judge in trials]
                 del fine
             else:
-                it = self._iterate_level(device, g_contrast, k_g, lam, names, coeffs_all,
-                                         theta, offset, prior_deg, step)
+                it = self._iterate_level(device, g_contrast, k_g, lam, iter_names,
+                                         coeffs_all, theta, offset, prior_deg, step)
             if level == len(binning) - 1:
-                it, stats = self._prune(it, k_g, lam, step)
+                it, stats = self._prune(it, k_g, lam, step, names)
                 names = it["names"]
             coeffs_all, theta, offset = it["coeffs_all"], it["theta"], it["offset"]
             measured, fitted, rms = it["measured"], it["fitted"], it["rms"]
@@ -869,15 +880,16 @@ class TiltCorrectedBF(DirectMethod):
                 "offset": np.asarray(offset_fit), "measured": measured, "fitted": fitted,
                 "rms": rms, "iterations": n_iter, "names": tuple(names), "x": x}
 
-    def _prune(self, it: dict[str, Any], k_g: np.ndarray, lam: float, step: np.ndarray
-               ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-        """Refit the last level's shifts keeping only significant coefficients (C10 is always
-        kept; the others need |C| / standard error >= ``significance``). Returns the updated
-        level result and {name: {"value", "error", "t"}}, plus "rotation" (rad)."""
+    def _prune(self, it: dict[str, Any], k_g: np.ndarray, lam: float, step: np.ndarray,
+               names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        """Fit ``names`` to the last level's shifts, then keep only significant coefficients
+        (C10 is always kept; the others need |C| / standard error >= ``significance`` and a
+        largest shift >= ``min_shift_px``). Returns the updated level result and
+        {name: {"value", "error", "t", "effect"}}, plus "rotation" (rad)."""
         measured = it["measured"]
         theta0, offset0 = it["theta"], it["offset"]
         coeffs0 = it["coeffs_all"]
-        all_fitted = it["names"]
+        all_fitted = tuple(names)
 
         def fit(names: tuple[str, ...]) -> tuple[ShiftModel, np.ndarray]:
             fixed = coeffs0.copy()
