@@ -623,20 +623,13 @@ class TiltCorrectedBF(DirectMethod):
                       if "seed_candidates" in lv), [])
         if len(seeds) > 1:
             ranked = sorted(seeds, key=lambda c: c["residual_rms_A"])
-
-            def branch(c: dict[str, Any]) -> tuple[float, float]:
-                c10, rot = c["fitted_C10_A"], c["fitted_rotation_deg"]
-                return (-c10, rot + 180.0) if c10 < 0 else (c10, rot)
-
-            c1, r1 = branch(ranked[0])
             for cand in ranked[1:]:
-                c2, r2 = branch(cand)
-                distinct = (_angle_diff(r1, r2) > 2.0
-                            or abs(c1 - c2) > 0.05 * max(abs(c1), abs(c2)) + 5.0)
-                if distinct and cand["residual_rms_A"] < 1.15 * ranked[0]["residual_rms_A"]:
+                # a different hypothesis (shifts > 1 px rms apart) that fits almost as well
+                if (cand["shift_difference_px"] > 1.0
+                        and cand["residual_rms_A"] < 1.15 * ranked[0]["residual_rms_A"]):
                     out.append(
-                        f"rotation: two seed hypotheses fit the coarse shifts almost equally "
-                        f"well (C10 {ranked[0]['fitted_C10_A']:.4g} Å at "
+                        f"rotation: two seed hypotheses fit the shifts almost equally well "
+                        f"(C10 {ranked[0]['fitted_C10_A']:.4g} Å at "
                         f"{ranked[0]['fitted_rotation_deg']:.1f} deg: "
                         f"{ranked[0]['residual_rms_A']:.3g} Å rms; C10 "
                         f"{cand['fitted_C10_A']:.4g} Å at {cand['fitted_rotation_deg']:.1f} "
@@ -794,9 +787,10 @@ class TiltCorrectedBF(DirectMethod):
                     start = coeffs_all.copy()
                     start[i10] = c10
                     judge = self._iterate_level(device, fine, k_fine, lam, iter_names, start,
-                                                t_seed, offset, prior_deg, step, iterations=1)
+                                                t_seed, offset, prior_deg, step, iterations=1,
+                                                subpixel=False)
                     trials.append((start, t_seed, score, judge))
-                start, t_seed, _, _ = min(trials, key=lambda tr: tr[3]["rms"])
+                start, t_seed, _, best_judge = min(trials, key=lambda tr: tr[3]["rms"])
                 seed_c10 = float(start[i10])
                 it = self._iterate_level(device, g_contrast, k_g, lam, iter_names, start,
                                          t_seed, offset, prior_deg, step)
@@ -804,12 +798,16 @@ class TiltCorrectedBF(DirectMethod):
                     {"C10_A": float(st[i10]), "rotation_deg": float(np.rad2deg(t)),
                      "score": float(sc), "residual_rms_A": float(judge["rms"]),
                      "fitted_C10_A": float(judge["coeffs_all"][i10]),
-                     "fitted_rotation_deg": float(np.rad2deg(judge["theta"]))}
+                     "fitted_rotation_deg": float(np.rad2deg(judge["theta"])),
+                     # rms difference of the predicted shifts from the chosen seed's, px
+                     "shift_difference_px": float(np.sqrt(np.mean(np.sum(
+                         ((judge["fitted"] - best_judge["fitted"]) / step) ** 2, axis=1))))}
                     for st, t, sc, judge in trials]
                 del fine
             else:
                 it = self._iterate_level(device, g_contrast, k_g, lam, iter_names,
-                                         coeffs_all, theta, offset, prior_deg, step)
+                                         coeffs_all, theta, offset, prior_deg, step,
+                                         global_search=level == 0 and search)
             if level == len(binning) - 1:
                 it, stats = self._prune(it, k_g, lam, step, names)
                 names = it["names"]
@@ -849,10 +847,14 @@ class TiltCorrectedBF(DirectMethod):
     def _iterate_level(self, device: Any, g_contrast: Any, k_g: np.ndarray, lam: float,
                        names: tuple[str, ...], coeffs_all: np.ndarray, theta: float,
                        offset: np.ndarray, prior_deg: float, step: np.ndarray,
-                       iterations: int | None = None) -> dict[str, Any]:
+                       iterations: int | None = None, global_search: bool = False,
+                       subpixel: bool = True) -> dict[str, Any]:
         """``iterations`` (default ``iterations_per_level``) passes of shift measurement and
         fit of ``names`` (Å), the rotation and the offset at one binning level, starting from
-        the given model."""
+        the given model. ``global_search``: the first fit searches the rotation over 180 deg
+        around ``prior_deg`` (else every fit starts from the current model). ``subpixel``:
+        refine the correlation peaks by the matrix DFT on the last pass and once the model
+        moves by less than 0.05 px (earlier passes use the parabola alone)."""
         coeffs_all = np.asarray(coeffs_all, dtype=float).copy()
         index = [ABERRATION_NAMES.index(n) for n in names]
         fixed = coeffs_all.copy()
@@ -863,14 +865,20 @@ class TiltCorrectedBF(DirectMethod):
         current = model.predict(x) / step  # pixels
         n_iter = 0
         measured = current * step
-        for _ in range(self.iterations_per_level if iterations is None else iterations):
+        n_max = self.iterations_per_level if iterations is None else iterations
+        change = np.inf
+        for i in range(n_max):
             n_iter += 1
-            measured = (current + self._measure(device, g_contrast, current)) * step
-            x = self._fit(model, measured, prior_deg, step)
+            fine = subpixel and (i == n_max - 1 or change < 0.05)
+            measured = (current + self._measure(device, g_contrast, current, fine)) * step
+            if global_search and i == 0:
+                x = self._fit(model, measured, prior_deg, step)
+            else:
+                x = self._fit(model, measured, None, step, start=x)
             new = model.predict(x) / step
             change = float(np.max(np.abs(new - current)))
             current = new
-            if change < 0.01:
+            if change < 0.01 and (fine or not subpixel):
                 break
         coeffs, theta_fit, offset_fit = model.unpack(x)
         coeffs_all[index] = coeffs
@@ -1180,7 +1188,8 @@ class TiltCorrectedBF(DirectMethod):
             f_scale=scale_A, xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=200)
         return res.x
 
-    def _measure(self, device: Any, images: Any, current_px: np.ndarray) -> np.ndarray:
+    def _measure(self, device: Any, images: Any, current_px: np.ndarray,
+                 subpixel: bool = True) -> np.ndarray:
         """Residual shift (pixels) of each image, aligned by ``current_px``, relative to the
         aligned sum of the other images.
 
@@ -1232,12 +1241,13 @@ class TiltCorrectedBF(DirectMethod):
             prod = (ref[None] - a) * xp.conj(a) * lowpass
             env = (count[None] - w) * xp.conj(w) * lowpass
             out[sel] = -self._peak(device, device.ifft2(prod).real, prod,
-                                   device.ifft2(env).real, env)
+                                   device.ifft2(env).real, env, subpixel)
         return out
 
-    def _peak(self, device: Any, corr: Any, prod: Any, env: Any, env_prod: Any
-              ) -> np.ndarray:
-        """Sub-pixel argmax (G, 2), signed pixels, of corr / env (overlap-normalised)."""
+    def _peak(self, device: Any, corr: Any, prod: Any, env: Any, env_prod: Any,
+              subpixel: bool = True) -> np.ndarray:
+        """Sub-pixel argmax (G, 2), signed pixels, of corr / env (overlap-normalised):
+        parabola, then (``subpixel``) the matrix-DFT refinement."""
         xp = device.xp
         g, py, px = corr.shape
         env_max = env.reshape(g, -1).max(axis=1)[:, None, None]
@@ -1265,7 +1275,7 @@ class TiltCorrectedBF(DirectMethod):
         peak = xp.stack(est, axis=1).astype(float)
         size = xp.asarray([py, px], dtype=float)
         peak = xp.where(peak > size / 2, peak - size, peak)
-        if self.subpixel_upsample > 1:
+        if subpixel and self.subpixel_upsample > 1:
             u = self.subpixel_upsample
             offsets = xp.arange(-u, u + 1, dtype=float) / u  # +-1 pixel around the estimate
             fy = xp.fft.fftfreq(py)
