@@ -35,10 +35,17 @@ shifts are then biased (about +5 % in C10 on ../shared/data/defocused_bf.h5). Th
 (default) defocus refinement maximises instead the alignment of the images after the matched
 filter conj(T_k), which removes those offsets.
 
-Ambiguity: the shifts of even aberrations (C10, C12, C30, ...) are odd in k, so
-(C10, C12, C30, theta) and (-C10, -C12, -C30, theta + 180 deg) predict the same shifts. The
-rotation is therefore searched within +-90 deg of the prior (``rotation_guess_deg``, default
-the experiment's ``scan_rotation_deg``); the defocus sign is meaningful relative to that prior.
+Ambiguity: (O, chi, theta) and (conj O(-r), -chi, theta + 180 deg) give exactly the same
+far-field patterns (the exit wave of the second is the complex conjugate of the first,
+mirrored), so every coefficient changes sign with the 180-degree branch. The shifts fix the
+rotation modulo 180 deg for any rotation (the seed search spans 180 deg with both signs of
+C10); ``resolve_180`` picks the branch: within +-90 deg of the prior (``rotation_guess_deg``,
+default the experiment's ``scan_rotation_deg``) or the one whose phase has positive skewness.
+
+Significance: higher-order terms are kept only when the final shifts support them (|C| /
+standard error >= ``significance`` and a shift of >= ``min_shift_px`` somewhere in the bright
+field); values["uncertainties"] holds the one-sigma errors, values["significant_terms"] the
+kept names and values["warnings"] what the data leave open (docs/direct_methods.md).
 """
 
 from __future__ import annotations
@@ -320,8 +327,8 @@ class TiltCorrectedBF(DirectMethod):
       (None: unlimited)
     * ``refine_defocus``: refine C10 by the transfer-matched alignment (crystals)
     * ``defocus_search``: seed C10 and the rotation by a grid search
-    * ``seed_candidates``: distinct seeds of that search iterated at the first level (the
-      one whose shifts fit best continues)
+    * ``seed_candidates``: distinct seeds of that search judged by one shift measurement
+      at the finest level (the one whose shifts fit best continues)
     * ``significance``: |coefficient| / standard error needed to keep a coefficient other
       than C10 at the last level (0: keep all)
     * ``min_shift_px``: a kept coefficient other than C10 must also shift some image by at
@@ -342,9 +349,11 @@ class TiltCorrectedBF(DirectMethod):
        limited to ``bf_radius_fraction`` of the aperture radius around the disk centre found
        in the mean pattern. One virtual image per pixel, read in chunks of ``chunk_patterns``
        patterns (default: from the dataset's ``chunk_bytes``), float32.
-    2. Seed (``defocus_search``): grid search of C10 (and of the rotation, within +-90 deg of
-       the prior, when ``fit_rotation``) maximising the overlap-normalised energy of the
-       aligned sum of the first level's images (pairwise correlation maps).
+    2. Seed (``defocus_search``): grid search of C10 (and of the rotation over 180 deg when
+       ``fit_rotation``) maximising the overlap-normalised energy of the aligned sum of the
+       first level's images (pairwise correlation maps); the ``seed_candidates`` best
+       distinct hypotheses are refined locally and each judged by one shift measurement and
+       fit on at most 128 finest-level groups; the best continues.
     3. For each ``binning`` level (b x b detector blocks, coarse to fine;
        ``iterations_per_level`` passes): each image's residual shift by cross-correlation with
        the aligned sum of the others (zero-padded, ``edge_taper``, Gaussian smoothing
@@ -352,15 +361,19 @@ class TiltCorrectedBF(DirectMethod):
        shrinking overlap does not pull shifts towards zero, search within
        ``search_radius_px`` of the current model and where the overlap is >= ``min_overlap``
        of its maximum; sub-pixel by a parabola and a matrix-DFT refinement at
-       1/``subpixel_upsample`` px); then a least-squares fit of ``fit_aberrations`` (Å; only
-       C10, C12 before the last level), the scan rotation (``fit_rotation``) and a common
+       1/``subpixel_upsample`` px on converging passes); then a least-squares fit of the
+       first-order terms (C10, C12), the scan rotation (``fit_rotation``) and a common
        offset to the shifts, with the analytic Jacobian (scipy ``least_squares``, ``loss``
-       with f_scale ``outlier_scale_px`` scan pixels) after a 1-deg global search of the
-       rotation. The fitted model aligns the next pass and seeds the next level.
+       with f_scale ``outlier_scale_px`` scan pixels; a 1-deg global search of the rotation
+       only when there was no seed search). The fitted model aligns the next pass and seeds
+       the next level. At the last level all ``fit_aberrations`` are fitted to the final
+       shifts and pruned by significance (``significance``, ``min_shift_px``).
     4. ``refine_defocus``: C10 maximising the transfer-matched, overlap-normalised alignment
        of the images (see :meth:`_refine_defocus`); it removes the bias of the shift fit on
        crystals (fringes seen through one side band). When it moves C10 by more than 1 %,
-       the other coefficients are fitted again at the finest level with C10 held.
+       the other coefficients and the rotation are fitted again at the finest level with C10
+       held (and C10 refined once more if that moved the rotation by more than 0.25 deg).
+    4b. 180-degree branch (``resolve_180``), uncertainties and warnings.
     5. Upsampled tcBF image on a grid of scan_step / ``upsample`` (bilinear shifted sparse sum
        divided by the shifted sampling mask, aberration shifts only) and a weak-phase
        estimate: Wiener division (``wiener_epsilon`` x max |T|^2) of the tcBF contrast by the
