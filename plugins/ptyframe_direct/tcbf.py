@@ -1181,9 +1181,7 @@ class TiltCorrectedBF(DirectMethod):
         coefficients negated predicts the same shifts), then refinement of all parameters
         with the analytic Jacobian. ``prior_deg`` None: start from ``start`` (or the model's
         theta) without a global search."""
-        if start is not None:
-            pass
-        elif model.fit_rotation and prior_deg is not None:
+        if start is None and model.fit_rotation and prior_deg is not None:
             prior = np.deg2rad(prior_deg)
             best_x, best_cost = model.linear_fit(measured, float(prior))
             for t in prior + np.deg2rad(np.arange(-89.5, 90.0, 1.0)):
@@ -1191,7 +1189,7 @@ class TiltCorrectedBF(DirectMethod):
                 if cost < best_cost:
                     best_x, best_cost = xt, cost
             start = best_x
-        else:
+        elif start is None:
             start, _ = model.linear_fit(measured, model.theta)
         target = measured.reshape(-1)
         scale_A = self.outlier_scale_px * float(np.mean(step))
