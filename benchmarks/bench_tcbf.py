@@ -10,7 +10,7 @@ The baseline is ``plugins/ptyframe_direct/tcbf.py`` at git revision ``--baseline
 as a temporary module: it imports only ptyframe's core (components, physics, validators, data),
 which its revision shares with this one, so both run on the same data, device and library
 versions. Each method runs from nothing (the file's aberrations are removed from the experiment;
-the rotation prior is the file's, 0 deg) with its default settings:
+the rotation prior is the file's scan rotation) with its default settings:
 
 * ``baseline``: the old default (no transpose search);
 * ``current``: the new default (both transpose states tried);
