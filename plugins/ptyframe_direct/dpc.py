@@ -36,6 +36,7 @@ probe on a crystal lattice).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -73,6 +74,36 @@ from ._common import (
 __all__ = ["DPC", "IterativeDPC", "integrate_gradient_lsq", "spectral_gradient_ops"]
 
 
+_LOG = logging.getLogger("ptyframe")
+# the fitted rotation / transpose is flagged as ambiguous when the other transpose state is
+# nearly as curl-free (smallest curl fractions within this ratio) ...
+AMBIGUOUS_CURL_RATIO = 0.75
+# ... or when no frame makes the COM field a gradient field (a strongly defocused probe: the
+# COM is then not the probe-averaged phase gradient and the curl-minimising angle is biased)
+MAX_CURL_FRACTION = 0.15
+
+
+def rotation_ambiguity(orientation: dict[str, Any]) -> list[str]:
+    """Plain sentences saying why a fitted DPC rotation / transpose cannot be trusted (empty
+    when it can): see :data:`AMBIGUOUS_CURL_RATIO` and :data:`MAX_CURL_FRACTION`."""
+    if not orientation.get("rotation_fitted"):
+        return []
+    out = []
+    by = orientation.get("curl_fraction_by_transpose", {})
+    best = float(orientation["curl_fraction"])
+    others = [float(v) for k, v in by.items() if k != str(bool(orientation["transpose"]))]
+    if others and best > AMBIGUOUS_CURL_RATIO * min(others):
+        out.append(f"rotation: the transposed and untransposed detector frames are about "
+                   f"equally curl-free (curl fractions {best:.3g} and {min(others):.3g}); the "
+                   f"rotation and transpose are ambiguous, use tcBF (defocused data) to find "
+                   f"them")
+    if best > MAX_CURL_FRACTION:
+        out.append(f"rotation: the centre-of-mass field is far from a gradient field in every "
+                   f"frame (curl fraction {best:.3g} > {MAX_CURL_FRACTION}), as for a strongly "
+                   f"defocused probe; the fitted rotation is unreliable, use tcBF to find it")
+    return out
+
+
 def _angle_diff(a: float, b: float) -> float:
     """|a - b| modulo 360, degrees in [0, 180]."""
     return abs((a - b + 180.0) % 360.0 - 180.0)
@@ -108,7 +139,10 @@ class DPC(DirectMethod):
     Values: ``rotation_deg``, ``transpose``, ``rotation_fitted``, ``rotation_180_from``
     ("prior", "skewness" or "given"), ``curl_fraction``
     (mean curl^2 / mean(curl^2 + div^2), 0 for a perfect gradient field),
-    ``curl_fraction_by_transpose``, ``com_units`` ("mrad"), ``origin_A``, ``pixel_size_yx_A``.
+    ``curl_fraction_by_transpose``, ``com_units`` ("mrad"), ``origin_A``, ``pixel_size_yx_A``,
+    ``rotation_ambiguous`` (the fitted rotation / transpose cannot be trusted: the other
+    transpose state is nearly as curl-free, or the curl fraction exceeds 0.15 -- strongly
+    defocused data; a warning recommending tcBF is logged) and ``warnings`` (sentences).
     """
 
     name = "dpc"
@@ -241,6 +275,11 @@ class DPC(DirectMethod):
         }
         if "curl_fraction_by_transpose" in orientation:
             values["curl_fraction_by_transpose"] = orientation["curl_fraction_by_transpose"]
+        warnings = rotation_ambiguity(orientation)
+        values["rotation_ambiguous"] = bool(warnings)
+        values["warnings"] = warnings
+        for text in warnings:
+            _LOG.warning("%s: %s", self.name, text)
         values.update(extra)
         arrays = {"phase": phase - phase.mean(), "com_y": cy * lam_mrad, "com_x": cx * lam_mrad,
                   "intensity": total}

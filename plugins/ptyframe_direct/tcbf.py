@@ -35,14 +35,22 @@ shifts are then biased (about +5 % in C10 on ../shared/data/defocused_bf.h5). Th
 (default) defocus refinement maximises instead the alignment of the images after the matched
 filter conj(T_k), which removes those offsets.
 
-Ambiguity: the shifts of even aberrations (C10, C12, C30, ...) are odd in k, so
-(C10, C12, C30, theta) and (-C10, -C12, -C30, theta + 180 deg) predict the same shifts. The
-rotation is therefore searched within +-90 deg of the prior (``rotation_guess_deg``, default
-the experiment's ``scan_rotation_deg``); the defocus sign is meaningful relative to that prior.
+Ambiguity: (O, chi, theta) and (conj O(-r), -chi, theta + 180 deg) give exactly the same
+far-field patterns (the exit wave of the second is the complex conjugate of the first,
+mirrored), so every coefficient changes sign with the 180-degree branch. The shifts fix the
+rotation modulo 180 deg for any rotation (the seed search spans 180 deg with both signs of
+C10); ``resolve_180`` picks the branch: within +-90 deg of the prior (``rotation_guess_deg``,
+default the experiment's ``scan_rotation_deg``) or the one whose phase has positive skewness.
+
+Significance: higher-order terms are kept only when the final shifts support them (|C| /
+standard error >= ``significance`` and a shift of >= ``min_shift_px`` somewhere in the bright
+field); values["uncertainties"] holds the one-sigma errors, values["significant_terms"] the
+kept names and values["warnings"] what the data leave open (docs/direct_methods.md).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -75,6 +83,11 @@ from ptyframe.core.validators import (
 )
 from ptyframe.io.data import Dataset
 
+from ._common import skewness
+from ._shift_stats import prune_by_significance, standard_errors
+
+_LOG = logging.getLogger("ptyframe")
+
 __all__ = [
     "TiltCorrectedBF",
     "ShiftModel",
@@ -84,9 +97,15 @@ __all__ = [
 
 _BF_MASKS = ("threshold", "aperture")
 _LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
+_RESOLVE_180 = ("skewness", "prior")
 
 
 # ---------------------------------------------------------------------------- geometry
+def _angle_diff(a: float, b: float) -> float:
+    """|a - b| modulo 360, degrees in [0, 180]."""
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
 def _rotation_yx(theta: float) -> np.ndarray:
     """R(theta) acting on (y, x) column vectors (x' = c x - s y, y' = s x + c y)."""
     c, s = math.cos(theta), math.sin(theta)
@@ -128,6 +147,11 @@ class ShiftModel:
         for j, name in enumerate(used):
             fixed_v += scale * self.fixed[ABERRATION_NAMES.index(name)] * grads[nfit + j]
         self._fixed_v = fixed_v
+
+    @property
+    def basis(self) -> np.ndarray:
+        """Specimen-frame shift (Å) per Å of each fitted coefficient, (nC, G, 2)."""
+        return self._basis
 
     @property
     def n_params(self) -> int:
@@ -189,22 +213,36 @@ def _transfer_terms(xp: Any, qy: Any, qx: Any, k_yx: np.ndarray, grad: np.ndarra
                     edge_inv_A: float) -> Any:
     """T_k(q) for a batch of pixels k (B, 2) with removed gradients ``grad`` (B, 2) rad·Å;
     returns (B, *q.shape) complex (see :func:`tcbf_transfer`)."""
+    minus, plus = _transfer_sides(xp, qy, qx, k_yx, grad, wavelength, coeffs,
+                                  aperture_inv_A, edge_inv_A)
+    return minus - plus
+
+
+def _transfer_sides(xp: Any, qy: Any, qx: Any, k_yx: np.ndarray, grad: np.ndarray,
+                    wavelength: float, coeffs: np.ndarray, aperture_inv_A: float,
+                    edge_inv_A: float) -> tuple[Any, Any]:
+    """The two side bands of :func:`_transfer_terms`: (i A(k - q) e^{i D-} / A(k),
+    i A(k + q) e^{i D+} / A(k)), each (B, *q.shape) complex, so that T_k = first - second."""
 
     def amp(ky: Any, kx: Any) -> Any:
         return soft_aperture(xp.hypot(ky, kx), aperture_inv_A, edge_inv_A, xp)
 
-    expand = (slice(None),) + (None,) * qy.ndim  # (B, 1, ..., 1) against q
+    expand = (slice(None),) + (None,) * qy.ndim
     kk = xp.asarray(np.asarray(k_yx, dtype=float))
     gg = xp.asarray(np.asarray(grad, dtype=float))
     ky = kk[:, 0][expand]
     kx = kk[:, 1][expand]
-    lin = qy * gg[:, 0][expand] + qx * gg[:, 1][expand]
     a0 = xp.maximum(amp(ky, kx), 1e-3)
-    chi0 = aberration_function(ky, kx, wavelength, coeffs, xp)
-    d_minus = chi0 - aberration_function(ky - qy, kx - qx, wavelength, coeffs, xp) - lin
-    d_plus = aberration_function(ky + qy, kx + qx, wavelength, coeffs, xp) - chi0 - lin
-    return 1j * (amp(ky - qy, kx - qx) * xp.exp(1j * d_minus)
-                 - amp(ky + qy, kx + qx) * xp.exp(1j * d_plus)) / a0
+    minus = 1j * amp(ky - qy, kx - qx) / a0
+    plus = 1j * amp(ky + qy, kx + qx) / a0
+    if np.any(np.asarray(coeffs) != 0.0):
+        lin = qy * gg[:, 0][expand] + qx * gg[:, 1][expand]
+        chi0 = aberration_function(ky, kx, wavelength, coeffs, xp)
+        minus = minus * xp.exp(1j * (chi0 - aberration_function(ky - qy, kx - qx, wavelength,
+                                                                 coeffs, xp) - lin))
+        plus = plus * xp.exp(1j * (aberration_function(ky + qy, kx + qx, wavelength, coeffs,
+                                                       xp) - chi0 - lin))
+    return minus, plus
 
 
 def tcbf_transfer(xp: Any, q_yx: tuple[Any, Any], k_yx: np.ndarray, wavelength: float,
@@ -289,6 +327,16 @@ class TiltCorrectedBF(DirectMethod):
       (None: unlimited)
     * ``refine_defocus``: refine C10 by the transfer-matched alignment (crystals)
     * ``defocus_search``: seed C10 and the rotation by a grid search
+    * ``seed_candidates``: distinct seeds of that search judged by one shift measurement
+      at the finest level (the one whose shifts fit best continues)
+    * ``significance``: |coefficient| / standard error needed to keep a coefficient other
+      than C10 at the last level (0: keep all)
+    * ``min_shift_px``: a kept coefficient other than C10 must also shift some image by at
+      least this much, scan pixels
+    * ``resolve_180``: how the 180-degree ambiguity (theta + 180 deg with every coefficient
+      negated predicts the same data) is resolved: "skewness" (the phase estimate has
+      positive skewness: atoms are positive phase peaks) or "prior" (the branch within 90
+      deg of ``rotation_guess_deg``)
     * ``loss``: scipy least_squares loss of the shift fit ("linear", "soft_l1", ...)
     * ``outlier_scale_px``: f_scale of that loss, scan pixels
     * ``wiener_epsilon``: Wiener constant of the phase estimate, fraction of max abs(T)^2
@@ -301,9 +349,11 @@ class TiltCorrectedBF(DirectMethod):
        limited to ``bf_radius_fraction`` of the aperture radius around the disk centre found
        in the mean pattern. One virtual image per pixel, read in chunks of ``chunk_patterns``
        patterns (default: from the dataset's ``chunk_bytes``), float32.
-    2. Seed (``defocus_search``): grid search of C10 (and of the rotation, within +-90 deg of
-       the prior, when ``fit_rotation``) maximising the overlap-normalised energy of the
-       aligned sum of the first level's images (pairwise correlation maps).
+    2. Seed (``defocus_search``): grid search of C10 (and of the rotation over 180 deg when
+       ``fit_rotation``) maximising the overlap-normalised energy of the aligned sum of the
+       first level's images (pairwise correlation maps); the ``seed_candidates`` best
+       distinct hypotheses are refined locally and each judged by one shift measurement and
+       fit on at most 128 finest-level groups; the best continues.
     3. For each ``binning`` level (b x b detector blocks, coarse to fine;
        ``iterations_per_level`` passes): each image's residual shift by cross-correlation with
        the aligned sum of the others (zero-padded, ``edge_taper``, Gaussian smoothing
@@ -311,15 +361,19 @@ class TiltCorrectedBF(DirectMethod):
        shrinking overlap does not pull shifts towards zero, search within
        ``search_radius_px`` of the current model and where the overlap is >= ``min_overlap``
        of its maximum; sub-pixel by a parabola and a matrix-DFT refinement at
-       1/``subpixel_upsample`` px); then a least-squares fit of ``fit_aberrations`` (Å; only
-       C10, C12 before the last level), the scan rotation (``fit_rotation``) and a common
+       1/``subpixel_upsample`` px on converging passes); then a least-squares fit of the
+       first-order terms (C10, C12), the scan rotation (``fit_rotation``) and a common
        offset to the shifts, with the analytic Jacobian (scipy ``least_squares``, ``loss``
-       with f_scale ``outlier_scale_px`` scan pixels) after a 1-deg global search of the
-       rotation. The fitted model aligns the next pass and seeds the next level.
+       with f_scale ``outlier_scale_px`` scan pixels; a 1-deg global search of the rotation
+       only when there was no seed search). The fitted model aligns the next pass and seeds
+       the next level. At the last level all ``fit_aberrations`` are fitted to the final
+       shifts and pruned by significance (``significance``, ``min_shift_px``).
     4. ``refine_defocus``: C10 maximising the transfer-matched, overlap-normalised alignment
        of the images (see :meth:`_refine_defocus`); it removes the bias of the shift fit on
        crystals (fringes seen through one side band). When it moves C10 by more than 1 %,
-       the other coefficients are fitted again at the finest level with C10 held.
+       the other coefficients and the rotation are fitted again at the finest level with C10
+       held (and C10 refined once more if that moved the rotation by more than 0.25 deg).
+    4b. 180-degree branch (``resolve_180``), uncertainties and warnings.
     5. Upsampled tcBF image on a grid of scan_step / ``upsample`` (bilinear shifted sparse sum
        divided by the shifted sampling mask, aberration shifts only) and a weak-phase
        estimate: Wiener division (``wiener_epsilon`` x max |T|^2) of the tcBF contrast by the
@@ -354,7 +408,7 @@ class TiltCorrectedBF(DirectMethod):
     fit_aberrations: tuple[str, ...] = attrs.field(
         default=("C10", "C12a", "C12b", "C21a", "C21b", "C23a", "C23b"), converter=_names)
     fit_rotation: bool = attrs.field(default=True, validator=boolean())
-    transpose: bool | None = attrs.field(default=False, validator=boolean(optional=True))
+    transpose: bool | None = attrs.field(default=None, validator=boolean(optional=True))
     rotation_guess_deg: float | None = attrs.field(
         default=None, converter=to_float, validator=finite(unit="degrees", optional=True))
     use_experiment_aberrations: bool = attrs.field(
@@ -378,6 +432,12 @@ class TiltCorrectedBF(DirectMethod):
                                        validator=boolean())
     defocus_search: bool = attrs.field(default=True,
                                        validator=boolean())
+    seed_candidates: int = attrs.field(default=10, validator=positive_int())
+    significance: float = attrs.field(default=3.0, converter=to_float,
+                                      validator=in_range(0.0, 1e3))
+    min_shift_px: float = attrs.field(default=0.25, converter=to_float,
+                                      validator=in_range(0.0, 1e3))
+    resolve_180: str = attrs.field(default="prior", validator=one_of(_RESOLVE_180))
     loss: str = attrs.field(default="soft_l1", validator=one_of(_LOSSES))
     outlier_scale_px: float = attrs.field(default=1.0, converter=to_float,
                                           validator=in_range(0.0, 1e6, low_open=True))
@@ -430,19 +490,30 @@ class TiltCorrectedBF(DirectMethod):
         k_phys = k_det[:, ::-1] if best["transpose"] else k_det
         all_coeffs = best["all_coeffs"]
         if self.refine_defocus and "C10" in self.fit_aberrations:
-            t1 = time.perf_counter()
-            candidates = [c for c in (best.get("seed_C10"), all_coeffs[0]) if c is not None]
-            all_coeffs, refined = self._refine_defocus(device, contrast_px, k_phys, all_coeffs,
-                                                       candidates, best["theta"], scan_shape,
-                                                       step, lam, aperture)
-            best["levels"].append(refined)
-            timings["refine_defocus"] = time.perf_counter() - t1
             others = tuple(n for n in self.fit_aberrations if n != "C10")
-            moved = abs(refined["C10_A"] - refined["C10_shift_fit_A"])
-            if others and moved > 0.01 * abs(refined["C10_A"]) + 1.0:
+            for round_ in range(2):
+                # the transfer-matched refinement uses the fitted rotation; when the refit
+                # (C10 held) then moves the rotation, C10 is refined once more
+                t1 = time.perf_counter()
+                # the seed brackets the search only when it describes the same hypothesis (the
+                # fit may have moved to the equivalent branch theta + 180 deg, -C10)
+                seed = best.get("seed_C10") if round_ == 0 else None
+                fit_c10 = float(all_coeffs[0])
+                candidates = [fit_c10] + ([seed] if seed is not None and abs(seed - fit_c10)
+                                          < 0.3 * abs(fit_c10) + 20.0 else [])
+                all_coeffs, refined = self._refine_defocus(
+                    device, contrast_px, k_phys, all_coeffs, candidates, best["theta"],
+                    scan_shape, step, lam, aperture)
+                best["levels"].append(refined)
+                timings[f"refine_defocus{'_again' if round_ else ''}"] = (
+                    time.perf_counter() - t1)
+                moved = abs(refined["C10_A"] - refined["C10_shift_fit_A"])
+                if not (others and moved > 0.01 * abs(refined["C10_A"]) + 1.0):
+                    break
                 # the other coefficients were fitted together with a C10 the refinement
                 # rejected: fit them again at the finest level with C10 held
                 t1 = time.perf_counter()
+                theta_before = best["theta"]
                 refit = self._fit_levels(device, weights_px, images, pixels, k_phys,
                                          scan_shape, step, lam, all_coeffs,
                                          float(np.rad2deg(best["theta"])), aperture,
@@ -451,9 +522,12 @@ class TiltCorrectedBF(DirectMethod):
                 refit["levels"][-1]["stage"] = "refit_with_refined_C10"
                 best.update({k: refit[k] for k in ("measured", "fitted", "group_k",
                                                    "residual_rms_A", "theta", "offset")})
+                best["stats"] = {**best["stats"], **refit["stats"]}
                 best["levels"] += refit["levels"]
                 all_coeffs = refit["all_coeffs"]
-                timings["refit"] = time.perf_counter() - t1
+                timings[f"refit{'_again' if round_ else ''}"] = time.perf_counter() - t1
+                if abs(best["theta"] - theta_before) < np.deg2rad(0.25):
+                    break
 
         # ---------------------------------------------------------------- upsampled image
         t1 = time.perf_counter()
@@ -469,6 +543,35 @@ class TiltCorrectedBF(DirectMethod):
         phase = self._phase(device, tcbf, weight, step, k_phys, lam, all_coeffs,
                             best["theta"], aperture)
         timings["phase"] = time.perf_counter() - t2
+
+        # ------------------------------------------------ 180-degree branch, uncertainties
+        theta = float(best["theta"])
+        valid = weight >= 0.25 * weight.max()
+        skew = skewness(phase[valid])
+        if self.resolve_180 == "skewness":
+            flip = skew < 0  # atoms are positive phase peaks
+        else:
+            flip = _angle_diff(np.rad2deg(theta) + 180.0, prior_deg) < _angle_diff(
+                np.rad2deg(theta), prior_deg)
+        if flip:
+            # (O, chi, theta) and (conj O(-r), -chi, theta + 180 deg) give the same data
+            theta += np.pi
+            all_coeffs = -all_coeffs
+            phase = -phase
+            skew = -skew
+        theta = float((theta + np.pi) % (2 * np.pi) - np.pi)
+        stats = best["stats"]
+        significant = [n for n in self.fit_aberrations
+                       if n in stats and (n == "C10" or all_coeffs[ABERRATION_NAMES.index(n)]
+                                          != 0.0)]
+        uncertainties = {}
+        if "rotation" in stats:
+            uncertainties["rotation_deg"] = float(np.rad2deg(stats["rotation"]["error"]))
+        uncertainties.update({f"{n}_A": stats[n]["error"] for n in self.fit_aberrations
+                              if n in stats})
+        warnings = self._warnings(fits, best, all_coeffs, uncertainties, skew)
+        for text in warnings:
+            _LOG.warning("tcbf: %s", text)
         timings["total"] = time.perf_counter() - t0
 
         aberrations = {name: float(v) for name, v in zip(ABERRATION_NAMES, all_coeffs,
@@ -477,8 +580,13 @@ class TiltCorrectedBF(DirectMethod):
         values = {
             "aberrations_A": aberrations,
             "defocus_A": -aberrations.get("C10", 0.0),
-            "rotation_deg": float(np.rad2deg(best["theta"])),
+            "rotation_deg": float(np.rad2deg(theta)),
             "transpose": bool(best["transpose"]),
+            "uncertainties": uncertainties,
+            "significant_terms": significant,
+            "warnings": warnings,
+            "rotation_180_from": self.resolve_180,
+            "phase_skewness": float(skew),
             "residual_rms_A": float(best["residual_rms_A"]),
             "levels": best["levels"],
             "center_px": [float(c) for c in center],
@@ -510,6 +618,46 @@ class TiltCorrectedBF(DirectMethod):
         return DirectResult(method=self.name, arrays=arrays, values=values,
                             pixel_size_A=float(step[0]) / self.upsample, timings_s=timings,
                             units=units)
+
+    def _warnings(self, fits: list[dict[str, Any]], best: dict[str, Any],
+                  coeffs: np.ndarray, uncertainties: dict[str, float], skew: float
+                  ) -> list[str]:
+        """Plain sentences for the geometry the data do not pin down."""
+        out = []
+        if len(fits) > 1:
+            other = max(f["residual_rms_A"] for f in fits if f is not best)
+            if best["residual_rms_A"] > 0.7 * other:
+                out.append(
+                    f"transpose: the fits with and without a transposed detector leave similar "
+                    f"shift residuals ({best['residual_rms_A']:.3g} Å for transpose="
+                    f"{best['transpose']} vs {other:.3g} Å); the transpose and rotation are "
+                    f"uncertain")
+        seeds = next((lv["seed_candidates"] for lv in best["levels"]
+                      if "seed_candidates" in lv), [])
+        if len(seeds) > 1:
+            ranked = sorted(seeds, key=lambda c: c["residual_rms_A"])
+            for cand in ranked[1:]:
+                # a different hypothesis (shifts > 1 px rms apart) that fits almost as well
+                if (cand["shift_difference_px"] > 1.0
+                        and cand["residual_rms_A"] < 1.15 * ranked[0]["residual_rms_A"]):
+                    out.append(
+                        f"rotation: two seed hypotheses fit the shifts almost equally well "
+                        f"(C10 {ranked[0]['fitted_C10_A']:.4g} Å at "
+                        f"{ranked[0]['fitted_rotation_deg']:.1f} deg: "
+                        f"{ranked[0]['residual_rms_A']:.3g} Å rms; C10 "
+                        f"{cand['fitted_C10_A']:.4g} Å at {cand['fitted_rotation_deg']:.1f} "
+                        f"deg: {cand['residual_rms_A']:.3g} Å rms)")
+                    break
+        c10 = float(coeffs[ABERRATION_NAMES.index("C10")])
+        s10 = uncertainties.get("C10_A")
+        if s10 is not None and not s10 <= 0.03 * abs(c10):
+            out.append(f"defocus: C10 = {c10:.4g} Å is poorly determined (one-sigma "
+                       f"{s10:.3g} Å, more than 3 %); the shifts are small or noisy")
+        if self.resolve_180 == "skewness" and self.fit_rotation and abs(skew) < 0.1:
+            out.append(f"rotation: the 180-degree branch was chosen by the sign of the phase "
+                       f"skewness, which is small ({skew:.3g}); rotation + 180 deg with all "
+                       f"aberrations negated fits the data as well")
+        return out
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
@@ -605,7 +753,10 @@ class TiltCorrectedBF(DirectMethod):
                     ) -> dict[str, Any]:
         """Shift measurement and aberration fit over the binning levels (default: the
         ``binning`` field; ``names``: the coefficients fitted, default ``fit_aberrations``;
-        ``search``: seed C10 and the rotation by :meth:`_search_seed` first)."""
+        ``search``: seed C10 and the rotation by :meth:`_search_seed` first: each of its
+        candidates is iterated at the first level and the one with the smallest shift
+        residual continues). At the last level the coefficients other than C10 are pruned by
+        significance (:func:`prune_by_significance`) and standard errors are returned."""
         binning = self.binning if binning is None else binning
         all_names = tuple(self.fit_aberrations) if names is None else tuple(names)
         seed_c10 = None
@@ -617,66 +768,198 @@ class TiltCorrectedBF(DirectMethod):
         timings: dict[str, float] = {}
         images_dev = device.asarray(images, dtype=device.real_dtype)
         last: dict[str, Any] = {}
+        stats: dict[str, dict[str, float]] = {}
         for level, b in enumerate(binning):
             tl = time.perf_counter()
             groups = self._groups(pixels, center, b)
             if len(groups) < 6:
                 raise ValueError(f"binning: level {b} leaves {len(groups)} pixel groups in the "
                                  f"bright field (at least 6 needed); use smaller binning values")
-            member = np.zeros((len(groups), len(pixels)), dtype=np.float64)
-            for g, idx in enumerate(groups):
-                member[g, idx] = 1.0
-            w_g = member @ weights_px
-            k_g = (member * weights_px) @ k_phys / w_g[:, None]
-            sums = device.asarray(member, dtype=device.real_dtype) @ images_dev
-            g_contrast = sums / device.asarray(w_g, dtype=device.real_dtype)[:, None] - 1.0
-            g_contrast = g_contrast.reshape(len(groups), *scan_shape)
-            if level == 0 and search and self.defocus_search and "C10" in all_names:
-                coeffs_all, theta = self._search_seed(device, g_contrast, k_g, lam, coeffs_all,
-                                                      theta, step)
-                seed_c10 = float(coeffs_all[0])
+            g_contrast, k_g = self._group_images(device, groups, weights_px, images_dev,
+                                                 k_phys, scan_shape)
             names = self._active_names(all_names, level, len(binning), len(groups))
-            index = [ABERRATION_NAMES.index(n) for n in names]
-            fixed = coeffs_all.copy()
-            fixed[index] = 0.0
-            model = ShiftModel(k_g, lam, names, fixed, fit_rotation=self.fit_rotation,
-                               theta=theta)
-            x = model.pack(coeffs_all[index], theta, offset)
-            current = model.predict(x) / step  # pixels
-            n_iter = 0
-            for _ in range(self.iterations_per_level):
-                n_iter += 1
-                measured_px = current + self._measure(device, g_contrast, current)
-                measured = measured_px * step
-                x = self._fit(model, measured, prior_deg, step)
-                new = model.predict(x) / step
-                change = float(np.max(np.abs(new - current)))
-                current = new
-                if change < 0.01:
-                    break
-            coeffs, theta, offset = model.unpack(x)
-            coeffs_all[index] = coeffs
-            fitted = model.predict(x)
-            rms = float(np.sqrt(np.mean(np.sum((fitted - measured) ** 2, axis=1))))
+            # the passes fit the first-order terms (a stiff model that cannot wander off
+            # with noise); the higher orders are fitted to the last level's final shifts
+            # and kept only if significant (:meth:`_prune`)
+            iter_names = tuple(n for n in names if n[1] == "1") or names
+            entry: dict[str, Any] = {}
+            if level == 0 and search and self.defocus_search and "C10" in all_names:
+                # each seed is judged by one shift measurement and fit at the finest level
+                # (at most 128 evenly spread groups): coarse groups are blurred by the spread
+                # of shifts within a block and do not tell the seeds apart; the seed whose
+                # shifts fit best is then iterated through the levels
+                i10 = ABERRATION_NAMES.index("C10")
+                fine_groups = self._groups(pixels, center, binning[-1])
+                pick = np.unique(np.linspace(0, len(fine_groups) - 1,
+                                             min(len(fine_groups), 128)).round().astype(int))
+                fine, k_fine = self._group_images(device, [fine_groups[i] for i in pick],
+                                                  weights_px, images_dev, k_phys, scan_shape)
+                trials = []
+                for c10, t_seed, score in self._search_seed(device, g_contrast, k_g, lam,
+                                                             coeffs_all, theta, step):
+                    start = coeffs_all.copy()
+                    start[i10] = c10
+                    judge = self._iterate_level(device, fine, k_fine, lam, iter_names, start,
+                                                t_seed, offset, prior_deg, step, iterations=1,
+                                                subpixel=False)
+                    trials.append((start, t_seed, score, judge))
+                start, t_seed, _, best_judge = min(trials, key=lambda tr: tr[3]["rms"])
+                seed_c10 = float(start[i10])
+                it = self._iterate_level(device, g_contrast, k_g, lam, iter_names, start,
+                                         t_seed, offset, prior_deg, step)
+                entry["seed_candidates"] = [
+                    {"C10_A": float(st[i10]), "rotation_deg": float(np.rad2deg(t)),
+                     "score": float(sc), "residual_rms_A": float(judge["rms"]),
+                     "fitted_C10_A": float(judge["coeffs_all"][i10]),
+                     "fitted_rotation_deg": float(np.rad2deg(judge["theta"])),
+                     # rms difference of the predicted shifts from the chosen seed's, px
+                     "shift_difference_px": float(np.sqrt(np.mean(np.sum(
+                         ((judge["fitted"] - best_judge["fitted"]) / step) ** 2, axis=1))))}
+                    for st, t, sc, judge in trials]
+                del fine
+            else:
+                it = self._iterate_level(device, g_contrast, k_g, lam, iter_names,
+                                         coeffs_all, theta, offset, prior_deg, step,
+                                         global_search=level == 0 and search)
+            if level == len(binning) - 1:
+                it, stats = self._prune(it, k_g, lam, step, names)
+                names = it["names"]
+            coeffs_all, theta, offset = it["coeffs_all"], it["theta"], it["offset"]
+            measured, fitted, rms = it["measured"], it["fitted"], it["rms"]
             dt = time.perf_counter() - tl
             timings[f"level{level}_bin{b}"] = dt
             levels.append({
-                "binning": int(b), "groups": int(len(groups)), "iterations": n_iter,
+                "binning": int(b), "groups": int(len(groups)), "iterations": it["iterations"],
                 "fitted": list(names), "residual_rms_A": rms, "time_s": dt,
                 "rotation_deg": float(np.rad2deg(theta)),
                 "aberrations_A": {n: float(coeffs_all[ABERRATION_NAMES.index(n)])
                                   for n in self.fit_aberrations},
+                **entry,
             })
             last = {"measured": measured, "fitted": fitted, "group_k": k_g,
                     "residual_rms_A": rms}
-            del sums, g_contrast
+            del g_contrast
         return {**last, "theta": float(theta), "offset": np.asarray(offset),
                 "all_coeffs": coeffs_all, "levels": levels, "timings": timings,
-                "seed_C10": seed_c10}
+                "seed_C10": seed_c10, "stats": stats}
+
+    def _group_images(self, device: Any, groups: list[np.ndarray], weights_px: np.ndarray,
+                      images_dev: Any, k_phys: np.ndarray, scan_shape: tuple[int, int]
+                      ) -> tuple[Any, np.ndarray]:
+        """Contrast images (G, sy, sx) of pixel groups (count-weighted sums) and their mean
+        frequencies (G, 2) 1/Å."""
+        member = np.zeros((len(groups), len(weights_px)), dtype=np.float64)
+        for g, idx in enumerate(groups):
+            member[g, idx] = 1.0
+        w_g = member @ weights_px
+        k_g = (member * weights_px) @ k_phys / w_g[:, None]
+        sums = device.asarray(member, dtype=device.real_dtype) @ images_dev
+        g_contrast = sums / device.asarray(w_g, dtype=device.real_dtype)[:, None] - 1.0
+        return g_contrast.reshape(len(groups), *scan_shape), k_g
+
+    def _iterate_level(self, device: Any, g_contrast: Any, k_g: np.ndarray, lam: float,
+                       names: tuple[str, ...], coeffs_all: np.ndarray, theta: float,
+                       offset: np.ndarray, prior_deg: float, step: np.ndarray,
+                       iterations: int | None = None, global_search: bool = False,
+                       subpixel: bool = True) -> dict[str, Any]:
+        """``iterations`` (default ``iterations_per_level``) passes of shift measurement and
+        fit of ``names`` (Å), the rotation and the offset at one binning level, starting from
+        the given model. ``global_search``: the first fit searches the rotation over 180 deg
+        around ``prior_deg`` (else every fit starts from the current model). ``subpixel``:
+        refine the correlation peaks by the matrix DFT on the last pass and once the model
+        moves by less than 0.05 px (earlier passes use the parabola alone)."""
+        coeffs_all = np.asarray(coeffs_all, dtype=float).copy()
+        index = [ABERRATION_NAMES.index(n) for n in names]
+        fixed = coeffs_all.copy()
+        fixed[index] = 0.0
+        model = ShiftModel(k_g, lam, names, fixed, fit_rotation=self.fit_rotation,
+                           theta=theta)
+        x = model.pack(coeffs_all[index], theta, offset)
+        current = model.predict(x) / step  # pixels
+        n_iter = 0
+        measured = current * step
+        n_max = self.iterations_per_level if iterations is None else iterations
+        change = np.inf
+        for i in range(n_max):
+            n_iter += 1
+            fine = subpixel and (i == n_max - 1 or change < 0.05)
+            measured = (current + self._measure(device, g_contrast, current, fine)) * step
+            if global_search and i == 0:
+                x = self._fit(model, measured, prior_deg, step)
+            else:
+                x = self._fit(model, measured, None, step, start=x)
+            new = model.predict(x) / step
+            change = float(np.max(np.abs(new - current)))
+            current = new
+            if change < 0.01 and (fine or not subpixel):
+                break
+        coeffs, theta_fit, offset_fit = model.unpack(x)
+        coeffs_all[index] = coeffs
+        fitted = model.predict(x)
+        rms = float(np.sqrt(np.mean(np.sum((fitted - measured) ** 2, axis=1))))
+        return {"coeffs_all": coeffs_all, "theta": float(theta_fit),
+                "offset": np.asarray(offset_fit), "measured": measured, "fitted": fitted,
+                "rms": rms, "iterations": n_iter, "names": tuple(names), "x": x}
+
+    def _prune(self, it: dict[str, Any], k_g: np.ndarray, lam: float, step: np.ndarray,
+               names: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        """Fit ``names`` to the last level's shifts, then keep only significant coefficients
+        (C10 is always kept; the others need |C| / standard error >= ``significance`` and a
+        largest shift >= ``min_shift_px``). Returns the updated level result and
+        {name: {"value", "error", "t", "effect"}}, plus "rotation" (rad)."""
+        measured = it["measured"]
+        theta0, offset0 = it["theta"], it["offset"]
+        coeffs0 = it["coeffs_all"]
+        all_fitted = tuple(names)
+
+        def fit(names: tuple[str, ...]) -> tuple[ShiftModel, np.ndarray]:
+            fixed = coeffs0.copy()
+            fixed[[ABERRATION_NAMES.index(n) for n in all_fitted]] = 0.0
+            model = ShiftModel(k_g, lam, names, fixed, fit_rotation=self.fit_rotation,
+                               theta=theta0)
+            start = model.pack(coeffs0[[ABERRATION_NAMES.index(n) for n in names]], theta0,
+                               offset0)
+            return model, self._fit(model, measured, None, step, start=start)
+
+        min_shift_A = self.min_shift_px * float(np.mean(step))
+
+        def assess(result: tuple[ShiftModel, np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            model, x = result
+            errors = standard_errors(model.jacobian(x),
+                                     model.predict(x).reshape(-1) - measured.reshape(-1))
+            n = len(model.fit_names)
+            values = np.asarray(x[:n])
+            # largest shift (Å) each term gives any group, over the smallest worth keeping
+            largest = np.linalg.norm(model.basis, axis=2).max(axis=1) * np.abs(values)
+            return values, errors[:n], largest / max(min_shift_A, 1e-300)
+
+        (model, x), kept, record = prune_by_significance(
+            all_fitted, fit, assess, lambda n: n != "C10", self.significance)
+        errors = standard_errors(model.jacobian(x),
+                                 model.predict(x).reshape(-1) - measured.reshape(-1))
+        coeffs, theta, offset = model.unpack(x)
+        coeffs_all = coeffs0.copy()
+        coeffs_all[[ABERRATION_NAMES.index(n) for n in all_fitted]] = 0.0
+        coeffs_all[[ABERRATION_NAMES.index(n) for n in kept]] = coeffs
+        for j, name in enumerate(kept):
+            record[name] = {**record[name], "value": float(coeffs[j]),
+                            "error": float(errors[j]),
+                            "t": float(abs(coeffs[j]) / errors[j]) if errors[j] > 0
+                            else float("inf")}
+        if self.fit_rotation:
+            record["rotation"] = {"value": float(theta), "error": float(errors[len(kept)]),
+                                  "t": float("inf")}
+        fitted = model.predict(x)
+        rms = float(np.sqrt(np.mean(np.sum((fitted - measured) ** 2, axis=1))))
+        out = {**it, "coeffs_all": coeffs_all, "theta": float(theta),
+               "offset": np.asarray(offset), "fitted": fitted, "rms": rms, "names": kept,
+               "x": x}
+        return out, record
 
     def _search_seed(self, device: Any, images: Any, k_g: np.ndarray, lam: float,
                      coeffs_all: np.ndarray, theta: float, step: np.ndarray
-                     ) -> tuple[np.ndarray, float]:
+                     ) -> list[tuple[float, float, float]]:
         """Seed C10 (and the rotation) by a grid search: maximise the overlap-normalised
         energy of the aligned sum, sum_{g<h} corr_gh(sigma_h - sigma_g) / sum overlap, over a
         subset of at most 32 images (central crop of at most 64 x 64 scan points).
@@ -685,7 +968,12 @@ class TiltCorrectedBF(DirectMethod):
         read bilinearly), so each trial costs one lookup per pair. C10 spans shifts of up to
         half the (cropped) field at the largest |k| in steps of 0.5 px there; the rotation
         spans +-90 deg around ``theta`` in steps of at most 3 deg (0.5 px at the largest
-        shift) when fitted.
+        shift) when fitted (with both signs of C10 this covers every rotation).
+
+        Returns up to ``seed_candidates`` (C10 Å, theta rad, score), best first, whose
+        predicted shifts differ by more than 1 scan pixel rms: on noisy or crystalline data
+        the best score is not always the truth (a lattice aligns at several wrong shifts),
+        so the caller iterates each and keeps the one the measured shifts fit best.
         """
         xp = device.xp
         g_all, sy0, sx0 = images.shape
@@ -745,21 +1033,50 @@ class TiltCorrectedBF(DirectMethod):
             thetas = theta + np.deg2rad(np.arange(-90.0, 90.0, d_theta))
         else:
             thetas = np.array([theta])
-        best = (-np.inf, coeffs_all[i10], theta)
-        for t in thetas:
+        def scores_at(c10_values: np.ndarray, t: float) -> np.ndarray:
             rot = _rotation_yx(float(t))
-            shifts = (v0[None] + c10s[:, None, None] * b10[None]) @ rot / step  # (T, g, 2)
-            d = shifts[:, jj] - shifts[:, ii]
+            shifts = (v0[None] + c10_values[:, None, None] * b10[None]) @ rot / step
+            d = shifts[:, jj] - shifts[:, ii]  # (T, pairs, 2) scan pixels
             overlap = (np.clip(cy - np.abs(d[..., 0]), 0, None)
                        * np.clip(cx - np.abs(d[..., 1]), 0, None)).sum(axis=1)
             score = lookup(d).sum(axis=1) / np.maximum(overlap, 1e-12)
             score[overlap < 0.3 * len(ii) * cy * cx] = -np.inf
-            j = int(np.argmax(score))
-            if score[j] > best[0]:
-                best = (float(score[j]), float(c10s[j]), float(t))
-        out = coeffs_all.copy()
-        out[i10] = best[1]
-        return out, best[2]
+            return score
+
+        scores = np.stack([scores_at(c10s, float(t)) for t in thetas])
+        # the best grid points that predict clearly different shifts (> 1 px rms apart),
+        # each refined on a finer local grid (the alignment peak is about a pixel wide,
+        # narrower than the coarse grid's half step at the largest shifts)
+        dc = float(c10s[1] - c10s[0]) if len(c10s) > 1 else 1.0
+        dt = float(thetas[1] - thetas[0]) if len(thetas) > 1 else 0.0
+        chosen: list[tuple[float, float, float]] = []
+        fields: list[np.ndarray] = []
+
+        def field_of(c: float, t: float) -> np.ndarray:
+            return (v0 + c * b10) @ _rotation_yx(float(t)) / step
+
+        for flat in np.argsort(scores, axis=None)[::-1]:
+            i, j = np.unravel_index(int(flat), scores.shape)
+            if not np.isfinite(scores[i, j]) or len(chosen) >= 3 * self.seed_candidates:
+                break
+            field = field_of(c10s[j], thetas[i])
+            if all(np.sqrt(np.mean(np.sum((field - f) ** 2, axis=1))) > 1.0 for f in fields):
+                fields.append(field)
+                c, t, sc = float(c10s[j]), float(thetas[i]), float(scores[i, j])
+                for shrink in (0.5, 0.25):
+                    cs = c + shrink * dc * np.arange(-2, 3)
+                    for tt in t + shrink * dt * np.arange(-2, 3) if dt else [t]:
+                        local = scores_at(cs, float(tt))
+                        k = int(np.argmax(local))
+                        if local[k] > sc:
+                            sc, best_c, best_t = float(local[k]), float(cs[k]), float(tt)
+                            c_new, t_new = best_c, best_t
+                    if sc > float(scores[i, j]):
+                        c, t = c_new, t_new
+                chosen.append((c, t, sc))
+        chosen.sort(key=lambda item: -item[2])
+        chosen = chosen[:self.seed_candidates]
+        return chosen or [(float(coeffs_all[i10]), float(theta), float("nan"))]
 
     def _refine_defocus(self, device: Any, contrast_px: np.ndarray, k_phys: np.ndarray,
                         coeffs_all: np.ndarray, candidates: list[float], theta: float,
@@ -798,37 +1115,43 @@ class TiltCorrectedBF(DirectMethod):
         window_spec = device.asarray(np.fft.fft2(window), dtype=device.complex_dtype)
         rot = _rotation_yx(theta)
         qs_y, qs_x = spatial_frequencies((py, px), step)
-        q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
-        q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
-        qsy = device.asarray(qs_y)
-        qsx = device.asarray(qs_x)
         i10 = ABERRATION_NAMES.index("C10")
         k_sel = k_phys[pick]
+        # Every term that depends on C10 is cheap to update (chi is linear in the
+        # coefficients and the C10 part of the residual phases D-+ is -+ pi lambda C10 q^2,
+        # independent of k), so the transfers of the other coefficients are formed once:
+        # conj(T_k) = Cm_k E - Cp_k conj(E), E = exp(i pi lambda C10 q^2).
+        rest = coeffs_all.copy()
+        rest[i10] = 0.0
+        grad_rest = aberration_gradient(k_sel[:, 0], k_sel[:, 1], lam, rest)
+        grad_10 = aberration_gradient_basis(k_sel[:, 0], k_sel[:, 1], lam, ("C10",))[0]
+        q_y = device.asarray(rot[0, 0] * qs_y + rot[0, 1] * qs_x)
+        q_x = device.asarray(rot[1, 0] * qs_y + rot[1, 1] * qs_x)
+        s_m = xp.empty_like(spec)
+        s_p = xp.empty_like(spec)
+        for start in range(0, len(pick), 16):
+            sel = slice(start, start + 16)
+            c_m, c_p = _transfer_sides(xp, q_y, q_x, k_sel[sel], grad_rest[sel], lam, rest,
+                                       aperture[0], aperture[1])
+            s_m[sel] = spec[sel] * xp.conj(c_m)
+            s_p[sel] = spec[sel] * xp.conj(c_p)
+        phase_q2 = device.asarray(np.pi * lam * (qs_y**2 + qs_x**2))
+        fy1 = qs_y[:, 0]
+        fx1 = qs_x[0, :]
 
         def negative_alignment(c10: float) -> float:
-            coeffs = coeffs_all.copy()
-            coeffs[i10] = c10
-            grad = aberration_gradient(k_sel[:, 0], k_sel[:, 1], lam, coeffs)
+            grad = grad_rest + c10 * grad_10
             shifts = (-grad / (2 * np.pi)) @ rot  # scan frame, Å
-            total = xp.zeros((py, px), dtype=device.complex_dtype)
-            total_w = xp.zeros((py, px), dtype=device.complex_dtype)
-            self_a = 0.0
-            self_w = 0.0
-            for start in range(0, len(pick), 16):
-                sel = slice(start, start + 16)
-                t = _transfer_terms(xp, q_y, q_x, k_sel[sel], grad[sel], lam, coeffs,
-                                    aperture[0], aperture[1])
-                sh = device.asarray(shifts[sel])
-                ramp = xp.exp(2j * np.pi * (qsy * sh[:, 0, None, None]
-                                            + qsx * sh[:, 1, None, None]))
-                a = spec[sel] * ramp * xp.conj(t)
-                w = window_spec * ramp
-                total += a.sum(axis=0)
-                total_w += w.sum(axis=0)
-                self_a += float(xp.sum(xp.abs(a) ** 2))
-                self_w += float(xp.sum(xp.abs(w) ** 2))
-            num = float(xp.sum(xp.abs(total) ** 2)) - self_a
-            den = float(xp.sum(xp.abs(total_w) ** 2)) - self_w
+            ey = device.asarray(np.exp(2j * np.pi * shifts[:, 0, None] * fy1),
+                                dtype=device.complex_dtype)
+            ex = device.asarray(np.exp(2j * np.pi * shifts[:, 1, None] * fx1),
+                                dtype=device.complex_dtype)
+            ramp = ey[:, :, None] * ex[:, None, :]
+            e = xp.exp(1j * c10 * phase_q2).astype(device.complex_dtype)
+            a = ramp * (s_m * e - s_p * xp.conj(e))
+            w = window_spec * ramp
+            num = float(xp.sum(xp.abs(a.sum(axis=0)) ** 2)) - float(xp.sum(xp.abs(a) ** 2))
+            den = float(xp.sum(xp.abs(w.sum(axis=0)) ** 2)) - float(xp.sum(xp.abs(w) ** 2))
             return -num / max(den, 1e-300)
 
         c0 = float(coeffs_all[i10])
@@ -851,11 +1174,14 @@ class TiltCorrectedBF(DirectMethod):
                 "time_s": time.perf_counter() - t0}
         return out, info
 
-    def _fit(self, model: ShiftModel, measured: np.ndarray, prior_deg: float,
-             step: np.ndarray) -> np.ndarray:
-        """Global rotation search within +-90 deg of the prior (linear least squares at each
-        angle), then refinement of all parameters with the analytic Jacobian."""
-        if model.fit_rotation:
+    def _fit(self, model: ShiftModel, measured: np.ndarray, prior_deg: float | None,
+             step: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+        """Global rotation search (linear least squares at each 1-deg step over 180 deg
+        around ``prior_deg``, which covers every shift hypothesis: theta + 180 deg with all
+        coefficients negated predicts the same shifts), then refinement of all parameters
+        with the analytic Jacobian. ``prior_deg`` None: start from ``start`` (or the model's
+        theta) without a global search."""
+        if start is None and model.fit_rotation and prior_deg is not None:
             prior = np.deg2rad(prior_deg)
             best_x, best_cost = model.linear_fit(measured, float(prior))
             for t in prior + np.deg2rad(np.arange(-89.5, 90.0, 1.0)):
@@ -863,7 +1189,7 @@ class TiltCorrectedBF(DirectMethod):
                 if cost < best_cost:
                     best_x, best_cost = xt, cost
             start = best_x
-        else:
+        elif start is None:
             start, _ = model.linear_fit(measured, model.theta)
         target = measured.reshape(-1)
         scale_A = self.outlier_scale_px * float(np.mean(step))
@@ -873,7 +1199,8 @@ class TiltCorrectedBF(DirectMethod):
             f_scale=scale_A, xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=200)
         return res.x
 
-    def _measure(self, device: Any, images: Any, current_px: np.ndarray) -> np.ndarray:
+    def _measure(self, device: Any, images: Any, current_px: np.ndarray,
+                 subpixel: bool = True) -> np.ndarray:
         """Residual shift (pixels) of each image, aligned by ``current_px``, relative to the
         aligned sum of the other images.
 
@@ -894,13 +1221,18 @@ class TiltCorrectedBF(DirectMethod):
         fy = device.fftfreq(py)[:, None]
         fx = device.fftfreq(px)[None, :]
         lowpass = xp.exp(-2 * np.pi**2 * self.correlation_sigma_px**2 * (fy**2 + fx**2))
-        shifts = device.asarray(current_px, dtype=device.real_dtype)
+        lowpass = lowpass.astype(device.real_dtype)
+        shifts = device.asarray(current_px, dtype=float)
         batch = max(1, int(2**26 // (py * px * 16 * 4)))
+        fy1 = fy[:, 0]
+        fx1 = fx[0, :]
 
         def ramps(sel: slice) -> Any:
+            # exp(2 pi i (fy sy + fx sx)) is separable: outer product of two 1-D ramps
             s = shifts[sel]
-            ramp = xp.exp(2j * np.pi * (fy * s[:, 0, None, None] + fx * s[:, 1, None, None]))
-            return ramp.astype(device.complex_dtype)
+            ey = xp.exp(2j * np.pi * s[:, 0, None] * fy1).astype(device.complex_dtype)
+            ex = xp.exp(2j * np.pi * s[:, 1, None] * fx1).astype(device.complex_dtype)
+            return ey[:, :, None] * ex[:, None, :]
 
         def aligned(sel: slice) -> Any:
             buf = xp.zeros((sel.stop - sel.start, py, px), dtype=device.complex_dtype)
@@ -920,12 +1252,13 @@ class TiltCorrectedBF(DirectMethod):
             prod = (ref[None] - a) * xp.conj(a) * lowpass
             env = (count[None] - w) * xp.conj(w) * lowpass
             out[sel] = -self._peak(device, device.ifft2(prod).real, prod,
-                                   device.ifft2(env).real, env)
+                                   device.ifft2(env).real, env, subpixel)
         return out
 
-    def _peak(self, device: Any, corr: Any, prod: Any, env: Any, env_prod: Any
-              ) -> np.ndarray:
-        """Sub-pixel argmax (G, 2), signed pixels, of corr / env (overlap-normalised)."""
+    def _peak(self, device: Any, corr: Any, prod: Any, env: Any, env_prod: Any,
+              subpixel: bool = True) -> np.ndarray:
+        """Sub-pixel argmax (G, 2), signed pixels, of corr / env (overlap-normalised):
+        parabola, then (``subpixel``) the matrix-DFT refinement."""
         xp = device.xp
         g, py, px = corr.shape
         env_max = env.reshape(g, -1).max(axis=1)[:, None, None]
@@ -953,7 +1286,7 @@ class TiltCorrectedBF(DirectMethod):
         peak = xp.stack(est, axis=1).astype(float)
         size = xp.asarray([py, px], dtype=float)
         peak = xp.where(peak > size / 2, peak - size, peak)
-        if self.subpixel_upsample > 1:
+        if subpixel and self.subpixel_upsample > 1:
             u = self.subpixel_upsample
             offsets = xp.arange(-u, u + 1, dtype=float) / u  # +-1 pixel around the estimate
             fy = xp.fft.fftfreq(py)
@@ -962,8 +1295,10 @@ class TiltCorrectedBF(DirectMethod):
             ex = xp.exp(2j * np.pi * fx[:, None] * (peak[:, 1, None] + offsets)[:, None, :])
             ey = ey.astype(prod.dtype)
             ex = ex.astype(prod.dtype)
-            num = (ey @ prod @ ex).real
-            den = (ey @ env_prod @ ex).real
+            # two plain einsum contractions: numpy's stacked complex matmul goes through
+            # many small (multi-threaded) BLAS calls and was 10-100x slower here
+            num = xp.einsum("gax,gxb->gab", xp.einsum("gay,gyx->gax", ey, prod), ex).real
+            den = xp.einsum("gax,gxb->gab", xp.einsum("gay,gyx->gax", ey, env_prod), ex).real
             local = num / xp.maximum(den, 1e-12 * xp.abs(den).max())
             kk = 2 * u + 1
             best = xp.argmax(local.reshape(g, -1), axis=1)
@@ -1036,7 +1371,7 @@ class TiltCorrectedBF(DirectMethod):
         q_y = rot[0, 0] * qs_y + rot[0, 1] * qs_x
         q_x = rot[1, 0] * qs_y + rot[1, 1] * qs_x
         n_k = len(k_phys)
-        pick = np.unique(np.linspace(0, n_k - 1, min(n_k, 256)).round().astype(int))
+        pick = np.unique(np.linspace(0, n_k - 1, min(n_k, 128)).round().astype(int))
         transfer = tcbf_transfer(xp, (device.asarray(q_y), device.asarray(q_x)),
                                  k_phys[pick], lam, coeffs, aperture[0], aperture[1])
         spec = device.fft2(device.asarray(img, dtype=device.complex_dtype))

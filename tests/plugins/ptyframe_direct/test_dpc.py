@@ -215,3 +215,25 @@ def test_missing_scan_step_is_reported(sim):
                      detector_pixel_size_inv_A=sim.experiment.dk_inv_A, scan_step_A=0.5)
     with pytest.raises(ValueError, match="scan_shape"):
         DPC().run(sim.patterns, exp, DEVICE)
+
+
+# ---------------------------------------------------------------------------- ambiguity
+def test_ambiguous_rotation_on_strongly_defocused_data_is_flagged(sim, caplog):
+    """At 400 Å of defocus the COM is no longer the probe-averaged phase gradient: the two
+    transpose states are almost equally curl-free (measured 0.125 vs 0.135), so the fitted
+    frame cannot be trusted; near focus (0.048 vs 0.351) it is not flagged."""
+    defocused = simulate_dataset(Multislice(slice_thickness_A=2.0), window=32, scan_shape=SCAN,
+                                 step_A=STEP_A, defocus_A=400.0, phase_scale=0.5,
+                                 absorption=0.0)
+    with caplog.at_level("WARNING", logger="ptyframe"):
+        result = DPC().run(defocused.patterns, defocused.experiment, DEVICE)
+    values = result.values
+    assert values["rotation_ambiguous"] is True
+    assert any("equally curl-free" in w for w in values["warnings"]), values["warnings"]
+    assert any("tcBF" in r.getMessage() for r in caplog.records)
+    focused = DPC().run(sim.patterns, sim.experiment, DEVICE).values
+    assert focused["rotation_ambiguous"] is False and focused["warnings"] == []
+    # a given rotation and transpose are not judged
+    given = DPC(rotation_deg=0.0, transpose=False).run(defocused.patterns,
+                                                       defocused.experiment, DEVICE)
+    assert given.values["rotation_ambiguous"] is False

@@ -215,6 +215,8 @@ def test_rotation_and_astigmatism_recovered(rotated_astigmatic) -> None:
     assert abs(result.values["rotation_deg"] - 20.0) < 1.0  # measured 19.94
     assert abs(ab["C10"] + 350.0) < 0.05 * 350.0  # measured -350.2
     assert abs(ab["C12a"] - 60.0) < 10.0 and abs(ab["C12b"] + 40.0) < 10.0  # 64.3, -44.4
+    # astigmatism the data support is kept; the absent coma and three-fold are not
+    assert result.values["significant_terms"] == ["C10", "C12a", "C12b"]
     # the fit seeds a reconstruction: the scan-grid positions of the fitted rotation match
     updated = experiment_from_tcbf(experiment, result)
     assert updated.scan_rotation_deg == pytest.approx(result.values["rotation_deg"])
