@@ -75,7 +75,7 @@ class MiniBatch(Engine):
     * ``batch_size``: measurements per mini-batch step (the pass splits the epoch's
       measurements into ceil(N / batch_size) batches of near-equal size)
     * ``switch_epoch``: epochs run as mini-batch passes (0: the full-batch engine throughout)
-    * ``step``: factor on the step measured at the start of each pass, > 0
+    * ``step``: factor on the step measured on the first batch, > 0
     * ``floor``: floor of the object's illumination preconditioner, as a fraction of its
       maximum, in (0, 1] (1: one scalar step, as ePIE; small: close to Gauss-Newton)
     * ``seed``: seed of the batch order (each epoch draws from (seed, epoch))
