@@ -26,8 +26,9 @@ Without py4DSTEM installed (``pip install -e ".[compare]"``; py4DSTEM 0.14 needs
 use a separate virtual environment) only ptyframe runs, with a message saying so.
 
 Settings (see docs/benchmarks.md for the reasons): ptyframe as validate_shared_data.py
-runs it (ml loss for counts, lsq_sqrt otherwise, quasi-Newton full batch, probe refined
-from epoch 5, no held-out patterns so both codes fit all data); py4DSTEM gradient descent
+runs it (ml loss for counts, lsq_sqrt otherwise, quasi-Newton full batch or, with
+``--engine mini_batch``, mini-batch passes first, probe refined from epoch 5, no held-out
+patterns so both codes fit all data); py4DSTEM gradient descent
 with its defaults (step 0.5, normalization_min 1, aperture rolloff 2 mrad, probe refined
 from the start with its centre of mass fixed) in mini-batches of ``--py4dstem-batch``
 patterns (default 16, the fastest to 0.99 of 8 to 576 on sto_thin; its own default, all
