@@ -26,8 +26,9 @@ Without py4DSTEM installed (``pip install -e ".[compare]"``; py4DSTEM 0.14 needs
 use a separate virtual environment) only ptyframe runs, with a message saying so.
 
 Settings (see docs/benchmarks.md for the reasons): ptyframe as validate_shared_data.py
-runs it (ml loss for counts, lsq_sqrt otherwise, quasi-Newton full batch, probe refined
-from epoch 5, no held-out patterns so both codes fit all data); py4DSTEM gradient descent
+runs it (ml loss for counts, lsq_sqrt otherwise, quasi-Newton full batch or, with
+``--engine mini_batch``, mini-batch passes first, probe refined from epoch 5, no held-out
+patterns so both codes fit all data); py4DSTEM gradient descent
 with its defaults (step 0.5, normalization_min 1, aperture rolloff 2 mrad, probe refined
 from the start with its centre of mass fixed) in mini-batches of ``--py4dstem-batch``
 patterns (default 16, the fastest to 0.99 of 8 to 576 on sto_thin; its own default, all
@@ -215,7 +216,7 @@ class Scorer:
 # ---------------------------------------------------------------------------- ptyframe
 def run_ptyframe(patterns: np.ndarray, path: Path, scorer: Scorer,
                  args: argparse.Namespace) -> Trace:
-    settings = {"loss": args.loss or "default", "engine": "full_batch",
+    settings = {"loss": args.loss or "default", "engine": args.engine,
                 "optimizer": "quasi_newton", "refine_probe_from_epoch": args.probe_from,
                 "validation_fraction": 0.0, "precision": args.precision,
                 "fft": args.fft, "fused": args.fused, "workers": args.threads,
@@ -225,9 +226,15 @@ def run_ptyframe(patterns: np.ndarray, path: Path, scorer: Scorer,
     clock.start()
     experiment = load_experiment(path)
     dataset = Dataset.from_array(patterns, scan_shape=experiment.scan_shape)
-    loss = load_registry().create("loss", {"type": args.loss}) if args.loss else None
+    registry = load_registry()
+    loss = registry.create("loss", {"type": args.loss}) if args.loss else None
+    engine_config: dict[str, Any] = {"type": args.engine}
+    if args.engine == "mini_batch":
+        engine_config.update(batch_size=args.batch_size, switch_epoch=args.switch_epoch)
+    settings["engine"] = engine_config
+    engine = registry.create("engine", engine_config)
     rec = Reconstruction(
-        dataset, experiment, loss=loss, n_slices=1, n_probe_modes=1,
+        dataset, experiment, loss=loss, engine=engine, n_slices=1, n_probe_modes=1,
         refine_probe=FromEpoch(args.probe_from),
         validation_fraction=0.0, keep_best=False,
         device=Device("cpu", args.precision, workers=args.threads, fft=args.fft,
@@ -405,6 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe-from", type=int, default=5,
                         help="ptyframe epoch from which the probe is refined (default 5, as "
                              "validate_shared_data.py)")
+    parser.add_argument("--engine", choices=("full_batch", "mini_batch"), default="full_batch",
+                        help="ptyframe engine (default full_batch)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="mini_batch engine: measurements per mini-batch (default 32)")
+    parser.add_argument("--switch-epoch", type=int, default=3,
+                        help="mini_batch engine: mini-batch passes before full batch "
+                             "(default 3)")
     parser.add_argument("--noiseless", action="store_true",
                         help="reconstruct data_noiseless x electrons_per_pattern instead of the "
                              "Poisson counts")
@@ -425,11 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated: ptyframe, py4dstem")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    for name in ("epochs", "iterations", "threads", "py4dstem_batch"):
+    for name in ("epochs", "iterations", "threads", "py4dstem_batch", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, found "
                          f"{getattr(args, name)}")
-    for name in ("probe_from", "py4dstem_fix_probe"):
+    for name in ("probe_from", "py4dstem_fix_probe", "switch_epoch"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 0, found "
                          f"{getattr(args, name)}")

@@ -555,13 +555,19 @@ class Reconstruction(Problem):
         return tuple(int(s) for s in self.dataset.pattern_shape)
 
     def _auto_batch_size(self, window: tuple[int, int]) -> int:
+        """Measurements per vectorised batch: at most a quarter of the free memory, and at
+        most 4096 on a GPU or 64 on the CPU. On the CPU small batches keep the work buffers
+        in cache and cut the first evaluation's page faults (measured, 64x64 windows, 1
+        thread: first evaluation 0.05 s instead of 0.22 s and later ones 0.046 s instead of
+        0.065 s on sto_thin; 0.086/0.077 s instead of 0.33/0.097 s on mos2_mono, against a cap
+        of 512)."""
         ny, nx = window
         item = np.dtype(self.device.complex_dtype).itemsize
         waves = self.n_object_modes * self.n_probe_modes
         per_position = ny * nx * item * (waves * (self.n_slices + 4) + 2 * self.n_probe_modes
                                          + 2 * self.n_slices * self.n_object_modes + 2)
         budget = 0.25 * self.device.free_memory_bytes()
-        cap = 4096 if self.device.kind == "gpu" else 512
+        cap = 4096 if self.device.kind == "gpu" else 64
         return int(max(1, min(self.n_measurements, cap, budget // per_position)))
 
     def _mean_pattern(self, window: tuple[int, int]) -> np.ndarray | None:
