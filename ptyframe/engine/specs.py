@@ -37,6 +37,7 @@ from ptyframe.core.validators import (
     positive_int,
     to_float,
 )
+from ptyframe.engine.scan_model import DEFAULT_JITTER_MIN_INFORMATION
 from ptyframe.io.array_settings import ArraySetting
 
 __all__ = ["ModelSpec", "BlockPlan", "RefineSpec", "SolverSpec", "ReadingSpec", "OutputSpec",
@@ -353,7 +354,13 @@ class SolverSpec(_Spec):
     the optimizer's history is forgotten); ``jitter_prior_A``: with the affine scan model,
     the expected rms jitter per axis (Å) of a Gaussian prior on the local jitter added to
     the loss (0: none; None: :data:`~ptyframe.engine.scan_model.DEFAULT_JITTER_PRIOR_A`
-    with the ``ml`` loss, whose units make it the Bayesian prior, none with another loss).
+    with the ``ml`` loss, whose units make it the Bayesian prior, none with another loss);
+    ``jitter_min_information``: with the prior and the ``ml`` loss, the local jitter is
+    refined only in epochs where the median Fisher-information bound of the positions (from
+    the current object, probe and the counts) is at least this many times the prior's
+    precision (once refined, held again below half of it); otherwise the positions follow the
+    global scan model only (0: always refined; default
+    :data:`~ptyframe.engine.scan_model.DEFAULT_JITTER_MIN_INFORMATION`).
     """
 
     section: ClassVar[str] = "solver"
@@ -381,6 +388,9 @@ class SolverSpec(_Spec):
     jitter_prior_A: float | None = attrs.field(
         default=None, converter=attrs.converters.optional(to_float),
         validator=in_range(0.0, 10.0, unit="Å", optional=True))
+    jitter_min_information: float = attrs.field(
+        default=DEFAULT_JITTER_MIN_INFORMATION, converter=to_float,
+        validator=in_range(0.0, 1e6))
 
 
 def _sequence(value: Any) -> Any:

@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from ptyframe.core.device import Device
-from ptyframe.engine.position_scaling import object_gradient_energy, position_preconditioner
+from ptyframe.engine.position_scaling import (
+    object_gradient_energy,
+    position_information,
+    position_preconditioner,
+)
 
 
 def textured_object(seed: int = 0) -> np.ndarray:
@@ -59,6 +63,88 @@ def test_floor_must_be_positive():
     with pytest.raises(ValueError, match="floor"):
         position_preconditioner(textured_object(), np.ones((1, 8, 8), complex),
                                 np.zeros((1, 2)), dev, floor=0.0)
+
+
+def smooth_phase_object(size: int = 96, seed: int = 0) -> np.ndarray:
+    """(1, 1, size, size) pure phase object, band-limited (so that central differences are
+    close to the derivative), 1 rad rms."""
+    rng = np.random.default_rng(seed)
+    f = np.fft.fftfreq(size)
+    ky, kx = np.meshgrid(f, f, indexing="ij")
+    phase = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(size, size)))
+                                 * np.exp(-(ky**2 + kx**2) / (2 * 0.08**2))))
+    return np.exp(1j * phase / phase.std())[None, None]
+
+
+def defocused_probe(n: int = 32) -> np.ndarray:
+    q = np.fft.fftfreq(n)
+    qy, qx = np.meshgrid(q, q, indexing="ij")
+    spectrum = (np.hypot(qy, qx) < 0.2) * np.exp(1j * 30 * (qy**2 + qx**2))
+    return np.fft.fftshift(np.fft.ifft2(spectrum))[None]
+
+
+def test_information_bounds_the_fisher_information_of_poisson_counts():
+    """The exact Fisher information of the counts about a probe shift (finite differences of
+    the expected counts, the probe moved by a Fourier phase ramp) is below the bound, and
+    not far below for a strong phase object (measured 0.18-0.61 of it)."""
+    dev = Device("cpu", "double")
+    obj, probe, n, electrons = smooth_phase_object(), defocused_probe(), 32, 1000.0
+    corners = np.array([[30.0, 30.0], [20.0, 50.0], [45.0, 25.0]])
+    bound = position_information(obj, probe, corners, np.full(3, electrons), dev,
+                                 debias=False)
+    q = np.fft.fftfreq(n)
+    qy, qx = np.meshgrid(q, q, indexing="ij")
+    spectrum = np.fft.fft2(np.fft.ifftshift(probe[0]))
+
+    def counts(corner, shift):
+        moved = np.fft.fftshift(np.fft.ifft2(
+            spectrum * np.exp(-2j * np.pi * (qy * shift[0] + qx * shift[1]))))
+        y, x = corner.astype(int)
+        intensity = np.abs(np.fft.fft2(moved * obj[0, 0, y:y + n, x:x + n])) ** 2
+        return electrons * intensity / intensity.sum()
+
+    h = 1e-4
+    for corner, limit in zip(corners, bound, strict=True):
+        lam = counts(corner, (0.0, 0.0))
+        for axis in range(2):
+            step = np.eye(2)[axis] * h
+            derivative = (counts(corner, step) - counts(corner, -step)) / (2 * h)
+            fisher = np.sum(derivative**2 / lam)
+            assert 0.1 * limit[axis] < fisher <= limit[axis]
+
+
+def test_information_is_linear_in_counts_and_zero_on_a_flat_object():
+    dev = Device("cpu", "double")
+    probe = defocused_probe()
+    corners = np.array([[30.0, 30.0], [20.0, 50.0]])
+    one = position_information(smooth_phase_object(), probe, corners, np.array([10.0, 20.0]),
+                               dev, debias=False)
+    ten = position_information(smooth_phase_object(), probe, corners,
+                               np.array([100.0, 200.0]), dev, debias=False)
+    assert np.allclose(ten, 10 * one) and np.all(one > 0)
+    flat = np.ones((1, 1, 96, 96), complex)
+    assert np.allclose(position_information(flat, probe, corners, np.full(2, 1e4), dev), 0)
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+def test_debiasing_removes_the_least_object_noise_of_a_raster(modes):
+    """On a raster of step s pixels the object noise term is s^2 / 2 per object mode (per
+    pixel^2), whatever the dose (see the module docstring), at positions away from the
+    scan's edge."""
+    dev = Device("cpu", "double")
+    obj = np.repeat(np.exp(5j * np.angle(smooth_phase_object(128))), modes, axis=1)
+    step = 3
+    iy, ix = np.meshgrid(np.arange(20), np.arange(20), indexing="ij")
+    corners = np.stack([iy.ravel(), ix.ravel()], 1).astype(float) * step + 16
+    probe = defocused_probe()
+    for electrons in (100.0, 1e4):
+        counts = np.full(len(corners), electrons)
+        raw = position_information(obj, probe, corners, counts, dev, debias=False)
+        debiased = position_information(obj, probe, corners, counts, dev)
+        assert np.all(debiased <= raw) and np.all(debiased >= 0)
+        inner = (iy.ravel() > 8) & (iy.ravel() < 11) & (ix.ravel() > 8) & (ix.ravel() < 11)
+        if electrons == 1e4:  # raw well above the noise term: the difference is the term
+            assert np.allclose((raw - debiased)[inner], modes * step**2 / 2, rtol=0.02)
 
 
 @pytest.mark.parametrize("dose", [1e4, 1e5])
