@@ -177,6 +177,16 @@ class Communicator(abc.ABC):
                  ) -> tuple[Any, float]:
         """Left fold of every rank's buffers in (rank, position) order, broadcast."""
 
+    def sum_host(self, array: np.ndarray) -> np.ndarray:
+        """Elementwise sum over the ranks of a host float64 ``array`` (the same shape on every
+        rank), returned on the host on every rank; e.g. per-measurement figures each rank
+        filled in for its own range (zeros elsewhere), gathered exactly."""
+        array = np.ascontiguousarray(array, dtype=np.float64)
+        if self.size == 1:
+            return array
+        total, _ = self._allreduce(array, 0.0, np)
+        return np.asarray(total.get() if hasattr(total, "get") else total, dtype=np.float64)
+
     def barrier(self) -> None:
         """Wait for every rank (nothing to wait for on one process)."""
         return None

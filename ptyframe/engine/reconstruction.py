@@ -1163,13 +1163,16 @@ class Reconstruction(Problem):
                          f"{ratio:.3g} x the prior's precision)")
 
     def _counts(self) -> np.ndarray:
-        """Electrons per measurement (N,), summed once from the data."""
+        """Electrons per measurement (N,), summed once from the data: each rank reads only
+        its own range and the ranks exchange the sums (exact: disjoint ranges)."""
         if self._pattern_counts is None:
-            n, sums = len(self.dataset), []
-            for start in range(0, n, 512):
-                chunk = self.dataset.read(np.arange(start, min(start + 512, n)), np.float64)
-                sums.append(chunk.reshape(chunk.shape[0], -1).sum(axis=1))
-            self._pattern_counts = np.concatenate(sums)
+            lo, hi = self.owned_range()
+            counts = np.zeros(len(self.dataset))
+            for start in range(lo, hi, 512):
+                chunk = self.dataset.read(np.arange(start, min(start + 512, hi)), np.float64)
+                counts[start:start + chunk.shape[0]] = chunk.reshape(chunk.shape[0], -1).sum(
+                    axis=1)
+            self._pattern_counts = self.communicator.sum_host(counts)
         return self._pattern_counts
 
     def _fit_held_out_positions(self, steps: int = 3) -> None:

@@ -207,3 +207,32 @@ def test_nccl_backend_sends_complex_as_float_pairs(monkeypatch):
         for name in grads:
             np.testing.assert_allclose(np.asarray(out[name]), 2 * grads[name], rtol=1e-6)
     assert all(np.dtype(d).kind != "c" for d in fake.dtypes)
+
+
+class _TwoRanks(SingleProcess):
+    """Rank 0 of two whose partner holds ``partner``: what an all-reduce would return."""
+
+    size = 2
+
+    def __init__(self, partner: np.ndarray) -> None:
+        super().__init__()
+        self.partner = partner
+
+    def _allreduce(self, buffer, value, xp):
+        return buffer + self.partner, value
+
+
+def test_pattern_counts_are_read_per_rank_and_exchanged():
+    """Each rank sums the counts of its own range only; sum_host exchanges the sums."""
+    plain = _reconstruction(None)
+    counts = plain._counts()
+    n = counts.size
+    assert np.allclose(counts, plain.dataset.read(np.arange(n), np.float64).sum(axis=(1, 2)))
+    half = n - n // 2  # balanced_range gives rank 0 the first ceil(n / 2)
+    # the partner's sums are marked (7 electrons): rank 0 must read its half only and take
+    # the other half from the exchange
+    partner = np.where(np.arange(n) >= half, 7.0, 0.0)
+    two = _reconstruction(_TwoRanks(partner))
+    assert two.owned_range() == (0, half)
+    np.testing.assert_array_equal(two._counts(), np.where(np.arange(n) >= half, 7.0, counts))
+    assert SingleProcess().sum_host(np.arange(3.0)).tolist() == [0.0, 1.0, 2.0]
