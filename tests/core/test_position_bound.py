@@ -74,7 +74,7 @@ def test_bound_matches_the_spread_of_maximum_likelihood_fits(bound, tmp_path):
         counts = rng.poisson(lam)
         y = r.copy()
         for _ in range(4):  # Newton on the Poisson log-likelihood along y (x held true)
-            def loglik(yy):
+            def loglik(yy, counts=counts):
                 m = np.maximum(model.counts(np.array([yy, r[1]]), corner), 1e-12)
                 return float((counts * np.log(m) - m).sum())
             d1 = (loglik(y[0] + h) - loglik(y[0] - h)) / (2 * h)
