@@ -239,3 +239,27 @@ def test_converged_run_keeps_a_later_epoch_than_the_lowest_validation_loss():
     strict, strict_scores = simulated_scores(1e5, 30, keep_best_confidence=0.0)
     assert strict.best_epoch == lowest
     assert np.allclose(strict_scores, scores)
+
+
+def test_resumed_run_keeps_the_rule_reference_and_decides_the_same(tmp_path):
+    # high dose: the lowest held-out loss comes early (epoch 11) and later epochs are kept,
+    # so the resumed run needs the reference losses written with <dir>/best
+    propagator = REGISTRY.create("propagator", {"type": "multislice", "slice_thickness_A": 2.0})
+    sim = simulate_dataset(propagator, window=24, scan_shape=(12, 12), step_A=0.6, seed=1,
+                           dose_per_pattern=1e5)
+
+    def build(folder):
+        return Reconstruction(sim.patterns, sim.experiment, positions_A=sim.positions_A,
+                              device=Device("cpu", "double"), progress=False, figures=False,
+                              result_file=False, output_dir=folder, seed=5, save_every=7)
+
+    whole = build(tmp_path / "whole").run(21)
+    build(tmp_path / "split").run(14)
+    second = build(tmp_path / "split")
+    assert second.load_checkpoint() == 14
+    reference = second._best_rule.reference_epoch
+    assert reference is not None and reference <= 14 and second._best_rule.reference_losses.size
+    resumed = second.run(7)
+    assert whole.best_epoch > int(np.argmin(whole.validation_loss)) + 1
+    assert resumed.best_epoch == whole.best_epoch
+    assert np.allclose(resumed.object, whole.object)
