@@ -65,6 +65,9 @@ def main() -> None:
                              "Reconstruction's: ml for counts)")
     parser.add_argument("--validation-fraction", type=float, default=0.05,
                         help="patterns held out for the validation loss (0: none)")
+    parser.add_argument("--keep-best-confidence", type=float, default=0.95,
+                        help="confidence of the test by which a later epoch counts as worse "
+                             "than the lowest held-out loss (0: keep the lowest)")
     parser.add_argument("--last", action="store_true",
                         help="keep the last epoch, not the best-validated one")
     parser.add_argument("--no-position-scaling", action="store_true",
@@ -103,6 +106,7 @@ def main() -> None:
         refine_probe=FromEpoch(5),
         refine_positions=FromEpoch(args.positions_from) if args.positions else False,
         validation_fraction=args.validation_fraction, keep_best=not args.last,
+        keep_best_confidence=args.keep_best_confidence,
         position_scaling=not args.no_position_scaling, scan_model=args.scan_model,
         jitter_prior_A=args.jitter_prior,
         device=Device("auto", args.precision), output_dir=args.output, progress=False,

@@ -70,7 +70,13 @@ from ptyframe.engine.specs import (
     SolverSpec,
     route_settings,
 )
-from ptyframe.engine.validation import follow_neighbours, held_out_indices, neighbour_table
+from ptyframe.engine.validation import (
+    BestEpochRule,
+    follow_neighbours,
+    held_out_groups,
+    held_out_indices,
+    neighbour_table,
+)
 from ptyframe.io.array_settings import ArraySetting, load_array_setting, load_phase_plates
 from ptyframe.io.data import Dataset
 from ptyframe.io.folder_lock import FolderLock
@@ -254,6 +260,7 @@ class Reconstruction(Problem):
         self._scan_rows = np.zeros(0, dtype=np.int64)
         self._scan_basis: np.ndarray | None = None
         self._best: tuple[int, float, dict[str, np.ndarray]] | None = None
+        self._best_rule = BestEpochRule(confidence=self.output.keep_best_confidence)
         self._held_state: Any = None
         self._refining_positions = False
         self._best_saved: int | None = None
@@ -1109,13 +1116,14 @@ class Reconstruction(Problem):
 
     def _validate(self, blocks: tuple[str, ...]) -> float | None:
         """Data loss per held-out pattern at the current parameters (None: none held out);
-        remembers the parameters of the best epoch so far."""
+        remembers the parameters of the best-validated epoch so far (``BestEpochRule``)."""
         if self._held_out.size == 0:
             return None
         if "positions" in blocks:
             self._fit_held_out_positions()
-        value, _ = self._data_term(self.params, (), self._held_out)
-        value = float(value) / self._held_out.size
+        groups = held_out_groups(self._held_out)
+        totals = np.array([float(self._data_term(self.params, (), g)[0]) for g in groups])
+        value = float(totals.sum()) / self._held_out.size
         self.validation_history.append(value)
         refining_positions = "positions" in blocks
         if refining_positions != self._refining_positions:
@@ -1123,8 +1131,9 @@ class Reconstruction(Problem):
             if refining_positions:
                 self._settled_at = self.epoch + SETTLE_EPOCHS
         settled = self.epoch >= self._settled_at
-        if self.output.keep_best and np.isfinite(value) and (
-                self._best is None or (settled and value < self._best[1])):
+        per_pattern = totals / np.array([g.size for g in groups], dtype=float)
+        if self.output.keep_best and self._best_rule.consider(self.epoch, per_pattern, value,
+                                                              settled):
             self._best = (self.epoch, value, self._host_state())
         return value
 
@@ -1231,7 +1240,8 @@ class Reconstruction(Problem):
         epoch, value, state = self._best
         best = OutputFolder(self.output_dir / "best")
         best.save_state(state, epoch, info={"validation_loss": value,
-                                            "grid": self.grid.to_config()})
+                                            "grid": self.grid.to_config(),
+                                            "best_rule": self._best_rule.to_info()})
         self._best_saved = epoch
 
     def _project(self, epoch: int) -> bool:
@@ -1439,13 +1449,17 @@ class Reconstruction(Problem):
             if "validation_loss" in history and self._held_out.size:
                 self.validation_history = [float(v) for v in history["validation_loss"][keep]]
         self._best = self._best_saved = None
+        self._best_rule = BestEpochRule(confidence=self.output.keep_best_confidence)
         best_dir = folder / "best"
         if self._held_out.size and self.output.keep_best and (best_dir / "state.json").exists():
             best_arrays, best_epoch = load_state(best_dir)
             if best_epoch <= epoch:
-                value = float(load_state_info(best_dir).get("validation_loss", np.inf))
+                best_info = load_state_info(best_dir)
+                value = float(best_info.get("validation_loss", np.inf))
                 self._best = (int(best_epoch), value, best_arrays)
                 self._best_saved = int(best_epoch)
+                self._best_rule.restore(best_info.get("best_rule", {
+                    "reference_epoch": int(best_epoch), "reference_value": value}))
         return self.epoch
 
     # ------------------------------------------------------------------ configuration

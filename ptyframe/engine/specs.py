@@ -450,8 +450,10 @@ class OutputSpec(_Spec):
     run; ``figures_every``: also redraw them every that many epochs (None: only at the end);
     ``result_file``: write the NeXus result file ``<dir>/result.nxs`` at the end of each run.
     Figures and the result file need ``dir``; benchmarks turn them off. ``keep_best``: with
-    held-out patterns, return (and write to ``dir``/best) the parameters of the epoch with the
-    lowest validation loss rather than the last.
+    held-out patterns, return (and write to ``dir``/best) the parameters of the best-validated
+    epoch rather than the last: the latest epoch whose held-out loss is not worse than the
+    lowest with confidence ``keep_best_confidence`` (one-sided paired t test over groups of
+    held-out patterns, ``engine/validation.py``; 0: the epoch with the lowest loss).
     """
 
     section: ClassVar[str] = "output"
@@ -468,6 +470,8 @@ class OutputSpec(_Spec):
     figures_every: int | None = attrs.field(default=None, validator=positive_int(optional=True))
     result_file: bool = attrs.field(default=True, validator=boolean())
     keep_best: bool = attrs.field(default=True, validator=boolean())
+    keep_best_confidence: float = attrs.field(default=0.95, converter=to_float,
+                                              validator=in_range(0.0, 1.0, high_open=True))
 
     @property
     def level(self) -> int:

@@ -8,9 +8,12 @@ import pytest
 from ptyframe import Device, Reconstruction, load_registry
 from ptyframe.engine.validation import (
     MIN_HELD_OUT,
+    BestEpochRule,
     follow_neighbours,
+    held_out_groups,
     held_out_indices,
     neighbour_table,
+    significantly_worse,
 )
 from ptyframe.io.results import load_state, read_loss_log
 from ptyframe.testing.simulate import simulate_dataset
@@ -76,7 +79,8 @@ def test_best_validated_epoch_is_kept_returned_and_written(tmp_path):
     # validation loss in loss.csv and on the result; the result is its best epoch
     log = read_loss_log(tmp_path / "out" / "loss.csv")
     assert np.allclose(log["validation_loss"], result.validation_loss)
-    assert result.best_epoch == int(np.argmin(result.validation_loss)) + 1
+    # the kept epoch is the lowest-loss one or a later one not significantly worse
+    assert result.best_epoch >= int(np.argmin(result.validation_loss)) + 1
     # noise is fitted: the validation loss rises again after its minimum
     assert result.validation_loss[-1] > min(result.validation_loss)
     best_phase = result.phase
@@ -136,4 +140,126 @@ def test_resumed_run_keeps_the_best_epoch_found_before_it_stopped(tmp_path):
     assert whole.best_epoch <= 10  # measured: 7, found before the stop
     assert resumed.best_epoch == whole.best_epoch
     assert np.allclose(resumed.validation_loss, whole.validation_loss)
+    assert np.allclose(resumed.object, whole.object)
+
+
+# ---------------------------------------------------------------- best-epoch rule
+
+
+def test_held_out_groups_cover_every_pattern_once():
+    held = np.arange(3, 203, 2)
+    groups = held_out_groups(held, max_groups=8)
+    assert len(groups) == 8 and np.array_equal(np.concatenate(groups), held)
+    assert max(g.size for g in groups) - min(g.size for g in groups) <= 1
+    assert [g.tolist() for g in held_out_groups(np.array([4, 9, 11]))] == [[4], [9], [11]]
+    assert held_out_groups(np.zeros(0, dtype=np.int64)) == []
+
+
+def test_significantly_worse_is_a_one_sided_paired_t_test():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(100.0, 5.0, 50)  # patterns differ a lot; the test is paired
+    noise = rng.normal(0.0, 1.0, 50)
+    assert not significantly_worse(reference + noise - noise.mean(), reference, 0.95)
+    assert significantly_worse(reference + noise - noise.mean() + 1.0, reference, 0.95)
+    # a shift of 0.2 standard deviations with 50 groups: t ~ 1.4 < 1.68
+    assert not significantly_worse(reference + noise - noise.mean() + 0.2, reference, 0.95)
+    # a lower mean is never worse; confidence 0: any higher mean is
+    assert not significantly_worse(reference - 0.5, reference, 0.95)
+    assert significantly_worse(reference + noise - noise.mean() + 1e-6, reference, 0.0)
+    with pytest.raises(ValueError, match="losses"):
+        significantly_worse(reference[:5], reference, 0.95)
+
+
+def test_best_epoch_rule_keeps_the_latest_epoch_within_the_noise_of_the_minimum():
+    rng = np.random.default_rng(1)
+    base = rng.normal(50.0, 3.0, 40)
+    rule = BestEpochRule(confidence=0.95)
+    kept = []
+    # epochs 1-3 fall, 4-6 wander within the noise, 7-8 rise systematically
+    offsets = [3.0, 1.0, 0.0, 0.02, -0.01, 0.03, 0.5, 1.0]
+    for epoch, off in enumerate(offsets, start=1):
+        losses = base + off + rng.normal(0.0, 0.3, 40)
+        if rule.consider(epoch, losses, float(losses.mean()), settled=True):
+            kept.append(epoch)
+    assert kept[:2] == [1, 2] and kept[-1] == 6 and rule.reference_epoch in (3, 4, 5, 6)
+    strict = BestEpochRule(confidence=0.0)
+    values = []
+    for epoch, off in enumerate(offsets, start=1):
+        losses = base + off
+        values.append(losses.mean())
+        strict.consider(epoch, losses, float(losses.mean()), settled=True)
+    assert strict.reference_epoch == int(np.argmin(values)) + 1 == 5
+
+
+def test_best_epoch_rule_waits_until_settled_and_round_trips():
+    rule = BestEpochRule()
+    ones = np.ones(6)
+    assert rule.consider(1, ones * 5, 5.0, settled=False)  # the first epoch is always kept
+    assert not rule.consider(2, ones * 4, 4.0, settled=False)
+    assert not rule.consider(3, ones * np.nan, float("nan"), settled=True)
+    assert rule.consider(4, ones * 3, 3.0, settled=True) and rule.reference_epoch == 4
+    copy = BestEpochRule()
+    copy.restore(rule.to_info())
+    assert copy.reference_epoch == 4 and np.array_equal(copy.reference_losses, ones * 3)
+    old = BestEpochRule()  # a best folder written before the rule kept its reference
+    old.restore({"reference_epoch": 4, "reference_value": 3.0})
+    assert not old.consider(5, ones * 3.1, 3.1, settled=True)
+    assert old.consider(6, ones * 2.9, 2.9, settled=True)
+
+
+def simulated_scores(dose: float, epochs: int, **settings):
+    propagator = REGISTRY.create("propagator", {"type": "multislice", "slice_thickness_A": 2.0})
+    sim = simulate_dataset(propagator, window=24, scan_shape=(12, 12), step_A=0.6, seed=1,
+                           dose_per_pattern=dose)
+    truth = None
+    scores = []
+
+    def score(report):
+        nonlocal truth
+        if truth is None:
+            truth = resample_to_grid(sim.phase, sim.grid, rec.grid)
+        obj = rec.device.to_host(rec.params["object"])
+        mask = scanned_region_mask(rec.grid, sim.positions_A)
+        scores.append(phase_correlation(np.angle(obj[:, 0]).sum(axis=0), truth, mask=mask))
+
+    rec = Reconstruction(sim.patterns, sim.experiment, positions_A=sim.positions_A,
+                         device=Device("cpu", "double"), progress=False, seed=5, **settings)
+    return rec.run(epochs, callbacks=[score]), scores
+
+
+def test_converged_run_keeps_a_later_epoch_than_the_lowest_validation_loss():
+    # high dose: the validation loss wanders within its noise after epoch ~10; the latest
+    # epoch not significantly worse is kept, and its phase is at least as good.
+    # measured (1e5 counts per pattern, 30 epochs): lowest loss at epoch 11 (0.9931),
+    # kept epoch 30 (0.9941), best phase 0.9952
+    result, scores = simulated_scores(1e5, 30)
+    lowest = int(np.argmin(result.validation_loss)) + 1
+    assert result.best_epoch > lowest
+    assert scores[result.best_epoch - 1] >= scores[lowest - 1]
+    strict, strict_scores = simulated_scores(1e5, 30, keep_best_confidence=0.0)
+    assert strict.best_epoch == lowest
+    assert np.allclose(strict_scores, scores)
+
+
+def test_resumed_run_keeps_the_rule_reference_and_decides_the_same(tmp_path):
+    # high dose: the lowest held-out loss comes early (epoch 11) and later epochs are kept,
+    # so the resumed run needs the reference losses written with <dir>/best
+    propagator = REGISTRY.create("propagator", {"type": "multislice", "slice_thickness_A": 2.0})
+    sim = simulate_dataset(propagator, window=24, scan_shape=(12, 12), step_A=0.6, seed=1,
+                           dose_per_pattern=1e5)
+
+    def build(folder):
+        return Reconstruction(sim.patterns, sim.experiment, positions_A=sim.positions_A,
+                              device=Device("cpu", "double"), progress=False, figures=False,
+                              result_file=False, output_dir=folder, seed=5, save_every=7)
+
+    whole = build(tmp_path / "whole").run(21)
+    build(tmp_path / "split").run(14)
+    second = build(tmp_path / "split")
+    assert second.load_checkpoint() == 14
+    reference = second._best_rule.reference_epoch
+    assert reference is not None and reference <= 14 and second._best_rule.reference_losses.size
+    resumed = second.run(7)
+    assert whole.best_epoch > int(np.argmin(whole.validation_loss)) + 1
+    assert resumed.best_epoch == whole.best_epoch
     assert np.allclose(resumed.object, whole.object)
