@@ -311,3 +311,62 @@ def slice_adjoint_add(a, g, t, out, first):  # pragma: no cover - compiled
             gv = g[r]
             out[r] += a[r].conjugate() * gv
             g[r] = gv * t[r].conjugate()
+
+
+@numba.njit(cache=True, nogil=True)
+def window_product(wave, planes, corners, out):  # pragma: no cover - compiled
+    """out[k, m, b] = wave[k (or 0), m, b] planes[k, y_b:y_b + ny, x_b:x_b + nx]: the window
+    gather and the product with the incident wave in one pass (no gathered-window array).
+    wave (1 or K, M, B, ny, nx), planes (K, Y, X), corners (B, 2), out (K, M, B, ny, nx)."""
+    n_k, n_m, n_b, ny, nx = out.shape
+    one = wave.shape[0] == 1
+    for k in range(n_k):
+        kw = 0 if one else k
+        for b in range(n_b):
+            y0 = corners[b, 0]
+            x0 = corners[b, 1]
+            for m in range(n_m):
+                for i in range(ny):
+                    t_row = planes[k, y0 + i, x0:x0 + nx]
+                    w_row = wave[kw, m, b, i]
+                    o_row = out[k, m, b, i]
+                    for j in range(nx):
+                        o_row[j] = w_row[j] * t_row[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def window_adjoint(a, g, planes, corners, target, accumulate, row):  # pragma: no cover
+    """Adjoint of :func:`window_product` in one pass over g: when ``accumulate``,
+    target[k, window_b] += sum_m conj(a[k (or 0), m, b]) g[k, m, b] (modes added in order m =
+    0, 1, ..., then windows in order b = 0, 1, ...: the reference's order); then g[k, m, b] *=
+    conj(planes[k, window_b]) in place. ``row``: a work buffer of at least nx values."""
+    n_k, n_m, n_b, ny, nx = g.shape
+    one = a.shape[0] == 1
+    for k in range(n_k):
+        ka = 0 if one else k
+        for b in range(n_b):
+            y0 = corners[b, 0]
+            x0 = corners[b, 1]
+            for i in range(ny):
+                t_row = planes[k, y0 + i, x0:x0 + nx]
+                for m in range(n_m):
+                    g_row = g[k, m, b, i]
+                    if not accumulate:
+                        for j in range(nx):
+                            g_row[j] = g_row[j] * t_row[j].conjugate()
+                        continue
+                    a_row = a[ka, m, b, i]
+                    if m == 0:
+                        for j in range(nx):
+                            gv = g_row[j]
+                            row[j] = a_row[j].conjugate() * gv
+                            g_row[j] = gv * t_row[j].conjugate()
+                    else:
+                        for j in range(nx):
+                            gv = g_row[j]
+                            row[j] += a_row[j].conjugate() * gv
+                            g_row[j] = gv * t_row[j].conjugate()
+                if accumulate:
+                    dst = target[k, y0 + i, x0:x0 + nx]
+                    for j in range(nx):
+                        dst[j] += row[j]
