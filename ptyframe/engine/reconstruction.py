@@ -561,7 +561,7 @@ class Reconstruction(Problem):
         per_position = ny * nx * item * (waves * (self.n_slices + 4) + 2 * self.n_probe_modes
                                          + 2 * self.n_slices * self.n_object_modes + 2)
         budget = 0.25 * self.device.free_memory_bytes()
-        cap = 4096 if self.device.kind == "gpu" else 512
+        cap = self.device.batch_limit(ny * nx * item * waves)  # cache-sized on CPU
         return int(max(1, min(self.n_measurements, cap, budget // per_position)))
 
     def _mean_pattern(self, window: tuple[int, int]) -> np.ndarray | None:
