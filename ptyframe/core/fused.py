@@ -390,9 +390,12 @@ class NumbaKernels(NumpyKernels):
         arrays = (a, g, planes) if target is None else (a, g, planes, target)
         if not all(x.flags.c_contiguous and x.dtype == g.dtype for x in arrays):
             return super().window_adjoint(a, g, planes, corners, target)
-        row = np.empty(g.shape[-1], dtype=g.dtype)
-        self._k.window_adjoint(a, g, planes, np.ascontiguousarray(corners, dtype=np.int64),
-                               planes if target is None else target, target is not None, row)
+        real = g.real.dtype
+        row = np.empty(2 * g.shape[-1], dtype=real)
+        self._k.window_adjoint(a.view(real), g.view(real), planes.view(real),
+                               np.ascontiguousarray(corners, dtype=np.int64),
+                               planes.view(real) if target is None else target.view(real),
+                               target is not None, row)
         return g
 
     def shifted_waves(self, spec: Any, ey: Any, ex: Any, scale: float, out: Any) -> Any:
