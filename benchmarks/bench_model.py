@@ -86,10 +86,35 @@ WAVELENGTH_A = 0.0197  # 300 kV
 CONFIGS = ((1, 1), (4, 3))  # (slices, probe modes)
 
 
-def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: int,
+def resolve_batch(device: Device, n_probe_modes: int, batch_size: int | str) -> int:
+    """``batch_size``, or with "auto" the Device's cache-sized batch (``Device.batch_limit``,
+    what a reconstruction picks when memory allows) for one object mode."""
+    if batch_size == "auto":
+        item = np.dtype(device.complex_dtype).itemsize
+        return device.batch_limit(WINDOW * WINDOW * item * n_probe_modes)
+    return int(batch_size)
+
+
+def batch_arg(text: str) -> int | str:
+    """--batch-size: a positive integer or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', found "
+                                         f"{text!r}")
+    return value
+
+
+def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: int | str,
                  seed: int = 0) -> tuple[FarFieldModel, dict]:
     """Synthetic data: a weak random phase object, a defocused aperture probe, patterns of a
-    slightly different object (so that every gradient is non-zero)."""
+    slightly different object (so that every gradient is non-zero). ``batch_size``: see
+    :func:`resolve_batch`."""
+    batch_size = resolve_batch(device, n_probe_modes, batch_size)
     rng = np.random.default_rng(seed)
     xp = device.xp
     # raster with random sub-pixel jitter, windows inside the object with a 2-pixel margin
@@ -294,6 +319,9 @@ def run_table(args: argparse.Namespace, precision: str, repeats: int,
     print(header)
     print("-" * len(header))
     for n_slices, n_modes in CONFIGS:
+        if args.batch_size == "auto":
+            print(f"{'':>10} {n_slices:>6} {n_modes:>5}  batch size "
+                  f"{resolve_batch(device, n_modes, 'auto')} (auto)")
         fns, floors = [], []
         count = 0
         for p in providers:
@@ -332,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (3)")
     ap.add_argument("--threads", type=int, default=1, help="FFT worker threads (default 1)")
     ap.add_argument("--precision", choices=("single", "double", "both"), default="both")
-    ap.add_argument("--batch-size", type=int, default=256, help="measurements per batch")
+    ap.add_argument("--batch-size", type=batch_arg, default=256,
+                    help="measurements per batch, or 'auto': the Device's cache-sized batch "
+                         "per configuration and precision (Device.batch_limit)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--profile", choices=("scipy", "fftw"), default=None,
@@ -372,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             print("--batch-sizes: expected positive sizes on --device cpu")
             return 1
         for precision in precisions:
-            batch_size_table(precision, args.batch_sizes, repeats, args.batch_size)
+            batch_size_table(precision, args.batch_sizes, repeats,
+                             256 if args.batch_size == "auto" else args.batch_size)
         return 0
     if args.parallel:
         if not (pyfftw_available() and numba_available()):

@@ -215,8 +215,10 @@ class Device:
     #: bytes of one batch's waves (object modes x probe modes x window, one position each) on
     #: CPU for :meth:`batch_limit`: the batch's element-wise passes then run from cache.
     #: Measured (benchmarks/bench_model.py --batch-sizes, 1024 positions, 64 x 64, planned
-    #: FFTW + numba, one thread, 2 MiB L2): 1 slice, 1 mode at 1-4 MiB per batch took 0.68-0.82
-    #: of the time at 256 positions (8-16 MiB), both precisions; 4 slices, 3 modes 0.87-0.95
+    #: FFTW + numba, one thread, 2 MiB L2), CPU time against 256 positions: 1 slice, 1 mode
+    #: 0.76-0.82 (complex64, 64 positions) and 0.69 (complex128, 32); 4 slices, 3 modes 0.89
+    #: (complex64, 21; 64 positions: 1.05) and 0.89 (complex128, 16; 64: 1.15). scipy.fft with
+    #: the NumPy kernels: 0.73-0.76 at 16-64 positions
     BATCH_BYTES = 2 * 1024 * 1024
     #: bounds of :meth:`batch_limit` on CPU (Python work per batch; the largest batch before)
     BATCH_MIN, BATCH_MAX = 16, 512
