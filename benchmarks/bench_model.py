@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_model.py [--quick] [--threads 1] [--precision single|double|both]
                                      [--batch-size 256] [--repeats 7] [--profile scipy|fftw]
                                      [--profile-fused numpy|numba] [--parallel]
+                                     [--batch-sizes 32 64 128 512]
 
 Synthetic data set: 1024 scan positions (a 32 x 32 raster with random sub-pixel jitter),
 64 x 64 patterns, a ~200 x 200 object, lsq_sqrt loss. For each configuration (slices S,
@@ -25,7 +26,8 @@ probe modes M, one object mode) it reports
 Both precisions (complex64, complex128) by default; a closing summary gives, per precision and
 configuration, the fastest evaluation's ratio to the planned-FFTW floor as the median and the
 range of the per-repeat ratios (evaluation and floor timed in the same round). ``--parallel``
-instead measures batch-level parallelism over two threads (see :func:`parallel_batches`).
+instead measures batch-level parallelism over two threads (see :func:`parallel_batches`);
+``--batch-sizes`` the fastest variant at several batch sizes (see :func:`batch_size_table`).
 
 FFT count per wave (one position x one probe mode x one object mode): forward 1 inverse FFT
 (sub-pixel shift of the probe) + 2 (S - 1) (Fresnel steps) + 1 (far field); backward the same
@@ -84,10 +86,35 @@ WAVELENGTH_A = 0.0197  # 300 kV
 CONFIGS = ((1, 1), (4, 3))  # (slices, probe modes)
 
 
-def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: int,
+def resolve_batch(device: Device, n_probe_modes: int, batch_size: int | str) -> int:
+    """``batch_size``, or with "auto" the Device's cache-sized batch (``Device.batch_limit``,
+    what a reconstruction picks when memory allows) for one object mode."""
+    if batch_size == "auto":
+        item = np.dtype(device.complex_dtype).itemsize
+        return device.batch_limit(WINDOW * WINDOW * item * n_probe_modes)
+    return int(batch_size)
+
+
+def batch_arg(text: str) -> int | str:
+    """--batch-size: a positive integer or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', found "
+                                         f"{text!r}")
+    return value
+
+
+def make_problem(device: Device, n_slices: int, n_probe_modes: int, batch_size: int | str,
                  seed: int = 0) -> tuple[FarFieldModel, dict]:
     """Synthetic data: a weak random phase object, a defocused aperture probe, patterns of a
-    slightly different object (so that every gradient is non-zero)."""
+    slightly different object (so that every gradient is non-zero). ``batch_size``: see
+    :func:`resolve_batch`."""
+    batch_size = resolve_batch(device, n_probe_modes, batch_size)
     rng = np.random.default_rng(seed)
     xp = device.xp
     # raster with random sub-pixel jitter, windows inside the object with a 2-pixel margin
@@ -232,6 +259,41 @@ def parallel_batches(precision: str, n_slices: int, n_modes: int, batch_size: in
               f"{statistics.median(c):.4f} s, speed-up {med:.2f} ({lo:.2f}-{hi:.2f})")
 
 
+def batch_size_table(precision: str, sizes: list[int], repeats: int, base: int) -> None:
+    """The fastest CPU variant (fftw+numba, else the default kernels) at several batch sizes,
+    timed interleaved in one run: median wall and CPU time per evaluation and the ratio of
+    each to the evaluation at batch size ``base`` (per-repeat ratios, same round), and the
+    ratio to the planned-FFTW floor measured at batch size ``base``."""
+    fft = "fftw" if pyfftw_available() else "scipy"
+    fused = "numba" if numba_available() else "numpy"
+    sizes = sorted(set(sizes) | {base})
+    print(f"\nbatch sizes, {precision}, {fft}+{fused}: median of {repeats} interleaved "
+          f"repeats; ratio = time / time at batch {base} (same round)")
+    for n_slices, n_modes in CONFIGS:
+        fns = []
+        for size in sizes:
+            dev = Device("cpu", precision, workers=1, fft=fft, fused=fused)
+            model, params = make_problem(dev, n_slices, n_modes, size)
+            fns.append(lambda model=model, params=params: model.value_and_grad(params))
+        dev = Device("cpu", precision, workers=1, fft=fft)
+        floor, _ = fft_floor_runner(make_problem(dev, n_slices, n_modes, base)[0], dev,
+                                    n_slices, n_modes, 1)
+        times = interleaved_times(fns + [floor], repeats, dev)
+        ref_wall, ref_cpu = times[sizes.index(base)]
+        floor_cpu = times[-1][1]
+        cells = []
+        for size, (wall, cpu) in zip(sizes, times, strict=False):
+            med, lo, hi = ratio_spread(cpu, ref_cpu)
+            cells.append(f"{size:>5}: wall {statistics.median(wall):.4f} s "
+                         f"({ratio_spread(wall, ref_wall)[0]:.2f}), CPU "
+                         f"{statistics.median(cpu):.4f} s ({med:.2f}, {lo:.2f}-{hi:.2f}), "
+                         f"CPU / floor {ratio_spread(cpu, floor_cpu)[0]:.2f}")
+        print(f"  {n_slices} slice(s), {n_modes} mode(s), floor at batch {base} "
+              f"{statistics.median(floor_cpu):.4f} s CPU")
+        for cell in cells:
+            print(f"    batch {cell}")
+
+
 def run_table(args: argparse.Namespace, precision: str, repeats: int,
               summary: list[tuple]) -> None:
     """Time every variant and both floors for each configuration at ``precision``; print
@@ -257,6 +319,9 @@ def run_table(args: argparse.Namespace, precision: str, repeats: int,
     print(header)
     print("-" * len(header))
     for n_slices, n_modes in CONFIGS:
+        if args.batch_size == "auto":
+            print(f"{'':>10} {n_slices:>6} {n_modes:>5}  batch size "
+                  f"{resolve_batch(device, n_modes, 'auto')} (auto)")
         fns, floors = [], []
         count = 0
         for p in providers:
@@ -295,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (3)")
     ap.add_argument("--threads", type=int, default=1, help="FFT worker threads (default 1)")
     ap.add_argument("--precision", choices=("single", "double", "both"), default="both")
-    ap.add_argument("--batch-size", type=int, default=256, help="measurements per batch")
+    ap.add_argument("--batch-size", type=batch_arg, default=256,
+                    help="measurements per batch, or 'auto': the Device's cache-sized batch "
+                         "per configuration and precision (Device.batch_limit)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 7)")
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--profile", choices=("scipy", "fftw"), default=None,
@@ -305,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", action="store_true",
                     help="measure batch-level parallelism over 2 threads (fftw+numba) instead "
                          "of the table")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="instead of the table: the fastest variant at these batch sizes "
+                         "against --batch-size, timed interleaved")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 7)
     precisions = ["single", "double"] if args.precision == "both" else [args.precision]
@@ -326,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n=== cProfile, {precision}, {n_slices} slice(s), {n_modes} probe "
                       f"mode(s), fft={args.profile}, fused={args.profile_fused}")
                 profile(model, params)
+        return 0
+    if args.batch_sizes:
+        if args.device != "cpu" or min(args.batch_sizes) < 1:
+            print("--batch-sizes: expected positive sizes on --device cpu")
+            return 1
+        for precision in precisions:
+            batch_size_table(precision, args.batch_sizes, repeats,
+                             256 if args.batch_size == "auto" else args.batch_size)
         return 0
     if args.parallel:
         if not (pyfftw_available() and numba_available()):

@@ -64,6 +64,8 @@ class SplitStepScheme(Multislice):
     name = ""
     #: the schemes keep their intermediate waves in arrays of their own
     uses_workspace: ClassVar[bool] = False
+    #: one slab still runs its chains (powers of the transmission): not a plain product
+    single_slice_product: ClassVar[bool] = False
     chains: ClassVar[tuple[Chain, ...]] = ()
     _distance_kernels: dict[float, Any] = attrs.field(factory=dict, init=False, repr=False)
 

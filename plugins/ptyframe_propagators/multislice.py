@@ -119,6 +119,7 @@ class Multislice(Propagator):
     name = "multislice"
     supports_tilts: ClassVar[bool] = True
     uses_workspace: ClassVar[bool] = True
+    single_slice_product: ClassVar[bool] = True
 
     slice_thickness_A: tuple[float, ...] = attrs.field(default=(1.0,),
                                                        converter=_slice_distances)

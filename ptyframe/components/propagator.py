@@ -53,6 +53,11 @@ class Propagator(ModelComponent):
     supports_tilts: ClassVar[bool] = False
     #: forward accepts ``workspace=`` (work buffers lent by the caller)
     uses_workspace: ClassVar[bool] = False
+    #: with one slice, forward is the plain product exit = wave T_0 (no propagation): the model
+    #: may then fuse the window gather with the product and the adjoint with the scatter-add
+    #: (``Device.kernels.fuses_windows``) and not call forward / vjp (subclasses that change
+    #: the one-slice model set it False)
+    single_slice_product: ClassVar[bool] = False
 
     @abc.abstractmethod
     def prepare(self, geometry: PropagationGeometry) -> None:

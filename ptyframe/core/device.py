@@ -212,6 +212,32 @@ class Device:
     #: faster)
     CHUNK_MIN_BYTES = 16 * 1024 * 1024
 
+    #: bytes of one batch's waves (object modes x probe modes x window, one position each) on
+    #: CPU for :meth:`batch_limit`: the batch's element-wise passes then run from cache.
+    #: Measured (benchmarks/bench_model.py --batch-sizes, 1024 positions, 64 x 64, planned
+    #: FFTW + numba, one thread, 2 MiB L2), CPU time against 256 positions: 1 slice, 1 mode
+    #: 0.76-0.82 (complex64, 64 positions) and 0.69 (complex128, 32); 4 slices, 3 modes 0.89
+    #: (complex64, 21; 64 positions: 1.05) and 0.89 (complex128, 16; 64: 1.15). scipy.fft with
+    #: the NumPy kernels: 0.73-0.76 at 16-64 positions
+    BATCH_BYTES = 2 * 1024 * 1024
+    #: bounds of :meth:`batch_limit` on CPU (Python work per batch; the largest batch before)
+    BATCH_MIN, BATCH_MAX = 16, 512
+    #: :meth:`batch_limit` on GPU (large batches keep the device busy)
+    GPU_BATCH_MAX = 4096
+
+    def batch_limit(self, bytes_per_position: int) -> int:
+        """Largest batch (positions) worth running at once: on CPU the batch whose waves,
+        ``bytes_per_position`` bytes per position, fill :attr:`BATCH_BYTES` (within
+        [:attr:`BATCH_MIN`, :attr:`BATCH_MAX`]); on GPU :attr:`GPU_BATCH_MAX`. Memory limits
+        are the caller's."""
+        if bytes_per_position < 1:
+            raise ValueError(f"bytes_per_position: expected a positive byte count, found "
+                             f"{bytes_per_position!r}")
+        if self.kind == "gpu":
+            return self.GPU_BATCH_MAX
+        return int(min(self.BATCH_MAX, max(self.BATCH_MIN,
+                                           self.BATCH_BYTES // int(bytes_per_position))))
+
     def chunk_planes(self, plane_bytes: int, total_bytes: int | None = None) -> int | None:
         """Planes of ``plane_bytes`` bytes per cache-sized chunk (at least 1) for element-wise
         work fused around the FFTs of an array of ``total_bytes``, or None for whole arrays:

@@ -209,6 +209,43 @@ class NumpyKernels:
             probe_grad += H.sum(axis=1)
         return out
 
+    # With ``fuses_windows`` the model skips the gathered transmission windows for a single
+    # slice whose propagator is a plain product (``Propagator.single_slice_product``): it calls
+    # :meth:`window_product` and :meth:`window_adjoint` instead of gather, propagator and
+    # scatter-add. The reference keeps the gather / propagator / scatter path.
+    fuses_windows = False
+
+    def window_product(self, wave: Any, planes: Any, corners: Any, out: Any) -> Any:
+        """``out[k, m, b] = wave[k, m, b] planes[k, y_b:y_b + ny, x_b:x_b + nx]`` (``wave``
+        broadcast over k when it has one row): window gather and exit-wave product. ``wave``
+        (1 or K, M, B, ny, nx), ``planes`` (K, Y, X), ``corners`` (B, 2) int (host), ``out``
+        (K, M, B, ny, nx); returns ``out``."""
+        ny, nx = out.shape[-2:]
+        for b, (y, x) in enumerate(np.asarray(corners).tolist()):
+            self.xp.multiply(wave[:, :, b], planes[:, None, y:y + ny, x:x + nx],
+                             out=out[:, :, b])
+        return out
+
+    def window_adjoint(self, a: Any, g: Any, planes: Any, corners: Any,
+                       target: Any | None) -> Any:
+        """Adjoint of :meth:`window_product` for the incident wave ``a`` (as its ``wave``)
+        and dL/d conj(out) ``g``: ``target[k, window_b] += sum_m conj(a[k, m, b]) g[k, m, b]``
+        (windows in order b = 0, 1, ...; skipped when ``target`` is None), then ``g[k, m, b]
+        *= conj(planes[k, window_b])`` in place (dL/d conj(wave) before the sum over k);
+        returns ``g``."""
+        xp = self.xp
+        ny, nx = g.shape[-2:]
+        for b, (y, x) in enumerate(np.asarray(corners).tolist()):
+            gb = g[:, :, b]
+            if target is not None:
+                prod = xp.conjugate(a[:, :, b]) * gb
+                if prod.shape[1] == 1:
+                    target[:, y:y + ny, x:x + nx] += prod[:, 0]
+                else:
+                    target[:, y:y + ny, x:x + nx] += xp.sum(prod, axis=1)
+            gb *= xp.conjugate(planes[:, None, y:y + ny, x:x + nx])
+        return g
+
     # With ``separable_shift`` the model hands the sub-pixel shift factor A_b = exp(-2 pi i
     # q.f_b) = ey[b, i] ex[b, j] over as its two factors (B, ny) and (B, nx) and never builds
     # the (B, ny, nx) array; the reference builds it here (the model then builds it itself).
@@ -338,6 +375,28 @@ class NumbaKernels(NumpyKernels):
             q[0], q[1], probe, positions, do_probe, out)
         return out if positions else None
 
+
+    fuses_windows = True
+
+    def window_product(self, wave: Any, planes: Any, corners: Any, out: Any) -> Any:
+        if not (wave.flags.c_contiguous and planes.flags.c_contiguous and out.flags.c_contiguous
+                and wave.dtype == planes.dtype == out.dtype):
+            return super().window_product(wave, planes, corners, out)
+        self._k.window_product(wave, planes, np.ascontiguousarray(corners, dtype=np.int64), out)
+        return out
+
+    def window_adjoint(self, a: Any, g: Any, planes: Any, corners: Any,
+                       target: Any | None) -> Any:
+        arrays = (a, g, planes) if target is None else (a, g, planes, target)
+        if not all(x.flags.c_contiguous and x.dtype == g.dtype for x in arrays):
+            return super().window_adjoint(a, g, planes, corners, target)
+        real = g.real.dtype
+        row = np.empty(2 * g.shape[-1], dtype=real)
+        self._k.window_adjoint(a.view(real), g.view(real), planes.view(real),
+                               np.ascontiguousarray(corners, dtype=np.int64),
+                               planes.view(real) if target is None else target.view(real),
+                               target is not None, row)
+        return g
 
     def shifted_waves(self, spec: Any, ey: Any, ex: Any, scale: float, out: Any) -> Any:
         if not (spec.flags.c_contiguous and out.flags.c_contiguous

@@ -375,16 +375,17 @@ class PtychographyModel:
             cache["ramp_before"] = ramp
             if keep_fields:
                 cache["wave_before"] = wave.copy()
-        trans = ws.get("trans", (S, K, 1, B, ny, nx), cdt)
-        dev.gather_windows(obj.reshape(S * K, Y, X), setup["corner"],
-                           trans.reshape(S * K, B, ny, nx))
-        kwargs: dict[str, Any] = {}
-        if self._propagator_ws:
-            kwargs["workspace"] = ws
-        if tilts is not None and self.tilt_inside:
-            kwargs["tilts"] = xp.ascontiguousarray(tilts[:, 2:4])
-        exit_wave, prop_cache = self.propagator.forward(wave, trans, keep=keep, **kwargs)
-        cache["prop"] = prop_cache
+        if self._fused_windows(S, tilts):
+            # one slice, plain product: window gather and product in one pass (no
+            # transmission windows); the adjoint fuses with the scatter-add (see
+            # _batch_value_and_grad)
+            exit_wave = dev.kernels.window_product(
+                wave, obj.reshape(K, Y, X), setup["corner"],
+                ws.get("exit", (K, M, B, ny, nx), cdt))
+            cache["prop"] = None
+            cache["incident"] = wave
+        else:
+            exit_wave, cache["prop"] = self._propagate(obj, setup, wave, keep)
         if tilts is not None and self.tilt_after:
             ramp = self._tilt_ramp(tilts[:, 4:6])
             exit_wave = exit_wave * ramp
@@ -392,6 +393,32 @@ class PtychographyModel:
             if keep_fields:
                 cache["exit_after"] = exit_wave.copy()
         return exit_wave, cache
+
+    def _fused_windows(self, n_slices: int, tilts: Any) -> bool:
+        """True when one batch's window gather, exit-wave product, adjoint and scatter-add
+        run as the Device's fused window kernels (one slice, a propagator whose one-slice model
+        is the plain product, no tilts inside the specimen, kernels that fuse them)."""
+        return (n_slices == 1 and self.device.kernels.fuses_windows
+                and self.propagator.single_slice_product
+                and not (tilts is not None and self.tilt_inside))
+
+    def _propagate(self, obj: Any, setup: dict[str, Any], wave: Any, keep: bool
+                   ) -> tuple[Any, Any]:
+        """Gathered transmission windows and the propagator's forward: (exit wave, cache)."""
+        dev, xp, ws = self.device, self.device.xp, self._ws
+        S, K, Y, X = obj.shape
+        B = setup["B"]
+        ny, nx = self.window
+        tilts = setup["tilts"]
+        trans = ws.get("trans", (S, K, 1, B, ny, nx), dev.complex_dtype)
+        dev.gather_windows(obj.reshape(S * K, Y, X), setup["corner"],
+                           trans.reshape(S * K, B, ny, nx))
+        kwargs: dict[str, Any] = {}
+        if self._propagator_ws:
+            kwargs["workspace"] = ws
+        if tilts is not None and self.tilt_inside:
+            kwargs["tilts"] = xp.ascontiguousarray(tilts[:, 2:4])
+        return self.propagator.forward(wave, trans, keep=keep, **kwargs)
 
     def _detect(self, exit_wave: Any, idx: np.ndarray, keep: bool) -> tuple[Any, Any]:
         if self._detector_ws:
@@ -518,16 +545,24 @@ class PtychographyModel:
             if refine_tilts:
                 tilt_grad[:, 4:6] = self._tilt_gradient(grad_exit, cache["exit_after"])
             grad_exit *= xp.conj(cache["ramp_after"])
-        back = self.propagator.vjp(grad_exit, cache["prop"])
+        S, K, Y, X = obj.shape
+        if cache["prop"] is None:  # fused one-slice path (see _exit_waves)
+            target = grads["object"].reshape(K, Y, X) if "object" in grads else None
+            grad_wave = dev.kernels.window_adjoint(cache["incident"], grad_exit,
+                                                   obj.reshape(K, Y, X), cache["corner"],
+                                                   target)
+            if grad_wave.shape[0] > cache["incident"].shape[0]:  # wave broadcast over K
+                grad_wave = grad_wave.sum(axis=0, keepdims=True)
+        else:
+            back = self.propagator.vjp(grad_exit, cache["prop"])
+            grad_wave, grad_trans = back[0], back[1]
+            if refine_tilts and self.tilt_inside and len(back) > 2:
+                tilt_grad[:, 2:4] = back[2]
+            if "object" in grads:
+                dev.scatter_add_windows(grads["object"].reshape(S * K, Y, X), cache["corner"],
+                                        grad_trans.reshape(S * K, *grad_trans.shape[-3:]))
+            del grad_trans
         del grad_exit
-        grad_wave, grad_trans = back[0], back[1]
-        if refine_tilts and self.tilt_inside and len(back) > 2:
-            tilt_grad[:, 2:4] = back[2]
-        if "object" in grads:
-            S, K, Y, X = obj.shape
-            dev.scatter_add_windows(grads["object"].reshape(S * K, Y, X), cache["corner"],
-                                    grad_trans.reshape(S * K, *grad_trans.shape[-3:]))
-        del grad_trans
         if "ramp_before" in cache:
             if refine_tilts:
                 tilt_grad[:, 0:2] = self._tilt_gradient(grad_wave, cache["wave_before"])

@@ -570,18 +570,19 @@ class Reconstruction(Problem):
 
     def _auto_batch_size(self, window: tuple[int, int]) -> int:
         """Measurements per vectorised batch: at most a quarter of the free memory, and at
-        most 4096 on a GPU or 64 on the CPU. On the CPU small batches keep the work buffers
-        in cache and cut the first evaluation's page faults (measured, 64x64 windows, 1
-        thread: first evaluation 0.05 s instead of 0.22 s and later ones 0.046 s instead of
-        0.065 s on sto_thin; 0.086/0.077 s instead of 0.33/0.097 s on mos2_mono, against a cap
-        of 512)."""
+        most :meth:`Device.batch_limit` (4096 on a GPU; on the CPU the batch whose waves take
+        about 2 MiB, 16-512: 64 for one mode of 64x64 complex64). On the CPU small batches
+        keep the work buffers in cache and cut the first evaluation's page faults (measured,
+        64x64 windows, 1 thread, 64 against 512: first evaluation 0.05 s instead of 0.22 s and
+        later ones 0.046 s instead of 0.065 s on sto_thin; 0.086/0.077 s instead of 0.33/0.097
+        s on mos2_mono)."""
         ny, nx = window
         item = np.dtype(self.device.complex_dtype).itemsize
         waves = self.n_object_modes * self.n_probe_modes
         per_position = ny * nx * item * (waves * (self.n_slices + 4) + 2 * self.n_probe_modes
                                          + 2 * self.n_slices * self.n_object_modes + 2)
         budget = 0.25 * self.device.free_memory_bytes()
-        cap = 4096 if self.device.kind == "gpu" else 64
+        cap = self.device.batch_limit(ny * nx * item * waves)  # cache-sized on CPU
         return int(max(1, min(self.n_measurements, cap, budget // per_position)))
 
     def _mean_pattern(self, window: tuple[int, int]) -> np.ndarray | None:
