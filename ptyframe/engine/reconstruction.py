@@ -1059,6 +1059,11 @@ class Reconstruction(Problem):
                     self._write_figures(output)
                 if any(bool(cb(report)) for cb in callbacks):
                     break
+                if self._early_stop_reached():
+                    monitor.emit(f"epoch {self.epoch}: stopped early: the last "
+                                 f"{self.output.early_stop} epochs were all worse on the "
+                                 f"held-out patterns than epoch {self._best[0]}, the result")
+                    break
         finally:
             monitor.close()
         if output is not None:
@@ -1068,6 +1073,15 @@ class Reconstruction(Problem):
                 self._save_best()
             self._finish_output(output, time.perf_counter() - start, monitor)
         return self.result()
+
+    def _early_stop_reached(self) -> bool:
+        """Whether ``early_stop`` consecutive settled epochs were not kept (a function of the
+        kept epoch and the settling point, both checkpointed: a resumed run stops alike)."""
+        patience = self.output.early_stop
+        if patience is None or not self._keeps_best():
+            return False
+        since = self.epoch - max(self._best[0], self._settled_at - 1)
+        return since >= patience
 
     def snapshot(self) -> RunResult:
         """The run as it stands, as a :class:`~ptyframe.io.run_result.RunResult` (host

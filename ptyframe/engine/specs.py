@@ -454,6 +454,9 @@ class OutputSpec(_Spec):
     epoch rather than the last: the latest epoch whose held-out loss is not worse than the
     lowest with confidence ``keep_best_confidence`` (one-sided paired t test over groups of
     held-out patterns, ``engine/validation.py``; 0: the epoch with the lowest loss).
+    ``early_stop``: with ``keep_best``, end the run once this many consecutive epochs (after
+    the settling pause of position refinement) were not kept, i.e. were significantly worse
+    than the best (None: run every epoch asked for).
     """
 
     section: ClassVar[str] = "output"
@@ -472,6 +475,7 @@ class OutputSpec(_Spec):
     keep_best: bool = attrs.field(default=True, validator=boolean())
     keep_best_confidence: float = attrs.field(default=0.95, converter=to_float,
                                               validator=in_range(0.0, 1.0, high_open=True))
+    early_stop: int | None = attrs.field(default=None, validator=positive_int(optional=True))
 
     @property
     def level(self) -> int:

@@ -263,3 +263,43 @@ def test_resumed_run_keeps_the_rule_reference_and_decides_the_same(tmp_path):
     assert whole.best_epoch > int(np.argmin(whole.validation_loss)) + 1
     assert resumed.best_epoch == whole.best_epoch
     assert np.allclose(resumed.object, whole.object)
+
+
+def test_early_stop_ends_the_run_after_enough_worse_epochs_and_resumes_alike(tmp_path):
+    """``early_stop``: the run ends once that many epochs in a row were not kept; the result is
+    the kept epoch; a run interrupted before the stop and resumed stops at the same epoch."""
+    sim = simulate_low_dose()
+
+    def build(folder, **extra):
+        return Reconstruction(sim.patterns, sim.experiment, positions_A=sim.positions_A,
+                              loss=REGISTRY.create("loss", {"type": "ml"}),
+                              device=Device("cpu", "double"), progress=False, figures=False,
+                              result_file=False, output_dir=folder, seed=5, **extra)
+
+    plain = build(tmp_path / "plain").run(30)
+    # measured on this data: the kept epoch is 7; every later epoch is worse
+    kept = plain.best_epoch
+    assert kept + 3 < 30
+    stopped = build(tmp_path / "stop", early_stop=3).run(30)
+    assert len(stopped.loss) == kept + 3 < 30
+    assert stopped.best_epoch == kept
+    np.testing.assert_array_equal(stopped.object, plain_object_at(tmp_path / "plain", kept))
+    # interrupted two epochs before the stop, resumed with the rest: the same stop
+    first = build(tmp_path / "resume", early_stop=3)
+    first.run(kept + 1)
+    ran = []
+    second = build(tmp_path / "resume", early_stop=3)
+    assert second.load_checkpoint() == kept + 1
+    resumed = second.run(30, callbacks=[ran.append])
+    assert [r.epoch for r in ran] == [kept + 2, kept + 3]  # resumed, not restarted
+    assert len(resumed.loss) == kept + 3
+    np.testing.assert_array_equal(resumed.object, stopped.object)
+    with pytest.raises(ValueError, match="early_stop"):
+        build(None, early_stop=0)
+
+
+def plain_object_at(folder, epoch):
+    """The object of the best-validated epoch written to ``folder``/best."""
+    arrays, saved = load_state(folder / "best")
+    assert saved == epoch
+    return arrays["object"]
