@@ -61,6 +61,7 @@ from ptyframe.apps.geometry import (
 from ptyframe.apps.launch import gpu_for_rank, gpus_from_environment
 from ptyframe.core.device import Device
 from ptyframe.core.experiment import Experiment
+from ptyframe.core.validators import reject_unknown_keys
 from ptyframe.engine.communicator import Communicator, launcher_rank, make_communicator
 from ptyframe.engine.reconstruction import Reconstruction, ReconstructionResult
 from ptyframe.engine.run_record import (
@@ -167,10 +168,7 @@ def _section(config: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _build_data(section: dict[str, Any], base_dir: Path, scan_shape: Any) -> Dataset:
     if "path" not in section:
         raise ValueError("config [data]: expected a 'path' to a data file, found none")
-    unknown = set(section) - set(DATA_KEYS)
-    if unknown:
-        raise ValueError(f"config [data]: unknown keys {sorted(unknown)}; expected some of "
-                         f"{', '.join(DATA_KEYS)}")
+    reject_unknown_keys("config [data]", section, DATA_KEYS)
     path = (base_dir / _data_path(section)).resolve()
     options = section.get("preprocessing", {})
     if not isinstance(options, Mapping):
@@ -275,10 +273,7 @@ def build_reconstruction(config: Mapping[str, Any], base_dir: str | Path = ".",
     if "dtype" in data_section:
         routed["reading"].setdefault("data_dtype", data_section["dtype"])
     output = _section(config, "output")
-    unknown = set(output) - set(OutputSpec.field_names())
-    if unknown:
-        raise ValueError(f"config [output]: unknown keys {sorted(unknown)}; expected some of "
-                         f"{sorted(OutputSpec.field_names())}")
+    reject_unknown_keys("config [output]", output, OutputSpec.field_names())
     if output.get("dir") is not None:
         output["dir"] = str(base_dir / output["dir"])
     routed["output"].update(output)
@@ -311,10 +306,7 @@ def _check_epochs(where: str, epochs: Any) -> int:
 def build_communicator(section: Mapping[str, Any]) -> Communicator:
     """The communicator of a ``[parallel]`` table (empty: MPI when launched by an MPI
     launcher with more than one rank, else one process)."""
-    unknown = set(section) - set(_PARALLEL_KEYS)
-    if unknown:
-        raise ValueError(f"config [parallel]: unknown keys {sorted(unknown)}; expected some of "
-                         f"{list(_PARALLEL_KEYS)}")
+    reject_unknown_keys("config [parallel]", section, _PARALLEL_KEYS)
     return make_communicator(**section)
 
 

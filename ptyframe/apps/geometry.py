@@ -31,7 +31,14 @@ import numpy as np
 
 from ptyframe.core.experiment import Experiment
 from ptyframe.core.parallax import ParallaxFit, fit_parallax
-from ptyframe.core.validators import boolean, in_range, one_of, positive, to_float
+from ptyframe.core.validators import (
+    boolean,
+    in_range,
+    one_of,
+    positive,
+    reject_unknown_keys,
+    to_float,
+)
 from ptyframe.io.results import atomic_write_json
 
 __all__ = ["GEOMETRY_FILE", "GEOMETRY_MODES", "GeometryError", "GeometrySettings", "Check",
@@ -127,11 +134,7 @@ class GeometrySettings:
         if not isinstance(section, Mapping):
             raise ValueError(f"config [geometry]: expected a table such as {{mode = \"auto\"}}, "
                              f"found {type(section).__name__} {section!r}")
-        known = [f.name for f in attrs.fields(cls)]
-        unknown = sorted(str(k) for k in section if k not in known)
-        if unknown:
-            raise ValueError(f"config [geometry]: unknown keys {unknown}; expected some of "
-                             f"{', '.join(known)}")
+        reject_unknown_keys("config [geometry]", section, (f.name for f in attrs.fields(cls)))
         try:
             return cls(**{k: (dict(v) if k == "tcbf" and isinstance(v, Mapping) else v)
                           for k, v in section.items()})

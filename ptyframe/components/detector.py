@@ -76,13 +76,19 @@ class Detector(ModelComponent):
 
     @property
     def fuses_pixel_loss(self) -> bool:
-        """True when :meth:`loss_and_vjp` is available (default False)."""
+        """True when :meth:`loss_and_vjp` is a fused pass worth taking instead of
+        :meth:`forward`, the loss and :meth:`vjp` (default False: the model then keeps them
+        apart)."""
         return False
 
     def loss_and_vjp(self, waves: Any, indices: np.ndarray, measured: Any, loss: PixelLoss,
                      workspace: Any) -> tuple[float, Any]:
-        """Forward, a pixel-wise loss and the adjoint in one pass (fused kernels): (L,
-        dL/d conj(waves)) for intensities compared with ``measured`` (prepared rows, detector
-        order) through ``loss``; ``waves`` may be overwritten. Equals :meth:`forward`, the
-        loss and :meth:`vjp` within round-off. Only called when :attr:`fuses_pixel_loss`."""
-        raise NotImplementedError(f"detector {type(self).__name__}: no fused pixel loss")
+        """Forward, a pixel-wise loss and the adjoint: (L, dL/d conj(waves)) for intensities
+        compared with ``measured`` (prepared rows, detector order) through ``loss``; ``waves``
+        may be overwritten. This default composes :meth:`forward`, the device kernels'
+        ``pixel_loss`` (in the intensity's memory, as an overwriting loss does) and
+        :meth:`vjp`; detectors with a fused kernel override it and set
+        :attr:`fuses_pixel_loss`."""
+        intensity, cache = self.forward(waves, indices, keep=True)
+        value, grad_intensity = self.device.kernels.pixel_loss(intensity, measured, loss)
+        return value, self.vjp(grad_intensity, cache)

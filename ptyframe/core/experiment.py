@@ -17,7 +17,7 @@ from ptyframe.core.physics import (
     angle_to_frequency,
     wavelength_A,
 )
-from ptyframe.core.validators import int_pair, positive
+from ptyframe.core.validators import int_pair, positive, reject_unknown_keys
 
 __all__ = ["Experiment", "ReconstructionGrid", "windows_outside_object"]
 
@@ -113,12 +113,7 @@ class Experiment:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Experiment:
-        known = {f.name for f in attrs.fields(cls)}
-        unknown = set(config) - known
-        if unknown:
-            raise ValueError(
-                f"experiment: unknown keys {sorted(unknown)}; expected some of {sorted(known)}"
-            )
+        reject_unknown_keys("experiment", config, (f.name for f in attrs.fields(cls)))
         required = [f.name for f in attrs.fields(cls)
                     if f.default is attrs.NOTHING and f.init and f.name not in config]
         if required:

@@ -46,6 +46,7 @@ __all__ = [
     "one_of",
     "int_pair",
     "npy_path",
+    "reject_unknown_keys",
 ]
 
 #: an attrs validator: (instance, attribute, value) -> None, raising on a bad value
@@ -266,3 +267,13 @@ def npy_path(*, must_exist: bool = False, optional: bool = True, error: ErrorTyp
         return text
 
     return attrs.Converter(convert, takes_self=True, takes_field=True)
+
+
+def reject_unknown_keys(where: str, keys: Iterable[Any], known: Iterable[str],
+                        error: ErrorType = ValueError) -> None:
+    """One error naming the table ``where`` when ``keys`` holds names outside ``known``:
+    ``where: unknown keys ['a', 'b']; expected some of ['x', 'y']``."""
+    known = [str(k) for k in known]
+    unknown = sorted({str(k) for k in keys} - set(known))
+    if unknown:
+        raise error(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")

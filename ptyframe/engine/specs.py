@@ -35,6 +35,7 @@ from ptyframe.core.validators import (
     non_negative_int,
     one_of,
     positive_int,
+    reject_unknown_keys,
     to_float,
 )
 from ptyframe.engine.scan_model import DEFAULT_JITTER_MIN_INFORMATION
@@ -160,10 +161,7 @@ class _Spec:
         if not isinstance(config, Mapping):
             raise ValueError(f"{cls.section}: expected a table, found {type(config).__name__}")
         fields = {f.name: f for f in attrs.fields(cls)}
-        unknown = set(config) - set(fields)
-        if unknown:
-            raise ValueError(f"{cls.section}: unknown keys {sorted(unknown)}; expected some of "
-                             f"{sorted(fields)}")
+        reject_unknown_keys(cls.section, config, fields)
         kwargs = {}
         for name, value in config.items():
             needs_registry = ("component" in fields[name].metadata

@@ -45,7 +45,7 @@ import numpy as np
 from ptyframe.components.reader import FileMetadata
 from ptyframe.core.experiment import Experiment
 from ptyframe.core.physics import ABERRATION_NAMES
-from ptyframe.core.validators import positive_int_pair
+from ptyframe.core.validators import positive_int_pair, reject_unknown_keys
 from ptyframe.io.data import DataError
 
 __all__ = [
@@ -278,10 +278,7 @@ def experiment_from_metadata(meta: Mapping[str, Any], **overrides: Any) -> Exper
     the metadata. Raises :class:`MetadataError` naming the key for missing or contradictory
     quantities (including the detector calibration check done by :class:`Experiment`).
     """
-    unknown = sorted(set(overrides) - set(_FIELDS) - set(_CONVENIENCE))
-    if unknown:
-        raise MetadataError(f"overrides: unknown keys {unknown}; expected some of "
-                            f"{sorted(_FIELDS + _CONVENIENCE)}")
+    reject_unknown_keys("overrides", overrides, _FIELDS + _CONVENIENCE, error=MetadataError)
     if not isinstance(meta, Mapping):
         raise MetadataError(f"metadata: expected a dict, found {type(meta).__name__}")
 
